@@ -1,0 +1,165 @@
+//! Request extractors that answer bad input with the API's own errors, naming the field:
+//! `Body<T>` (JSON), `Params<T>` (query string) and `Auth` (the credential).
+
+use super::error::{ApiError, Code};
+use super::AppState;
+use crate::admin::{self, Principal};
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts},
+};
+use serde::de::DeserializeOwned;
+
+/// Turns a deserialisation error into an answer that names the field.
+fn data_error(path: String, message: String) -> ApiError {
+    // serde_json appends the position; the field name says more.
+    let message = match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    };
+    let join = |name: &str| {
+        if path == "." || path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    let quoted = |m: &str| m.split('`').nth(1).map(str::to_string);
+    if message.starts_with("unknown field") {
+        let name = quoted(&message).unwrap_or_default();
+        return ApiError::field(Code::UnknownField, join(&name), format!("unknown field `{name}`"));
+    }
+    if message.starts_with("missing field") {
+        let name = quoted(&message).unwrap_or_default();
+        return ApiError::field(Code::InvalidField, join(&name), "is required");
+    }
+    if path == "." || path.is_empty() {
+        return ApiError::new(Code::MalformedRequest, message);
+    }
+    ApiError::field(Code::InvalidField, path, message)
+}
+
+/// A JSON request body. An empty body reads as `{}`, so routes whose fields are all optional
+/// may be called without one.
+pub struct Body<T>(pub T);
+
+impl<T, S> FromRequest<S> for Body<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|ct| {
+                let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                mime == "application/json" || mime.ends_with("+json")
+            });
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(Code::BodyTooLarge, "the request body is too large")
+            } else {
+                ApiError::new(Code::MalformedRequest, "the request body could not be read")
+            }
+        })?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            if json_type == Some(false) {
+                return Err(ApiError::new(
+                    Code::UnsupportedMediaType,
+                    "send the body as JSON (Content-Type: application/json)",
+                ));
+            }
+            &bytes
+        };
+        let de = &mut serde_json::Deserializer::from_slice(text);
+        match serde_path_to_error::deserialize(de) {
+            Ok(v) => Ok(Body(v)),
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if inner.is_data() {
+                    Err(data_error(path, inner.to_string()))
+                } else {
+                    Err(ApiError::new(Code::MalformedRequest, format!("the body is not valid JSON: {inner}")))
+                }
+            }
+        }
+    }
+}
+
+/// The query string, without the `Secret` credential parameter.
+pub struct Params<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Params<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let kept: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k != "Secret")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let encoded = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(kept)
+            .finish();
+        let de = serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(encoded.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(Params)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let msg = e.into_inner().to_string();
+                // A bad number names no field in serde_urlencoded's message, but the path does.
+                let msg = if msg.contains("invalid digit") || msg.contains("number too") {
+                    "must be a whole number in range".to_string()
+                } else {
+                    msg
+                };
+                data_error(path, msg)
+            })
+    }
+}
+
+/// The credential of a management call: `Authorization: Bearer <c>`, `Authorization: APIKey
+/// <c>`, or `?Secret=<c>`.
+pub fn presented_credential(parts: &Parts) -> Option<String> {
+    if let Some(v) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if let Some((scheme, rest)) = v.split_once(' ') {
+            if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("apikey") {
+                let c = rest.trim();
+                if !c.is_empty() {
+                    return Some(c.to_string());
+                }
+            }
+        }
+    }
+    url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "Secret")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Who is calling, checked against the store.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let c = presented_credential(parts).ok_or(admin::Error::NoCredentials)?;
+        let p = admin::authenticate(&state.ctx, &c).await?;
+        tracing::Span::current().record("principal", p.label());
+        Ok(Auth(p))
+    }
+}

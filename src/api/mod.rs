@@ -1,0 +1,92 @@
+//! The admin HTTP port: one router per area, merged here, with the OpenAPI document generated
+//! from the same route list (a route cannot be served without being documented).
+
+pub mod accounts;
+pub mod error;
+pub mod extract;
+pub mod legacy;
+pub mod ops;
+pub mod tokens;
+pub mod views;
+
+use crate::admin::Ctx;
+use axum::{extract::DefaultBodyLimit, Extension, Router};
+use error::{ApiError, Code};
+use std::sync::Arc;
+use tower_http::trace::TraceLayer;
+use utoipa::{
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    Modify, OpenApi,
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+/// What every handler receives.
+#[derive(Clone)]
+pub struct AppState {
+    /// Config, store and clock.
+    pub ctx: Ctx,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tokenwarden",
+        description = "Issues, verifies and meters API tokens. Every JSON answer carries a numeric `code`; errors add `error`, `message` and, for bad input, `field`."
+    ),
+    modifiers(&CredentialScheme)
+)]
+struct ApiDoc;
+
+struct CredentialScheme;
+
+impl Modify for CredentialScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "credential",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The operator credential, an account secret, or a token whose role allows the call. \
+                         Also accepted as `Authorization: APIKey <c>` or `?Secret=<c>`.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The routes and their OpenAPI document.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(accounts::create, accounts::list))
+        .routes(routes!(accounts::show, accounts::update))
+        .routes(routes!(accounts::reset_secret))
+        .routes(routes!(accounts::create_user, accounts::list_users))
+        .routes(routes!(accounts::update_user))
+        .routes(routes!(tokens::create, tokens::list))
+        .routes(routes!(tokens::show, tokens::update, tokens::revoke))
+        .routes(routes!(tokens::regenerate))
+        .routes(routes!(legacy::create))
+        .routes(routes!(legacy::delete))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::openapi))
+        .split_for_parts()
+}
+
+/// The complete service.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.ctx.config.body_limit_bytes;
+    let (router, doc) = routes();
+    router
+        .fallback(|| async { ApiError::new(Code::NoRoute, "no such route; see /openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(Code::MethodNotAllowed, "this route does not take that method; see /openapi.json")
+        })
+        .layer(Extension(Arc::new(doc)))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,50 @@
+//! Operations routes: liveness, readiness and the OpenAPI document.
+
+use super::error::{ApiError, Code, ErrorBody};
+use super::AppState;
+use axum::{extract::State, Extension, Json};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// A health answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// 2002.
+    pub code: u32,
+    /// `ok`.
+    pub status: &'static str,
+    /// `sqlite` or `postgres` (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<&'static str>,
+}
+
+/// Liveness: the process answers HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        code: Code::Ok.number(),
+        status: "ok",
+        store: None,
+    })
+}
+
+/// Readiness: the store answers. 503 when it does not.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+pub async fn readyz(State(s): State<AppState>) -> Result<Json<Health>, ApiError> {
+    s.ctx.store.ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness check failed");
+        ApiError::new(Code::StoreUnavailable, "the token store is unavailable")
+    })?;
+    Ok(Json(Health {
+        code: Code::Ok.number(),
+        status: "ok",
+        store: Some(s.ctx.store.backend_name()),
+    }))
+}
+
+/// This OpenAPI 3 document, generated from the routes themselves.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
+pub async fn openapi(Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>) -> Json<utoipa::openapi::OpenApi> {
+    Json((*doc).clone())
+}

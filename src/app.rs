@@ -1,0 +1,148 @@
+//! Assembling the daemon: open and migrate the store, make the operator credential on first
+//! start, bind the port, and serve until told to stop.
+
+use crate::admin::{self, Ctx};
+use crate::api::{self, AppState};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::store::Store;
+use anyhow::Context;
+use std::{future::Future, io::Write, net::SocketAddr, path::Path, sync::Arc};
+use tokio::net::TcpListener;
+
+/// Opens the store named by `config` and brings its schema up to date.
+pub async fn open_ctx(config: Config, clock: SharedClock) -> anyhow::Result<Ctx> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let store = Store::connect(&config.store, config.db_max_connections)
+        .await
+        .with_context(|| format!("cannot open the {} store", kind(&config)))?;
+    store.migrate().await.context("cannot migrate the store")?;
+    Ok(Ctx {
+        config: Arc::new(config),
+        store,
+        clock,
+    })
+}
+
+fn kind(c: &Config) -> &'static str {
+    match c.store {
+        crate::store::StoreLocation::Sqlite(_) => "SQLite",
+        crate::store::StoreLocation::Postgres(_) => "PostgreSQL",
+    }
+}
+
+/// Writes a secret to `path` with mode 0600, atomically (a reader sees the old file or the whole
+/// new one, never half).
+pub fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // An existing file keeps its old mode on open: set it explicitly.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// On a store with no operator credential, makes one and writes it to
+/// `<data_dir>/operator.token`; logs the path, never the value.
+pub async fn ensure_operator(ctx: &Ctx) -> anyhow::Result<()> {
+    let path = ctx.config.operator_token_path();
+    match admin::init_operator(ctx).await? {
+        Some(plain) => {
+            write_secret_file(&path, plain.expose())?;
+            tracing::info!(path = %path.display(), "operator credential created; it is in this file (mode 0600)");
+        }
+        None if path.exists() => {
+            tracing::info!(path = %path.display(), "operator credential already set up");
+        }
+        None => tracing::info!(
+            "the store already has an operator credential (made by another daemon or an earlier start); \
+             `tokenwarden operator reset` makes a new one"
+        ),
+    }
+    Ok(())
+}
+
+/// A daemon ready to serve: store open and migrated, port bound.
+pub struct App {
+    ctx: Ctx,
+    listener: TcpListener,
+}
+
+impl App {
+    /// Builds everything `serve` needs; binds `config.listen` (port 0 picks a free port).
+    pub async fn build(config: Config, clock: SharedClock) -> anyhow::Result<App> {
+        let listen = config.listen;
+        let ctx = open_ctx(config, clock).await?;
+        ensure_operator(&ctx).await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        Ok(App { ctx, listener })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| self.ctx.config.listen)
+    }
+
+    /// The shared context (tests reach the store and clock through it).
+    pub fn ctx(&self) -> &Ctx {
+        &self.ctx
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests and closes the store.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        let store = self.ctx.store.clone();
+        let router = api::router(AppState { ctx: self.ctx });
+        tracing::info!(%addr, backend = store.backend_name(), "tokenwarden serving");
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server failed")?;
+        store.close().await;
+        tracing::info!("tokenwarden stopped");
+        Ok(())
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

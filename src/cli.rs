@@ -1,0 +1,351 @@
+//! The command line. `serve` runs the daemon; every other subcommand works on the store directly,
+//! with operator rights, so an operator can script it without the HTTP port.
+
+use crate::admin::{self, CreateAccount, CreateTokens, ListTokens, Principal, Regenerate};
+use crate::api::views::{AccountView, TokenView};
+use crate::app::{self, App};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{self, Config, Overrides};
+use crate::patch::Patch;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use std::{path::PathBuf, sync::Arc};
+
+/// tokenwarden: issues, verifies and meters API tokens.
+#[derive(Debug, Parser)]
+#[command(name = "tokenwarden", version, about)]
+pub struct Cli {
+    /// TOML configuration file (every key is optional).
+    #[arg(long, global = true, env = "TOKENWARDEN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (SQLite file, operator credential, outbox); overrides `data_dir`.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Address and port to listen on; overrides `server.listen`.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Bring the store's schema up to date and exit.
+    Migrate,
+    /// Check the configuration: print the effective values and every error.
+    CheckConfig,
+    /// The operator credential.
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+    /// Accounts.
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+/// `operator` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCmd {
+    /// Make a new operator credential (the old one stops working) and write it to
+    /// `<data_dir>/operator.token`.
+    Reset,
+}
+
+/// `account` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AccountCmd {
+    /// Create an account; prints it with its secret (shown once).
+    Create {
+        /// Unique name.
+        name: String,
+        /// Active tokens allowed.
+        #[arg(long)]
+        max_tokens: Option<i64>,
+        /// Calls per calendar month over all its tokens.
+        #[arg(long)]
+        monthly_quota: Option<i64>,
+    },
+    /// List accounts.
+    List,
+    /// Show one account, by id or name.
+    Show {
+        /// Account id or name.
+        account: String,
+    },
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create tokens; prints them with their plain values (shown once).
+    Create(TokenCreateArgs),
+    /// List tokens.
+    List(TokenListArgs),
+    /// Show one token.
+    Show {
+        /// Token id.
+        id: String,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// Token id.
+        id: String,
+    },
+    /// Give a token a new secret (same id, settings and counters).
+    Regenerate {
+        /// Token id.
+        id: String,
+        /// Seconds the old secret keeps working.
+        #[arg(long)]
+        grace_seconds: Option<i64>,
+    },
+}
+
+/// `token create` options.
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// Account id or name.
+    #[arg(long)]
+    pub account: String,
+    /// Token name.
+    #[arg(long)]
+    pub name: String,
+    /// Note.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// admin, engineer, user or readonly.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// The user the token is issued for.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Allowed call (repeat for more); none = all.
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// Allowed client IP or CIDR (repeat for more); none = any.
+    #[arg(long = "allowed-ip")]
+    pub allowed_ips: Vec<String>,
+    /// Uses allowed.
+    #[arg(long, conflicts_with = "unlimited")]
+    pub usage_limit: Option<i64>,
+    /// No usage limit, whatever the configured default.
+    #[arg(long)]
+    pub unlimited: bool,
+    /// Lifetime in seconds.
+    #[arg(long, conflicts_with_all = ["expires_on", "never_expires"])]
+    pub lifetime_seconds: Option<i64>,
+    /// Expiry date (UTC), YYYY-MM-DD or dd/MM/yyyy.
+    #[arg(long, conflicts_with = "never_expires")]
+    pub expires_on: Option<String>,
+    /// Never expires, whatever the configured default.
+    #[arg(long)]
+    pub never_expires: bool,
+    /// Monthly refill of `remaining`.
+    #[arg(long)]
+    pub refill_monthly: Option<i64>,
+    /// How many tokens.
+    #[arg(long)]
+    pub count: Option<i64>,
+}
+
+/// `token list` options.
+#[derive(Debug, Args)]
+pub struct TokenListArgs {
+    /// Account id or name.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// active, expired, exhausted or revoked.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Role.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Issuer or user id.
+    #[arg(long)]
+    pub issued_by: Option<String>,
+    /// Expiring within N days.
+    #[arg(long)]
+    pub expiring_within_days: Option<i64>,
+    /// Name search.
+    #[arg(long)]
+    pub q: Option<String>,
+    /// Page size.
+    #[arg(long)]
+    pub limit: Option<i64>,
+    /// Cursor from a previous page.
+    #[arg(long)]
+    pub page: Option<String>,
+}
+
+fn load_config(cli: &Cli, listen: Option<String>) -> anyhow::Result<Config> {
+    let ov = Overrides {
+        data_dir: cli.data_dir.clone(),
+        listen,
+    };
+    Ok(config::load(cli.config.as_deref(), &ov)?)
+}
+
+fn print(v: serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    match &cli.command {
+        Command::CheckConfig => {
+            return match load_config(&cli, None) {
+                Ok(c) => {
+                    print!("{}", config::render_effective(&c));
+                    eprintln!("configuration OK");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+        }
+        Command::Serve { listen } => {
+            let config = load_config(&cli, listen.clone())?;
+            crate::telemetry::init(&config.log_level, config.log_format);
+            let app = App::build(config, clock).await?;
+            return app.run_until(app::shutdown_signal()).await;
+        }
+        _ => {}
+    }
+    let config = load_config(&cli, None)?;
+    crate::telemetry::init("warn", config.log_format);
+    let ctx = app::open_ctx(config, clock).await?;
+    let result = run_store_command(&ctx, cli.command).await;
+    ctx.store.close().await;
+    result
+}
+
+async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()> {
+    let op = Principal::Operator;
+    let now = ctx.clock.now();
+    let soon = ctx.config.tokens.expires_soon_days;
+    match cmd {
+        Command::Serve { .. } | Command::CheckConfig => Ok(()),
+        Command::Migrate => {
+            eprintln!("store is up to date ({})", ctx.store.backend_name());
+            Ok(())
+        }
+        Command::Operator(OperatorCmd::Reset) => {
+            let plain = admin::reset_operator(ctx).await?;
+            let path = ctx.config.operator_token_path();
+            app::write_secret_file(&path, plain.expose())?;
+            eprintln!("new operator credential written to {} (mode 0600); the old one no longer works", path.display());
+            Ok(())
+        }
+        Command::Account(AccountCmd::Create { name, max_tokens, monthly_quota }) => {
+            let (a, secret) = admin::create_account(ctx, &op, CreateAccount { name: Some(name), max_tokens, monthly_quota }).await?;
+            print(json!({"account": AccountView::new(&a, now), "secret": secret.expose()}))
+        }
+        Command::Account(AccountCmd::List) => {
+            let mut all = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = admin::list_accounts(ctx, &op, after.as_deref(), 500).await?;
+                let done = page.len() < 500;
+                after = page.last().map(|a| a.name.clone());
+                all.extend(page.iter().map(|a| AccountView::new(a, now)));
+                if done {
+                    break;
+                }
+            }
+            print(json!({ "accounts": all }))
+        }
+        Command::Account(AccountCmd::Show { account }) => {
+            let a = admin::find_account(ctx, &account).await?;
+            let users = admin::list_users(ctx, &op, &a.id).await?;
+            let users: Vec<crate::api::views::UserView> = users.iter().map(Into::into).collect();
+            print(json!({"account": AccountView::new(&a, now), "users": users}))
+        }
+        Command::Token(TokenCmd::Create(a)) => {
+            let account = admin::find_account(ctx, &a.account).await?;
+            let input = CreateTokens {
+                account_id: Some(account.id),
+                user_id: a.user,
+                name: Some(a.name),
+                description: a.description,
+                role: a.role,
+                scopes: a.scopes,
+                allowed_ips: a.allowed_ips,
+                usage_limit: if a.unlimited { Patch::Null } else { Patch::from_option(a.usage_limit) },
+                lifetime_seconds: if a.never_expires { Patch::Null } else { Patch::from_option(a.lifetime_seconds) },
+                expires_on: Patch::from_option(a.expires_on),
+                count: a.count,
+                refill_monthly: a.refill_monthly,
+            };
+            let created = admin::create_tokens(ctx, &op, input).await?;
+            let views: Vec<TokenView> = created
+                .iter()
+                .map(|(t, p)| TokenView::new(t, now, soon).with_secret(p.expose()))
+                .collect();
+            print(json!({ "tokens": views }))
+        }
+        Command::Token(TokenCmd::List(a)) => {
+            let account_id = match a.account {
+                Some(acc) => Some(admin::find_account(ctx, &acc).await?.id),
+                None => None,
+            };
+            let q = ListTokens {
+                account_id,
+                status: a.status,
+                role: a.role,
+                issued_by: a.issued_by,
+                expiring_within_days: a.expiring_within_days,
+                q: a.q,
+                limit: a.limit,
+                page: a.page,
+            };
+            let (tokens, next) = admin::list_tokens(ctx, &op, q).await?;
+            let views: Vec<TokenView> = tokens.iter().map(|t| TokenView::new(t, now, soon)).collect();
+            print(json!({ "tokens": views, "next_page": next }))
+        }
+        Command::Token(TokenCmd::Show { id }) => {
+            let t = admin::show_token(ctx, &op, &id).await?;
+            print(json!({ "token": TokenView::new(&t, now, soon) }))
+        }
+        Command::Token(TokenCmd::Revoke { id }) => {
+            let t = admin::revoke_token(ctx, &op, &id).await?;
+            print(json!({ "token": TokenView::new(&t, now, soon) }))
+        }
+        Command::Token(TokenCmd::Regenerate { id, grace_seconds }) => {
+            let (t, p) = admin::regenerate_token(ctx, &op, &id, Regenerate { grace_seconds }).await?;
+            print(json!({ "token": TokenView::new(&t, now, soon).with_secret(p.expose()) }))
+        }
+    }
+    .context("command failed")
+}
+
+/// The exit code for an error: 2 bad input or configuration, 3 not found, 4 conflict or limit,
+/// 5 store unavailable, 1 anything else.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<config::ConfigErrors>().is_some() {
+        return 2;
+    }
+    for cause in e.chain() {
+        if let Some(a) = cause.downcast_ref::<admin::Error>() {
+            return match a {
+                admin::Error::Invalid(_) | admin::Error::RoleTooHigh { .. } => 2,
+                admin::Error::NotFound(_) => 3,
+                admin::Error::Conflict(_) | admin::Error::TokenLimit { .. } => 4,
+                admin::Error::Store(crate::store::StoreError::Unavailable(_)) => 5,
+                _ => 1,
+            };
+        }
+        if let Some(crate::store::StoreError::Unavailable(_)) = cause.downcast_ref() {
+            return 5;
+        }
+    }
+    1
+}

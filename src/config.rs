@@ -1,0 +1,567 @@
+//! Configuration: built-in defaults, then a TOML file, then `TOKENWARDEN_*` environment variables
+//! (`__` nests: `TOKENWARDEN_SERVER__LISTEN`), then command-line flags. Everything is checked at
+//! load and every error names its source (file or variable), key and reason.
+
+use crate::domain::{limits, net};
+use crate::store::StoreLocation;
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment, Metadata, Profile,
+};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+/// The file keys as written, with their defaults. `check-config` prints this back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where the SQLite file, the operator credential and the outbox live.
+    pub data_dir: PathBuf,
+    /// The admin HTTP port.
+    pub server: RawServer,
+    /// The store.
+    pub database: RawDatabase,
+    /// Token format and issuance defaults.
+    pub tokens: RawTokens,
+    /// Account defaults.
+    pub accounts: RawAccounts,
+    /// Logging.
+    pub log: RawLog,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServer {
+    /// Address and port of the admin HTTP port.
+    pub listen: String,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDatabase {
+    /// `sqlite://PATH` or `postgres://…`; empty means `<data_dir>/tokenwarden.db`.
+    pub url: String,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+/// `[tokens]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTokens {
+    /// The prefix of every token (`tw_…`).
+    pub prefix: String,
+    /// `usage_limit` of a token created without one; absent = unlimited.
+    pub default_usage_limit: Option<i64>,
+    /// Lifetime of a token created without an expiry; absent = never expires.
+    pub default_lifetime_seconds: Option<i64>,
+    /// Longest lifetime a token may be given.
+    pub max_lifetime_seconds: i64,
+    /// Most tokens one create call may make (`count`).
+    pub max_count_per_request: i64,
+    /// A token expiring within this many days is listed with `expires_soon = true`.
+    pub expires_soon_days: i64,
+    /// Longest grace period a regeneration may keep the old secret working.
+    pub max_regenerate_grace_seconds: i64,
+}
+
+/// `[accounts]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAccounts {
+    /// `max_tokens` of an account created without one.
+    pub default_max_tokens: i64,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    /// A tracing filter (`info`, `tokenwarden=debug,sqlx=warn`); `RUST_LOG` wins when set.
+    pub level: String,
+    /// `human` or `json`.
+    pub format: String,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            server: RawServer::default(),
+            database: RawDatabase::default(),
+            tokens: RawTokens::default(),
+            accounts: RawAccounts::default(),
+            log: RawLog::default(),
+        }
+    }
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8470".into(),
+            trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            body_limit_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for RawTokens {
+    fn default() -> Self {
+        Self {
+            prefix: "tw".into(),
+            default_usage_limit: None,
+            default_lifetime_seconds: None,
+            max_lifetime_seconds: limits::MAX_LIFETIME_SECONDS,
+            max_count_per_request: 100,
+            expires_soon_days: 7,
+            max_regenerate_grace_seconds: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for RawAccounts {
+    fn default() -> Self {
+        Self {
+            default_max_tokens: 50,
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "human".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Token issuance settings, checked.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// Token prefix.
+    pub prefix: String,
+    /// Default usage limit.
+    pub default_usage_limit: Option<i64>,
+    /// Default lifetime in seconds.
+    pub default_lifetime_seconds: Option<i64>,
+    /// Maximum lifetime in seconds.
+    pub max_lifetime_seconds: i64,
+    /// Maximum `count` per create call.
+    pub max_count_per_request: i64,
+    /// Window of `expires_soon`, in days.
+    pub expires_soon_days: i64,
+    /// Maximum regeneration grace, in seconds.
+    pub max_regenerate_grace_seconds: i64,
+}
+
+/// The checked configuration the daemon runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Admin listen address.
+    pub listen: SocketAddr,
+    /// Trusted proxies.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Request body limit in bytes.
+    pub body_limit_bytes: usize,
+    /// Where the store is.
+    pub store: StoreLocation,
+    /// Pool size.
+    pub db_max_connections: u32,
+    /// Token settings.
+    pub tokens: TokenSettings,
+    /// Default `max_tokens` of new accounts.
+    pub default_max_tokens: i64,
+    /// Log filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// The raw values, for `check-config`.
+    pub raw: RawConfig,
+}
+
+impl Config {
+    /// Where the operator credential file goes.
+    pub fn operator_token_path(&self) -> PathBuf {
+        self.data_dir.join("operator.token")
+    }
+}
+
+/// One configuration error: where it came from, which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, environment variable or flag the value came from.
+    pub source: String,
+    /// Dotted key path (`server.listen`).
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.source, self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.source, self.key, self.reason)
+        }
+    }
+}
+
+/// All errors found in one load.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
+        write!(f, "invalid configuration:\n  {}", lines.join("\n  "))
+    }
+}
+
+/// Values given on the command line; they override file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<String>,
+}
+
+fn describe(meta: Option<&Metadata>, key: &[String]) -> String {
+    match meta {
+        Some(m) => match &m.source {
+            Some(figment::Source::File(p)) => p.display().to_string(),
+            _ if m.name.contains("environment") => {
+                format!("environment variable {}", m.interpolate(&Profile::Default, key))
+            }
+            _ => m.name.to_string(),
+        },
+        None => "configuration".into(),
+    }
+}
+
+/// Environment variables with our prefix that are not configuration keys.
+const NOT_CONFIG: &[&str] = &["config", "test_pg_url"];
+
+fn figment(file: Option<&Path>, ov: &Overrides) -> Figment {
+    let mut f = Figment::from(Serialized::defaults(RawConfig::default()));
+    if let Some(path) = file {
+        f = f.merge(Toml::file_exact(path));
+    }
+    f = f.merge(
+        Env::prefixed("TOKENWARDEN_")
+            .filter(|k| !NOT_CONFIG.contains(&k.as_str().to_ascii_lowercase().as_str()))
+            .split("__"),
+    );
+    if let Some(d) = &ov.data_dir {
+        f = f.merge(Serialized::global("data_dir", d));
+    }
+    if let Some(l) = &ov.listen {
+        f = f.merge(Serialized::global("server.listen", l));
+    }
+    f
+}
+
+/// Loads and checks the configuration, returning every error found.
+pub fn load(file: Option<&Path>, ov: &Overrides) -> Result<Config, ConfigErrors> {
+    if let Some(p) = file {
+        if !p.is_file() {
+            return Err(ConfigErrors(vec![ConfigError {
+                source: p.display().to_string(),
+                key: String::new(),
+                reason: "no such file".into(),
+            }]));
+        }
+    }
+    let fig = figment(file, ov);
+    let raw: RawConfig = fig.extract().map_err(|err| {
+        ConfigErrors(
+            err.into_iter()
+                .map(|e| {
+                    let mut path = e.path.clone();
+                    if let figment::error::Kind::UnknownField(name, _) = &e.kind {
+                        path.push(name.clone());
+                    }
+                    let reason = match &e.kind {
+                        figment::error::Kind::UnknownField(..) => "unknown key".to_string(),
+                        k => k.to_string(),
+                    };
+                    ConfigError {
+                        source: describe(e.metadata.as_ref(), &path),
+                        key: path.join("."),
+                        reason,
+                    }
+                })
+                .collect(),
+        )
+    })?;
+    check(&raw, |key| {
+        let key = key.split('[').next().unwrap_or(key);
+        if key == "server.listen" && ov.listen.is_some() {
+            return "--listen flag".into();
+        }
+        if key == "data_dir" && ov.data_dir.is_some() {
+            return "--data-dir flag".into();
+        }
+        let parts: Vec<String> = key.split('.').map(String::from).collect();
+        describe(fig.find_metadata(key), &parts)
+    })
+}
+
+/// Checks raw values; `source_of` names where a key's value came from.
+fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, ConfigErrors> {
+    let mut errs = Vec::new();
+    let mut bad = |key: &str, reason: String| {
+        errs.push(ConfigError {
+            source: source_of(key),
+            key: key.into(),
+            reason,
+        })
+    };
+
+    let listen = raw
+        .server
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|_| bad("server.listen", format!("`{}` is not an address:port", raw.server.listen)))
+        .ok();
+    let trusted_proxies = match net::parse_list(&raw.server.trusted_proxies, "server.trusted_proxies") {
+        Ok(v) => v,
+        Err(e) => {
+            bad(&e.field, e.reason);
+            Vec::new()
+        }
+    };
+    if !(1024..=16 * 1024 * 1024).contains(&raw.server.body_limit_bytes) {
+        bad("server.body_limit_bytes", "must be 1024 to 16777216".into());
+    }
+    if raw.data_dir.as_os_str().is_empty() {
+        bad("data_dir", "must not be empty".into());
+    }
+    let store = if raw.database.url.trim().is_empty() {
+        Some(StoreLocation::Sqlite(raw.data_dir.join("tokenwarden.db")))
+    } else {
+        StoreLocation::from_url(raw.database.url.trim())
+            .map_err(|r| bad("database.url", r))
+            .ok()
+    };
+    if !(1..=1000).contains(&raw.database.max_connections) {
+        bad("database.max_connections", "must be 1 to 1000".into());
+    }
+    let t = &raw.tokens;
+    let prefix_ok = !t.prefix.is_empty()
+        && t.prefix.len() <= 12
+        && t.prefix.starts_with(|c: char| c.is_ascii_lowercase())
+        && t.prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !prefix_ok {
+        bad("tokens.prefix", "must be 1 to 12 lowercase letters or digits, starting with a letter".into());
+    }
+    if !(1..=limits::MAX_LIFETIME_SECONDS).contains(&t.max_lifetime_seconds) {
+        bad("tokens.max_lifetime_seconds", format!("must be 1 to {}", limits::MAX_LIFETIME_SECONDS));
+    }
+    if let Some(u) = t.default_usage_limit {
+        if let Err(e) = limits::usage_limit(u, "tokens.default_usage_limit") {
+            bad(&e.field, e.reason);
+        }
+    }
+    if let Some(l) = t.default_lifetime_seconds {
+        if let Err(e) = limits::lifetime(l, t.max_lifetime_seconds, "tokens.default_lifetime_seconds") {
+            bad(&e.field, e.reason);
+        }
+    }
+    if !(1..=1000).contains(&t.max_count_per_request) {
+        bad("tokens.max_count_per_request", "must be 1 to 1000".into());
+    }
+    if !(0..=365).contains(&t.expires_soon_days) {
+        bad("tokens.expires_soon_days", "must be 0 to 365".into());
+    }
+    if !(0..=30 * 24 * 3600).contains(&t.max_regenerate_grace_seconds) {
+        bad("tokens.max_regenerate_grace_seconds", "must be 0 to 2592000 (30 days)".into());
+    }
+    if !(1..=1_000_000).contains(&raw.accounts.default_max_tokens) {
+        bad("accounts.default_max_tokens", "must be 1 to 1000000".into());
+    }
+    if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+        bad("log.level", format!("`{}` is not a log filter (try info or debug)", raw.log.level));
+    }
+    let log_format = match raw.log.format.as_str() {
+        "human" => LogFormat::Human,
+        "json" => LogFormat::Json,
+        _ => {
+            bad("log.format", "must be human or json".into());
+            LogFormat::Human
+        }
+    };
+
+    match (listen, store) {
+        (Some(listen), Some(store)) if errs.is_empty() => Ok(Config {
+            data_dir: raw.data_dir.clone(),
+            listen,
+            trusted_proxies,
+            body_limit_bytes: raw.server.body_limit_bytes,
+            store,
+            db_max_connections: raw.database.max_connections,
+            tokens: TokenSettings {
+                prefix: t.prefix.clone(),
+                default_usage_limit: t.default_usage_limit,
+                default_lifetime_seconds: t.default_lifetime_seconds,
+                max_lifetime_seconds: t.max_lifetime_seconds,
+                max_count_per_request: t.max_count_per_request,
+                expires_soon_days: t.expires_soon_days,
+                max_regenerate_grace_seconds: t.max_regenerate_grace_seconds,
+            },
+            default_max_tokens: raw.accounts.default_max_tokens,
+            log_level: raw.log.level.clone(),
+            log_format,
+            raw: raw.clone(),
+        }),
+        _ => Err(ConfigErrors(errs)),
+    }
+}
+
+/// The effective configuration as TOML, with the password in a database URL masked.
+pub fn render_effective(c: &Config) -> String {
+    let mut raw = c.raw.clone();
+    raw.database.url = mask_url(&raw.database.url);
+    toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+}
+
+fn mask_url(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => u.to_string(),
+    }
+}
+
+impl Config {
+    /// A default configuration rooted at `data_dir` (tests and tools build on it).
+    pub fn for_data_dir(data_dir: &Path) -> Config {
+        let raw = RawConfig {
+            data_dir: data_dir.to_path_buf(),
+            ..RawConfig::default()
+        };
+        // The built-in defaults always pass their own checks.
+        match check(&raw, |_| "defaults".into()) {
+            Ok(c) => c,
+            Err(e) => unreachable!("built-in defaults are invalid: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(body: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(body.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_serve_from_data_on_loopback() {
+        let c = load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8470");
+        assert_eq!(c.store, StoreLocation::Sqlite(PathBuf::from("./data/tokenwarden.db")));
+        assert_eq!(c.default_max_tokens, 50);
+        assert_eq!(c.tokens.prefix, "tw");
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_with_file_and_key() {
+        let f = file(
+            "[server]\nlisten = \"nowhere\"\ntrusted_proxies = [\"10.0.0.0/99\"]\n\
+             [tokens]\nprefix = \"Bad_\"\ndefault_usage_limit = 0\n[log]\nformat = \"xml\"\n",
+        );
+        let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.listen",
+                "server.trusted_proxies[0]",
+                "tokens.prefix",
+                "tokens.default_usage_limit",
+                "log.format"
+            ]
+        );
+        let name = f.path().display().to_string();
+        assert!(errs.iter().all(|e| e.source == name), "{errs:?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key() {
+        let f = file("[server]\nlisen = \"127.0.0.1:1\"\n");
+        let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
+        assert_eq!(errs[0].key, "server.lisen");
+        assert_eq!(errs[0].reason, "unknown key");
+        let f = file("[database]\nmax_connections = \"many\"\n");
+        let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
+        assert_eq!(errs[0].key, "database.max_connections");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_a_missing_file_is_an_error() {
+        let f = file("data_dir = \"/srv/tw\"\n[server]\nlisten = \"127.0.0.1:9000\"\n");
+        let c = load(
+            Some(f.path()),
+            &Overrides {
+                data_dir: None,
+                listen: Some("127.0.0.1:9001".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.data_dir, PathBuf::from("/srv/tw"));
+        assert!(load(Some(Path::new("/nonexistent/tw.toml")), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn unknown_database_schemes_are_refused() {
+        let f = file("[database]\nurl = \"mysql://x/y\"\n");
+        let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
+        assert_eq!(errs[0].key, "database.url");
+    }
+
+    #[test]
+    fn database_passwords_are_masked() {
+        assert_eq!(mask_url("postgres://tw:hunter2@db/tw"), "postgres://tw:***@db/tw");
+    }
+}

@@ -1,0 +1,31 @@
+//! Plain values of the token domain, parsed once on arrival. Nothing here knows HTTP or SQL.
+
+pub mod credential;
+pub mod email;
+pub mod ids;
+pub mod limits;
+pub mod net;
+pub mod period;
+pub mod role;
+pub mod scope;
+pub mod status;
+
+/// A value that failed to parse, naming the input field it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ParseError {
+    /// The input field at fault, as the caller spelled it (`usage_limit`, `allowed_ips[2]`).
+    pub field: String,
+    /// What is wrong with it, for people.
+    pub reason: String,
+}
+
+impl ParseError {
+    /// An error for `field` with `reason`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}

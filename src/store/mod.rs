@@ -1,0 +1,598 @@
+//! The token store: every SQL statement of the daemon, for SQLite and for PostgreSQL.
+//!
+//! One `Store` wraps one concrete sqlx pool, chosen at run time from the URL scheme. Statements
+//! use `$n` placeholders and portable SQL, so most operations are written once and compiled
+//! against both pools by `with_pool!`; where the dialects differ (write locks, upserts) the two
+//! spellings sit side by side. Constraint violations become `StoreError::Conflict` here, never in
+//! a handler.
+
+mod model;
+mod rows;
+
+pub use model::*;
+
+use chrono::{DateTime, Utc};
+use rows::{AccountRow, TokenRow, UserRow, ACCOUNT_COLS, TOKEN_COLS, USER_COLS};
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    AssertSqlSafe, PgPool, Postgres, Sqlite, SqlitePool, Transaction,
+};
+use std::{str::FromStr, time::Duration};
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row asked for does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was hit; the string names what was duplicated.
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// Creating the tokens would pass the account's `max_tokens`.
+    #[error("the account has {active} of {max} active tokens")]
+    TokenLimit {
+        /// The account's limit.
+        max: i64,
+        /// Active tokens it has now.
+        active: i64,
+    },
+    /// The database cannot be reached.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (bad data, a failed statement).
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(db.constraint().unwrap_or("unique key").to_string())
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Other(e.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Other(format!("migration failed: {e}"))
+    }
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite database file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Picks the backend from the URL scheme; an unknown scheme is an error, never a new file.
+    pub fn from_url(url: &str) -> std::result::Result<Self, String> {
+        if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            let path = rest.split('?').next().unwrap_or(rest);
+            if path.is_empty() {
+                return Err("a sqlite URL needs a file path (sqlite:///var/lib/tokenwarden/tokenwarden.db)".into());
+            }
+            Ok(StoreLocation::Sqlite(path.into()))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            PgConnectOptions::from_str(url).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+            Ok(StoreLocation::Postgres(url.to_string()))
+        } else {
+            Err("must start with sqlite:// or postgres://".into())
+        }
+    }
+}
+
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The store handle; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    backend: std::sync::Arc<Backend>,
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool this store has.
+macro_rules! with_pool {
+    ($self:expr, $pool:ident => $body:expr) => {
+        match &*$self.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Binds a list of `Arg`s onto a query in order.
+macro_rules! bind_args {
+    ($q:expr, $args:expr) => {{
+        let mut q = $q;
+        for a in $args {
+            q = match a {
+                Arg::Str(v) => q.bind(v),
+                Arg::I64(v) => q.bind(v),
+                Arg::Time(v) => q.bind(v),
+            };
+        }
+        q
+    }};
+}
+
+/// A bound parameter of a statement assembled at run time.
+#[derive(Debug, Clone)]
+enum Arg {
+    Str(String),
+    I64(i64),
+    Time(DateTime<Utc>),
+}
+
+/// Beginning a transaction that will write, per backend.
+trait WritePool {
+    type Db: sqlx::Database;
+    /// A transaction that holds the write lock from its first statement. On SQLite that is
+    /// `BEGIN IMMEDIATE`, so two writers queue on the busy timeout instead of failing to upgrade.
+    async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+    /// Suffix that locks the selected rows until commit (PostgreSQL); SQLite's lock is the database.
+    fn for_update(&self) -> &'static str;
+}
+
+impl WritePool for SqlitePool {
+    type Db = Sqlite;
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+    fn for_update(&self) -> &'static str {
+        ""
+    }
+}
+
+impl WritePool for PgPool {
+    type Db = Postgres;
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+    fn for_update(&self) -> &'static str {
+        " FOR UPDATE"
+    }
+}
+
+fn sql(s: String) -> AssertSqlSafe<String> {
+    AssertSqlSafe(s)
+}
+
+impl Store {
+    /// Opens the store (creating a SQLite file and its folder if needed). Does not migrate.
+    pub async fn connect(loc: &StoreLocation, max_connections: u32) -> Result<Store> {
+        let backend = match loc {
+            StoreLocation::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+                }
+                let opts = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // FULL: a committed write survives power loss, not only a process crash.
+                    .synchronous(SqliteSynchronous::Full)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(max_connections.max(1))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts)
+                    .await?;
+                Backend::Sqlite(pool)
+            }
+            StoreLocation::Postgres(url) => {
+                let opts = PgConnectOptions::from_str(url)
+                    .map_err(|e| StoreError::Other(format!("bad PostgreSQL URL: {e}")))?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections.max(1))
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(opts)
+                    .await?;
+                Backend::Postgres(pool)
+            }
+        };
+        Ok(Store {
+            backend: std::sync::Arc::new(backend),
+        })
+    }
+
+    /// Brings the schema up to date. Safe to run from several daemons at once (sqlx takes an
+    /// advisory lock on PostgreSQL; SQLite serialises writers).
+    pub async fn migrate(&self) -> Result<()> {
+        match &*self.backend {
+            Backend::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
+            Backend::Postgres(p) => sqlx::migrate!("migrations/postgres").run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match &*self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// A round trip to the database.
+    pub async fn ping(&self) -> Result<()> {
+        with_pool!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Closes every connection (waits for checked-out ones).
+    pub async fn close(&self) {
+        with_pool!(self, p => p.close().await)
+    }
+
+    // ----- operator credential -----
+
+    /// Stores the operator credential's hash if the store has none. Returns whether this call
+    /// stored it: a second daemon on the same database gets `false` and writes no file.
+    pub async fn operator_init(&self, hash: &[u8], now: DateTime<Utc>) -> Result<bool> {
+        let done = with_pool!(self, p => sqlx::query(
+            "INSERT INTO operator_credentials (id, secret_hash, created_at) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO NOTHING")
+            .bind(hash).bind(now).execute(p).await?.rows_affected());
+        Ok(done == 1)
+    }
+
+    /// Replaces the operator credential; the old one stops working at once.
+    pub async fn operator_replace(&self, hash: &[u8], now: DateTime<Utc>) -> Result<()> {
+        with_pool!(self, p => sqlx::query(
+            "INSERT INTO operator_credentials (id, secret_hash, created_at) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash, created_at = excluded.created_at")
+            .bind(hash).bind(now).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// The operator credential's hash, if one was made.
+    pub async fn operator_hash(&self) -> Result<Option<Vec<u8>>> {
+        let h = with_pool!(self, p => sqlx::query_scalar::<_, Vec<u8>>(
+            "SELECT secret_hash FROM operator_credentials WHERE id = 1")
+            .fetch_optional(p).await?);
+        Ok(h)
+    }
+
+    // ----- accounts -----
+
+    /// Inserts an account; a taken name is `Conflict("account name")`.
+    pub async fn insert_account(&self, a: &NewAccount, now: DateTime<Utc>) -> Result<Account> {
+        let q = format!(
+            "INSERT INTO accounts (id, name, status, max_tokens, monthly_quota, quota_used, \
+             secret_hash, created_at, updated_at) VALUES ($1, $2, 'active', $3, $4, 0, $5, $6, $6) \
+             RETURNING {ACCOUNT_COLS}"
+        );
+        let row = with_pool!(self, p => sqlx::query_as::<_, AccountRow>(sql(q))
+            .bind(&a.id).bind(&a.name).bind(a.max_tokens).bind(a.monthly_quota)
+            .bind(&a.secret_hash).bind(now).fetch_one(p).await)
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict("account name".into()),
+            other => other,
+        })?;
+        row.try_into()
+    }
+
+    /// One account by id.
+    pub async fn account(&self, id: &str) -> Result<Option<Account>> {
+        let q = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1");
+        let row = with_pool!(self, p => sqlx::query_as::<_, AccountRow>(sql(q)).bind(id).fetch_optional(p).await?);
+        row.map(Account::try_from).transpose()
+    }
+
+    /// One account by name.
+    pub async fn account_by_name(&self, name: &str) -> Result<Option<Account>> {
+        let q = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE name = $1");
+        let row = with_pool!(self, p => sqlx::query_as::<_, AccountRow>(sql(q)).bind(name).fetch_optional(p).await?);
+        row.map(Account::try_from).transpose()
+    }
+
+    /// The account's secret hash, for checking a presented account secret.
+    pub async fn account_secret_hash(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        let h = with_pool!(self, p => sqlx::query_scalar::<_, Vec<u8>>(
+            "SELECT secret_hash FROM accounts WHERE id = $1").bind(id).fetch_optional(p).await?);
+        Ok(h)
+    }
+
+    /// Accounts ordered by name, `limit` after the name `after`.
+    pub async fn list_accounts(&self, after: Option<&str>, limit: i64) -> Result<Vec<Account>> {
+        let q = format!(
+            "SELECT {ACCOUNT_COLS} FROM accounts WHERE ($1 = '' OR name > $1) ORDER BY name LIMIT $2"
+        );
+        let rows = with_pool!(self, p => sqlx::query_as::<_, AccountRow>(sql(q))
+            .bind(after.unwrap_or("")).bind(limit).fetch_all(p).await?);
+        rows.into_iter().map(Account::try_from).collect()
+    }
+
+    /// Reads an account under a write lock, lets `f` change it, and writes the changed fields.
+    pub async fn update_account<E, F>(&self, id: &str, now: DateTime<Utc>, f: F) -> Result<Account, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(Account) -> Result<Account, E>,
+    {
+        let select = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1");
+        let update = format!(
+            "UPDATE accounts SET status = $2, max_tokens = $3, monthly_quota = $4, updated_at = $5 \
+             WHERE id = $1 RETURNING {ACCOUNT_COLS}"
+        );
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await.map_err(StoreError::from)?;
+            let row = sqlx::query_as::<_, AccountRow>(sql(format!("{select}{}", p.for_update())))
+                .bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?
+                .ok_or(StoreError::NotFound)?;
+            let next = f(Account::try_from(row)?)?;
+            let row = sqlx::query_as::<_, AccountRow>(sql(update))
+                .bind(id).bind(next.status.as_str()).bind(next.max_tokens).bind(next.monthly_quota)
+                .bind(now).fetch_one(&mut *tx).await.map_err(StoreError::from)?;
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok(Account::try_from(row)?)
+        })
+    }
+
+    /// Replaces an account's secret hash; the old secret stops working at once.
+    pub async fn set_account_secret(&self, id: &str, hash: &[u8], now: DateTime<Utc>) -> Result<()> {
+        let n = with_pool!(self, p => sqlx::query(
+            "UPDATE accounts SET secret_hash = $2, updated_at = $3 WHERE id = $1")
+            .bind(id).bind(hash).bind(now).execute(p).await?.rows_affected());
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    // ----- users -----
+
+    /// Inserts a user; an email already in the account is `Conflict("user email")`.
+    pub async fn insert_user(&self, u: &User) -> Result<User> {
+        let q = format!(
+            "INSERT INTO users (id, account_id, email, role, notify_expiry, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {USER_COLS}"
+        );
+        let row = with_pool!(self, p => sqlx::query_as::<_, UserRow>(sql(q))
+            .bind(&u.id).bind(&u.account_id).bind(&u.email).bind(u.role.as_str())
+            .bind(u.notify_expiry).bind(u.created_at).bind(u.updated_at).fetch_one(p).await)
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict("user email".into()),
+            other => other,
+        })?;
+        row.try_into()
+    }
+
+    /// One user by id.
+    pub async fn user(&self, id: &str) -> Result<Option<User>> {
+        let q = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
+        let row = with_pool!(self, p => sqlx::query_as::<_, UserRow>(sql(q)).bind(id).fetch_optional(p).await?);
+        row.map(User::try_from).transpose()
+    }
+
+    /// An account's users, by email.
+    pub async fn list_users(&self, account_id: &str) -> Result<Vec<User>> {
+        let q = format!("SELECT {USER_COLS} FROM users WHERE account_id = $1 ORDER BY email");
+        let rows = with_pool!(self, p => sqlx::query_as::<_, UserRow>(sql(q)).bind(account_id).fetch_all(p).await?);
+        rows.into_iter().map(User::try_from).collect()
+    }
+
+    /// Reads a user under a write lock, lets `f` change it, and writes role and preference.
+    pub async fn update_user<E, F>(&self, id: &str, now: DateTime<Utc>, f: F) -> Result<User, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(User) -> Result<User, E>,
+    {
+        let select = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
+        let update = format!(
+            "UPDATE users SET role = $2, notify_expiry = $3, updated_at = $4 WHERE id = $1 RETURNING {USER_COLS}"
+        );
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await.map_err(StoreError::from)?;
+            let row = sqlx::query_as::<_, UserRow>(sql(format!("{select}{}", p.for_update())))
+                .bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?
+                .ok_or(StoreError::NotFound)?;
+            let next = f(User::try_from(row)?)?;
+            let row = sqlx::query_as::<_, UserRow>(sql(update))
+                .bind(id).bind(next.role.as_str()).bind(next.notify_expiry).bind(now)
+                .fetch_one(&mut *tx).await.map_err(StoreError::from)?;
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok(User::try_from(row)?)
+        })
+    }
+
+    // ----- tokens -----
+
+    /// Inserts `tokens` for `account_id` in one transaction, or none of them: the account row is
+    /// locked while its active tokens are counted, so concurrent creations cannot pass
+    /// `max_tokens` together. Active here means not revoked and not past its expiry.
+    pub async fn create_tokens(
+        &self,
+        account_id: &str,
+        tokens: &[NewToken],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Token>> {
+        let insert = format!(
+            "INSERT INTO tokens (id, account_id, user_id, issued_by, policy_name, policy_period, \
+             name, description, role, scopes, allowed_ips, usage_limit, remaining, refill_monthly, \
+             expires_at, status, jwt_enabled, sealed_secret, secret_hash, calls_month, calls_total, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, \
+             $13, $14, 'active', $15, $16, $17, 0, 0, $18, $18) RETURNING {TOKEN_COLS}"
+        );
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let max: i64 = sqlx::query_scalar(sql(format!(
+                "SELECT max_tokens FROM accounts WHERE id = $1{}", p.for_update())))
+                .bind(account_id).fetch_optional(&mut *tx).await?.ok_or(StoreError::NotFound)?;
+            let active: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM tokens WHERE account_id = $1 AND status <> 'revoked' \
+                 AND (expires_at IS NULL OR expires_at > $2)")
+                .bind(account_id).bind(now).fetch_one(&mut *tx).await?;
+            if active + tokens.len() as i64 > max {
+                return Err(StoreError::TokenLimit { max, active });
+            }
+            let mut out = Vec::with_capacity(tokens.len());
+            for t in tokens {
+                let (pname, pperiod) = t.policy.clone().unzip();
+                let row = sqlx::query_as::<_, TokenRow>(sql(insert.clone()))
+                    .bind(&t.id).bind(account_id).bind(&t.user_id).bind(&t.issued_by)
+                    .bind(pname).bind(pperiod).bind(&t.name).bind(&t.description)
+                    .bind(t.role.as_str()).bind(rows::json_list(&t.scopes))
+                    .bind(rows::json_list(&t.allowed_ips)).bind(t.usage_limit)
+                    .bind(t.refill_monthly).bind(t.expires_at).bind(t.jwt_enabled)
+                    .bind(&t.sealed_secret).bind(&t.secret_hash).bind(now)
+                    .fetch_one(&mut *tx).await?;
+                out.push(Token::try_from(row)?);
+            }
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
+    /// One token by public id.
+    pub async fn token(&self, id: &str) -> Result<Option<Token>> {
+        let q = format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = $1");
+        let row = with_pool!(self, p => sqlx::query_as::<_, TokenRow>(sql(q)).bind(id).fetch_optional(p).await?);
+        row.map(Token::try_from).transpose()
+    }
+
+    /// Tokens matching `f`, newest first, at most `f.limit`.
+    pub async fn list_tokens(&self, f: &TokenFilter, now: DateTime<Utc>) -> Result<Vec<Token>> {
+        let mut args: Vec<Arg> = Vec::new();
+        let mut next = |a: Arg| {
+            args.push(a);
+            format!("${}", args.len())
+        };
+        let mut w: Vec<String> = Vec::new();
+        if let Some(acc) = &f.account_id {
+            w.push(format!("account_id = {}", next(Arg::Str(acc.clone()))));
+        }
+        if let Some(o) = &f.owner {
+            let me = next(Arg::Str(o.token_id.clone()));
+            match &o.user_id {
+                Some(u) => w.push(format!("(user_id = {} OR id = {me})", next(Arg::Str(u.clone())))),
+                None => w.push(format!(
+                    "(issued_by = {} OR id = {me})",
+                    next(Arg::Str(format!("token:{}", o.token_id)))
+                )),
+            }
+        }
+        if let Some(s) = f.status {
+            use crate::domain::status::TokenStatus::*;
+            let t = next(Arg::Time(now));
+            w.push(match s {
+                Revoked => "status = 'revoked'".into(),
+                Expired => format!("status <> 'revoked' AND expires_at IS NOT NULL AND expires_at <= {t}"),
+                Exhausted => format!(
+                    "status <> 'revoked' AND (expires_at IS NULL OR expires_at > {t}) \
+                     AND remaining IS NOT NULL AND remaining <= 0"
+                ),
+                Active => format!(
+                    "status <> 'revoked' AND (expires_at IS NULL OR expires_at > {t}) \
+                     AND (remaining IS NULL OR remaining > 0)"
+                ),
+            });
+        }
+        if let Some(r) = f.role {
+            w.push(format!("role = {}", next(Arg::Str(r.as_str().into()))));
+        }
+        if let Some(by) = &f.issued_by {
+            let a = next(Arg::Str(by.clone()));
+            w.push(format!("(issued_by = {a} OR user_id = {a})"));
+        }
+        if let Some(until) = f.expiring_before {
+            let n = next(Arg::Time(now));
+            let u = next(Arg::Time(until));
+            w.push(format!(
+                "status <> 'revoked' AND expires_at IS NOT NULL AND expires_at > {n} AND expires_at <= {u}"
+            ));
+        }
+        if let Some(q) = &f.q {
+            let escaped = q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            let a = next(Arg::Str(format!("%{escaped}%")));
+            w.push(format!(
+                "(LOWER(name) LIKE {a} ESCAPE '\\' OR LOWER(COALESCE(description, '')) LIKE {a} ESCAPE '\\')"
+            ));
+        }
+        if let Some((at, id)) = &f.after {
+            let t = next(Arg::Time(*at));
+            let i = next(Arg::Str(id.clone()));
+            w.push(format!("(created_at < {t} OR (created_at = {t} AND id < {i}))"));
+        }
+        let lim = next(Arg::I64(f.limit));
+        let where_sql = if w.is_empty() { String::new() } else { format!("WHERE {}", w.join(" AND ")) };
+        let q = format!(
+            "SELECT {TOKEN_COLS} FROM tokens {where_sql} ORDER BY created_at DESC, id DESC LIMIT {lim}"
+        );
+        let rows = with_pool!(self, p => {
+            bind_args!(sqlx::query_as::<_, TokenRow>(sql(q)), args).fetch_all(p).await?
+        });
+        rows.into_iter().map(Token::try_from).collect()
+    }
+
+    /// Reads a token under a write lock, lets `f` change it, and writes the editable fields and
+    /// status back in the same transaction, so no concurrent use is lost in between.
+    pub async fn update_token<E, F>(&self, id: &str, now: DateTime<Utc>, f: F) -> Result<Token, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(Token) -> Result<Token, E>,
+    {
+        let select = format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = $1");
+        let update = format!(
+            "UPDATE tokens SET name = $2, description = $3, role = $4, scopes = $5, allowed_ips = $6, \
+             usage_limit = $7, remaining = $8, refill_monthly = $9, expires_at = $10, status = $11, \
+             updated_at = $12, revoked_at = $13 WHERE id = $1 RETURNING {TOKEN_COLS}"
+        );
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await.map_err(StoreError::from)?;
+            let row = sqlx::query_as::<_, TokenRow>(sql(format!("{select}{}", p.for_update())))
+                .bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?
+                .ok_or(StoreError::NotFound)?;
+            let t = f(Token::try_from(row)?)?;
+            let row = sqlx::query_as::<_, TokenRow>(sql(update))
+                .bind(id).bind(&t.name).bind(&t.description).bind(t.role.as_str())
+                .bind(rows::json_list(&t.scopes)).bind(rows::json_list(&t.allowed_ips))
+                .bind(t.usage_limit).bind(t.remaining).bind(t.refill_monthly).bind(t.expires_at)
+                .bind(t.status.as_str()).bind(now).bind(t.revoked_at)
+                .fetch_one(&mut *tx).await.map_err(StoreError::from)?;
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok(Token::try_from(row)?)
+        })
+    }
+
+    /// Gives a token a new secret. With `grace_until`, the old secret keeps working until then;
+    /// without, it stops at once. Settings and counters stay.
+    pub async fn regenerate_token(
+        &self,
+        id: &str,
+        new_hash: &[u8],
+        sealed_secret: Option<&[u8]>,
+        grace_until: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Token> {
+        let q = format!(
+            "UPDATE tokens SET prev_secret_hash = CASE WHEN $4 IS NULL THEN NULL ELSE secret_hash END, \
+             prev_secret_valid_until = $4, secret_hash = $2, \
+             sealed_secret = CASE WHEN jwt_enabled THEN $3 ELSE NULL END, updated_at = $5 \
+             WHERE id = $1 RETURNING {TOKEN_COLS}"
+        );
+        let row = with_pool!(self, p => sqlx::query_as::<_, TokenRow>(sql(q))
+            .bind(id).bind(new_hash).bind(sealed_secret).bind(grace_until).bind(now)
+            .fetch_optional(p).await?).ok_or(StoreError::NotFound)?;
+        row.try_into()
+    }
+}

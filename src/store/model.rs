@@ -1,0 +1,212 @@
+//! What the store reads and writes, as typed records.
+
+use crate::domain::{
+    role::Role,
+    status::{AccountStatus, TokenStatus},
+};
+use chrono::{DateTime, Utc};
+
+/// A customer account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    /// Public id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Active or inactive.
+    pub status: AccountStatus,
+    /// Active tokens allowed.
+    pub max_tokens: i64,
+    /// Calls per calendar month over all tokens, if limited.
+    pub monthly_quota: Option<i64>,
+    /// Calls counted in `quota_period`.
+    pub quota_used: i64,
+    /// The `YYYY-MM` month `quota_used` belongs to.
+    pub quota_period: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Everything needed to insert an account.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// Public id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Active tokens allowed.
+    pub max_tokens: i64,
+    /// Calls per calendar month, if limited.
+    pub monthly_quota: Option<i64>,
+    /// SHA-256 of the account secret.
+    pub secret_hash: Vec<u8>,
+}
+
+/// A person of an account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    /// Public id.
+    pub id: String,
+    /// The account it belongs to.
+    pub account_id: String,
+    /// Where notifications go.
+    pub email: String,
+    /// Its role: the highest role of the tokens issued for it.
+    pub role: Role,
+    /// Whether it receives expiry emails.
+    pub notify_expiry: bool,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An API token as stored (never the plain value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    /// Public id, also embedded in the plain token.
+    pub id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// The user it was issued for, if any.
+    pub user_id: Option<String>,
+    /// Who issued it: `operator`, `account`, `user:<id>`, `token:<id>` or `policy:<name>`.
+    pub issued_by: String,
+    /// The policy that issued it, if any.
+    pub policy_name: Option<String>,
+    /// The `YYYY-MM` period the policy issued it for.
+    pub policy_period: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Free-text note.
+    pub description: Option<String>,
+    /// Role.
+    pub role: Role,
+    /// Allowed calls; empty = all.
+    pub scopes: Vec<String>,
+    /// Allowed client IPs/CIDRs; empty = any.
+    pub allowed_ips: Vec<String>,
+    /// Uses allowed in all; `None` = unlimited.
+    pub usage_limit: Option<i64>,
+    /// Uses left; `None` = unlimited.
+    pub remaining: Option<i64>,
+    /// `remaining` is set back to this on the 1st of each month.
+    pub refill_monthly: Option<i64>,
+    /// When it stops working; `None` = never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Stored status (see `TokenStatus::effective` for the status at an instant).
+    pub status: TokenStatus,
+    /// Whether it may sign JWTs.
+    pub jwt_enabled: bool,
+    /// The plain token sealed under the master key (JWT signers only).
+    pub sealed_secret: Option<Vec<u8>>,
+    /// SHA-256 of the plain token.
+    pub secret_hash: Vec<u8>,
+    /// SHA-256 of the previous plain token during a regeneration grace period.
+    pub prev_secret_hash: Option<Vec<u8>>,
+    /// End of that grace period.
+    pub prev_secret_valid_until: Option<DateTime<Utc>>,
+    /// Calls counted in `calls_month_period`.
+    pub calls_month: i64,
+    /// The `YYYY-MM` month `calls_month` belongs to.
+    pub calls_month_period: Option<String>,
+    /// Calls since creation.
+    pub calls_total: i64,
+    /// Last successful use.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Client IP of the last successful use.
+    pub last_used_ip: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When it was revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl Token {
+    /// Its status at `now`.
+    pub fn status_at(&self, now: DateTime<Utc>) -> TokenStatus {
+        TokenStatus::effective(self.status, self.expires_at, self.remaining, now)
+    }
+
+    /// Calls this month at `now`: a counter from an earlier month counts as zero.
+    pub fn calls_this_month(&self, now: DateTime<Utc>) -> i64 {
+        match &self.calls_month_period {
+            Some(p) if *p == crate::domain::period::month_key(now) => self.calls_month,
+            _ => 0,
+        }
+    }
+}
+
+/// Everything needed to insert a token.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Public id.
+    pub id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// The user it is issued for.
+    pub user_id: Option<String>,
+    /// Who issues it.
+    pub issued_by: String,
+    /// Issuing policy and its period.
+    pub policy: Option<(String, String)>,
+    /// Name.
+    pub name: String,
+    /// Note.
+    pub description: Option<String>,
+    /// Role.
+    pub role: Role,
+    /// Allowed calls.
+    pub scopes: Vec<String>,
+    /// Allowed client IPs/CIDRs.
+    pub allowed_ips: Vec<String>,
+    /// Uses allowed; `remaining` starts here.
+    pub usage_limit: Option<i64>,
+    /// Monthly refill amount.
+    pub refill_monthly: Option<i64>,
+    /// Expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// May sign JWTs.
+    pub jwt_enabled: bool,
+    /// Sealed plain token (JWT signers).
+    pub sealed_secret: Option<Vec<u8>>,
+    /// SHA-256 of the plain token.
+    pub secret_hash: Vec<u8>,
+}
+
+/// Which tokens a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct TokenFilter {
+    /// Only this account's.
+    pub account_id: Option<String>,
+    /// Only those a non-admin credential owns.
+    pub owner: Option<Owner>,
+    /// Only those with this status at `now`.
+    pub status: Option<TokenStatus>,
+    /// Only this role.
+    pub role: Option<Role>,
+    /// Only those issued by this issuer string or user id.
+    pub issued_by: Option<String>,
+    /// Only those expiring (and not yet expired) before this instant.
+    pub expiring_before: Option<DateTime<Utc>>,
+    /// Name or description containing this (case-insensitive).
+    pub q: Option<String>,
+    /// Continue after this (created_at, id), newest first.
+    pub after: Option<(DateTime<Utc>, String)>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// The tokens a non-admin token credential may see: its user's, or, for a token issued for no
+/// user, the ones it issued itself, and always itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The credential token's id.
+    pub token_id: String,
+    /// The credential token's user.
+    pub user_id: Option<String>,
+}

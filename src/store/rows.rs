@@ -1,0 +1,152 @@
+//! Raw rows as both backends return them, and their conversion into typed records.
+
+use super::{model::*, StoreError};
+use chrono::{DateTime, Utc};
+
+pub(super) const ACCOUNT_COLS: &str = "id, name, status, max_tokens, monthly_quota, quota_used, \
+     quota_period, created_at, updated_at";
+
+pub(super) const USER_COLS: &str =
+    "id, account_id, email, role, notify_expiry, created_at, updated_at";
+
+pub(super) const TOKEN_COLS: &str = "id, account_id, user_id, issued_by, policy_name, \
+     policy_period, name, description, role, scopes, allowed_ips, usage_limit, remaining, \
+     refill_monthly, expires_at, status, jwt_enabled, sealed_secret, secret_hash, \
+     prev_secret_hash, prev_secret_valid_until, calls_month, calls_month_period, calls_total, \
+     last_used_at, last_used_ip, created_at, updated_at, revoked_at";
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Other(format!("stored {what} is unreadable: {e}"))
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct AccountRow {
+    id: String,
+    name: String,
+    status: String,
+    max_tokens: i64,
+    monthly_quota: Option<i64>,
+    quota_used: i64,
+    quota_period: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<AccountRow> for Account {
+    type Error = StoreError;
+    fn try_from(r: AccountRow) -> Result<Self, StoreError> {
+        Ok(Account {
+            status: r.status.parse().map_err(|e| corrupt("account status", e))?,
+            id: r.id,
+            name: r.name,
+            max_tokens: r.max_tokens,
+            monthly_quota: r.monthly_quota,
+            quota_used: r.quota_used,
+            quota_period: r.quota_period,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct UserRow {
+    id: String,
+    account_id: String,
+    email: String,
+    role: String,
+    notify_expiry: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = StoreError;
+    fn try_from(r: UserRow) -> Result<Self, StoreError> {
+        Ok(User {
+            role: r.role.parse().map_err(|e| corrupt("user role", e))?,
+            id: r.id,
+            account_id: r.account_id,
+            email: r.email,
+            notify_expiry: r.notify_expiry,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct TokenRow {
+    id: String,
+    account_id: String,
+    user_id: Option<String>,
+    issued_by: String,
+    policy_name: Option<String>,
+    policy_period: Option<String>,
+    name: String,
+    description: Option<String>,
+    role: String,
+    scopes: String,
+    allowed_ips: String,
+    usage_limit: Option<i64>,
+    remaining: Option<i64>,
+    refill_monthly: Option<i64>,
+    expires_at: Option<DateTime<Utc>>,
+    status: String,
+    jwt_enabled: bool,
+    sealed_secret: Option<Vec<u8>>,
+    secret_hash: Vec<u8>,
+    prev_secret_hash: Option<Vec<u8>>,
+    prev_secret_valid_until: Option<DateTime<Utc>>,
+    calls_month: i64,
+    calls_month_period: Option<String>,
+    calls_total: i64,
+    last_used_at: Option<DateTime<Utc>>,
+    last_used_ip: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<TokenRow> for Token {
+    type Error = StoreError;
+    fn try_from(r: TokenRow) -> Result<Self, StoreError> {
+        Ok(Token {
+            role: r.role.parse().map_err(|e| corrupt("token role", e))?,
+            status: r.status.parse().map_err(|e| corrupt("token status", e))?,
+            scopes: serde_json::from_str(&r.scopes).map_err(|e| corrupt("token scopes", e))?,
+            allowed_ips: serde_json::from_str(&r.allowed_ips)
+                .map_err(|e| corrupt("token allowed_ips", e))?,
+            id: r.id,
+            account_id: r.account_id,
+            user_id: r.user_id,
+            issued_by: r.issued_by,
+            policy_name: r.policy_name,
+            policy_period: r.policy_period,
+            name: r.name,
+            description: r.description,
+            usage_limit: r.usage_limit,
+            remaining: r.remaining,
+            refill_monthly: r.refill_monthly,
+            expires_at: r.expires_at,
+            jwt_enabled: r.jwt_enabled,
+            sealed_secret: r.sealed_secret,
+            secret_hash: r.secret_hash,
+            prev_secret_hash: r.prev_secret_hash,
+            prev_secret_valid_until: r.prev_secret_valid_until,
+            calls_month: r.calls_month,
+            calls_month_period: r.calls_month_period,
+            calls_total: r.calls_total,
+            last_used_at: r.last_used_at,
+            last_used_ip: r.last_used_ip,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            revoked_at: r.revoked_at,
+        })
+    }
+}
+
+/// Encodes a list column.
+pub(super) fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
