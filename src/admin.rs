@@ -150,7 +150,9 @@ impl Principal {
         match self {
             Principal::Operator => true,
             Principal::Account(a) => a.id == account_id,
-            Principal::Token { token, account } => account.id == account_id && token.role == Role::Admin,
+            Principal::Token { token, account } => {
+                account.id == account_id && token.role == Role::Admin
+            }
         }
     }
 }
@@ -178,14 +180,22 @@ pub async fn authenticate(ctx: &Ctx, presented: &str) -> Result<Principal> {
             if !stored.is_some_and(|s| hashes_match(&hash, &s)) {
                 return Err(Error::BadSecret);
             }
-            let account = ctx.store.account(&account_id).await?.ok_or(Error::BadSecret)?;
+            let account = ctx
+                .store
+                .account(&account_id)
+                .await?
+                .ok_or(Error::BadSecret)?;
             if account.status == AccountStatus::Inactive {
                 return Err(Error::AccountInactive);
             }
             Ok(Principal::Account(account))
         }
         Presented::Token { id, hash } => {
-            let token = ctx.store.token(&id).await?.ok_or(Error::BadToken("unknown"))?;
+            let token = ctx
+                .store
+                .token(&id)
+                .await?
+                .ok_or(Error::BadToken("unknown"))?;
             let current = hashes_match(&hash, &token.secret_hash);
             let in_grace = match (&token.prev_secret_hash, token.prev_secret_valid_until) {
                 (Some(prev), Some(until)) => now < until && hashes_match(&hash, prev),
@@ -219,7 +229,9 @@ pub async fn authenticate(ctx: &Ctx, presented: &str) -> Result<Principal> {
 fn require_operator(p: &Principal, what: &str) -> Result<()> {
     match p {
         Principal::Operator => Ok(()),
-        _ => Err(Error::Forbidden(format!("only the operator credential may {what}"))),
+        _ => Err(Error::Forbidden(format!(
+            "only the operator credential may {what}"
+        ))),
     }
 }
 
@@ -229,7 +241,9 @@ fn require_account_admin(p: &Principal, account_id: &str) -> Result<()> {
     if p.is_account_admin_of(account_id) {
         Ok(())
     } else if p.account_id() == Some(account_id) {
-        Err(Error::Forbidden("this needs the account secret or an admin token".into()))
+        Err(Error::Forbidden(
+            "this needs the account secret or an admin token".into(),
+        ))
     } else {
         Err(Error::NotFound("account"))
     }
@@ -277,12 +291,19 @@ fn monthly_quota(v: i64) -> Result<i64, ParseError> {
     if (1..=MAX_QUOTA).contains(&v) {
         Ok(v)
     } else {
-        Err(ParseError::new("monthly_quota", format!("must be 1 to {MAX_QUOTA}")))
+        Err(ParseError::new(
+            "monthly_quota",
+            format!("must be 1 to {MAX_QUOTA}"),
+        ))
     }
 }
 
 /// Creates an account and its secret (returned once).
-pub async fn create_account(ctx: &Ctx, p: &Principal, input: CreateAccount) -> Result<(Account, Plain)> {
+pub async fn create_account(
+    ctx: &Ctx,
+    p: &Principal,
+    input: CreateAccount,
+) -> Result<(Account, Plain)> {
     require_operator(p, "create accounts")?;
     let name = limits::text(input.name.as_deref().unwrap_or(""), 100, true, "name")?;
     let max = max_tokens(input.max_tokens.unwrap_or(ctx.config.default_max_tokens))?;
@@ -303,7 +324,9 @@ pub async fn create_account(ctx: &Ctx, p: &Principal, input: CreateAccount) -> R
         )
         .await
         .map_err(|e| match e {
-            StoreError::Conflict(_) => Error::Conflict("an account with this name already exists".into()),
+            StoreError::Conflict(_) => {
+                Error::Conflict("an account with this name already exists".into())
+            }
             e => e.into(),
         })?;
     Ok((account, secret))
@@ -323,22 +346,38 @@ pub async fn find_account(ctx: &Ctx, id_or_name: &str) -> Result<Account> {
 /// Shows an account to the operator or to its own admin.
 pub async fn show_account(ctx: &Ctx, p: &Principal, id: &str) -> Result<Account> {
     require_account_admin(p, id)?;
-    ctx.store.account(id).await?.ok_or(Error::NotFound("account"))
+    ctx.store
+        .account(id)
+        .await?
+        .ok_or(Error::NotFound("account"))
 }
 
 /// Lists accounts by name (operator only).
-pub async fn list_accounts(ctx: &Ctx, p: &Principal, after: Option<&str>, limit: i64) -> Result<Vec<Account>> {
+pub async fn list_accounts(
+    ctx: &Ctx,
+    p: &Principal,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Account>> {
     require_operator(p, "list accounts")?;
     Ok(ctx.store.list_accounts(after, limit).await?)
 }
 
 /// Changes an account's status, max_tokens or quota (operator only).
-pub async fn update_account(ctx: &Ctx, p: &Principal, id: &str, input: UpdateAccount) -> Result<Account> {
+pub async fn update_account(
+    ctx: &Ctx,
+    p: &Principal,
+    id: &str,
+    input: UpdateAccount,
+) -> Result<Account> {
     require_operator(p, "change accounts")?;
     let status = input
         .status
         .as_deref()
-        .map(|s| s.parse::<AccountStatus>().map_err(|r| ParseError::new("status", r)))
+        .map(|s| {
+            s.parse::<AccountStatus>()
+                .map_err(|r| ParseError::new("status", r))
+        })
         .transpose()?;
     let max = input.max_tokens.map(max_tokens).transpose()?;
     let quota = match input.monthly_quota.given() {
@@ -410,7 +449,12 @@ fn parse_role(s: &str, field: &str) -> Result<Role, ParseError> {
 }
 
 /// Adds a user to an account (operator or the account's admin).
-pub async fn create_user(ctx: &Ctx, p: &Principal, account_id: &str, input: CreateUser) -> Result<User> {
+pub async fn create_user(
+    ctx: &Ctx,
+    p: &Principal,
+    account_id: &str,
+    input: CreateUser,
+) -> Result<User> {
     require_account_admin(p, account_id)?;
     let email = email::parse(input.email.as_deref().unwrap_or(""), "email")?;
     let role = parse_role(input.role.as_deref().unwrap_or("user"), "role")?;
@@ -420,7 +464,10 @@ pub async fn create_user(ctx: &Ctx, p: &Principal, account_id: &str, input: Crea
             allowed: p.role(),
         });
     }
-    ctx.store.account(account_id).await?.ok_or(Error::NotFound("account"))?;
+    ctx.store
+        .account(account_id)
+        .await?
+        .ok_or(Error::NotFound("account"))?;
     let now = ctx.clock.now();
     let user = User {
         id: ids::random_id(ids::ENTITY_ID_LEN),
@@ -432,7 +479,9 @@ pub async fn create_user(ctx: &Ctx, p: &Principal, account_id: &str, input: Crea
         updated_at: now,
     };
     ctx.store.insert_user(&user).await.map_err(|e| match e {
-        StoreError::Conflict(_) => Error::Conflict("a user with this email already exists in the account".into()),
+        StoreError::Conflict(_) => {
+            Error::Conflict("a user with this email already exists in the account".into())
+        }
         e => e.into(),
     })
 }
@@ -440,15 +489,31 @@ pub async fn create_user(ctx: &Ctx, p: &Principal, account_id: &str, input: Crea
 /// An account's users (operator or the account's admin).
 pub async fn list_users(ctx: &Ctx, p: &Principal, account_id: &str) -> Result<Vec<User>> {
     require_account_admin(p, account_id)?;
-    ctx.store.account(account_id).await?.ok_or(Error::NotFound("account"))?;
+    ctx.store
+        .account(account_id)
+        .await?
+        .ok_or(Error::NotFound("account"))?;
     Ok(ctx.store.list_users(account_id).await?)
 }
 
 /// Changes a user's role or notification preference (operator or the account's admin).
-pub async fn update_user(ctx: &Ctx, p: &Principal, user_id: &str, input: UpdateUser) -> Result<User> {
-    let user = ctx.store.user(user_id).await?.ok_or(Error::NotFound("user"))?;
+pub async fn update_user(
+    ctx: &Ctx,
+    p: &Principal,
+    user_id: &str,
+    input: UpdateUser,
+) -> Result<User> {
+    let user = ctx
+        .store
+        .user(user_id)
+        .await?
+        .ok_or(Error::NotFound("user"))?;
     require_account_admin(p, &user.account_id).map_err(not_found_as("user"))?;
-    let role = input.role.as_deref().map(|r| parse_role(r, "role")).transpose()?;
+    let role = input
+        .role
+        .as_deref()
+        .map(|r| parse_role(r, "role"))
+        .transpose()?;
     ctx.store
         .update_user(user_id, ctx.clock.now(), |mut u| {
             if let Some(r) = role {
@@ -504,7 +569,11 @@ pub struct CreateTokens {
     pub refill_monthly: Option<i64>,
 }
 
-fn expiry_request(lifetime: Patch<i64>, on: Patch<String>, default: Option<i64>) -> Result<Option<ExpiryRequest>, ParseError> {
+fn expiry_request(
+    lifetime: Patch<i64>,
+    on: Patch<String>,
+    default: Option<i64>,
+) -> Result<Option<ExpiryRequest>, ParseError> {
     match (lifetime, on) {
         (Patch::Value(_), Patch::Value(_)) => Err(ParseError::new(
             "expires_on",
@@ -518,7 +587,9 @@ fn expiry_request(lifetime: Patch<i64>, on: Patch<String>, default: Option<i64>)
 }
 
 fn opt_text(v: Option<&str>, max: usize, field: &str) -> Result<Option<String>, ParseError> {
-    Ok(v.map(|s| limits::text(s, max, false, field)).transpose()?.filter(|s| !s.is_empty()))
+    Ok(v.map(|s| limits::text(s, max, false, field))
+        .transpose()?
+        .filter(|s| !s.is_empty()))
 }
 
 fn refill(v: i64) -> Result<i64, ParseError> {
@@ -526,11 +597,18 @@ fn refill(v: i64) -> Result<i64, ParseError> {
 }
 
 /// Creates `count` tokens; returns each with its plain value, which is never shown again.
-pub async fn create_tokens(ctx: &Ctx, p: &Principal, input: CreateTokens) -> Result<Vec<(Token, Plain)>> {
+pub async fn create_tokens(
+    ctx: &Ctx,
+    p: &Principal,
+    input: CreateTokens,
+) -> Result<Vec<(Token, Plain)>> {
     let now = ctx.clock.now();
     let cfg = &ctx.config.tokens;
     if !p.role().may_manage_tokens() {
-        return Err(Error::Forbidden(format!("a {} token may not create tokens", p.role())));
+        return Err(Error::Forbidden(format!(
+            "a {} token may not create tokens",
+            p.role()
+        )));
     }
     // Validate the input first: a bad field is reported whoever asks.
     let name = limits::text(input.name.as_deref().unwrap_or(""), 100, true, "name")?;
@@ -543,9 +621,19 @@ pub async fn create_tokens(ctx: &Ctx, p: &Principal, input: CreateTokens) -> Res
         Patch::Null => None,
         Patch::Value(v) => Some(limits::usage_limit(v, "usage_limit")?),
     };
-    let expiry = expiry_request(input.lifetime_seconds, input.expires_on, cfg.default_lifetime_seconds)?;
+    let expiry = expiry_request(
+        input.lifetime_seconds,
+        input.expires_on,
+        cfg.default_lifetime_seconds,
+    )?;
     let expires_at = match &expiry {
-        Some(req) => limits::resolve_expiry(req, cfg.max_lifetime_seconds, now, "lifetime_seconds", "expires_on")?,
+        Some(req) => limits::resolve_expiry(
+            req,
+            cfg.max_lifetime_seconds,
+            now,
+            "lifetime_seconds",
+            "expires_on",
+        )?,
         None => None,
     };
     let count = limits::count(input.count.unwrap_or(1), cfg.max_count_per_request, "count")?;
@@ -556,19 +644,31 @@ pub async fn create_tokens(ctx: &Ctx, p: &Principal, input: CreateTokens) -> Res
 
     // Where, for whom, and by whom.
     let account_id = match (p, &input.account_id) {
-        (Principal::Operator, Some(a)) => find_account(ctx, a).await.map_err(|_| {
-            Error::Invalid(ParseError::new("account_id", "no such account"))
-        })?.id,
+        (Principal::Operator, Some(a)) => {
+            find_account(ctx, a)
+                .await
+                .map_err(|_| Error::Invalid(ParseError::new("account_id", "no such account")))?
+                .id
+        }
         (Principal::Operator, None) => {
-            return Err(ParseError::new("account_id", "is required when the operator creates tokens").into())
+            return Err(ParseError::new(
+                "account_id",
+                "is required when the operator creates tokens",
+            )
+            .into())
         }
         (_, Some(a)) if Some(a.as_str()) != p.account_id() => {
-            return Err(Error::Forbidden("account_id: tokens can only be created in the credential's own account".into()))
+            return Err(Error::Forbidden(
+                "account_id: tokens can only be created in the credential's own account".into(),
+            ))
         }
         _ => p.account_id().unwrap_or_default().to_string(),
     };
     if role > p.role() {
-        return Err(Error::RoleTooHigh { requested: role, allowed: p.role() });
+        return Err(Error::RoleTooHigh {
+            requested: role,
+            allowed: p.role(),
+        });
     }
     let (user_id, issued_by) = match (p, input.user_id) {
         (Principal::Token { token, .. }, given) if token.role != Role::Admin => {
@@ -583,11 +683,19 @@ pub async fn create_tokens(ctx: &Ctx, p: &Principal, input: CreateTokens) -> Res
             }
         }
         (_, Some(u)) => {
-            let user = ctx.store.user(&u).await?.filter(|x| x.account_id == account_id).ok_or_else(|| {
-                Error::Invalid(ParseError::new("user_id", "no such user in this account"))
-            })?;
+            let user = ctx
+                .store
+                .user(&u)
+                .await?
+                .filter(|x| x.account_id == account_id)
+                .ok_or_else(|| {
+                    Error::Invalid(ParseError::new("user_id", "no such user in this account"))
+                })?;
             if role > user.role {
-                return Err(Error::RoleTooHigh { requested: role, allowed: user.role });
+                return Err(Error::RoleTooHigh {
+                    requested: role,
+                    allowed: user.role,
+                });
             }
             (Some(user.id.clone()), format!("user:{}", user.id))
         }
@@ -624,11 +732,19 @@ pub async fn create_tokens(ctx: &Ctx, p: &Principal, input: CreateTokens) -> Res
         });
         plains.push(plain);
     }
-    let tokens = ctx.store.create_tokens(&account_id, &new, now).await.map_err(|e| match e {
-        StoreError::TokenLimit { max, active } => Error::TokenLimit { max, active, requested: count },
-        StoreError::NotFound => Error::NotFound("account"),
-        e => e.into(),
-    })?;
+    let tokens = ctx
+        .store
+        .create_tokens(&account_id, &new, now)
+        .await
+        .map_err(|e| match e {
+            StoreError::TokenLimit { max, active } => Error::TokenLimit {
+                max,
+                active,
+                requested: count,
+            },
+            StoreError::NotFound => Error::NotFound("account"),
+            e => e.into(),
+        })?;
     Ok(tokens.into_iter().zip(plains).collect())
 }
 
@@ -675,7 +791,11 @@ fn cursor(t: &Token) -> String {
 
 /// Lists the tokens the principal may see, newest first. Returns the page and the cursor of the
 /// next one.
-pub async fn list_tokens(ctx: &Ctx, p: &Principal, q: ListTokens) -> Result<(Vec<Token>, Option<String>)> {
+pub async fn list_tokens(
+    ctx: &Ctx,
+    p: &Principal,
+    q: ListTokens,
+) -> Result<(Vec<Token>, Option<String>)> {
     let now = ctx.clock.now();
     if !p.role().may_manage_tokens() {
         return Err(Error::Forbidden(format!(
@@ -686,9 +806,16 @@ pub async fn list_tokens(ctx: &Ctx, p: &Principal, q: ListTokens) -> Result<(Vec
     let status = q
         .status
         .as_deref()
-        .map(|s| s.parse::<TokenStatus>().map_err(|r| ParseError::new("status", r)))
+        .map(|s| {
+            s.parse::<TokenStatus>()
+                .map_err(|r| ParseError::new("status", r))
+        })
         .transpose()?;
-    let role = q.role.as_deref().map(|r| parse_role(r, "role")).transpose()?;
+    let role = q
+        .role
+        .as_deref()
+        .map(|r| parse_role(r, "role"))
+        .transpose()?;
     let expiring_before = match q.expiring_within_days {
         Some(d) if (0..=3650).contains(&d) => Some(now + TimeDelta::days(d)),
         Some(_) => return Err(ParseError::new("expiring_within_days", "must be 0 to 3650").into()),
@@ -704,7 +831,9 @@ pub async fn list_tokens(ctx: &Ctx, p: &Principal, q: ListTokens) -> Result<(Vec
     let account_id = match (p, q.account_id) {
         (Principal::Operator, a) => a,
         (_, Some(a)) if Some(a.as_str()) != p.account_id() => {
-            return Err(Error::Forbidden("account_id: only your own account's tokens can be listed".into()))
+            return Err(Error::Forbidden(
+                "account_id: only your own account's tokens can be listed".into(),
+            ))
         }
         _ => p.account_id().map(String::from),
     };
@@ -826,19 +955,38 @@ pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken
     let now = ctx.clock.now();
     let cfg = &ctx.config.tokens;
     load_token(ctx, p, id, Access::Manage).await?;
-    let name = input.name.as_deref().map(|n| limits::text(n, 100, true, "name")).transpose()?;
+    let name = input
+        .name
+        .as_deref()
+        .map(|n| limits::text(n, 100, true, "name"))
+        .transpose()?;
     let description = match input.description.given() {
         None => None,
         Some(d) => Some(opt_text(d.as_deref(), 1000, "description")?),
     };
-    let role = input.role.as_deref().map(|r| parse_role(r, "role")).transpose()?;
+    let role = input
+        .role
+        .as_deref()
+        .map(|r| parse_role(r, "role"))
+        .transpose()?;
     if let Some(r) = role {
         if r > p.role() {
-            return Err(Error::RoleTooHigh { requested: r, allowed: p.role() });
+            return Err(Error::RoleTooHigh {
+                requested: r,
+                allowed: p.role(),
+            });
         }
     }
-    let scopes = input.scopes.as_deref().map(|s| scope::parse_list(s, "scopes")).transpose()?;
-    let ips = input.allowed_ips.as_deref().map(|s| net::parse_list(s, "allowed_ips")).transpose()?;
+    let scopes = input
+        .scopes
+        .as_deref()
+        .map(|s| scope::parse_list(s, "scopes"))
+        .transpose()?;
+    let ips = input
+        .allowed_ips
+        .as_deref()
+        .map(|s| net::parse_list(s, "allowed_ips"))
+        .transpose()?;
     let usage_limit = match input.usage_limit.given() {
         None => None,
         Some(None) => Some(None),
@@ -846,7 +994,13 @@ pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken
     };
     let expires_at = match expiry_request(input.lifetime_seconds, input.expires_on, None)? {
         None => None,
-        Some(req) => Some(limits::resolve_expiry(&req, cfg.max_lifetime_seconds, now, "lifetime_seconds", "expires_on")?),
+        Some(req) => Some(limits::resolve_expiry(
+            &req,
+            cfg.max_lifetime_seconds,
+            now,
+            "lifetime_seconds",
+            "expires_on",
+        )?),
     };
     let refill_monthly = match input.refill_monthly.given() {
         None => None,
@@ -856,7 +1010,9 @@ pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken
     ctx.store
         .update_token(id, now, |mut t| {
             if t.status == TokenStatus::Revoked {
-                return Err(Error::Conflict("the token is revoked and can no longer be changed".into()));
+                return Err(Error::Conflict(
+                    "the token is revoked and can no longer be changed".into(),
+                ));
             }
             if let Some(n) = name {
                 t.name = n;
@@ -889,7 +1045,9 @@ pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken
             }
             if let Some(r) = refill_monthly {
                 if r.is_some() && t.usage_limit.is_none() {
-                    return Err(ParseError::new("refill_monthly", "needs a usage_limit to refill").into());
+                    return Err(
+                        ParseError::new("refill_monthly", "needs a usage_limit to refill").into(),
+                    );
                 }
                 t.refill_monthly = r;
             }
@@ -927,17 +1085,26 @@ pub struct Regenerate {
 
 /// Gives a token a new secret with the same id, settings and counters; returns the new plain
 /// value once.
-pub async fn regenerate_token(ctx: &Ctx, p: &Principal, id: &str, input: Regenerate) -> Result<(Token, Plain)> {
+pub async fn regenerate_token(
+    ctx: &Ctx,
+    p: &Principal,
+    id: &str,
+    input: Regenerate,
+) -> Result<(Token, Plain)> {
     let now = ctx.clock.now();
     let max = ctx.config.tokens.max_regenerate_grace_seconds;
     let grace = match input.grace_seconds {
         None | Some(0) => None,
         Some(s) if (1..=max).contains(&s) => Some(now + TimeDelta::seconds(s)),
-        Some(_) => return Err(ParseError::new("grace_seconds", format!("must be 0 to {max}")).into()),
+        Some(_) => {
+            return Err(ParseError::new("grace_seconds", format!("must be 0 to {max}")).into())
+        }
     };
     let token = load_token(ctx, p, id, Access::Manage).await?;
     if token.status == TokenStatus::Revoked {
-        return Err(Error::Conflict("the token is revoked; create a new one instead".into()));
+        return Err(Error::Conflict(
+            "the token is revoked; create a new one instead".into(),
+        ));
     }
     let plain = credential::new_token(&ctx.config.tokens.prefix, &token.id);
     let token = ctx
@@ -951,7 +1118,9 @@ pub async fn regenerate_token(ctx: &Ctx, p: &Principal, id: &str, input: Regener
 /// Makes a new operator credential, replacing any old one, and returns it once.
 pub async fn reset_operator(ctx: &Ctx) -> Result<Plain> {
     let plain = credential::new_operator_credential(&ctx.config.tokens.prefix);
-    ctx.store.operator_replace(&plain.hash(), ctx.clock.now()).await?;
+    ctx.store
+        .operator_replace(&plain.hash(), ctx.clock.now())
+        .await?;
     Ok(plain)
 }
 
@@ -959,6 +1128,9 @@ pub async fn reset_operator(ctx: &Ctx) -> Result<Plain> {
 /// only); on a store that has one, returns `None`.
 pub async fn init_operator(ctx: &Ctx) -> Result<Option<Plain>> {
     let plain = credential::new_operator_credential(&ctx.config.tokens.prefix);
-    let created = ctx.store.operator_init(&plain.hash(), ctx.clock.now()).await?;
+    let created = ctx
+        .store
+        .operator_init(&plain.hash(), ctx.clock.now())
+        .await?;
     Ok(created.then_some(plain))
 }

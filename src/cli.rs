@@ -86,7 +86,7 @@ pub enum AccountCmd {
 #[derive(Debug, Subcommand)]
 pub enum TokenCmd {
     /// Create tokens; prints them with their plain values (shown once).
-    Create(TokenCreateArgs),
+    Create(Box<TokenCreateArgs>),
     /// List tokens.
     List(TokenListArgs),
     /// Show one token.
@@ -242,11 +242,27 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
             let plain = admin::reset_operator(ctx).await?;
             let path = ctx.config.operator_token_path();
             app::write_secret_file(&path, plain.expose())?;
-            eprintln!("new operator credential written to {} (mode 0600); the old one no longer works", path.display());
+            eprintln!(
+                "new operator credential written to {} (mode 0600); the old one no longer works",
+                path.display()
+            );
             Ok(())
         }
-        Command::Account(AccountCmd::Create { name, max_tokens, monthly_quota }) => {
-            let (a, secret) = admin::create_account(ctx, &op, CreateAccount { name: Some(name), max_tokens, monthly_quota }).await?;
+        Command::Account(AccountCmd::Create {
+            name,
+            max_tokens,
+            monthly_quota,
+        }) => {
+            let (a, secret) = admin::create_account(
+                ctx,
+                &op,
+                CreateAccount {
+                    name: Some(name),
+                    max_tokens,
+                    monthly_quota,
+                },
+            )
+            .await?;
             print(json!({"account": AccountView::new(&a, now), "secret": secret.expose()}))
         }
         Command::Account(AccountCmd::List) => {
@@ -270,6 +286,7 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
             print(json!({"account": AccountView::new(&a, now), "users": users}))
         }
         Command::Token(TokenCmd::Create(a)) => {
+            let a = *a;
             let account = admin::find_account(ctx, &a.account).await?;
             let input = CreateTokens {
                 account_id: Some(account.id),
@@ -279,8 +296,16 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
                 role: a.role,
                 scopes: a.scopes,
                 allowed_ips: a.allowed_ips,
-                usage_limit: if a.unlimited { Patch::Null } else { Patch::from_option(a.usage_limit) },
-                lifetime_seconds: if a.never_expires { Patch::Null } else { Patch::from_option(a.lifetime_seconds) },
+                usage_limit: if a.unlimited {
+                    Patch::Null
+                } else {
+                    Patch::from_option(a.usage_limit)
+                },
+                lifetime_seconds: if a.never_expires {
+                    Patch::Null
+                } else {
+                    Patch::from_option(a.lifetime_seconds)
+                },
                 expires_on: Patch::from_option(a.expires_on),
                 count: a.count,
                 refill_monthly: a.refill_monthly,
@@ -308,7 +333,10 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
                 page: a.page,
             };
             let (tokens, next) = admin::list_tokens(ctx, &op, q).await?;
-            let views: Vec<TokenView> = tokens.iter().map(|t| TokenView::new(t, now, soon)).collect();
+            let views: Vec<TokenView> = tokens
+                .iter()
+                .map(|t| TokenView::new(t, now, soon))
+                .collect();
             print(json!({ "tokens": views, "next_page": next }))
         }
         Command::Token(TokenCmd::Show { id }) => {
@@ -320,7 +348,8 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
             print(json!({ "token": TokenView::new(&t, now, soon) }))
         }
         Command::Token(TokenCmd::Regenerate { id, grace_seconds }) => {
-            let (t, p) = admin::regenerate_token(ctx, &op, &id, Regenerate { grace_seconds }).await?;
+            let (t, p) =
+                admin::regenerate_token(ctx, &op, &id, Regenerate { grace_seconds }).await?;
             print(json!({ "token": TokenView::new(&t, now, soon).with_secret(p.expose()) }))
         }
     }

@@ -6,7 +6,7 @@ use crate::domain::{limits, net};
 use crate::store::StoreLocation;
 use figment::{
     providers::{Env, Format, Serialized, Toml},
-    Figment, Metadata, Profile,
+    Figment, Metadata,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -265,7 +265,10 @@ fn describe(meta: Option<&Metadata>, key: &[String]) -> String {
         Some(m) => match &m.source {
             Some(figment::Source::File(p)) => p.display().to_string(),
             _ if m.name.contains("environment") => {
-                format!("environment variable {}", m.interpolate(&Profile::Default, key))
+                format!(
+                    "environment variable TOKENWARDEN_{}",
+                    key.join("__").to_uppercase()
+                )
             }
             _ => m.name.to_string(),
         },
@@ -313,7 +316,9 @@ pub fn load(file: Option<&Path>, ov: &Overrides) -> Result<Config, ConfigErrors>
                 .map(|e| {
                     let mut path = e.path.clone();
                     if let figment::error::Kind::UnknownField(name, _) = &e.kind {
-                        path.push(name.clone());
+                        if path.last() != Some(name) {
+                            path.push(name.clone());
+                        }
                     }
                     let reason = match &e.kind {
                         figment::error::Kind::UnknownField(..) => "unknown key".to_string(),
@@ -356,15 +361,21 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
         .server
         .listen
         .parse::<SocketAddr>()
-        .map_err(|_| bad("server.listen", format!("`{}` is not an address:port", raw.server.listen)))
+        .map_err(|_| {
+            bad(
+                "server.listen",
+                format!("`{}` is not an address:port", raw.server.listen),
+            )
+        })
         .ok();
-    let trusted_proxies = match net::parse_list(&raw.server.trusted_proxies, "server.trusted_proxies") {
-        Ok(v) => v,
-        Err(e) => {
-            bad(&e.field, e.reason);
-            Vec::new()
-        }
-    };
+    let trusted_proxies =
+        match net::parse_list(&raw.server.trusted_proxies, "server.trusted_proxies") {
+            Ok(v) => v,
+            Err(e) => {
+                bad(&e.field, e.reason);
+                Vec::new()
+            }
+        };
     if !(1024..=16 * 1024 * 1024).contains(&raw.server.body_limit_bytes) {
         bad("server.body_limit_bytes", "must be 1024 to 16777216".into());
     }
@@ -385,12 +396,20 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
     let prefix_ok = !t.prefix.is_empty()
         && t.prefix.len() <= 12
         && t.prefix.starts_with(|c: char| c.is_ascii_lowercase())
-        && t.prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        && t.prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if !prefix_ok {
-        bad("tokens.prefix", "must be 1 to 12 lowercase letters or digits, starting with a letter".into());
+        bad(
+            "tokens.prefix",
+            "must be 1 to 12 lowercase letters or digits, starting with a letter".into(),
+        );
     }
     if !(1..=limits::MAX_LIFETIME_SECONDS).contains(&t.max_lifetime_seconds) {
-        bad("tokens.max_lifetime_seconds", format!("must be 1 to {}", limits::MAX_LIFETIME_SECONDS));
+        bad(
+            "tokens.max_lifetime_seconds",
+            format!("must be 1 to {}", limits::MAX_LIFETIME_SECONDS),
+        );
     }
     if let Some(u) = t.default_usage_limit {
         if let Err(e) = limits::usage_limit(u, "tokens.default_usage_limit") {
@@ -398,7 +417,9 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
         }
     }
     if let Some(l) = t.default_lifetime_seconds {
-        if let Err(e) = limits::lifetime(l, t.max_lifetime_seconds, "tokens.default_lifetime_seconds") {
+        if let Err(e) =
+            limits::lifetime(l, t.max_lifetime_seconds, "tokens.default_lifetime_seconds")
+        {
             bad(&e.field, e.reason);
         }
     }
@@ -409,13 +430,22 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
         bad("tokens.expires_soon_days", "must be 0 to 365".into());
     }
     if !(0..=30 * 24 * 3600).contains(&t.max_regenerate_grace_seconds) {
-        bad("tokens.max_regenerate_grace_seconds", "must be 0 to 2592000 (30 days)".into());
+        bad(
+            "tokens.max_regenerate_grace_seconds",
+            "must be 0 to 2592000 (30 days)".into(),
+        );
     }
     if !(1..=1_000_000).contains(&raw.accounts.default_max_tokens) {
         bad("accounts.default_max_tokens", "must be 1 to 1000000".into());
     }
     if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
-        bad("log.level", format!("`{}` is not a log filter (try info or debug)", raw.log.level));
+        bad(
+            "log.level",
+            format!(
+                "`{}` is not a log filter (try info or debug)",
+                raw.log.level
+            ),
+        );
     }
     let log_format = match raw.log.format.as_str() {
         "human" => LogFormat::Human,
@@ -499,7 +529,10 @@ mod tests {
     fn defaults_serve_from_data_on_loopback() {
         let c = load(None, &Overrides::default()).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8470");
-        assert_eq!(c.store, StoreLocation::Sqlite(PathBuf::from("./data/tokenwarden.db")));
+        assert_eq!(
+            c.store,
+            StoreLocation::Sqlite(PathBuf::from("./data/tokenwarden.db"))
+        );
         assert_eq!(c.default_max_tokens, 50);
         assert_eq!(c.tokens.prefix, "tw");
     }
@@ -550,7 +583,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 9001);
         assert_eq!(c.data_dir, PathBuf::from("/srv/tw"));
-        assert!(load(Some(Path::new("/nonexistent/tw.toml")), &Overrides::default()).is_err());
+        assert!(load(
+            Some(Path::new("/nonexistent/tw.toml")),
+            &Overrides::default()
+        )
+        .is_err());
     }
 
     #[test]
@@ -562,6 +599,9 @@ mod tests {
 
     #[test]
     fn database_passwords_are_masked() {
-        assert_eq!(mask_url("postgres://tw:hunter2@db/tw"), "postgres://tw:***@db/tw");
+        assert_eq!(
+            mask_url("postgres://tw:hunter2@db/tw"),
+            "postgres://tw:***@db/tw"
+        );
     }
 }

@@ -59,7 +59,13 @@ mod tests {
     #[test]
     fn absent_null_and_value_differ() {
         assert_eq!(serde_json::from_str::<P>("{}").unwrap().a, Patch::Absent);
-        assert_eq!(serde_json::from_str::<P>(r#"{"a":null}"#).unwrap().a, Patch::Null);
-        assert_eq!(serde_json::from_str::<P>(r#"{"a":3}"#).unwrap().a, Patch::Value(3));
+        assert_eq!(
+            serde_json::from_str::<P>(r#"{"a":null}"#).unwrap().a,
+            Patch::Null
+        );
+        assert_eq!(
+            serde_json::from_str::<P>(r#"{"a":3}"#).unwrap().a,
+            Patch::Value(3)
+        );
     }
 }

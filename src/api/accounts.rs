@@ -88,7 +88,11 @@ pub struct UserList {
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = CreateAccount,
     responses((status = 201, body = AccountCreated), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn create(State(s): State<AppState>, Auth(p): Auth, Body(input): Body<CreateAccount>) -> ApiResult<(StatusCode, Json<AccountCreated>)> {
+pub async fn create(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Body(input): Body<CreateAccount>,
+) -> ApiResult<(StatusCode, Json<AccountCreated>)> {
     let (account, secret) = admin::create_account(&s.ctx, &p, input).await?;
     tracing::info!(account = %account.id, by = %p.label(), "account created");
     Ok((
@@ -105,7 +109,11 @@ pub async fn create(State(s): State<AppState>, Auth(p): Auth, Body(input): Body<
 #[utoipa::path(get, path = "/v1/accounts", tag = "accounts", params(AccountQuery),
     responses((status = 200, body = AccountList), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn list(State(s): State<AppState>, Auth(p): Auth, Params(q): Params<AccountQuery>) -> ApiResult<Json<AccountList>> {
+pub async fn list(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Params(q): Params<AccountQuery>,
+) -> ApiResult<Json<AccountList>> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(crate::domain::ParseError::new("limit", "must be 1 to 500").into());
@@ -129,7 +137,11 @@ pub async fn list(State(s): State<AppState>, Auth(p): Auth, Params(q): Params<Ac
 #[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path, description = "account id")),
     responses((status = 200, body = AccountAnswer), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn show(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<AccountAnswer>> {
+pub async fn show(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AccountAnswer>> {
     let a = admin::show_account(&s.ctx, &p, &id).await?;
     Ok(Json(AccountAnswer {
         code: Code::Ok.number(),
@@ -142,7 +154,12 @@ pub async fn show(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<Strin
     request_body = UpdateAccount,
     responses((status = 200, body = AccountAnswer), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn update(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>, Body(input): Body<UpdateAccount>) -> ApiResult<Json<AccountAnswer>> {
+pub async fn update(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Body(input): Body<UpdateAccount>,
+) -> ApiResult<Json<AccountAnswer>> {
     let a = admin::update_account(&s.ctx, &p, &id, input).await?;
     tracing::info!(account = %a.id, by = %p.label(), "account updated");
     Ok(Json(AccountAnswer {
@@ -155,7 +172,11 @@ pub async fn update(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<Str
 #[utoipa::path(post, path = "/v1/accounts/{id}/secret", tag = "accounts", params(("id" = String, Path, description = "account id")),
     responses((status = 201, body = SecretAnswer), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn reset_secret(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<SecretAnswer>)> {
+pub async fn reset_secret(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<SecretAnswer>)> {
     let secret = admin::reset_account_secret(&s.ctx, &p, &id).await?;
     tracing::info!(account = %id, by = %p.label(), "account secret reset");
     Ok((
@@ -173,7 +194,12 @@ pub async fn reset_secret(State(s): State<AppState>, Auth(p): Auth, Path(id): Pa
     request_body = CreateUser,
     responses((status = 201, body = UserAnswer), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn create_user(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>, Body(input): Body<CreateUser>) -> ApiResult<(StatusCode, Json<UserAnswer>)> {
+pub async fn create_user(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Body(input): Body<CreateUser>,
+) -> ApiResult<(StatusCode, Json<UserAnswer>)> {
     let u = admin::create_user(&s.ctx, &p, &id, input).await?;
     Ok((
         StatusCode::CREATED,
@@ -188,7 +214,11 @@ pub async fn create_user(State(s): State<AppState>, Auth(p): Auth, Path(id): Pat
 #[utoipa::path(get, path = "/v1/accounts/{id}/users", tag = "users", params(("id" = String, Path, description = "account id")),
     responses((status = 200, body = UserList), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn list_users(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<UserList>> {
+pub async fn list_users(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserList>> {
     let users = admin::list_users(&s.ctx, &p, &id).await?;
     Ok(Json(UserList {
         code: Code::Ok.number(),
@@ -201,7 +231,12 @@ pub async fn list_users(State(s): State<AppState>, Auth(p): Auth, Path(id): Path
     request_body = UpdateUser,
     responses((status = 200, body = UserAnswer), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn update_user(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>, Body(input): Body<UpdateUser>) -> ApiResult<Json<UserAnswer>> {
+pub async fn update_user(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Body(input): Body<UpdateUser>,
+) -> ApiResult<Json<UserAnswer>> {
     let u = admin::update_user(&s.ctx, &p, &id, input).await?;
     Ok(Json(UserAnswer {
         code: Code::Ok.number(),

@@ -72,7 +72,9 @@ impl Code {
             TokenCreated | Created => StatusCode::CREATED,
             TokenDeleted | Ok | TokenRegenerated => StatusCode::OK,
             MalformedRequest => StatusCode::BAD_REQUEST,
-            BadSecret | BadToken | BadJwt | NoCredentials | AccountInactive => StatusCode::UNAUTHORIZED,
+            BadSecret | BadToken | BadJwt | NoCredentials | AccountInactive => {
+                StatusCode::UNAUTHORIZED
+            }
             Forbidden | RoleTooHigh => StatusCode::FORBIDDEN,
             NotFound | NoRoute => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -181,7 +183,10 @@ fn store_error(e: &StoreError) -> ApiError {
     match e {
         StoreError::Unavailable(detail) => {
             tracing::error!(error = %detail, "store unavailable");
-            ApiError::new(Code::StoreUnavailable, "the token store is unavailable; try again")
+            ApiError::new(
+                Code::StoreUnavailable,
+                "the token store is unavailable; try again",
+            )
         }
         other => {
             tracing::error!(error = %other, "store error");
@@ -196,7 +201,9 @@ impl From<admin::Error> for ApiError {
         let code = match &e {
             E::Invalid(p) => return ApiError::field(Code::InvalidField, &p.field, &p.reason),
             E::Store(s) => return store_error(s),
-            E::RoleTooHigh { .. } => return ApiError::field(Code::RoleTooHigh, "role", e.to_string()),
+            E::RoleTooHigh { .. } => {
+                return ApiError::field(Code::RoleTooHigh, "role", e.to_string())
+            }
             E::NoCredentials => Code::NoCredentials,
             E::BadSecret => Code::BadSecret,
             E::BadToken(_) => Code::BadToken,

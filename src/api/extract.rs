@@ -19,7 +19,10 @@ fn data_error(path: String, message: String) -> ApiError {
         None => message,
     };
     let join = |name: &str| {
-        if path == "." || path.is_empty() {
+        // Unknown fields already carry their own name in the path; missing ones do not.
+        if path == name || path.ends_with(&format!(".{name}")) {
+            path.clone()
+        } else if path == "." || path.is_empty() {
             name.to_string()
         } else {
             format!("{path}.{name}")
@@ -28,7 +31,11 @@ fn data_error(path: String, message: String) -> ApiError {
     let quoted = |m: &str| m.split('`').nth(1).map(str::to_string);
     if message.starts_with("unknown field") {
         let name = quoted(&message).unwrap_or_default();
-        return ApiError::field(Code::UnknownField, join(&name), format!("unknown field `{name}`"));
+        return ApiError::field(
+            Code::UnknownField,
+            join(&name),
+            format!("unknown field `{name}`"),
+        );
     }
     if message.starts_with("missing field") {
         let name = quoted(&message).unwrap_or_default();
@@ -57,7 +64,12 @@ where
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|ct| {
-                let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                let mime = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
                 mime == "application/json" || mime.ends_with("+json")
             });
         let bytes = Bytes::from_request(req, state).await.map_err(|r| {
@@ -87,7 +99,10 @@ where
                 if inner.is_data() {
                     Err(data_error(path, inner.to_string()))
                 } else {
-                    Err(ApiError::new(Code::MalformedRequest, format!("the body is not valid JSON: {inner}")))
+                    Err(ApiError::new(
+                        Code::MalformedRequest,
+                        format!("the body is not valid JSON: {inner}"),
+                    ))
                 }
             }
         }
@@ -113,7 +128,8 @@ where
         let encoded = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(kept)
             .finish();
-        let de = serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(encoded.as_bytes()));
+        let de =
+            serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(encoded.as_bytes()));
         serde_path_to_error::deserialize(de)
             .map(Params)
             .map_err(|e| {
@@ -133,7 +149,11 @@ where
 /// The credential of a management call: `Authorization: Bearer <c>`, `Authorization: APIKey
 /// <c>`, or `?Secret=<c>`.
 pub fn presented_credential(parts: &Parts) -> Option<String> {
-    if let Some(v) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
         if let Some((scheme, rest)) = v.split_once(' ') {
             if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("apikey") {

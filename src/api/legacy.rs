@@ -153,7 +153,9 @@ pub async fn create(
                 .map(|(t, plain)| LegacyToken {
                     id: plain.expose().to_string(),
                     token_id: t.id.clone(),
-                    valid_until: t.expires_at.map(|e| e.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+                    valid_until: t
+                        .expires_at
+                        .map(|e| e.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
                     request_count: t.usage_limit,
                 })
                 .collect(),

@@ -83,7 +83,10 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(|| async { ApiError::new(Code::NoRoute, "no such route; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(Code::MethodNotAllowed, "this route does not take that method; see /openapi.json")
+            ApiError::new(
+                Code::MethodNotAllowed,
+                "this route does not take that method; see /openapi.json",
+            )
         })
         .layer(Extension(Arc::new(doc)))
         .layer(DefaultBodyLimit::max(body_limit))

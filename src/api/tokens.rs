@@ -50,7 +50,11 @@ fn soon(s: &AppState) -> i64 {
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateTokens,
     responses((status = 201, body = TokensCreated), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn create(State(s): State<AppState>, Auth(p): Auth, Body(input): Body<CreateTokens>) -> ApiResult<(StatusCode, Json<TokensCreated>)> {
+pub async fn create(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Body(input): Body<CreateTokens>,
+) -> ApiResult<(StatusCode, Json<TokensCreated>)> {
     let created = admin::create_tokens(&s.ctx, &p, input).await?;
     let now = s.ctx.clock.now();
     let ids: Vec<&str> = created.iter().map(|(t, _)| t.id.as_str()).collect();
@@ -71,12 +75,19 @@ pub async fn create(State(s): State<AppState>, Auth(p): Auth, Body(input): Body<
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(ListTokens),
     responses((status = 200, body = TokenList), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn list(State(s): State<AppState>, Auth(p): Auth, Params(q): Params<ListTokens>) -> ApiResult<Json<TokenList>> {
+pub async fn list(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Params(q): Params<ListTokens>,
+) -> ApiResult<Json<TokenList>> {
     let (tokens, next_page) = admin::list_tokens(&s.ctx, &p, q).await?;
     let now = s.ctx.clock.now();
     Ok(Json(TokenList {
         code: Code::Ok.number(),
-        tokens: tokens.iter().map(|t| TokenView::new(t, now, soon(&s))).collect(),
+        tokens: tokens
+            .iter()
+            .map(|t| TokenView::new(t, now, soon(&s)))
+            .collect(),
         next_page,
     }))
 }
@@ -85,7 +96,11 @@ pub async fn list(State(s): State<AppState>, Auth(p): Auth, Params(q): Params<Li
 #[utoipa::path(get, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "token id")),
     responses((status = 200, body = TokenAnswer), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn show(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<TokenAnswer>> {
+pub async fn show(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TokenAnswer>> {
     let t = admin::show_token(&s.ctx, &p, &id).await?;
     Ok(Json(TokenAnswer {
         code: Code::Ok.number(),
@@ -98,7 +113,12 @@ pub async fn show(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<Strin
     request_body = UpdateToken,
     responses((status = 200, body = TokenAnswer), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn update(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>, Body(input): Body<UpdateToken>) -> ApiResult<Json<TokenAnswer>> {
+pub async fn update(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Body(input): Body<UpdateToken>,
+) -> ApiResult<Json<TokenAnswer>> {
     let t = admin::update_token(&s.ctx, &p, &id, input).await?;
     tracing::info!(token = %t.id, by = %p.label(), "token updated");
     Ok(Json(TokenAnswer {
@@ -111,7 +131,11 @@ pub async fn update(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<Str
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "token id")),
     responses((status = 200, body = TokenAnswer), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn revoke(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> ApiResult<Json<TokenAnswer>> {
+pub async fn revoke(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TokenAnswer>> {
     let t = admin::revoke_token(&s.ctx, &p, &id).await?;
     tracing::info!(token = %t.id, by = %p.label(), "token revoked");
     Ok(Json(TokenAnswer {
@@ -126,7 +150,12 @@ pub async fn revoke(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<Str
     request_body(content = Regenerate, description = "optional"),
     responses((status = 200, body = TokenAnswer), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
-pub async fn regenerate(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>, Body(input): Body<Regenerate>) -> ApiResult<Json<TokenAnswer>> {
+pub async fn regenerate(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Body(input): Body<Regenerate>,
+) -> ApiResult<Json<TokenAnswer>> {
     let (t, plain) = admin::regenerate_token(&s.ctx, &p, &id, input).await?;
     tracing::info!(token = %t.id, by = %p.label(), "token regenerated");
     Ok(Json(TokenAnswer {

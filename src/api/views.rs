@@ -1,6 +1,9 @@
 //! What the API (and the CLI) shows of accounts, users and tokens.
 
-use crate::domain::{role::Role, status::{AccountStatus, TokenStatus}};
+use crate::domain::{
+    role::Role,
+    status::{AccountStatus, TokenStatus},
+};
 use crate::store::{Account, Token, User};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::{Serialize, Serializer};
@@ -166,7 +169,8 @@ impl TokenView {
         let status = t.status_at(now);
         let expires_soon = status != TokenStatus::Revoked
             && status != TokenStatus::Expired
-            && t.expires_at.is_some_and(|e| e - now <= TimeDelta::days(soon_days));
+            && t.expires_at
+                .is_some_and(|e| e - now <= TimeDelta::days(soon_days));
         Self {
             id: t.id.clone(),
             token: None,

@@ -186,7 +186,10 @@ mod tests {
         let t = new_token("tw", "AbCdEf12");
         assert_eq!(parse("xx", t.expose()), Err(Malformed::Shape));
         assert_eq!(parse("tw", &t.expose()[..20]), Err(Malformed::Shape));
-        assert_eq!(parse("tw", "tw_!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"), Err(Malformed::Shape));
+        assert_eq!(
+            parse("tw", "tw_!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"),
+            Err(Malformed::Shape)
+        );
         assert_eq!(parse("tw", ""), Err(Malformed::Shape));
         assert_eq!(parse("tw", "tw_ÄÖÜ"), Err(Malformed::Shape));
     }
@@ -199,7 +202,10 @@ mod tests {
             Ok(Presented::AccountSecret { account_id, .. }) if account_id == "acct000001"
         ));
         let o = new_operator_credential("tw");
-        assert!(matches!(parse("tw", o.expose()), Ok(Presented::Operator { .. })));
+        assert!(matches!(
+            parse("tw", o.expose()),
+            Ok(Presented::Operator { .. })
+        ));
     }
 
     #[test]

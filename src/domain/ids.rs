@@ -56,9 +56,15 @@ mod tests {
     fn fixed_width_encoding_pads_and_holds_the_maximum() {
         assert_eq!(base62_fixed(0, 4), "0000");
         assert_eq!(base62_fixed(61, 2), "0z");
-        assert_eq!(base62_fixed(u32::MAX as u128, CHECKSUM_LEN).len(), CHECKSUM_LEN);
+        assert_eq!(
+            base62_fixed(u32::MAX as u128, CHECKSUM_LEN).len(),
+            CHECKSUM_LEN
+        );
         assert_eq!(base62_fixed(u128::MAX, SECRET_LEN).len(), SECRET_LEN);
-        assert_ne!(base62_fixed(u128::MAX, SECRET_LEN), base62_fixed(u128::MAX - 1, SECRET_LEN));
+        assert_ne!(
+            base62_fixed(u128::MAX, SECRET_LEN),
+            base62_fixed(u128::MAX - 1, SECRET_LEN)
+        );
     }
 
     #[test]

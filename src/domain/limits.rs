@@ -13,7 +13,10 @@ pub fn usage_limit(v: i64, field: &str) -> Result<i64, ParseError> {
     if (1..=MAX_USAGE_LIMIT).contains(&v) {
         Ok(v)
     } else {
-        Err(ParseError::new(field, format!("must be 1 to {MAX_USAGE_LIMIT}")))
+        Err(ParseError::new(
+            field,
+            format!("must be 1 to {MAX_USAGE_LIMIT}"),
+        ))
     }
 }
 
@@ -23,7 +26,10 @@ pub fn lifetime(v: i64, max: i64, field: &str) -> Result<TimeDelta, ParseError> 
     if (1..=max).contains(&v) {
         Ok(TimeDelta::seconds(v))
     } else {
-        Err(ParseError::new(field, format!("must be 1 to {max} seconds")))
+        Err(ParseError::new(
+            field,
+            format!("must be 1 to {max} seconds"),
+        ))
     }
 }
 
@@ -36,7 +42,10 @@ pub fn parse_date(s: &str, field: &str) -> Result<NaiveDate, ParseError> {
         NaiveDate::parse_from_str(s, "%Y-%m-%d")
     };
     parsed.map_err(|_| {
-        ParseError::new(field, format!("`{s}` is not a date (use YYYY-MM-DD or dd/MM/yyyy)"))
+        ParseError::new(
+            field,
+            format!("`{s}` is not a date (use YYYY-MM-DD or dd/MM/yyyy)"),
+        )
     })
 }
 
@@ -71,7 +80,10 @@ pub fn resolve_expiry(
         ExpiryRequest::On(d) => {
             let at = start_of_day(parse_date(d, date_field)?);
             if at <= now {
-                return Err(ParseError::new(date_field, "must be a date after today (UTC)"));
+                return Err(ParseError::new(
+                    date_field,
+                    "must be a date after today (UTC)",
+                ));
             }
             if at - now > TimeDelta::seconds(max_lifetime.min(MAX_LIFETIME_SECONDS)) {
                 return Err(ParseError::new(
@@ -100,10 +112,16 @@ pub fn text(v: &str, max: usize, required: bool, field: &str) -> Result<String, 
         return Err(ParseError::new(field, "must not be empty"));
     }
     if t.chars().count() > max {
-        return Err(ParseError::new(field, format!("must be at most {max} characters")));
+        return Err(ParseError::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     if t.chars().any(|c| c.is_control()) {
-        return Err(ParseError::new(field, "must not contain control characters"));
+        return Err(ParseError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(t.to_string())
 }
@@ -119,8 +137,20 @@ mod tests {
 
     #[test]
     fn both_date_forms_mean_midnight_utc() {
-        let a = resolve_expiry(&ExpiryRequest::On("2026-12-24".into()), MAX_LIFETIME_SECONDS, now(), "l", "d");
-        let b = resolve_expiry(&ExpiryRequest::On("24/12/2026".into()), MAX_LIFETIME_SECONDS, now(), "l", "d");
+        let a = resolve_expiry(
+            &ExpiryRequest::On("2026-12-24".into()),
+            MAX_LIFETIME_SECONDS,
+            now(),
+            "l",
+            "d",
+        );
+        let b = resolve_expiry(
+            &ExpiryRequest::On("24/12/2026".into()),
+            MAX_LIFETIME_SECONDS,
+            now(),
+            "l",
+            "d",
+        );
         let midnight = Utc.with_ymd_and_hms(2026, 12, 24, 0, 0, 0).unwrap();
         assert_eq!(a, Ok(Some(midnight)));
         assert_eq!(b, Ok(Some(midnight)));
@@ -128,8 +158,20 @@ mod tests {
 
     #[test]
     fn bad_and_past_dates_are_refused() {
-        for bad in ["2026-13-01", "31/02/2027", "tomorrow", "2026-11-27", "12/24/2026"] {
-            let r = resolve_expiry(&ExpiryRequest::On(bad.into()), MAX_LIFETIME_SECONDS, now(), "l", "expires_on");
+        for bad in [
+            "2026-13-01",
+            "31/02/2027",
+            "tomorrow",
+            "2026-11-27",
+            "12/24/2026",
+        ] {
+            let r = resolve_expiry(
+                &ExpiryRequest::On(bad.into()),
+                MAX_LIFETIME_SECONDS,
+                now(),
+                "l",
+                "expires_on",
+            );
             assert_eq!(r.unwrap_err().field, "expires_on", "{bad}");
         }
     }

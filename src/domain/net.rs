@@ -21,7 +21,10 @@ pub fn parse_rule(s: &str, field: &str) -> Result<IpNet, ParseError> {
 /// Parses a list of rules, naming the index of a bad one (`allowed_ips[1]`).
 pub fn parse_list(items: &[String], field: &str) -> Result<Vec<IpNet>, ParseError> {
     if items.len() > MAX_RULES {
-        return Err(ParseError::new(field, format!("at most {MAX_RULES} entries")));
+        return Err(ParseError::new(
+            field,
+            format!("at most {MAX_RULES} entries"),
+        ));
     }
     let mut out: Vec<IpNet> = Vec::with_capacity(items.len());
     for (i, s) in items.iter().enumerate() {
@@ -49,7 +52,15 @@ mod tests {
 
     #[test]
     fn addresses_and_blocks() {
-        let rules = parse_list(&["10.1.2.3".into(), "192.168.0.0/16".into(), "2001:db8::/32".into()], "ips").unwrap();
+        let rules = parse_list(
+            &[
+                "10.1.2.3".into(),
+                "192.168.0.0/16".into(),
+                "2001:db8::/32".into(),
+            ],
+            "ips",
+        )
+        .unwrap();
         assert!(allows(&rules, "10.1.2.3".parse().unwrap()));
         assert!(!allows(&rules, "10.1.2.4".parse().unwrap()));
         assert!(allows(&rules, "192.168.77.1".parse().unwrap()));
@@ -60,7 +71,10 @@ mod tests {
 
     #[test]
     fn host_bits_are_cleared_and_bad_entries_are_named() {
-        assert_eq!(parse_rule("10.1.2.3/8", "f").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            parse_rule("10.1.2.3/8", "f").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
         let err = parse_list(&["1.2.3.4".into(), "1.2.3.400".into()], "allowed_ips").unwrap_err();
         assert_eq!(err.field, "allowed_ips[1]");
         assert!(parse_rule("10.0.0.0/33", "f").is_err());

@@ -25,8 +25,14 @@ mod tests {
     fn month_keys_and_boundaries() {
         let t = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap();
         assert_eq!(month_key(t), "2026-12");
-        assert_eq!(next_month_start(t), Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
+        assert_eq!(
+            next_month_start(t),
+            Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap()
+        );
         let feb = Utc.with_ymd_and_hms(2028, 2, 29, 12, 0, 0).unwrap();
-        assert_eq!(next_month_start(feb), Utc.with_ymd_and_hms(2028, 3, 1, 0, 0, 0).unwrap());
+        assert_eq!(
+            next_month_start(feb),
+            Utc.with_ymd_and_hms(2028, 3, 1, 0, 0, 0).unwrap()
+        );
     }
 }

@@ -14,7 +14,10 @@ impl Scope {
     /// Parses one scope; `field` names it in the error.
     pub fn parse(s: &str, field: &str) -> Result<Self, ParseError> {
         if s.is_empty() || s.len() > MAX_LEN {
-            return Err(ParseError::new(field, format!("must be 1 to {MAX_LEN} characters")));
+            return Err(ParseError::new(
+                field,
+                format!("must be 1 to {MAX_LEN} characters"),
+            ));
         }
         let body = s.strip_suffix('*').unwrap_or(s);
         let ok = body
@@ -46,7 +49,10 @@ impl Scope {
 /// Parses a list of scopes, naming the index of a bad one (`scopes[2]`).
 pub fn parse_list(items: &[String], field: &str) -> Result<Vec<Scope>, ParseError> {
     if items.len() > MAX_SCOPES {
-        return Err(ParseError::new(field, format!("at most {MAX_SCOPES} scopes")));
+        return Err(ParseError::new(
+            field,
+            format!("at most {MAX_SCOPES} scopes"),
+        ));
     }
     let mut out: Vec<Scope> = Vec::with_capacity(items.len());
     for (i, s) in items.iter().enumerate() {

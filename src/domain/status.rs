@@ -103,9 +103,21 @@ mod tests {
         let exp = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
         let before = exp - chrono::TimeDelta::milliseconds(1);
         use TokenStatus::*;
-        assert_eq!(TokenStatus::effective(Active, Some(exp), None, before), Active);
-        assert_eq!(TokenStatus::effective(Active, Some(exp), None, exp), Expired);
-        assert_eq!(TokenStatus::effective(Active, None, Some(0), exp), Exhausted);
-        assert_eq!(TokenStatus::effective(Revoked, Some(exp), Some(0), exp), Revoked);
+        assert_eq!(
+            TokenStatus::effective(Active, Some(exp), None, before),
+            Active
+        );
+        assert_eq!(
+            TokenStatus::effective(Active, Some(exp), None, exp),
+            Expired
+        );
+        assert_eq!(
+            TokenStatus::effective(Active, None, Some(0), exp),
+            Exhausted
+        );
+        assert_eq!(
+            TokenStatus::effective(Revoked, Some(exp), Some(0), exp),
+            Revoked
+        );
     }
 }

@@ -82,14 +82,21 @@ pub enum StoreLocation {
 impl StoreLocation {
     /// Picks the backend from the URL scheme; an unknown scheme is an error, never a new file.
     pub fn from_url(url: &str) -> std::result::Result<Self, String> {
-        if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             let path = rest.split('?').next().unwrap_or(rest);
             if path.is_empty() {
-                return Err("a sqlite URL needs a file path (sqlite:///var/lib/tokenwarden/tokenwarden.db)".into());
+                return Err(
+                    "a sqlite URL needs a file path (sqlite:///var/lib/tokenwarden/tokenwarden.db)"
+                        .into(),
+                );
             }
             Ok(StoreLocation::Sqlite(path.into()))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            PgConnectOptions::from_str(url).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+            PgConnectOptions::from_str(url)
+                .map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
             Ok(StoreLocation::Postgres(url.to_string()))
         } else {
             Err("must start with sqlite:// or postgres://".into())
@@ -324,7 +331,12 @@ impl Store {
     }
 
     /// Reads an account under a write lock, lets `f` change it, and writes the changed fields.
-    pub async fn update_account<E, F>(&self, id: &str, now: DateTime<Utc>, f: F) -> Result<Account, E>
+    pub async fn update_account<E, F>(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        f: F,
+    ) -> Result<Account, E>
     where
         E: From<StoreError>,
         F: FnOnce(Account) -> Result<Account, E>,
@@ -349,7 +361,12 @@ impl Store {
     }
 
     /// Replaces an account's secret hash; the old secret stops working at once.
-    pub async fn set_account_secret(&self, id: &str, hash: &[u8], now: DateTime<Utc>) -> Result<()> {
+    pub async fn set_account_secret(
+        &self,
+        id: &str,
+        hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let n = with_pool!(self, p => sqlx::query(
             "UPDATE accounts SET secret_hash = $2, updated_at = $3 WHERE id = $1")
             .bind(id).bind(hash).bind(now).execute(p).await?.rows_affected());
@@ -484,7 +501,10 @@ impl Store {
         if let Some(o) = &f.owner {
             let me = next(Arg::Str(o.token_id.clone()));
             match &o.user_id {
-                Some(u) => w.push(format!("(user_id = {} OR id = {me})", next(Arg::Str(u.clone())))),
+                Some(u) => w.push(format!(
+                    "(user_id = {} OR id = {me})",
+                    next(Arg::Str(u.clone()))
+                )),
                 None => w.push(format!(
                     "(issued_by = {} OR id = {me})",
                     next(Arg::Str(format!("token:{}", o.token_id)))
@@ -496,7 +516,9 @@ impl Store {
             let t = next(Arg::Time(now));
             w.push(match s {
                 Revoked => "status = 'revoked'".into(),
-                Expired => format!("status <> 'revoked' AND expires_at IS NOT NULL AND expires_at <= {t}"),
+                Expired => {
+                    format!("status <> 'revoked' AND expires_at IS NOT NULL AND expires_at <= {t}")
+                }
                 Exhausted => format!(
                     "status <> 'revoked' AND (expires_at IS NULL OR expires_at > {t}) \
                      AND remaining IS NOT NULL AND remaining <= 0"
@@ -522,7 +544,11 @@ impl Store {
             ));
         }
         if let Some(q) = &f.q {
-            let escaped = q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            let escaped = q
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
             let a = next(Arg::Str(format!("%{escaped}%")));
             w.push(format!(
                 "(LOWER(name) LIKE {a} ESCAPE '\\' OR LOWER(COALESCE(description, '')) LIKE {a} ESCAPE '\\')"
@@ -531,10 +557,16 @@ impl Store {
         if let Some((at, id)) = &f.after {
             let t = next(Arg::Time(*at));
             let i = next(Arg::Str(id.clone()));
-            w.push(format!("(created_at < {t} OR (created_at = {t} AND id < {i}))"));
+            w.push(format!(
+                "(created_at < {t} OR (created_at = {t} AND id < {i}))"
+            ));
         }
         let lim = next(Arg::I64(f.limit));
-        let where_sql = if w.is_empty() { String::new() } else { format!("WHERE {}", w.join(" AND ")) };
+        let where_sql = if w.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", w.join(" AND "))
+        };
         let q = format!(
             "SELECT {TOKEN_COLS} FROM tokens {where_sql} ORDER BY created_at DESC, id DESC LIMIT {lim}"
         );
@@ -592,7 +624,8 @@ impl Store {
         );
         let row = with_pool!(self, p => sqlx::query_as::<_, TokenRow>(sql(q))
             .bind(id).bind(new_hash).bind(sealed_secret).bind(grace_until).bind(now)
-            .fetch_optional(p).await?).ok_or(StoreError::NotFound)?;
+            .fetch_optional(p).await?)
+        .ok_or(StoreError::NotFound)?;
         row.try_into()
     }
 }

@@ -1,0 +1,337 @@
+//! The real binary: `serve` with nothing given, the operator credential file, the store
+//! subcommands and `check-config`.
+
+use crate::both_backends;
+use crate::helpers::*;
+use serde_json::Value;
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokenwarden");
+
+/// A command with no TOKENWARDEN_* configuration leaking in from the test's environment.
+fn tw(cwd: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.current_dir(cwd);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TOKENWARDEN_") {
+            c.env_remove(k);
+        }
+    }
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn json_out(o: &Output) -> Value {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+async fn wait_healthy(url: &str) {
+    for _ in 0..200 {
+        if let Ok(r) = reqwest::get(url).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("daemon never answered {url}");
+}
+
+fn stop(mut child: std::process::Child) -> String {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "daemon exited with {status}: {err}");
+    err
+}
+
+#[tokio::test]
+async fn serve_with_nothing_given_runs_on_8470_from_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = tw(dir.path())
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_healthy("http://127.0.0.1:8470/healthz").await;
+    let r = reqwest::get("http://127.0.0.1:8470/readyz").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let file = dir.path().join("data/operator.token");
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(dir.path().join("data/tokenwarden.db").exists());
+    let credential = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    // The credential works, and it never appears in the log.
+    let r = reqwest::Client::new()
+        .get("http://127.0.0.1:8470/v1/accounts")
+        .bearer_auth(&credential)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let log = stop(child);
+    assert!(log.contains("operator.token"), "the path is logged: {log}");
+    assert!(!log.contains(&credential), "the credential is never logged");
+
+    // A second start finds the credential and writes nothing.
+    let child = tw(dir.path())
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_healthy("http://127.0.0.1:8470/healthz").await;
+    stop(child);
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), credential);
+}
+
+both_backends!(
+    second_daemon_on_one_store_writes_no_operator_file,
+    store_subcommands_work_without_the_daemon
+);
+
+async fn second_daemon_on_one_store_writes_no_operator_file(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _pg) = store_for(b, dir.path()).await;
+    let mut ids = Vec::new();
+    for node in ["a", "b"] {
+        let data = dir.path().join(node);
+        let mut c = tokenwarden::config::Config::for_data_dir(&data);
+        c.listen = "127.0.0.1:0".parse().unwrap();
+        c.store = store.clone();
+        let app =
+            tokenwarden::app::App::build(c, std::sync::Arc::new(tokenwarden::clock::SystemClock))
+                .await
+                .unwrap();
+        ids.push(data.join("operator.token").exists());
+        app.ctx().store.close().await;
+    }
+    assert_eq!(ids, [true, false], "only the first daemon writes the file");
+}
+
+async fn store_subcommands_work_without_the_daemon(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let _pg;
+    let run = {
+        let data = dir.path().join("data");
+        let pg_url = match b {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let db = PgDb::create().await;
+                let u = db.url.clone();
+                _pg = db;
+                Some(u)
+            }
+        };
+        let cwd = dir.path().to_path_buf();
+        move |args: &[&str]| {
+            let mut c = tw(&cwd);
+            c.arg("--data-dir").arg(&data).args(args);
+            if let Some(u) = &pg_url {
+                c.env("TOKENWARDEN_DATABASE__URL", u);
+            }
+            c.output().unwrap()
+        }
+    };
+    assert!(run(&["migrate"]).status.success());
+    let v = json_out(&run(&["account", "create", "acme", "--max-tokens", "5"]));
+    assert!(v["secret"].as_str().unwrap().starts_with("tw_sk_"));
+    assert_eq!(v["account"]["max_tokens"], 5);
+    let v = json_out(&run(&[
+        "token",
+        "create",
+        "--account",
+        "acme",
+        "--name",
+        "ci",
+        "--usage-limit",
+        "10",
+        "--expires-on",
+        "2030-01-01",
+        "--scope",
+        "convert:*",
+        "--allowed-ip",
+        "10.0.0.0/8",
+        "--count",
+        "2",
+    ]));
+    let tokens = v["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(tokens[0]["expires_at"], "2030-01-01T00:00:00Z");
+    assert!(tokens[0]["token"].as_str().unwrap().starts_with("tw_"));
+    let id = tokens[0]["id"].as_str().unwrap().to_string();
+    let id2 = tokens[1]["id"].as_str().unwrap().to_string();
+
+    let v = json_out(&run(&["token", "list", "--account", "acme"]));
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 2);
+    assert!(!v.to_string().contains(tokens[0]["token"].as_str().unwrap()));
+    let v = json_out(&run(&["token", "show", &id]));
+    assert_eq!(v["token"]["allowed_ips"][0], "10.0.0.0/8");
+    let v = json_out(&run(&["token", "revoke", &id]));
+    assert_eq!(v["token"]["status"], "revoked");
+    let v = json_out(&run(&["token", "regenerate", &id2]));
+    assert_ne!(v["token"]["token"], tokens[1]["token"]);
+    let v = json_out(&run(&[
+        "token",
+        "list",
+        "--account",
+        "acme",
+        "--status",
+        "revoked",
+    ]));
+    assert_eq!(v["tokens"][0]["id"], id.as_str());
+    let v = json_out(&run(&["account", "list"]));
+    assert_eq!(v["accounts"][0]["name"], "acme");
+    let v = json_out(&run(&["account", "show", "acme"]));
+    assert_eq!(v["account"]["name"], "acme");
+
+    // Bad input: exit 2, the field named, nothing created.
+    let o = run(&[
+        "token",
+        "create",
+        "--account",
+        "acme",
+        "--name",
+        "x",
+        "--usage-limit",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("usage_limit"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run(&[
+        "token",
+        "create",
+        "--account",
+        "acme",
+        "--name",
+        "x",
+        "--expires-on",
+        "2030-02-30",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expires_on"));
+    assert_eq!(
+        json_out(&run(&["token", "list", "--account", "acme"]))["tokens"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(run(&["token", "show", "AAAAAAAA"]).status.code(), Some(3));
+    assert_eq!(run(&["account", "create", "acme"]).status.code(), Some(4));
+    assert_eq!(run(&["account", "show", "nobody"]).status.code(), Some(3));
+
+    // operator reset replaces the credential file.
+    let before = std::fs::read_to_string(dir.path().join("data/operator.token")).ok();
+    assert!(run(&["operator", "reset"]).status.success());
+    let after = std::fs::read_to_string(dir.path().join("data/operator.token")).unwrap();
+    assert_ne!(Some(after), before);
+}
+
+#[test]
+fn check_config_reports_every_error_with_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[server]\nlisten = \"everywhere\"\n[tokens]\nmax_count_per_request = 0\n[databse]\nurl = \"x\"\n").unwrap();
+    let o = tw(dir.path())
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{}: databse: unknown key", cfg.display())),
+        "{err}"
+    );
+    // A broken config does not start the daemon either.
+    let o = tw(dir.path())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"everywhere\"\n[tokens]\nmax_count_per_request = 0\n",
+    )
+    .unwrap();
+    let o = tw(dir.path())
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("server.listen") && err.contains("tokens.max_count_per_request"),
+        "both errors: {err}"
+    );
+    assert!(err.contains(&cfg.display().to_string()));
+    // Environment overrides are named as such.
+    let o = tw(dir.path())
+        .arg("check-config")
+        .env("TOKENWARDEN_SERVER__LISTEN", "nope")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("TOKENWARDEN_SERVER__LISTEN"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn the_example_config_is_valid_and_printed_back_masked() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = tw(dir.path())
+        .args(["check-config", "--config"])
+        .arg(root.join("config/tokenwarden.example.toml"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("[server]") && out.contains("listen = \"127.0.0.1:8470\""),
+        "{out}"
+    );
+    let o = tw(dir.path())
+        .arg("check-config")
+        .env(
+            "TOKENWARDEN_DATABASE__URL",
+            "postgres://tw:hunter2@db.example/tw",
+        )
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("tw:***@db.example") && !out.contains("hunter2"),
+        "{out}"
+    );
+}

@@ -1,0 +1,300 @@
+//! Test harness: the daemon in-process on a random loopback port, a fresh store per test
+//! (a SQLite file in a temp dir, or a fresh PostgreSQL database), and a `ManualClock`.
+
+use chrono::{DateTime, TimeZone, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::{net::SocketAddr, sync::Arc};
+use tokenwarden::{admin::Ctx, app::App, clock::ManualClock, config::Config, store::StoreLocation};
+
+/// Which store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests run against, if configured.
+pub fn pg_url() -> Option<String> {
+    std::env::var("TOKENWARDEN_TEST_PG_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// Prints a clear notice and returns false when PostgreSQL tests cannot run.
+pub fn postgres_enabled(test: &str) -> bool {
+    if pg_url().is_some() {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED {test} on PostgreSQL: set TOKENWARDEN_TEST_PG_URL (e.g. postgres://postgres@127.0.0.1:5432/test) to run it"
+    );
+    false
+}
+
+/// Turns each listed `async fn name(backend: Backend)` into `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    if $crate::helpers::postgres_enabled(concat!(module_path!())) {
+                        super::$name($crate::helpers::Backend::Postgres).await
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// A fresh PostgreSQL database, dropped when this is dropped.
+pub struct PgDb {
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl PgDb {
+    pub async fn create() -> PgDb {
+        let admin_url = pg_url().expect("TOKENWARDEN_TEST_PG_URL");
+        let name = format!("tw_test_{}", uuid::Uuid::new_v4().simple());
+        let conn = sqlx_admin(&admin_url).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&conn)
+            .await
+            .expect("create test database");
+        conn.close().await;
+        let mut u = url::Url::parse(&admin_url).expect("pg url");
+        u.set_path(&format!("/{name}"));
+        PgDb {
+            url: u.to_string(),
+            name,
+            admin_url,
+        }
+    }
+}
+
+async fn sqlx_admin(url: &str) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("connect to TOKENWARDEN_TEST_PG_URL")
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let conn = sqlx_admin(&url).await;
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&conn)
+                .await;
+                conn.close().await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A store location for `backend`, in `dir` for SQLite.
+pub async fn store_for(backend: Backend, dir: &std::path::Path) -> (StoreLocation, Option<PgDb>) {
+    match backend {
+        Backend::Sqlite => (StoreLocation::Sqlite(dir.join("tokenwarden.db")), None),
+        Backend::Postgres => {
+            let db = PgDb::create().await;
+            (StoreLocation::Postgres(db.url.clone()), Some(db))
+        }
+    }
+}
+
+/// A running daemon.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub clock: ManualClock,
+    pub ctx: Ctx,
+    /// The operator credential, read back from `<data_dir>/operator.token`.
+    pub operator: String,
+    server: tokio::task::JoinHandle<()>,
+    _pg: Option<PgDb>,
+    _dir: tempfile::TempDir,
+}
+
+/// The instant every test starts at, unless it sets another.
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_data_dir(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let (store, pg) = store_for(backend, dir.path()).await;
+    config.store = store;
+    tweak(&mut config);
+    let clock = ManualClock::new(t0());
+    let app = App::build(config, Arc::new(clock.clone()))
+        .await
+        .expect("build app");
+    let addr = app.local_addr();
+    let ctx = app.ctx().clone();
+    let data_dir = dir.path().to_path_buf();
+    let server = tokio::spawn(async move {
+        app.run_until(std::future::pending()).await.unwrap();
+    });
+    let operator = std::fs::read_to_string(data_dir.join("operator.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        clock,
+        ctx,
+        operator,
+        server,
+        _pg: pg,
+        _dir: dir,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A JSON request with an optional bearer credential; returns status and parsed body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        cred: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut rb = self.client.request(method, self.url(path));
+        if let Some(c) = cred {
+            rb = rb.bearer_auth(c);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    pub async fn get(&self, path: &str, cred: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(cred), None).await
+    }
+
+    pub async fn post(&self, path: &str, cred: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(cred), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, cred: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(cred), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, cred: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(cred), None).await
+    }
+
+    /// Creates an account; returns (id, secret).
+    pub async fn account(&self, name: &str) -> (String, String) {
+        self.account_with(json!({ "name": name })).await
+    }
+
+    pub async fn account_with(&self, body: Value) -> (String, String) {
+        let (s, v) = self
+            .post("/v1/accounts", &self.operator.clone(), body)
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        (
+            v["account"]["id"].as_str().unwrap().into(),
+            v["secret"].as_str().unwrap().into(),
+        )
+    }
+
+    /// Creates one token with `cred`; returns (id, plain token).
+    pub async fn token(&self, cred: &str, body: Value) -> (String, String) {
+        let (s, v) = self.post("/v1/tokens", cred, body).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let t = &v["tokens"][0];
+        (
+            t["id"].as_str().unwrap().into(),
+            t["token"].as_str().unwrap().into(),
+        )
+    }
+
+    /// Creates a user; returns its id.
+    pub async fn user(&self, account: &str, email: &str, role: &str) -> String {
+        let (s, v) = self
+            .post(
+                &format!("/v1/accounts/{account}/users"),
+                &self.operator.clone(),
+                json!({"email": email, "role": role}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["user"]["id"].as_str().unwrap().into()
+    }
+
+    /// Ids of every token the operator sees in `account`, any status.
+    pub async fn token_ids(&self, account: &str) -> Vec<String> {
+        let (s, v) = self
+            .get(
+                &format!("/v1/tokens?account_id={account}&limit=500"),
+                &self.operator.clone(),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// Asserts an error answer: status, numeric code and (when given) the field it names.
+#[track_caller]
+pub fn assert_error(got: &(StatusCode, Value), status: u16, code: u64, field: Option<&str>) {
+    let (s, v) = got;
+    assert_eq!(s.as_u16(), status, "status of {v}");
+    assert_eq!(v["code"].as_u64(), Some(code), "code of {v}");
+    assert!(
+        v["error"].is_string() && v["message"].is_string(),
+        "error shape of {v}"
+    );
+    if let Some(f) = field {
+        assert_eq!(v["field"].as_str(), Some(f), "field of {v}");
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the daemon over real HTTP on a random loopback port, every store scenario
+//! on SQLite and on PostgreSQL (`TOKENWARDEN_TEST_PG_URL`).
+
+mod helpers;
+
+mod accounts;
+mod cli;
+mod legacy;
+mod ops;
+mod tokens;

@@ -1,0 +1,149 @@
+//! Health, readiness, the OpenAPI document, body limits and unknown routes.
+
+use crate::both_backends;
+use crate::helpers::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+both_backends!(
+    health_and_readiness,
+    openapi_covers_every_route,
+    oversized_bodies_are_refused,
+    an_unreachable_store_answers_503,
+);
+
+async fn health_and_readiness(b: Backend) {
+    let app = spawn_app(b).await;
+    let (s, v) = app.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let (s, v) = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v["store"],
+        if b == Backend::Sqlite {
+            "sqlite"
+        } else {
+            "postgres"
+        }
+    );
+    assert_error(
+        &app.call(Method::GET, "/v1/nothing", None, None).await,
+        404,
+        4041,
+        None,
+    );
+    assert_error(
+        &app.call(Method::PUT, "/v1/tokens", None, None).await,
+        405,
+        4050,
+        None,
+    );
+}
+
+async fn openapi_covers_every_route(b: Backend) {
+    let app = spawn_app(b).await;
+    let (s, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let routes = [
+        ("post", "/v1/accounts"),
+        ("get", "/v1/accounts"),
+        ("get", "/v1/accounts/{id}"),
+        ("patch", "/v1/accounts/{id}"),
+        ("post", "/v1/accounts/{id}/secret"),
+        ("post", "/v1/accounts/{id}/users"),
+        ("get", "/v1/accounts/{id}/users"),
+        ("patch", "/v1/users/{id}"),
+        ("post", "/v1/tokens"),
+        ("get", "/v1/tokens"),
+        ("get", "/v1/tokens/{id}"),
+        ("patch", "/v1/tokens/{id}"),
+        ("delete", "/v1/tokens/{id}"),
+        ("post", "/v1/tokens/{id}/regenerate"),
+        ("post", "/token/create"),
+        ("delete", "/token/{id}"),
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/openapi.json"),
+    ];
+    let mut documented = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            assert!(
+                routes.contains(&(method.as_str(), path.as_str())),
+                "undocumented in this test: {method} {path}"
+            );
+            documented += 1;
+        }
+    }
+    assert_eq!(documented, routes.len());
+    // Every documented route is really served: none answers "no such route".
+    for (method, path) in routes {
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let (s, v) = app.call(m, &path.replace("{id}", "x"), None, None).await;
+        assert!(
+            s != StatusCode::NOT_FOUND || v["code"] != 4041,
+            "{method} {path} is not served"
+        );
+        assert_ne!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+    }
+    // Request bodies are described, with field docs.
+    let create = &doc["components"]["schemas"]["CreateTokens"]["properties"];
+    for f in [
+        "name",
+        "usage_limit",
+        "lifetime_seconds",
+        "expires_on",
+        "allowed_ips",
+        "scopes",
+        "count",
+        "role",
+    ] {
+        assert!(
+            create.get(f).is_some(),
+            "CreateTokens.{f} missing: {create}"
+        );
+    }
+}
+
+async fn oversized_bodies_are_refused(b: Backend) {
+    let app = spawn_app(b).await;
+    let (account, secret) = app.account("acme").await;
+    let body = json!({"name": "big", "description": "x".repeat(100 * 1024)});
+    assert_error(
+        &app.post("/v1/tokens", &secret, body).await,
+        413,
+        4130,
+        None,
+    );
+    assert!(app.token_ids(&account).await.is_empty());
+    // Within the limit but over the field's own limit: the field is named.
+    let body = json!({"name": "big", "description": "x".repeat(1001)});
+    assert_error(
+        &app.post("/v1/tokens", &secret, body).await,
+        422,
+        4220,
+        Some("description"),
+    );
+}
+
+async fn an_unreachable_store_answers_503(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    app.ctx.store.close().await;
+    let (s, v) = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["code"], 5030);
+    let got: (StatusCode, Value) = app.get("/v1/tokens", &secret).await;
+    assert_error(&got, 503, 5030, None);
+    assert!(
+        !got.1.to_string().contains("pool"),
+        "no internal detail leaks: {}",
+        got.1
+    );
+    // Liveness does not depend on the store.
+    assert_eq!(
+        app.call(Method::GET, "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
+}
