@@ -1,8 +1,6 @@
 //! Random public identifiers and secrets, base62 encoded at fixed width.
 
-use rand::{rngs::OsRng, Rng, TryRngCore};
-
-const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+use rand::{distr::Alphanumeric, rngs::OsRng, Rng, TryRngCore};
 
 /// Length of a token's public id.
 pub const TOKEN_ID_LEN: usize = 8;
@@ -13,22 +11,18 @@ pub const SECRET_LEN: usize = 22;
 /// Length of the base62 CRC32 checksum (62^6 > 2^32).
 pub const CHECKSUM_LEN: usize = 6;
 
-/// `n` encoded in base62, left-padded with zeros to `width` digits.
-pub fn base62_fixed(mut n: u128, width: usize) -> String {
-    let mut out = vec![b'0'; width];
-    for slot in out.iter_mut().rev() {
-        *slot = ALPHABET[(n % 62) as usize];
-        n /= 62;
-    }
-    // Only ASCII from ALPHABET was written.
-    String::from_utf8_lossy(&out).into_owned()
+/// `n` encoded in base62 (0-9, A-Z, a-z), left-padded with zeros to `width` digits, so every
+/// credential of a kind has the same length.
+pub fn base62_fixed(n: u128, width: usize) -> String {
+    format!("{:0>width$}", base62::encode(n))
 }
 
 /// A random base62 string of `len` characters (ids: uniqueness, not secrecy).
 pub fn random_id(len: usize) -> String {
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| ALPHABET[rng.random_range(0..62)] as char)
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
         .collect()
 }
 

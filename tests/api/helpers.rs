@@ -43,6 +43,7 @@ macro_rules! both_backends {
                     super::$name($crate::helpers::Backend::Sqlite).await
                 }
                 #[tokio::test]
+                #[cfg_attr(not(tw_pg_tests), ignore = "PostgreSQL: set TOKENWARDEN_TEST_PG_URL to run")]
                 async fn postgres() {
                     if $crate::helpers::postgres_enabled(concat!(module_path!())) {
                         super::$name($crate::helpers::Backend::Postgres).await

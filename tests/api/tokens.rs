@@ -13,6 +13,7 @@ both_backends!(
     seed_aliases_are_accepted,
     create_bad_input_names_the_field_and_creates_nothing,
     max_tokens_is_enforced_whole,
+    max_tokens_holds_under_concurrent_creates,
     role_rules,
     list_filters_and_paging,
     expires_soon_is_set_within_seven_days,
@@ -322,6 +323,29 @@ async fn max_tokens_is_enforced_whole(b: Backend) {
         StatusCode::CREATED,
         "expired {short} no longer counts: {v}"
     );
+}
+
+async fn max_tokens_holds_under_concurrent_creates(b: Backend) {
+    let app = spawn_app(b).await;
+    let (account, secret) = app
+        .account_with(json!({"name": "race", "max_tokens": 5}))
+        .await;
+    let calls = (0..20).map(|i| {
+        let app = &app;
+        let secret = secret.clone();
+        async move {
+            app.post("/v1/tokens", &secret, json!({"name": format!("t{i}")}))
+                .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let created = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    let refused = results.iter().filter(|(_, v)| v["code"] == 4091).count();
+    assert_eq!((created, refused), (5, 15), "{results:?}");
+    assert_eq!(app.token_ids(&account).await.len(), 5);
 }
 
 async fn role_rules(b: Backend) {
