@@ -380,11 +380,7 @@ pub async fn update_account(
         })
         .transpose()?;
     let max = input.max_tokens.map(max_tokens).transpose()?;
-    let quota = match input.monthly_quota.given() {
-        None => None,
-        Some(None) => Some(None),
-        Some(Some(v)) => Some(Some(monthly_quota(v)?)),
-    };
+    let quota = input.monthly_quota.try_given(monthly_quota)?;
     ctx.store
         .update_account(id, ctx.clock.now(), |mut a| {
             if let Some(s) = status {
@@ -987,11 +983,9 @@ pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken
         .as_deref()
         .map(|s| net::parse_list(s, "allowed_ips"))
         .transpose()?;
-    let usage_limit = match input.usage_limit.given() {
-        None => None,
-        Some(None) => Some(None),
-        Some(Some(v)) => Some(Some(limits::usage_limit(v, "usage_limit")?)),
-    };
+    let usage_limit = input
+        .usage_limit
+        .try_given(|v| limits::usage_limit(v, "usage_limit"))?;
     let expires_at = match expiry_request(input.lifetime_seconds, input.expires_on, None)? {
         None => None,
         Some(req) => Some(limits::resolve_expiry(
@@ -1002,11 +996,7 @@ pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken
             "expires_on",
         )?),
     };
-    let refill_monthly = match input.refill_monthly.given() {
-        None => None,
-        Some(None) => Some(None),
-        Some(Some(v)) => Some(Some(refill(v)?)),
-    };
+    let refill_monthly = input.refill_monthly.try_given(refill)?;
     ctx.store
         .update_token(id, now, |mut t| {
             if t.status == TokenStatus::Revoked {

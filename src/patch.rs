@@ -30,6 +30,19 @@ impl<T> Patch<T> {
         }
     }
 
+    /// Checks a given value with `f`: `None` when absent, `Some(None)` for null,
+    /// `Some(Some(checked))` for a value.
+    pub fn try_given<U, E>(
+        self,
+        f: impl FnOnce(T) -> Result<U, E>,
+    ) -> Result<Option<Option<U>>, E> {
+        Ok(match self {
+            Patch::Absent => None,
+            Patch::Null => Some(None),
+            Patch::Value(v) => Some(Some(f(v)?)),
+        })
+    }
+
     /// A patch from an optional value: `None` is absent.
     pub fn from_option(v: Option<T>) -> Self {
         v.map_or(Patch::Absent, Patch::Value)
