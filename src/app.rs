@@ -116,7 +116,11 @@ impl App {
     ) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let store = self.ctx.store.clone();
-        let router = api::router(AppState { ctx: self.ctx });
+        let (meter, writer) = crate::verify::meter::Meter::start(store.clone());
+        let router = api::router(AppState {
+            ctx: self.ctx,
+            meter,
+        });
         tracing::info!(%addr, backend = store.backend_name(), "tokenwarden serving");
         axum::serve(
             self.listener,
@@ -125,6 +129,10 @@ impl App {
         .with_graceful_shutdown(shutdown)
         .await
         .context("server failed")?;
+        // Every handler is gone: let the meter commit what is queued before closing the store.
+        if let Err(e) = writer.await {
+            tracing::error!(error = %e, "the usage writer failed");
+        }
         store.close().await;
         tracing::info!("tokenwarden stopped");
         Ok(())

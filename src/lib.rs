@@ -4,6 +4,8 @@
 //! - `clock`: the injected source of "now".
 //! - `domain`: token format, roles, scopes, IP rules, limits: plain values, no I/O.
 //! - `store`: every SQL statement, for SQLite and PostgreSQL.
+//! - `verify`: the verification decision, the group-commit meter that consumes uses, and the service
+//!   that ties them to the store.
 //! - `admin`: issuance and management operations with the role rules, shared by API and CLI.
 //! - `api`: the admin HTTP port (axum), its one error table and the OpenAPI document.
 //! - `app`: assembling and running the daemon.
@@ -21,3 +23,4 @@ pub mod domain;
 pub mod patch;
 pub mod store;
 pub mod telemetry;
+pub mod verify;

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod legacy;
 pub mod ops;
 pub mod tokens;
+pub mod verify;
 pub mod views;
 
 use crate::admin::Ctx;
@@ -25,6 +26,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub struct AppState {
     /// Config, store and clock.
     pub ctx: Ctx,
+    /// Consumes verified calls with group commit.
+    pub meter: crate::verify::meter::Meter,
 }
 
 #[derive(OpenApi)]
@@ -68,6 +71,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::show, tokens::update, tokens::revoke))
         .routes(routes!(tokens::regenerate))
+        .routes(routes!(verify::verify))
+        .routes(routes!(verify::forward_auth))
         .routes(routes!(legacy::create))
         .routes(routes!(legacy::delete))
         .routes(routes!(ops::healthz))

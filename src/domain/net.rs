@@ -46,6 +46,11 @@ pub fn allows(rules: &[IpNet], ip: IpAddr) -> bool {
     rules.is_empty() || rules.iter().any(|n| n.contains(&ip))
 }
 
+/// Whether `ip` is inside one of `rules` (an empty list allows nothing): for trust lists.
+pub fn allows_nonempty(rules: &[IpNet], ip: IpAddr) -> bool {
+    !rules.is_empty() && allows(rules, ip)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

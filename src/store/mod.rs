@@ -10,6 +10,7 @@ mod model;
 mod rows;
 
 pub use model::*;
+pub use usage::{Consume, Consumed, Denial, JwtUse, StatRow};
 
 use chrono::{DateTime, Utc};
 use rows::{AccountRow, TokenRow, UserRow, ACCOUNT_COLS, TOKEN_COLS, USER_COLS};
@@ -177,6 +178,8 @@ impl WritePool for PgPool {
         " FOR UPDATE"
     }
 }
+
+mod usage;
 
 fn sql(s: String) -> AssertSqlSafe<String> {
     AssertSqlSafe(s)

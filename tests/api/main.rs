@@ -8,3 +8,4 @@ mod cli;
 mod legacy;
 mod ops;
 mod tokens;
+mod verify;

@@ -60,6 +60,8 @@ async fn openapi_covers_every_route(b: Backend) {
         ("patch", "/v1/tokens/{id}"),
         ("delete", "/v1/tokens/{id}"),
         ("post", "/v1/tokens/{id}/regenerate"),
+        ("post", "/v1/verify"),
+        ("get", "/v1/auth"),
         ("post", "/token/create"),
         ("delete", "/token/{id}"),
         ("get", "/healthz"),

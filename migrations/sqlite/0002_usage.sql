@@ -1,0 +1,30 @@
+-- Usage statistics and JWT use records (verification). Paired with migrations/postgres/0002_usage.sql.
+
+-- Per token per UTC day: successful calls, the cost they consumed, and denials by outcome.
+-- Kept across the monthly reset; dropped by housekeeping after their retention.
+CREATE TABLE token_stats_daily (
+    token_id               TEXT    NOT NULL REFERENCES tokens (id),
+    day                    TEXT    NOT NULL,               -- 'YYYY-MM-DD' (UTC)
+    account_id             TEXT    NOT NULL,
+    valid                  INTEGER NOT NULL DEFAULT 0,
+    cost                   INTEGER NOT NULL DEFAULT 0,
+    revoked                INTEGER NOT NULL DEFAULT 0,
+    expired                INTEGER NOT NULL DEFAULT 0,
+    account_inactive       INTEGER NOT NULL DEFAULT 0,
+    ip_not_allowed         INTEGER NOT NULL DEFAULT 0,
+    scope_denied           INTEGER NOT NULL DEFAULT 0,
+    account_quota_exceeded INTEGER NOT NULL DEFAULT 0,
+    usage_exceeded         INTEGER NOT NULL DEFAULT 0,
+    bad_jwt                INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (token_id, day)
+);
+CREATE INDEX token_stats_by_day ON token_stats_daily (day);
+
+-- Uses of each short-lived JWT, so its own RequestCount is enforced across daemons.
+CREATE TABLE jwt_uses (
+    token_id   TEXT    NOT NULL REFERENCES tokens (id),
+    jwt_id     TEXT    NOT NULL,
+    uses       INTEGER NOT NULL,
+    expires_at TEXT    NOT NULL,                           -- housekeeping drops it after this
+    PRIMARY KEY (token_id, jwt_id)
+);

@@ -1,0 +1,272 @@
+//! Verification over HTTP: `POST /v1/verify` (JSON) and `GET /v1/auth`, the same check for
+//! reverse proxies (nginx `auth_request`, Traefik ForwardAuth, Envoy ext_authz).
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::Body;
+use super::AppState;
+use crate::domain::net;
+use crate::verify::{service, service::Verdict, Check, Outcome};
+use axum::{
+    extract::{ConnectInfo, State},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use base64::Engine;
+use chrono::SecondsFormat;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+
+/// `POST /v1/verify`
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The token (or a JWT signed with one) presented by the client.
+    pub token: Option<String>,
+    /// The call being made, checked against the token's scopes.
+    pub call: Option<String>,
+    /// The end client's IP, checked against the token's allowed IPs.
+    pub client_ip: Option<String>,
+    /// Uses this call consumes (default 1).
+    pub cost: Option<i64>,
+}
+
+/// The answer to a verification: 200 whatever the outcome.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VerifyAnswer {
+    /// Numeric code of the outcome (2005 when valid).
+    pub code: u32,
+    /// Whether the call may proceed.
+    pub valid: bool,
+    /// The outcome's word.
+    pub result: Outcome,
+    /// The token's id, once identified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    /// Its account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// Its role, for the protected service to authorise on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Its scopes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// Uses left after this call (null = unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<Option<i64>>,
+    /// Expiry (UTC), null = never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Option<String>>,
+    /// Uses this month after this call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls_this_month: Option<i64>,
+}
+
+impl From<&Verdict> for VerifyAnswer {
+    fn from(v: &Verdict) -> Self {
+        let t = v.token.as_ref();
+        VerifyAnswer {
+            code: v.outcome.code(),
+            valid: v.outcome == Outcome::Valid,
+            result: v.outcome,
+            token_id: t.map(|t| t.id.clone()),
+            account_id: t.map(|t| t.account_id.clone()),
+            role: t.map(|t| t.role.to_string()),
+            scopes: t.map(|t| t.scopes.clone()),
+            remaining: t.map(|_| v.remaining),
+            expires_at: t.map(|t| {
+                t.expires_at
+                    .map(|e| e.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+            }),
+            calls_this_month: t.map(|_| v.calls_this_month),
+        }
+    }
+}
+
+/// Verify a token for one call, consuming its cost when valid. Answers 200 whatever the outcome;
+/// 503 only when the store cannot be reached (never VALID then).
+#[utoipa::path(post, path = "/v1/verify", tag = "verification", request_body = VerifyRequest,
+    responses((status = 200, body = VerifyAnswer), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn verify(
+    State(s): State<AppState>,
+    Body(req): Body<VerifyRequest>,
+) -> Result<Json<VerifyAnswer>, ApiError> {
+    let token = req
+        .token
+        .ok_or_else(|| crate::domain::ParseError::new("token", "is required"))?;
+    let check = Check::parse(req.call, req.client_ip.as_deref(), req.cost)?;
+    let verdict = service::verify(&s.ctx, &s.meter, &token, &check)
+        .await
+        .map_err(|e| ApiError::from(crate::admin::Error::from(e)))?;
+    Ok(Json(VerifyAnswer::from(&verdict)))
+}
+
+/// The token of a forwarded request: `Authorization: Bearer|APIKey <t>`, HTTP Basic (the
+/// password, or the user name when the password is empty), or `Token=` in the original URI.
+pub fn forwarded_token(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        if let Some((scheme, rest)) = v.trim().split_once(' ') {
+            let rest = rest.trim();
+            if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("apikey") {
+                return Some(rest.to_string()).filter(|s| !s.is_empty());
+            }
+            if scheme.eq_ignore_ascii_case("basic") {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(rest)
+                    .ok()?;
+                let pair = String::from_utf8(raw).ok()?;
+                let (user, pass) = pair.split_once(':').unwrap_or((pair.as_str(), ""));
+                let t = if pass.is_empty() { user } else { pass };
+                return Some(t.to_string()).filter(|s| !s.is_empty());
+            }
+        }
+    }
+    let uri = original_uri(headers)?;
+    let query = uri.split_once('?')?.1;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "Token")
+        .map(|(_, v)| v.into_owned())
+}
+
+fn original_uri(headers: &HeaderMap) -> Option<String> {
+    ["x-original-uri", "x-forwarded-uri"].iter().find_map(|h| {
+        headers
+            .get(*h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    })
+}
+
+/// The end client's address: the peer, unless the peer is a trusted proxy, in which case the
+/// nearest untrusted address of `X-Forwarded-For` (or `X-Real-IP`).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    if !net::allows_nonempty(trusted, peer) {
+        return peer;
+    }
+    if let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let hops: Vec<IpAddr> = xff
+            .split(',')
+            .filter_map(|h| h.trim().parse().ok())
+            .collect();
+        // Walk from the nearest hop; the first one we do not trust is the client.
+        if let Some(ip) = hops
+            .iter()
+            .rev()
+            .find(|ip| !net::allows_nonempty(trusted, **ip))
+        {
+            return *ip;
+        }
+        if let Some(first) = hops.first() {
+            return *first;
+        }
+    }
+    headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
+fn header(name: &'static str, v: &str) -> Option<(HeaderName, HeaderValue)> {
+    HeaderValue::from_str(v)
+        .ok()
+        .map(|v| (HeaderName::from_static(name), v))
+}
+
+/// Forward auth: 200 with identity headers when the forwarded request may proceed, else 401,
+/// 403 or 429 with the outcome. The call checked against scopes is `X-Tokenwarden-Call`, or
+/// else the original URI's path; the cost is `X-Tokenwarden-Cost` (default 1).
+#[utoipa::path(get, path = "/v1/auth", tag = "verification",
+    responses((status = 200, description = "valid; identity in X-Tokenwarden-* headers"),
+              (status = 401, body = VerifyAnswer), (status = 403, body = VerifyAnswer),
+              (status = 429, body = VerifyAnswer), (status = 503, body = ErrorBody)))]
+pub async fn forward_auth(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let ip = client_ip(peer.ip(), &headers, &s.ctx.config.trusted_proxies);
+    let call = headers
+        .get("x-tokenwarden-call")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| original_uri(&headers).map(|u| u.split('?').next().unwrap_or("").to_string()))
+        .filter(|c| !c.is_empty());
+    let cost = match headers
+        .get("x-tokenwarden-cost")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(c) => Some(c.trim().parse::<i64>().map_err(|_| {
+            crate::domain::ParseError::new("X-Tokenwarden-Cost", "must be a whole number")
+        })?),
+        None => None,
+    };
+    let check = Check::parse(call, None, cost).map_err(|mut e| {
+        if e.field == "cost" {
+            e.field = "X-Tokenwarden-Cost".into();
+        }
+        e
+    })?;
+    let check = Check {
+        client_ip: Some(ip),
+        ..check
+    };
+    let verdict = match forwarded_token(&headers) {
+        Some(t) => service::verify(&s.ctx, &s.meter, &t, &check)
+            .await
+            .map_err(|e| ApiError::from(crate::admin::Error::from(e)))?,
+        None => Verdict {
+            outcome: Outcome::Malformed,
+            token: None,
+            remaining: None,
+            calls_this_month: 0,
+        },
+    };
+    let answer = VerifyAnswer::from(&verdict);
+    let status =
+        StatusCode::from_u16(verdict.outcome.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut resp = if verdict.outcome == Outcome::Valid {
+        status.into_response()
+    } else {
+        (status, Json(&answer)).into_response()
+    };
+    let h = resp.headers_mut();
+    let remaining = verdict
+        .remaining
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "unlimited".into());
+    let pairs = [
+        header("x-tokenwarden-result", verdict.outcome.word()),
+        verdict
+            .token
+            .as_ref()
+            .and_then(|t| header("x-tokenwarden-token-id", &t.id)),
+        verdict
+            .token
+            .as_ref()
+            .and_then(|t| header("x-tokenwarden-account-id", &t.account_id)),
+        verdict
+            .token
+            .as_ref()
+            .and_then(|t| header("x-tokenwarden-role", t.role.as_str())),
+        verdict
+            .token
+            .as_ref()
+            .and_then(|t| header("x-tokenwarden-scopes", &t.scopes.join(" "))),
+        verdict
+            .token
+            .as_ref()
+            .and_then(|_| header("x-tokenwarden-remaining", &remaining)),
+    ];
+    for (k, v) in pairs.into_iter().flatten() {
+        h.insert(k, v);
+    }
+    if verdict.outcome == Outcome::NotFound || verdict.outcome == Outcome::Malformed {
+        h.insert(
+            "www-authenticate",
+            HeaderValue::from_static("Bearer realm=\"tokenwarden\""),
+        );
+    }
+    Ok(resp)
+}

@@ -1,0 +1,363 @@
+//! Verification: the outcome of presenting a token for one call, decided from plain values and
+//! the clock. Checks run in an order that never spends a use on a call refused for another
+//! reason: malformed → unknown → revoked → expired → account inactive → IP → scope → account
+//! quota → usage. The last two are decided again, atomically, when the use is consumed.
+
+use crate::domain::{
+    net, period::month_key, scope, status::AccountStatus, status::TokenStatus, ParseError,
+};
+use crate::store::{Account, Token};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::net::IpAddr;
+
+pub mod meter;
+pub mod service;
+
+/// Largest cost one call may consume.
+pub const MAX_COST: i64 = 1_000_000;
+
+/// The answer to one verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    /// The call may proceed; its cost was consumed.
+    Valid,
+    /// Not a token of ours (shape or checksum).
+    Malformed,
+    /// No such token, or the secret does not match.
+    NotFound,
+    /// Revoked.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// Its account is inactive.
+    AccountInactive,
+    /// The client IP is not among the allowed ones.
+    IpNotAllowed,
+    /// The call is outside the token's scopes.
+    ScopeDenied,
+    /// The account's monthly quota would be passed.
+    AccountQuotaExceeded,
+    /// The token's (or the JWT's) uses are spent.
+    UsageExceeded,
+    /// A JWT with a bad signature, expired, or malformed.
+    BadJwt,
+}
+
+impl Outcome {
+    /// Every outcome, in check order.
+    pub const ALL: [Outcome; 11] = [
+        Outcome::Valid,
+        Outcome::Malformed,
+        Outcome::NotFound,
+        Outcome::Revoked,
+        Outcome::Expired,
+        Outcome::AccountInactive,
+        Outcome::IpNotAllowed,
+        Outcome::ScopeDenied,
+        Outcome::AccountQuotaExceeded,
+        Outcome::UsageExceeded,
+        Outcome::BadJwt,
+    ];
+
+    /// The word on the wire.
+    pub fn word(self) -> &'static str {
+        match self {
+            Outcome::Valid => "VALID",
+            Outcome::Malformed => "MALFORMED",
+            Outcome::NotFound => "NOT_FOUND",
+            Outcome::Revoked => "REVOKED",
+            Outcome::Expired => "EXPIRED",
+            Outcome::AccountInactive => "ACCOUNT_INACTIVE",
+            Outcome::IpNotAllowed => "IP_NOT_ALLOWED",
+            Outcome::ScopeDenied => "SCOPE_DENIED",
+            Outcome::AccountQuotaExceeded => "ACCOUNT_QUOTA_EXCEEDED",
+            Outcome::UsageExceeded => "USAGE_EXCEEDED",
+            Outcome::BadJwt => "BAD_JWT",
+        }
+    }
+
+    /// The numeric code; its first three digits are the status the forward-auth route answers
+    /// with (the seeds' 4011 bad token, 4012 bad JWT and 4014 inactive keep their meaning).
+    pub fn code(self) -> u32 {
+        match self {
+            Outcome::Valid => 2005,
+            Outcome::Malformed | Outcome::NotFound => 4011,
+            Outcome::BadJwt => 4012,
+            Outcome::AccountInactive => 4014,
+            Outcome::Revoked => 4015,
+            Outcome::Expired => 4016,
+            Outcome::IpNotAllowed => 4032,
+            Outcome::ScopeDenied => 4033,
+            Outcome::UsageExceeded => 4290,
+            Outcome::AccountQuotaExceeded => 4291,
+        }
+    }
+
+    /// The HTTP status of the forward-auth answer.
+    pub fn http_status(self) -> u16 {
+        (self.code() / 10) as u16
+    }
+
+    /// The per-day statistics column that counts this outcome, for outcomes tied to a token.
+    pub fn stat_column(self) -> Option<&'static str> {
+        Some(match self {
+            Outcome::Valid => "valid",
+            Outcome::Revoked => "revoked",
+            Outcome::Expired => "expired",
+            Outcome::AccountInactive => "account_inactive",
+            Outcome::IpNotAllowed => "ip_not_allowed",
+            Outcome::ScopeDenied => "scope_denied",
+            Outcome::AccountQuotaExceeded => "account_quota_exceeded",
+            Outcome::UsageExceeded => "usage_exceeded",
+            Outcome::BadJwt => "bad_jwt",
+            Outcome::Malformed | Outcome::NotFound => return None,
+        })
+    }
+}
+
+/// What the caller asks to do with the token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Check {
+    /// The call being made, checked against scopes.
+    pub call: Option<String>,
+    /// The end client's IP, checked against allowed IPs.
+    pub client_ip: Option<IpAddr>,
+    /// Uses this call consumes.
+    pub cost: i64,
+}
+
+impl Check {
+    /// Parses the caller's values, naming the field at fault.
+    pub fn parse(
+        call: Option<String>,
+        client_ip: Option<&str>,
+        cost: Option<i64>,
+    ) -> Result<Check, ParseError> {
+        let cost = cost.unwrap_or(1);
+        if !(1..=MAX_COST).contains(&cost) {
+            return Err(ParseError::new("cost", format!("must be 1 to {MAX_COST}")));
+        }
+        let client_ip = client_ip
+            .map(|s| {
+                s.trim().parse::<IpAddr>().map_err(|_| {
+                    ParseError::new("client_ip", format!("`{s}` is not an IP address"))
+                })
+            })
+            .transpose()?;
+        let call = match call {
+            Some(c) if c.is_empty() || c.len() > 256 => {
+                return Err(ParseError::new("call", "must be 1 to 256 characters"))
+            }
+            c => c,
+        };
+        Ok(Check {
+            call,
+            client_ip,
+            cost,
+        })
+    }
+}
+
+/// The account's figures a verification needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountState {
+    /// Active or inactive.
+    pub status: AccountStatus,
+    /// Monthly quota, if any.
+    pub monthly_quota: Option<i64>,
+    /// Calls counted in `quota_period`.
+    pub quota_used: i64,
+    /// The month `quota_used` belongs to.
+    pub quota_period: Option<String>,
+}
+
+impl AccountState {
+    /// Of an account record.
+    pub fn of(a: &Account) -> Self {
+        Self {
+            status: a.status,
+            monthly_quota: a.monthly_quota,
+            quota_used: a.quota_used,
+            quota_period: a.quota_period.clone(),
+        }
+    }
+
+    /// Quota used this month at `now` (an earlier month counts as zero).
+    pub fn used_this_month(&self, now: DateTime<Utc>) -> i64 {
+        match &self.quota_period {
+            Some(p) if *p == month_key(now) => self.quota_used,
+            _ => 0,
+        }
+    }
+}
+
+/// Decides a verification for a token whose secret matched. Returns `Valid` when the call may
+/// consume its cost; the consumption itself re-checks quota and usage atomically.
+pub fn decide(token: &Token, account: &AccountState, check: &Check, now: DateTime<Utc>) -> Outcome {
+    match token.status_at(now) {
+        TokenStatus::Revoked => return Outcome::Revoked,
+        TokenStatus::Expired => return Outcome::Expired,
+        TokenStatus::Active | TokenStatus::Exhausted => {}
+    }
+    if account.status == AccountStatus::Inactive {
+        return Outcome::AccountInactive;
+    }
+    if !token.allowed_ips.is_empty() {
+        let rules: Vec<ipnet::IpNet> = token
+            .allowed_ips
+            .iter()
+            .filter_map(|r| r.parse().ok())
+            .collect();
+        match check.client_ip {
+            Some(ip) if net::allows(&rules, ip) => {}
+            _ => return Outcome::IpNotAllowed,
+        }
+    }
+    if !token.scopes.is_empty() {
+        let scopes: Vec<scope::Scope> = token
+            .scopes
+            .iter()
+            .filter_map(|s| scope::Scope::parse(s, "scopes").ok())
+            .collect();
+        match &check.call {
+            Some(call) if scope::allows(&scopes, call) => {}
+            _ => return Outcome::ScopeDenied,
+        }
+    }
+    if let Some(q) = account.monthly_quota {
+        if account.used_this_month(now) + check.cost > q {
+            return Outcome::AccountQuotaExceeded;
+        }
+    }
+    if token.remaining.is_some_and(|r| r < check.cost) {
+        return Outcome::UsageExceeded;
+    }
+    Outcome::Valid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::role::Role;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
+    }
+
+    fn token() -> Token {
+        Token {
+            id: "AAAAAAAA".into(),
+            account_id: "acct".into(),
+            user_id: None,
+            issued_by: "account".into(),
+            policy_name: None,
+            policy_period: None,
+            name: "t".into(),
+            description: None,
+            role: Role::User,
+            scopes: vec![],
+            allowed_ips: vec![],
+            usage_limit: Some(10),
+            remaining: Some(10),
+            refill_monthly: None,
+            expires_at: None,
+            status: TokenStatus::Active,
+            jwt_enabled: false,
+            sealed_secret: None,
+            secret_hash: vec![],
+            prev_secret_hash: None,
+            prev_secret_valid_until: None,
+            calls_month: 0,
+            calls_month_period: None,
+            calls_total: 0,
+            last_used_at: None,
+            last_used_ip: None,
+            created_at: now(),
+            updated_at: now(),
+            revoked_at: None,
+        }
+    }
+
+    fn account() -> AccountState {
+        AccountState {
+            status: AccountStatus::Active,
+            monthly_quota: None,
+            quota_used: 0,
+            quota_period: None,
+        }
+    }
+
+    fn check() -> Check {
+        Check {
+            call: None,
+            client_ip: None,
+            cost: 1,
+        }
+    }
+
+    #[test]
+    fn the_first_failing_check_wins_in_order() {
+        let mut t = token();
+        t.status = TokenStatus::Revoked;
+        t.expires_at = Some(now());
+        t.allowed_ips = vec!["10.0.0.0/8".into()];
+        t.remaining = Some(0);
+        let mut a = account();
+        a.status = AccountStatus::Inactive;
+        assert_eq!(decide(&t, &a, &check(), now()), Outcome::Revoked);
+        t.status = TokenStatus::Active;
+        assert_eq!(decide(&t, &a, &check(), now()), Outcome::Expired);
+        t.expires_at = None;
+        assert_eq!(decide(&t, &a, &check(), now()), Outcome::AccountInactive);
+        a.status = AccountStatus::Active;
+        assert_eq!(decide(&t, &a, &check(), now()), Outcome::IpNotAllowed);
+        let mut c = check();
+        c.client_ip = Some("10.9.8.7".parse().unwrap());
+        t.scopes = vec!["convert:*".into()];
+        assert_eq!(decide(&t, &a, &c, now()), Outcome::ScopeDenied);
+        c.call = Some("convert:pdf".into());
+        a.monthly_quota = Some(5);
+        a.quota_used = 5;
+        a.quota_period = Some("2026-11".into());
+        assert_eq!(decide(&t, &a, &c, now()), Outcome::AccountQuotaExceeded);
+        a.quota_period = Some("2026-10".into());
+        assert_eq!(
+            decide(&t, &a, &c, now()),
+            Outcome::UsageExceeded,
+            "last month's quota counts as zero"
+        );
+        t.remaining = Some(1);
+        assert_eq!(decide(&t, &a, &c, now()), Outcome::Valid);
+        c.cost = 2;
+        assert_eq!(decide(&t, &a, &c, now()), Outcome::UsageExceeded);
+    }
+
+    #[test]
+    fn codes_carry_the_forward_auth_status() {
+        assert_eq!(Outcome::Valid.http_status(), 200);
+        assert_eq!(Outcome::NotFound.http_status(), 401);
+        assert_eq!(Outcome::IpNotAllowed.http_status(), 403);
+        assert_eq!(Outcome::UsageExceeded.http_status(), 429);
+        assert_eq!(Outcome::AccountQuotaExceeded.http_status(), 429);
+        assert_eq!(Outcome::BadJwt.code(), 4012);
+    }
+
+    #[test]
+    fn check_input_is_parsed_with_field_names() {
+        assert_eq!(Check::parse(None, None, Some(0)).unwrap_err().field, "cost");
+        assert_eq!(
+            Check::parse(None, Some("1.2.3"), None).unwrap_err().field,
+            "client_ip"
+        );
+        assert_eq!(
+            Check::parse(Some(String::new()), None, None)
+                .unwrap_err()
+                .field,
+            "call"
+        );
+        assert_eq!(Check::parse(None, Some("::1"), None).unwrap().cost, 1);
+    }
+}

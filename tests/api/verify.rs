@@ -1,0 +1,484 @@
+//! Verification: outcomes and their order, usage counting under concurrency, month boundaries,
+//! forward auth.
+
+use crate::both_backends;
+use crate::helpers::*;
+use chrono::{TimeDelta, TimeZone, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+both_backends!(
+    every_outcome_has_its_word_and_code,
+    refused_calls_spend_nothing,
+    concurrent_verifies_never_overspend,
+    counters_from_an_earlier_month_count_as_zero,
+    verify_bad_input_names_the_field,
+    an_unreachable_store_never_answers_valid,
+    forward_auth_reads_every_token_form,
+    forward_auth_trusts_forwarded_for_only_from_proxies,
+);
+
+async fn verify(app: &TestApp, body: Value) -> Value {
+    let (s, v) = app.call(Method::POST, "/v1/verify", None, Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+async fn result(app: &TestApp, body: Value) -> String {
+    verify(app, body).await["result"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn every_outcome_has_its_word_and_code(b: Backend) {
+    let app = spawn_app(b).await;
+    let (account, secret) = app
+        .account_with(json!({"name": "acme", "monthly_quota": 3}))
+        .await;
+    let (id, t) = app
+        .token(&secret, json!({"name": "svc", "role": "engineer", "usage_limit": 2, "scopes": ["convert:*"], "allowed_ips": ["10.0.0.0/8"], "lifetime_seconds": 3600}))
+        .await;
+    let ok = json!({"token": t, "call": "convert:pdf", "client_ip": "10.1.2.3"});
+    let v = verify(&app, ok.clone()).await;
+    assert_eq!(v["result"], "VALID");
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["code"], 2005);
+    assert_eq!(v["token_id"], id.as_str());
+    assert_eq!(v["account_id"], account.as_str());
+    assert_eq!(v["role"], "engineer");
+    assert_eq!(v["scopes"], json!(["convert:*"]));
+    assert_eq!(v["remaining"], 1);
+    assert_eq!(v["calls_this_month"], 1);
+    assert_eq!(v["expires_at"], "2026-11-27T13:00:00Z");
+
+    let cases: Vec<(Value, &str, u64)> = vec![
+        (json!({"token": "not-a-token"}), "MALFORMED", 4011),
+        (
+            json!({"token": format!("{}x", &t[..t.len() - 1])}),
+            "MALFORMED",
+            4011,
+        ),
+        (
+            json!({"token": tokenwarden::domain::credential::new_token("tw", "ZZZZZZZZ").expose()}),
+            "NOT_FOUND",
+            4011,
+        ),
+        (json!({"token": secret}), "MALFORMED", 4011),
+        (
+            json!({"token": t, "call": "convert:pdf", "client_ip": "192.168.1.1"}),
+            "IP_NOT_ALLOWED",
+            4032,
+        ),
+        (
+            json!({"token": t, "call": "convert:pdf"}),
+            "IP_NOT_ALLOWED",
+            4032,
+        ),
+        (
+            json!({"token": t, "call": "delete:all", "client_ip": "10.1.2.3"}),
+            "SCOPE_DENIED",
+            4033,
+        ),
+        (
+            json!({"token": t, "client_ip": "10.1.2.3"}),
+            "SCOPE_DENIED",
+            4033,
+        ),
+        (
+            json!({"token": t, "call": "convert:pdf", "client_ip": "10.1.2.3", "cost": 2}),
+            "USAGE_EXCEEDED",
+            4290,
+        ),
+    ];
+    for (body, word, code) in cases {
+        let v = verify(&app, body.clone()).await;
+        assert_eq!(
+            (
+                v["result"].as_str(),
+                v["code"].as_u64(),
+                v["valid"].as_bool()
+            ),
+            (Some(word), Some(code), Some(false)),
+            "{body}: {v}"
+        );
+    }
+    // The account quota (3) is checked before the token's uses.
+    let (_, t2) = app
+        .token(&secret, json!({"name": "other", "usage_limit": 10}))
+        .await;
+    assert_eq!(result(&app, json!({"token": t2, "cost": 2})).await, "VALID");
+    let v = verify(&app, json!({"token": t2})).await;
+    assert_eq!(
+        (v["result"].as_str(), v["code"].as_u64()),
+        (Some("ACCOUNT_QUOTA_EXCEEDED"), Some(4291))
+    );
+    app.patch(
+        &format!("/v1/accounts/{account}"),
+        &app.operator.clone(),
+        json!({"monthly_quota": null}),
+    )
+    .await;
+    assert_eq!(result(&app, json!({"token": t2})).await, "VALID");
+    assert_eq!(result(&app, json!(ok.clone())).await, "VALID");
+    assert_eq!(result(&app, json!(ok.clone())).await, "USAGE_EXCEEDED");
+
+    // Inactive account, then revoked, then expired.
+    app.patch(
+        &format!("/v1/accounts/{account}"),
+        &app.operator.clone(),
+        json!({"status": "inactive"}),
+    )
+    .await;
+    let v = verify(&app, json!({"token": t2})).await;
+    assert_eq!(
+        (v["result"].as_str(), v["code"].as_u64()),
+        (Some("ACCOUNT_INACTIVE"), Some(4014))
+    );
+    app.patch(
+        &format!("/v1/accounts/{account}"),
+        &app.operator.clone(),
+        json!({"status": "active"}),
+    )
+    .await;
+    app.clock.advance(TimeDelta::hours(1));
+    let v = verify(&app, ok.clone()).await;
+    assert_eq!(
+        (v["result"].as_str(), v["code"].as_u64()),
+        (Some("EXPIRED"), Some(4016))
+    );
+    app.delete(&format!("/v1/tokens/{id}"), &secret).await;
+    let v = verify(&app, ok).await;
+    assert_eq!(
+        (v["result"].as_str(), v["code"].as_u64()),
+        (Some("REVOKED"), Some(4015))
+    );
+
+    // The last use is recorded on the token.
+    let (_, v) = app.get(&format!("/v1/tokens/{id}"), &secret).await;
+    assert_eq!(v["token"]["last_used_ip"], "10.1.2.3");
+    assert_eq!(v["token"]["last_used_at"], "2026-11-27T12:00:00Z");
+    assert_eq!(v["token"]["calls_total"], 2);
+    assert_eq!(v["token"]["status"], "revoked");
+}
+
+async fn refused_calls_spend_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let (account, secret) = app
+        .account_with(json!({"name": "acme", "monthly_quota": 100}))
+        .await;
+    let (id, t) = app
+        .token(
+            &secret,
+            json!({"name": "svc", "usage_limit": 5, "allowed_ips": ["10.0.0.1"], "scopes": ["a"]}),
+        )
+        .await;
+    for body in [
+        json!({"token": t, "call": "a", "client_ip": "10.0.0.2"}),
+        json!({"token": t, "call": "b", "client_ip": "10.0.0.1"}),
+        json!({"token": t, "call": "a", "client_ip": "10.0.0.1", "cost": 6}),
+    ] {
+        assert_ne!(result(&app, body).await, "VALID");
+    }
+    let (_, v) = app.get(&format!("/v1/tokens/{id}"), &secret).await;
+    assert_eq!(
+        (
+            v["token"]["remaining"].as_i64(),
+            v["token"]["calls_this_month"].as_i64()
+        ),
+        (Some(5), Some(0))
+    );
+    let (_, v) = app.get(&format!("/v1/accounts/{account}"), &secret).await;
+    assert_eq!(v["account"]["quota_used_this_month"], 0);
+    assert_eq!(
+        result(
+            &app,
+            json!({"token": t, "call": "a", "client_ip": "10.0.0.1", "cost": 5})
+        )
+        .await,
+        "VALID"
+    );
+    let (_, v) = app.get(&format!("/v1/tokens/{id}"), &secret).await;
+    assert_eq!(
+        (
+            v["token"]["remaining"].as_i64(),
+            v["token"]["status"].as_str()
+        ),
+        (Some(0), Some("exhausted"))
+    );
+    let (_, v) = app.get(&format!("/v1/accounts/{account}"), &secret).await;
+    assert_eq!(v["account"]["quota_used_this_month"], 5);
+}
+
+async fn concurrent_verifies_never_overspend(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, t) = app
+        .token(&secret, json!({"name": "hot", "usage_limit": 50}))
+        .await;
+    let calls = (0..500).map(|_| {
+        let app = &app;
+        let body = json!({"token": t});
+        async move { app.call(Method::POST, "/v1/verify", None, Some(body)).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let valid = results
+        .iter()
+        .filter(|(_, v)| v["result"] == "VALID")
+        .count();
+    let exceeded = results
+        .iter()
+        .filter(|(_, v)| v["result"] == "USAGE_EXCEEDED")
+        .count();
+    assert_eq!((valid, exceeded), (50, 450));
+    let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
+    assert_eq!(stored.remaining, Some(0));
+    assert_eq!(stored.calls_total, 50);
+}
+
+async fn counters_from_an_earlier_month_count_as_zero(b: Backend) {
+    let app = spawn_app(b).await;
+    app.clock
+        .set(Utc.with_ymd_and_hms(2026, 11, 30, 23, 59, 59).unwrap());
+    let (account, secret) = app
+        .account_with(json!({"name": "acme", "monthly_quota": 2}))
+        .await;
+    let (id, t) = app.token(&secret, json!({"name": "svc"})).await;
+    assert_eq!(result(&app, json!({"token": t, "cost": 2})).await, "VALID");
+    assert_eq!(
+        result(&app, json!({"token": t})).await,
+        "ACCOUNT_QUOTA_EXCEEDED"
+    );
+    // No job has run: the new month is seen at the moment of the check.
+    app.clock.advance(TimeDelta::seconds(1));
+    let (_, v) = app.get(&format!("/v1/tokens/{id}"), &secret).await;
+    assert_eq!(v["token"]["calls_this_month"], 0);
+    assert_eq!(v["token"]["calls_total"], 2);
+    let (_, v) = app.get(&format!("/v1/accounts/{account}"), &secret).await;
+    assert_eq!(v["account"]["quota_used_this_month"], 0);
+    let v = verify(&app, json!({"token": t})).await;
+    assert_eq!(
+        (v["result"].as_str(), v["calls_this_month"].as_i64()),
+        (Some("VALID"), Some(1))
+    );
+}
+
+async fn verify_bad_input_names_the_field(b: Backend) {
+    let app = spawn_app(b).await;
+    let (id, t) = {
+        let (_, secret) = app.account("acme").await;
+        app.token(&secret, json!({"name": "svc", "usage_limit": 3}))
+            .await
+    };
+    for (body, field, code) in [
+        (json!({}), "token", 4220),
+        (json!({"token": t, "cost": 0}), "cost", 4220),
+        (json!({"token": t, "cost": 1_000_001}), "cost", 4220),
+        (json!({"token": t, "cost": "1"}), "cost", 4220),
+        (
+            json!({"token": t, "client_ip": "10.0.0.999"}),
+            "client_ip",
+            4220,
+        ),
+        (json!({"token": t, "call": ""}), "call", 4220),
+        (json!({"token": t, "ip": "1.2.3.4"}), "ip", 4221),
+    ] {
+        let got = app.call(Method::POST, "/v1/verify", None, Some(body)).await;
+        assert_error(&got, 422, code, Some(field));
+    }
+    let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.remaining,
+        Some(3),
+        "no refused request consumed a use"
+    );
+}
+
+async fn an_unreachable_store_never_answers_valid(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (_, t) = app.token(&secret, json!({"name": "svc"})).await;
+    assert_eq!(result(&app, json!({"token": t})).await, "VALID");
+    app.ctx.store.close().await;
+    let got = app
+        .call(Method::POST, "/v1/verify", None, Some(json!({"token": t})))
+        .await;
+    assert_error(&got, 503, 5030, None);
+    let r = app
+        .client
+        .get(app.url("/v1/auth"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+}
+
+async fn forward_auth_reads_every_token_form(b: Backend) {
+    let app = spawn_app(b).await;
+    let (account, secret) = app.account("acme").await;
+    let (id, t) = app
+        .token(
+            &secret,
+            json!({"name": "svc", "role": "engineer", "usage_limit": 6, "scopes": ["/convert/*"]}),
+        )
+        .await;
+    let auth = || {
+        app.client
+            .get(app.url("/v1/auth"))
+            .header("X-Original-URI", "/convert/pdf?x=1")
+    };
+    let r = auth().bearer_auth(&t).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["x-tokenwarden-result"], "VALID");
+    assert_eq!(h["x-tokenwarden-token-id"], id.as_str());
+    assert_eq!(h["x-tokenwarden-account-id"], account.as_str());
+    assert_eq!(h["x-tokenwarden-role"], "engineer");
+    assert_eq!(h["x-tokenwarden-remaining"], "5");
+    assert_eq!(
+        auth()
+            .header("Authorization", format!("APIKey {t}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        auth()
+            .basic_auth("apikey", Some(&t))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = app
+        .client
+        .get(app.url("/v1/auth"))
+        .header("X-Forwarded-Uri", format!("/convert/doc?Token={t}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Outside the scopes: 403; no token: 401; spent: 429.
+    let r = app
+        .client
+        .get(app.url("/v1/auth"))
+        .header("X-Original-URI", "/admin")
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-tokenwarden-result"], "SCOPE_DENIED");
+    let r = app.client.get(app.url("/v1/auth")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = auth()
+        .bearer_auth(&t)
+        .header("X-Tokenwarden-Cost", "3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["result"], "USAGE_EXCEEDED");
+    let r = auth()
+        .bearer_auth(&t)
+        .header("X-Tokenwarden-Cost", "lots")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["field"], "X-Tokenwarden-Cost");
+    let r = auth()
+        .bearer_auth(&t)
+        .header("X-Tokenwarden-Cost", "2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tokenwarden-remaining"], "0");
+}
+
+async fn forward_auth_trusts_forwarded_for_only_from_proxies(b: Backend) {
+    // Tests connect from 127.0.0.1, a trusted proxy by default.
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (_, t) = app
+        .token(
+            &secret,
+            json!({"name": "svc", "allowed_ips": ["203.0.113.7"]}),
+        )
+        .await;
+    let call = |xff: &'static str| {
+        app.client
+            .get(app.url("/v1/auth"))
+            .bearer_auth(&t)
+            .header("X-Forwarded-For", xff)
+    };
+    assert_eq!(call("203.0.113.7").send().await.unwrap().status(), 200);
+    assert_eq!(
+        call("198.51.100.1, 203.0.113.7")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "the nearest untrusted hop is the client"
+    );
+    assert_eq!(
+        call("203.0.113.7, 198.51.100.1")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403,
+        "a client cannot prepend its way in"
+    );
+    let r = app
+        .client
+        .get(app.url("/v1/auth"))
+        .bearer_auth(&t)
+        .header("X-Real-IP", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // With no trusted proxies, forwarded headers are ignored and the peer (127.0.0.1) counts.
+    let app = spawn_app_with(b, |c| c.trusted_proxies.clear()).await;
+    let (_, secret) = app.account("acme").await;
+    let (_, t) = app
+        .token(
+            &secret,
+            json!({"name": "svc", "allowed_ips": ["203.0.113.7"]}),
+        )
+        .await;
+    let r = app
+        .client
+        .get(app.url("/v1/auth"))
+        .bearer_auth(&t)
+        .header("X-Forwarded-For", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let (_, t) = app
+        .token(
+            &secret,
+            json!({"name": "local", "allowed_ips": ["127.0.0.1"]}),
+        )
+        .await;
+    let r = app
+        .client
+        .get(app.url("/v1/auth"))
+        .bearer_auth(&t)
+        .header("X-Forwarded-For", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
