@@ -49,6 +49,26 @@ pub enum Command {
     /// Tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Usage statistics.
+    #[command(subcommand)]
+    Stats(StatsCmd),
+}
+
+/// `stats` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StatsCmd {
+    /// Per-token daily statistics as CSV on stdout.
+    Export {
+        /// First UTC day (YYYY-MM-DD); default the 1st of this month.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last UTC day, inclusive; default today.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this account (id or name).
+        #[arg(long)]
+        account: Option<String>,
+    },
 }
 
 /// `operator` subcommands.
@@ -338,6 +358,17 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
                 .map(|t| TokenView::new(t, now, soon))
                 .collect();
             print(json!({ "tokens": views, "next_page": next }))
+        }
+        Command::Stats(StatsCmd::Export { from, to, account }) => {
+            let (from, to) = crate::stats::range(from.as_deref(), to.as_deref(), now.date_naive())
+                .map_err(admin::Error::from)?;
+            let account = match account {
+                Some(a) => Some(admin::find_account(ctx, &a).await?.id),
+                None => None,
+            };
+            let rows = crate::stats::rows(ctx, &op, from, to, account.as_deref()).await?;
+            print!("{}", crate::stats::to_csv(&rows)?);
+            Ok(())
         }
         Command::Token(TokenCmd::Show { id }) => {
             let t = admin::show_token(ctx, &op, &id).await?;

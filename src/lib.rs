@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod patch;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod verify;

@@ -73,6 +73,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(tokens::regenerate))
         .routes(routes!(verify::verify))
         .routes(routes!(verify::forward_auth))
+        .routes(routes!(verify::stats_csv))
         .routes(routes!(legacy::create))
         .routes(routes!(legacy::delete))
         .routes(routes!(ops::healthz))

@@ -270,3 +270,40 @@ pub async fn forward_auth(
     }
     Ok(resp)
 }
+
+/// `GET /v1/stats.csv` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatsQuery {
+    /// First UTC day (`YYYY-MM-DD` or `dd/MM/yyyy`); default the 1st of this month.
+    pub from: Option<String>,
+    /// Last UTC day, inclusive; default today.
+    pub to: Option<String>,
+    /// One account (operator only; others get their own).
+    pub account_id: Option<String>,
+}
+
+/// Per-token daily statistics as CSV: a header row, then one row per token and day with
+/// successful calls, the uses they consumed, and denials by outcome.
+#[utoipa::path(get, path = "/v1/stats.csv", tag = "verification", params(StatsQuery),
+    responses((status = 200, description = "CSV", content_type = "text/csv"), (status = "4XX", body = ErrorBody)),
+    security(("credential" = [])))]
+pub async fn stats_csv(
+    State(s): State<AppState>,
+    super::extract::Auth(p): super::extract::Auth,
+    super::extract::Params(q): super::extract::Params<StatsQuery>,
+) -> Result<Response, ApiError> {
+    let (from, to) = crate::stats::range(q.from.as_deref(), q.to.as_deref(), s.ctx.clock.now().date_naive())?;
+    let rows = crate::stats::rows(&s.ctx, &p, from, to, q.account_id.as_deref()).await?;
+    let body = crate::stats::to_csv(&rows)
+        .map_err(|e| ApiError::new(super::error::Code::Internal, format!("cannot write CSV: {e}")))?;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"tokenwarden-stats.csv\""),
+        ],
+        body,
+    )
+        .into_response())
+}

@@ -179,7 +179,7 @@ impl WritePool for PgPool {
     }
 }
 
-mod usage;
+pub mod usage;
 
 fn sql(s: String) -> AssertSqlSafe<String> {
     AssertSqlSafe(s)

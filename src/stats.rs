@@ -1,0 +1,101 @@
+//! Statistics export: per token per UTC day, successful calls, the uses they consumed and
+//! denials by outcome, as CSV. The API (`/v1/stats.csv`) and the CLI (`stats export`) share it.
+
+use crate::admin::{self, Ctx, Principal};
+use crate::domain::{limits, ParseError};
+use crate::store::{usage::STAT_COLUMNS, StatRow};
+use chrono::{Datelike, NaiveDate};
+
+/// Longest range one export may span, in days.
+pub const MAX_DAYS: i64 = 3660;
+
+/// Parses `from`/`to` (UTC dates, inclusive); by default the current month up to today.
+pub fn range(from: Option<&str>, to: Option<&str>, today: NaiveDate) -> Result<(NaiveDate, NaiveDate), ParseError> {
+    let from = match from {
+        Some(f) => limits::parse_date(f, "from")?,
+        None => today.with_day(1).unwrap_or(today),
+    };
+    let to = match to {
+        Some(t) => limits::parse_date(t, "to")?,
+        None => today,
+    };
+    if to < from {
+        return Err(ParseError::new("to", "must not be before from"));
+    }
+    if (to - from).num_days() >= MAX_DAYS {
+        return Err(ParseError::new("to", format!("the range may span at most {MAX_DAYS} days")));
+    }
+    Ok((from, to))
+}
+
+/// The rows a principal may export: the operator every account (or `account`), an account's
+/// admin its own account.
+pub async fn rows(
+    ctx: &Ctx,
+    p: &Principal,
+    from: NaiveDate,
+    to: NaiveDate,
+    account: Option<&str>,
+) -> Result<Vec<StatRow>, admin::Error> {
+    let account = match (p, account) {
+        (Principal::Operator, a) => a.map(str::to_string),
+        (_, Some(a)) if Some(a) != p.account_id() => {
+            return Err(admin::Error::Forbidden("account_id: only your own account's statistics".into()))
+        }
+        (Principal::Token { token, .. }, _) if token.role != crate::domain::role::Role::Admin => {
+            return Err(admin::Error::Forbidden("statistics need the account secret or an admin token".into()))
+        }
+        _ => p.account_id().map(str::to_string),
+    };
+    Ok(ctx.store.stats(from, to, account.as_deref()).await?)
+}
+
+/// The CSV text: a header row, then one row per token and day.
+pub fn to_csv(rows: &[StatRow]) -> Result<String, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["day", "token_id", "account_id"];
+    header.extend(STAT_COLUMNS);
+    w.write_record(&header)?;
+    for r in rows {
+        let mut rec = vec![r.day.clone(), r.token_id.clone(), r.account_id.clone()];
+        rec.extend(r.counts().iter().map(|n| n.to_string()));
+        w.write_record(&rec)?;
+    }
+    let bytes = w.into_inner().map_err(|e| csv::Error::from(e.into_error()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_default_to_this_month_and_are_checked() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        assert_eq!(range(None, None, today).unwrap().0, NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
+        assert_eq!(range(Some("2026-11-28"), Some("2026-11-27"), today).unwrap_err().field, "to");
+        assert_eq!(range(Some("27/11/2026"), None, today).unwrap().0, today);
+        assert_eq!(range(Some("yesterday"), None, today).unwrap_err().field, "from");
+    }
+
+    #[test]
+    fn csv_has_a_header_and_one_row_per_token_and_day() {
+        let rows = vec![StatRow {
+            day: "2026-11-27".into(),
+            token_id: "AAAAAAAA".into(),
+            account_id: "acct".into(),
+            valid: 3,
+            cost: 5,
+            usage_exceeded: 1,
+            ..StatRow::default()
+        }];
+        let csv = to_csv(&rows).unwrap();
+        let mut lines = csv.lines();
+        assert_eq!(
+            lines.next(),
+            Some("day,token_id,account_id,valid,cost,revoked,expired,account_inactive,ip_not_allowed,scope_denied,account_quota_exceeded,usage_exceeded,bad_jwt")
+        );
+        assert_eq!(lines.next(), Some("2026-11-27,AAAAAAAA,acct,3,5,0,0,0,0,0,0,1,0"));
+        assert_eq!(lines.next(), None);
+    }
+}
