@@ -10,7 +10,11 @@ use chrono::{Datelike, NaiveDate};
 pub const MAX_DAYS: i64 = 3660;
 
 /// Parses `from`/`to` (UTC dates, inclusive); by default the current month up to today.
-pub fn range(from: Option<&str>, to: Option<&str>, today: NaiveDate) -> Result<(NaiveDate, NaiveDate), ParseError> {
+pub fn range(
+    from: Option<&str>,
+    to: Option<&str>,
+    today: NaiveDate,
+) -> Result<(NaiveDate, NaiveDate), ParseError> {
     let from = match from {
         Some(f) => limits::parse_date(f, "from")?,
         None => today.with_day(1).unwrap_or(today),
@@ -23,7 +27,10 @@ pub fn range(from: Option<&str>, to: Option<&str>, today: NaiveDate) -> Result<(
         return Err(ParseError::new("to", "must not be before from"));
     }
     if (to - from).num_days() >= MAX_DAYS {
-        return Err(ParseError::new("to", format!("the range may span at most {MAX_DAYS} days")));
+        return Err(ParseError::new(
+            "to",
+            format!("the range may span at most {MAX_DAYS} days"),
+        ));
     }
     Ok((from, to))
 }
@@ -40,10 +47,14 @@ pub async fn rows(
     let account = match (p, account) {
         (Principal::Operator, a) => a.map(str::to_string),
         (_, Some(a)) if Some(a) != p.account_id() => {
-            return Err(admin::Error::Forbidden("account_id: only your own account's statistics".into()))
+            return Err(admin::Error::Forbidden(
+                "account_id: only your own account's statistics".into(),
+            ))
         }
         (Principal::Token { token, .. }, _) if token.role != crate::domain::role::Role::Admin => {
-            return Err(admin::Error::Forbidden("statistics need the account secret or an admin token".into()))
+            return Err(admin::Error::Forbidden(
+                "statistics need the account secret or an admin token".into(),
+            ))
         }
         _ => p.account_id().map(str::to_string),
     };
@@ -61,7 +72,9 @@ pub fn to_csv(rows: &[StatRow]) -> Result<String, csv::Error> {
         rec.extend(r.counts().iter().map(|n| n.to_string()));
         w.write_record(&rec)?;
     }
-    let bytes = w.into_inner().map_err(|e| csv::Error::from(e.into_error()))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| csv::Error::from(e.into_error()))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -72,10 +85,21 @@ mod tests {
     #[test]
     fn ranges_default_to_this_month_and_are_checked() {
         let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
-        assert_eq!(range(None, None, today).unwrap().0, NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
-        assert_eq!(range(Some("2026-11-28"), Some("2026-11-27"), today).unwrap_err().field, "to");
+        assert_eq!(
+            range(None, None, today).unwrap().0,
+            NaiveDate::from_ymd_opt(2026, 11, 1).unwrap()
+        );
+        assert_eq!(
+            range(Some("2026-11-28"), Some("2026-11-27"), today)
+                .unwrap_err()
+                .field,
+            "to"
+        );
         assert_eq!(range(Some("27/11/2026"), None, today).unwrap().0, today);
-        assert_eq!(range(Some("yesterday"), None, today).unwrap_err().field, "from");
+        assert_eq!(
+            range(Some("yesterday"), None, today).unwrap_err().field,
+            "from"
+        );
     }
 
     #[test]
@@ -95,7 +119,10 @@ mod tests {
             lines.next(),
             Some("day,token_id,account_id,valid,cost,revoked,expired,account_inactive,ip_not_allowed,scope_denied,account_quota_exceeded,usage_exceeded,bad_jwt")
         );
-        assert_eq!(lines.next(), Some("2026-11-27,AAAAAAAA,acct,3,5,0,0,0,0,0,0,1,0"));
+        assert_eq!(
+            lines.next(),
+            Some("2026-11-27,AAAAAAAA,acct,3,5,0,0,0,0,0,0,1,0")
+        );
         assert_eq!(lines.next(), None);
     }
 }

@@ -79,11 +79,13 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::openapi))
+        .routes(routes!(ops::metrics))
         .split_for_parts()
 }
 
 /// The complete service.
 pub fn router(state: AppState) -> Router {
+    crate::metrics::handle();
     let body_limit = state.ctx.config.body_limit_bytes;
     let (router, doc) = routes();
     router

@@ -43,6 +43,19 @@ pub async fn readyz(State(s): State<AppState>) -> Result<Json<Health>, ApiError>
     }))
 }
 
+/// Prometheus metrics: verifications by outcome, verification latency, store errors, usage
+/// batch sizes.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::handle().render(),
+    )
+}
+
 /// This OpenAPI 3 document, generated from the routes themselves.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
 pub async fn openapi(

@@ -96,10 +96,28 @@ pub async fn verify(
         .token
         .ok_or_else(|| crate::domain::ParseError::new("token", "is required"))?;
     let check = Check::parse(req.call, req.client_ip.as_deref(), req.cost)?;
-    let verdict = service::verify(&s.ctx, &s.meter, &token, &check)
-        .await
-        .map_err(|e| ApiError::from(crate::admin::Error::from(e)))?;
+    let verdict = measured(service::verify(&s.ctx, &s.meter, &token, &check)).await?;
     Ok(Json(VerifyAnswer::from(&verdict)))
+}
+
+/// Runs a verification, recording its outcome and latency (or the store error) in the metrics.
+async fn measured(
+    f: impl std::future::Future<Output = Result<Verdict, crate::store::StoreError>>,
+) -> Result<Verdict, ApiError> {
+    let start = std::time::Instant::now();
+    match f.await {
+        Ok(v) => {
+            metrics::counter!(crate::metrics::VERIFICATIONS, "result" => v.outcome.word())
+                .increment(1);
+            metrics::histogram!(crate::metrics::VERIFY_SECONDS)
+                .record(start.elapsed().as_secs_f64());
+            Ok(v)
+        }
+        Err(e) => {
+            metrics::counter!(crate::metrics::STORE_ERRORS, "op" => "verify").increment(1);
+            Err(ApiError::from(crate::admin::Error::from(e)))
+        }
+    }
 }
 
 /// The token of a forwarded request: `Authorization: Bearer|APIKey <t>`, HTTP Basic (the
@@ -213,9 +231,7 @@ pub async fn forward_auth(
         ..check
     };
     let verdict = match forwarded_token(&headers) {
-        Some(t) => service::verify(&s.ctx, &s.meter, &t, &check)
-            .await
-            .map_err(|e| ApiError::from(crate::admin::Error::from(e)))?,
+        Some(t) => measured(service::verify(&s.ctx, &s.meter, &t, &check)).await?,
         None => Verdict {
             outcome: Outcome::Malformed,
             token: None,
@@ -294,14 +310,25 @@ pub async fn stats_csv(
     super::extract::Auth(p): super::extract::Auth,
     super::extract::Params(q): super::extract::Params<StatsQuery>,
 ) -> Result<Response, ApiError> {
-    let (from, to) = crate::stats::range(q.from.as_deref(), q.to.as_deref(), s.ctx.clock.now().date_naive())?;
+    let (from, to) = crate::stats::range(
+        q.from.as_deref(),
+        q.to.as_deref(),
+        s.ctx.clock.now().date_naive(),
+    )?;
     let rows = crate::stats::rows(&s.ctx, &p, from, to, q.account_id.as_deref()).await?;
-    let body = crate::stats::to_csv(&rows)
-        .map_err(|e| ApiError::new(super::error::Code::Internal, format!("cannot write CSV: {e}")))?;
+    let body = crate::stats::to_csv(&rows).map_err(|e| {
+        ApiError::new(
+            super::error::Code::Internal,
+            format!("cannot write CSV: {e}"),
+        )
+    })?;
     Ok((
         [
             (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"tokenwarden-stats.csv\""),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                "attachment; filename=\"tokenwarden-stats.csv\"",
+            ),
         ],
         body,
     )

@@ -66,6 +66,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Msg>) {
                 Msg::Deny(d) => denials.push(d),
             }
         }
+        metrics::histogram!(crate::metrics::BATCH_SIZE).record(consumes.len() as f64);
         match store.consume_batch(&consumes, &denials).await {
             Ok(results) => {
                 for (r, res) in replies.into_iter().zip(results) {

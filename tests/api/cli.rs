@@ -204,7 +204,12 @@ async fn store_subcommands_work_without_the_daemon(b: Backend) {
     let o = run(&["stats", "export", "--account", "acme"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("day,token_id,account_id,valid,cost,"));
-    assert_eq!(run(&["stats", "export", "--from", "2026-13-01"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["stats", "export", "--from", "2026-13-01"])
+            .status
+            .code(),
+        Some(2)
+    );
     let v = json_out(&run(&["account", "list"]));
     assert_eq!(v["accounts"][0]["name"], "acme");
     let v = json_out(&run(&["account", "show", "acme"]));

@@ -10,6 +10,7 @@ both_backends!(
     openapi_covers_every_route,
     oversized_bodies_are_refused,
     an_unreachable_store_answers_503,
+    metrics_count_verifications_by_outcome,
 );
 
 async fn health_and_readiness(b: Backend) {
@@ -68,6 +69,7 @@ async fn openapi_covers_every_route(b: Backend) {
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/openapi.json"),
+        ("get", "/metrics"),
     ];
     let mut documented = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -148,5 +150,75 @@ async fn an_unreachable_store_answers_503(b: Backend) {
     assert_eq!(
         app.call(Method::GET, "/healthz", None, None).await.0,
         StatusCode::OK
+    );
+}
+
+async fn metrics_count_verifications_by_outcome(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (_, t) = app
+        .token(&secret, json!({"name": "svc", "usage_limit": 2}))
+        .await;
+    for _ in 0..3 {
+        app.call(Method::POST, "/v1/verify", None, Some(json!({"token": t})))
+            .await;
+    }
+    app.call(
+        Method::POST,
+        "/v1/verify",
+        None,
+        Some(json!({"token": "junk"})),
+    )
+    .await;
+    let r = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let value = |needle: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("{needle} missing in:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value("tokenwarden_verifications_total{result=\"VALID\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("tokenwarden_verifications_total{result=\"USAGE_EXCEEDED\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("tokenwarden_verifications_total{result=\"MALFORMED\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("tokenwarden_verifications_total{result=\"REVOKED\"}"),
+        0.0
+    );
+    assert_eq!(value("tokenwarden_verify_duration_seconds_count"), 4.0);
+    assert_eq!(value("tokenwarden_store_errors_total{op=\"verify\"}"), 0.0);
+    assert!(
+        !text.contains(&t) && !text.contains(&t[3..11]),
+        "no token or token id in metrics"
+    );
+    app.ctx.store.close().await;
+    app.call(Method::POST, "/v1/verify", None, Some(json!({"token": t})))
+        .await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("tokenwarden_store_errors_total{op=\"verify\"} 1"),
+        "{text}"
     );
 }

@@ -486,15 +486,36 @@ async fn forward_auth_trusts_forwarded_for_only_from_proxies(b: Backend) {
 
 async fn statistics_per_token_and_day_as_csv(b: Backend) {
     let app = spawn_app(b).await;
-    app.clock.set(Utc.with_ymd_and_hms(2026, 11, 30, 22, 0, 0).unwrap());
+    app.clock
+        .set(Utc.with_ymd_and_hms(2026, 11, 30, 22, 0, 0).unwrap());
     let (_, secret) = app.account("acme").await;
-    let (id, t) = app.token(&secret, json!({"name": "svc", "usage_limit": 10, "scopes": ["a"]})).await;
-    assert_eq!(result(&app, json!({"token": t, "call": "a", "cost": 3})).await, "VALID");
-    assert_eq!(result(&app, json!({"token": t, "call": "b"})).await, "SCOPE_DENIED");
-    assert_eq!(result(&app, json!({"token": t, "call": "a", "cost": 8})).await, "USAGE_EXCEEDED");
-    assert_eq!(result(&app, json!({"token": t, "call": "a"})).await, "VALID");
+    let (id, t) = app
+        .token(
+            &secret,
+            json!({"name": "svc", "usage_limit": 10, "scopes": ["a"]}),
+        )
+        .await;
+    assert_eq!(
+        result(&app, json!({"token": t, "call": "a", "cost": 3})).await,
+        "VALID"
+    );
+    assert_eq!(
+        result(&app, json!({"token": t, "call": "b"})).await,
+        "SCOPE_DENIED"
+    );
+    assert_eq!(
+        result(&app, json!({"token": t, "call": "a", "cost": 8})).await,
+        "USAGE_EXCEEDED"
+    );
+    assert_eq!(
+        result(&app, json!({"token": t, "call": "a"})).await,
+        "VALID"
+    );
     app.clock.advance(TimeDelta::hours(3)); // 2026-12-01 01:00 UTC: a new day and a new month
-    assert_eq!(result(&app, json!({"token": t, "call": "a", "cost": 2})).await, "VALID");
+    assert_eq!(
+        result(&app, json!({"token": t, "call": "a", "cost": 2})).await,
+        "VALID"
+    );
 
     let get = |q: &str| {
         let url = app.url(&format!("/v1/stats.csv?{q}"));
@@ -503,7 +524,10 @@ async fn statistics_per_token_and_day_as_csv(b: Backend) {
         async move {
             let r = client.get(url).bearer_auth(secret).send().await.unwrap();
             let status = r.status();
-            let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+            let ct = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string());
             (status, ct, r.text().await.unwrap())
         }
     };
@@ -513,8 +537,14 @@ async fn statistics_per_token_and_day_as_csv(b: Backend) {
     let lines: Vec<&str> = body.lines().collect();
     assert_eq!(lines[0], "day,token_id,account_id,valid,cost,revoked,expired,account_inactive,ip_not_allowed,scope_denied,account_quota_exceeded,usage_exceeded,bad_jwt");
     let acct = app.ctx.store.token(&id).await.unwrap().unwrap().account_id;
-    assert_eq!(lines[1], format!("2026-11-30,{id},{acct},2,4,0,0,0,0,1,0,1,0"));
-    assert_eq!(lines[2], format!("2026-12-01,{id},{acct},1,2,0,0,0,0,0,0,0,0"));
+    assert_eq!(
+        lines[1],
+        format!("2026-11-30,{id},{acct},2,4,0,0,0,0,1,0,1,0")
+    );
+    assert_eq!(
+        lines[2],
+        format!("2026-12-01,{id},{acct},1,2,0,0,0,0,0,0,0,0")
+    );
     assert_eq!(lines.len(), 3);
     // The default range is the current month; last month's rows are kept, not reset.
     let (_, _, body) = get("").await;
@@ -523,10 +553,26 @@ async fn statistics_per_token_and_day_as_csv(b: Backend) {
     assert_eq!(body.lines().count(), 2);
     // Another account sees none of them; bad ranges name the field.
     let (_, other) = app.account("globex").await;
-    let r = app.client.get(app.url("/v1/stats.csv?from=2026-11-01")).bearer_auth(&other).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/v1/stats.csv?from=2026-11-01"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap().lines().count(), 1);
-    for (q, field) in [("from=2026-02-30", "from"), ("from=2026-12-02&to=2026-12-01", "to"), ("day=1", "day")] {
-        let r = app.client.get(app.url(&format!("/v1/stats.csv?{q}"))).bearer_auth(&secret).send().await.unwrap();
+    for (q, field) in [
+        ("from=2026-02-30", "from"),
+        ("from=2026-12-02&to=2026-12-01", "to"),
+        ("day=1", "day"),
+    ] {
+        let r = app
+            .client
+            .get(app.url(&format!("/v1/stats.csv?{q}")))
+            .bearer_auth(&secret)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 422, "{q}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["field"], field, "{q}");

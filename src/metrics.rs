@@ -1,0 +1,45 @@
+//! Prometheus metrics: one process-wide recorder, rendered by `GET /metrics`. Labels never carry
+//! a token, secret or id: only outcome words and fixed names.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Verifications by outcome (`result` label).
+pub const VERIFICATIONS: &str = "tokenwarden_verifications_total";
+/// Verification latency in seconds, from request to answer.
+pub const VERIFY_SECONDS: &str = "tokenwarden_verify_duration_seconds";
+/// Store errors seen while serving (`op` label).
+pub const STORE_ERRORS: &str = "tokenwarden_store_errors_total";
+/// Calls consumed per usage transaction.
+pub const BATCH_SIZE: &str = "tokenwarden_meter_batch_size";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder on first use and returns the handle that renders it.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ];
+            let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+            // Both bucket lists are non-empty constants, so this cannot fail; fall back to
+            // summaries rather than panic if it ever did.
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(VERIFY_SECONDS.into()), &latency)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &sizes))
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is already installed; then ours just stays empty.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed");
+            }
+            for o in crate::verify::Outcome::ALL {
+                metrics::counter!(VERIFICATIONS, "result" => o.word()).absolute(0);
+            }
+            metrics::counter!(STORE_ERRORS, "op" => "verify").absolute(0);
+            handle
+        })
+        .clone()
+}
