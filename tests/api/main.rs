@@ -5,6 +5,7 @@ mod helpers;
 
 mod accounts;
 mod cli;
+mod durability;
 mod legacy;
 mod ops;
 mod tokens;

@@ -1,0 +1,180 @@
+//! Usage counting that survives a SIGKILL, and two daemons sharing one store.
+
+use crate::both_backends;
+use crate::helpers::*;
+use serde_json::{json, Value};
+use std::{
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+use tokenwarden::{app::App, clock::ManualClock, config::Config};
+
+both_backends!(no_valid_answer_is_lost_to_sigkill, two_daemons_on_one_store_never_overspend);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Daemon {
+    child: std::process::Child,
+    base: String,
+}
+
+fn start(data: &std::path::Path, port: u16, pg: Option<&str>) -> Daemon {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tokenwarden"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TOKENWARDEN_") {
+            c.env_remove(k);
+        }
+    }
+    c.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(u) = pg {
+        c.env("TOKENWARDEN_DATABASE__URL", u);
+    }
+    Daemon {
+        child: c.spawn().unwrap(),
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn wait_ready(base: &str) {
+    for _ in 0..400 {
+        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("daemon at {base} never became ready");
+}
+
+async fn no_valid_answer_is_lost_to_sigkill(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pg = match b {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(PgDb::create().await),
+    };
+    let pg_url = pg.as_ref().map(|p| p.url.clone());
+    let port = free_port();
+    let mut d = start(&data, port, pg_url.as_deref());
+    wait_ready(&d.base).await;
+    let client = reqwest::Client::new();
+    let op = std::fs::read_to_string(data.join("operator.token")).unwrap().trim().to_string();
+    let acc: Value = client.post(format!("{}/v1/accounts", d.base)).bearer_auth(&op).json(&json!({"name": "acme"})).send().await.unwrap().json().await.unwrap();
+    let secret = acc["secret"].as_str().unwrap().to_string();
+    let tok: Value = client
+        .post(format!("{}/v1/tokens", d.base))
+        .bearer_auth(&secret)
+        .json(&json!({"name": "load", "usage_limit": 1_000_000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = tok["tokens"][0]["token"].as_str().unwrap().to_string();
+    let id = tok["tokens"][0]["id"].as_str().unwrap().to_string();
+
+    // 32 clients verify in a loop; each VALID answer fully received is counted.
+    const CLIENTS: u64 = 32;
+    let valid = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (valid, stop, client, url, token) = (valid.clone(), stop.clone(), client.clone(), format!("{}/v1/verify", d.base), token.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(r) = client.post(&url).json(&json!({"token": token})).send().await else { break };
+                let Ok(v) = r.json::<Value>().await else { break };
+                if v["result"] == "VALID" {
+                    valid.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    // Kill it mid-load, once a fair number of calls went through.
+    for _ in 0..200 {
+        if valid.load(Ordering::SeqCst) >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    d.child.kill().unwrap(); // SIGKILL
+    d.child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let answered = valid.load(Ordering::SeqCst);
+    assert!(answered >= 300, "the load ran: {answered}");
+
+    let d2 = start(&data, port, pg_url.as_deref());
+    wait_ready(&d2.base).await;
+    let v: Value = client.get(format!("{}/v1/tokens/{id}", d2.base)).bearer_auth(&secret).send().await.unwrap().json().await.unwrap();
+    let stored = v["token"]["calls_total"].as_u64().unwrap();
+    let remaining = v["token"]["remaining"].as_u64().unwrap();
+    assert_eq!(stored + remaining, 1_000_000, "uses and remaining agree");
+    // Every VALID a client received was durable before it was sent. The store may hold a few
+    // more: calls committed whose answers were still in flight when the process died (at most
+    // one per client).
+    assert!(stored >= answered, "lost VALID answers: stored {stored} < answered {answered}");
+    assert!(stored <= answered + CLIENTS, "stored {stored} vs answered {answered}");
+    let mut d2 = d2;
+    d2.child.kill().unwrap();
+    d2.child.wait().unwrap();
+}
+
+async fn two_daemons_on_one_store_never_overspend(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _pg) = store_for(b, dir.path()).await;
+    let clock = ManualClock::new(t0());
+    let mut bases = Vec::new();
+    let mut servers = Vec::new();
+    for node in ["a", "b"] {
+        let mut c = Config::for_data_dir(&dir.path().join(node));
+        c.listen = "127.0.0.1:0".parse().unwrap();
+        c.store = store.clone();
+        let app = App::build(c, Arc::new(clock.clone())).await.unwrap();
+        bases.push(format!("http://{}", app.local_addr()));
+        servers.push(tokio::spawn(app.run_until(std::future::pending())));
+    }
+    let op = std::fs::read_to_string(dir.path().join("a/operator.token")).unwrap().trim().to_string();
+    let client = reqwest::Client::new();
+    let acc: Value = client.post(format!("{}/v1/accounts", bases[0])).bearer_auth(&op).json(&json!({"name": "acme"})).send().await.unwrap().json().await.unwrap();
+    let secret = acc["secret"].as_str().unwrap();
+    let tok: Value = client
+        .post(format!("{}/v1/tokens", bases[1]))
+        .bearer_auth(secret)
+        .json(&json!({"name": "shared", "usage_limit": 50}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = tok["tokens"][0]["token"].as_str().unwrap().to_string();
+    let calls = (0..500).map(|i| {
+        let url = format!("{}/v1/verify", bases[i % 2]);
+        let (client, token) = (client.clone(), token.clone());
+        async move {
+            let v: Value = client.post(url).json(&json!({"token": token})).send().await.unwrap().json().await.unwrap();
+            v["result"].as_str().unwrap().to_string()
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    assert_eq!(results.iter().filter(|r| *r == "VALID").count(), 50);
+    assert_eq!(results.iter().filter(|r| *r == "USAGE_EXCEEDED").count(), 450);
+    for s in servers {
+        s.abort();
+    }
+}
