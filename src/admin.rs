@@ -33,6 +33,8 @@ pub struct Ctx {
     pub store: Store,
     /// Source of "now".
     pub clock: SharedClock,
+    /// Seals the secrets of JWT-signing tokens.
+    pub master_key: Arc<crate::seal::MasterKey>,
 }
 
 /// Why an operation did not happen. Mapped to HTTP status and numeric code in `api::error` and to

@@ -18,10 +18,21 @@ pub async fn open_ctx(config: Config, clock: SharedClock) -> anyhow::Result<Ctx>
         .await
         .with_context(|| format!("cannot open the {} store", kind(&config)))?;
     store.migrate().await.context("cannot migrate the store")?;
+    let master_key = crate::seal::MasterKey::load_or_create(&config.master_key_file)?;
+    let stored = store
+        .setting_init("master_key_fingerprint", &master_key.fingerprint())
+        .await?;
+    anyhow::ensure!(
+        stored == master_key.fingerprint(),
+        "{}: this master key is not the one the store was set up with; every daemon sharing a \
+         store needs the same master key file",
+        config.master_key_file.display()
+    );
     Ok(Ctx {
         config: Arc::new(config),
         store,
         clock,
+        master_key: Arc::new(master_key),
     })
 }
 

@@ -32,6 +32,17 @@ pub struct RawConfig {
     pub accounts: RawAccounts,
     /// Logging.
     pub log: RawLog,
+    /// Keys.
+    pub security: RawSecurity,
+}
+
+/// `[security]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSecurity {
+    /// File holding the 256-bit master key (64 hex digits) that seals JWT-signing tokens;
+    /// empty = `<data_dir>/master.key`, generated on first start.
+    pub master_key_file: String,
 }
 
 /// `[server]`
@@ -74,6 +85,8 @@ pub struct RawTokens {
     pub expires_soon_days: i64,
     /// Longest grace period a regeneration may keep the old secret working.
     pub max_regenerate_grace_seconds: i64,
+    /// Longest lifetime of a JWT minted by `POST /v1/jwt`.
+    pub max_jwt_lifetime_seconds: i64,
 }
 
 /// `[accounts]`
@@ -103,6 +116,7 @@ impl Default for RawConfig {
             tokens: RawTokens::default(),
             accounts: RawAccounts::default(),
             log: RawLog::default(),
+            security: RawSecurity::default(),
         }
     }
 }
@@ -136,6 +150,7 @@ impl Default for RawTokens {
             max_count_per_request: 100,
             expires_soon_days: 7,
             max_regenerate_grace_seconds: 7 * 24 * 3600,
+            max_jwt_lifetime_seconds: 24 * 3600,
         }
     }
 }
@@ -183,6 +198,8 @@ pub struct TokenSettings {
     pub expires_soon_days: i64,
     /// Maximum regeneration grace, in seconds.
     pub max_regenerate_grace_seconds: i64,
+    /// Maximum lifetime of a minted JWT, in seconds.
+    pub max_jwt_lifetime_seconds: i64,
 }
 
 /// The checked configuration the daemon runs on.
@@ -208,6 +225,8 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// The master key file.
+    pub master_key_file: PathBuf,
     /// The raw values, for `check-config`.
     pub raw: RawConfig,
 }
@@ -435,6 +454,12 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             "must be 0 to 2592000 (30 days)".into(),
         );
     }
+    if !(1..=30 * 24 * 3600).contains(&t.max_jwt_lifetime_seconds) {
+        bad(
+            "tokens.max_jwt_lifetime_seconds",
+            "must be 1 to 2592000 (30 days)".into(),
+        );
+    }
     if !(1..=1_000_000).contains(&raw.accounts.default_max_tokens) {
         bad("accounts.default_max_tokens", "must be 1 to 1000000".into());
     }
@@ -472,10 +497,16 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
                 max_count_per_request: t.max_count_per_request,
                 expires_soon_days: t.expires_soon_days,
                 max_regenerate_grace_seconds: t.max_regenerate_grace_seconds,
+                max_jwt_lifetime_seconds: t.max_jwt_lifetime_seconds,
             },
             default_max_tokens: raw.accounts.default_max_tokens,
             log_level: raw.log.level.clone(),
             log_format,
+            master_key_file: if raw.security.master_key_file.trim().is_empty() {
+                raw.data_dir.join("master.key")
+            } else {
+                PathBuf::from(raw.security.master_key_file.trim())
+            },
             raw: raw.clone(),
         }),
         _ => Err(ConfigErrors(errs)),

@@ -22,6 +22,7 @@ pub mod config;
 pub mod domain;
 pub mod metrics;
 pub mod patch;
+pub mod seal;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

@@ -1,4 +1,4 @@
--- Usage statistics and JWT use records (verification). Paired with migrations/postgres/0002_usage.sql.
+-- Usage statistics, JWT use records (verification) and store-wide settings. Paired with migrations/postgres/0002_usage.sql.
 
 -- Per token per UTC day: successful calls, the cost they consumed, and denials by outcome.
 -- Kept across the monthly reset; dropped by housekeeping after their retention.
@@ -27,4 +27,10 @@ CREATE TABLE jwt_uses (
     uses       INTEGER NOT NULL,
     expires_at TEXT    NOT NULL,                           -- housekeeping drops it after this
     PRIMARY KEY (token_id, jwt_id)
+);
+
+-- Store-wide facts every daemon must agree on (the master key's fingerprint).
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );

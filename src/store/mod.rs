@@ -283,6 +283,17 @@ impl Store {
         Ok(h)
     }
 
+    /// Stores `value` under `key` unless the key is set, and returns the value now stored.
+    pub async fn setting_init(&self, key: &str, value: &str) -> Result<String> {
+        let v = with_pool!(self, p => {
+            sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+                .bind(key).bind(value).execute(p).await?;
+            sqlx::query_scalar::<_, String>("SELECT value FROM settings WHERE key = $1")
+                .bind(key).fetch_one(p).await?
+        });
+        Ok(v)
+    }
+
     // ----- accounts -----
 
     /// Inserts an account; a taken name is `Conflict("account name")`.

@@ -120,6 +120,7 @@ async fn second_daemon_on_one_store_writes_no_operator_file(b: Backend) {
         let mut c = tokenwarden::config::Config::for_data_dir(&data);
         c.listen = "127.0.0.1:0".parse().unwrap();
         c.store = store.clone();
+        c.master_key_file = dir.path().join("shared-master.key");
         let app =
             tokenwarden::app::App::build(c, std::sync::Arc::new(tokenwarden::clock::SystemClock))
                 .await
@@ -128,6 +129,21 @@ async fn second_daemon_on_one_store_writes_no_operator_file(b: Backend) {
         app.ctx().store.close().await;
     }
     assert_eq!(ids, [true, false], "only the first daemon writes the file");
+    // A daemon with another master key refuses the store instead of failing every JWT later.
+    let mut c = tokenwarden::config::Config::for_data_dir(&dir.path().join("c"));
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.store = store.clone();
+    let err =
+        match tokenwarden::app::App::build(c, std::sync::Arc::new(tokenwarden::clock::SystemClock))
+            .await
+        {
+            Ok(_) => panic!("a daemon with a different master key started"),
+            Err(e) => format!("{e:#}"),
+        };
+    assert!(
+        err.contains("master key") && err.contains("c/master.key"),
+        "{err}"
+    );
 }
 
 async fn store_subcommands_work_without_the_daemon(b: Backend) {

@@ -13,10 +13,17 @@ use std::{
 };
 use tokenwarden::{app::App, clock::ManualClock, config::Config};
 
-both_backends!(no_valid_answer_is_lost_to_sigkill, two_daemons_on_one_store_never_overspend);
+both_backends!(
+    no_valid_answer_is_lost_to_sigkill,
+    two_daemons_on_one_store_never_overspend
+);
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Daemon {
@@ -31,11 +38,16 @@ fn start(data: &std::path::Path, port: u16, pg: Option<&str>) -> Daemon {
             c.env_remove(k);
         }
     }
-    c.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    c.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(data)
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     if let Some(u) = pg {
         c.env("TOKENWARDEN_DATABASE__URL", u);
     }
@@ -69,8 +81,20 @@ async fn no_valid_answer_is_lost_to_sigkill(b: Backend) {
     let mut d = start(&data, port, pg_url.as_deref());
     wait_ready(&d.base).await;
     let client = reqwest::Client::new();
-    let op = std::fs::read_to_string(data.join("operator.token")).unwrap().trim().to_string();
-    let acc: Value = client.post(format!("{}/v1/accounts", d.base)).bearer_auth(&op).json(&json!({"name": "acme"})).send().await.unwrap().json().await.unwrap();
+    let op = std::fs::read_to_string(data.join("operator.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let acc: Value = client
+        .post(format!("{}/v1/accounts", d.base))
+        .bearer_auth(&op)
+        .json(&json!({"name": "acme"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let secret = acc["secret"].as_str().unwrap().to_string();
     let tok: Value = client
         .post(format!("{}/v1/tokens", d.base))
@@ -91,11 +115,26 @@ async fn no_valid_answer_is_lost_to_sigkill(b: Backend) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
-        let (valid, stop, client, url, token) = (valid.clone(), stop.clone(), client.clone(), format!("{}/v1/verify", d.base), token.clone());
+        let (valid, stop, client, url, token) = (
+            valid.clone(),
+            stop.clone(),
+            client.clone(),
+            format!("{}/v1/verify", d.base),
+            token.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(r) = client.post(&url).json(&json!({"token": token})).send().await else { break };
-                let Ok(v) = r.json::<Value>().await else { break };
+                let Ok(r) = client
+                    .post(&url)
+                    .json(&json!({"token": token}))
+                    .send()
+                    .await
+                else {
+                    break;
+                };
+                let Ok(v) = r.json::<Value>().await else {
+                    break;
+                };
                 if v["result"] == "VALID" {
                     valid.fetch_add(1, Ordering::SeqCst);
                 }
@@ -120,15 +159,29 @@ async fn no_valid_answer_is_lost_to_sigkill(b: Backend) {
 
     let d2 = start(&data, port, pg_url.as_deref());
     wait_ready(&d2.base).await;
-    let v: Value = client.get(format!("{}/v1/tokens/{id}", d2.base)).bearer_auth(&secret).send().await.unwrap().json().await.unwrap();
+    let v: Value = client
+        .get(format!("{}/v1/tokens/{id}", d2.base))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let stored = v["token"]["calls_total"].as_u64().unwrap();
     let remaining = v["token"]["remaining"].as_u64().unwrap();
     assert_eq!(stored + remaining, 1_000_000, "uses and remaining agree");
     // Every VALID a client received was durable before it was sent. The store may hold a few
     // more: calls committed whose answers were still in flight when the process died (at most
     // one per client).
-    assert!(stored >= answered, "lost VALID answers: stored {stored} < answered {answered}");
-    assert!(stored <= answered + CLIENTS, "stored {stored} vs answered {answered}");
+    assert!(
+        stored >= answered,
+        "lost VALID answers: stored {stored} < answered {answered}"
+    );
+    assert!(
+        stored <= answered + CLIENTS,
+        "stored {stored} vs answered {answered}"
+    );
     let mut d2 = d2;
     d2.child.kill().unwrap();
     d2.child.wait().unwrap();
@@ -144,13 +197,26 @@ async fn two_daemons_on_one_store_never_overspend(b: Backend) {
         let mut c = Config::for_data_dir(&dir.path().join(node));
         c.listen = "127.0.0.1:0".parse().unwrap();
         c.store = store.clone();
+        c.master_key_file = dir.path().join("shared-master.key");
         let app = App::build(c, Arc::new(clock.clone())).await.unwrap();
         bases.push(format!("http://{}", app.local_addr()));
         servers.push(tokio::spawn(app.run_until(std::future::pending())));
     }
-    let op = std::fs::read_to_string(dir.path().join("a/operator.token")).unwrap().trim().to_string();
+    let op = std::fs::read_to_string(dir.path().join("a/operator.token"))
+        .unwrap()
+        .trim()
+        .to_string();
     let client = reqwest::Client::new();
-    let acc: Value = client.post(format!("{}/v1/accounts", bases[0])).bearer_auth(&op).json(&json!({"name": "acme"})).send().await.unwrap().json().await.unwrap();
+    let acc: Value = client
+        .post(format!("{}/v1/accounts", bases[0]))
+        .bearer_auth(&op)
+        .json(&json!({"name": "acme"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let secret = acc["secret"].as_str().unwrap();
     let tok: Value = client
         .post(format!("{}/v1/tokens", bases[1]))
@@ -167,13 +233,24 @@ async fn two_daemons_on_one_store_never_overspend(b: Backend) {
         let url = format!("{}/v1/verify", bases[i % 2]);
         let (client, token) = (client.clone(), token.clone());
         async move {
-            let v: Value = client.post(url).json(&json!({"token": token})).send().await.unwrap().json().await.unwrap();
+            let v: Value = client
+                .post(url)
+                .json(&json!({"token": token}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             v["result"].as_str().unwrap().to_string()
         }
     });
     let results = futures::future::join_all(calls).await;
     assert_eq!(results.iter().filter(|r| *r == "VALID").count(), 50);
-    assert_eq!(results.iter().filter(|r| *r == "USAGE_EXCEEDED").count(), 450);
+    assert_eq!(
+        results.iter().filter(|r| *r == "USAGE_EXCEEDED").count(),
+        450
+    );
     for s in servers {
         s.abort();
     }
