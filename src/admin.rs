@@ -22,7 +22,7 @@ use crate::store::{
 };
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 /// What the operations share: configuration, store and clock.
 #[derive(Clone)]
@@ -118,6 +118,8 @@ pub enum Principal {
         token: Box<Token>,
         /// Its account.
         account: Account,
+        /// The role it acts with: its own, capped by its user's current role.
+        role: Role,
     },
 }
 
@@ -126,7 +128,7 @@ impl Principal {
     pub fn role(&self) -> Role {
         match self {
             Principal::Operator | Principal::Account(_) => Role::Admin,
-            Principal::Token { token, .. } => token.role,
+            Principal::Token { role, .. } => *role,
         }
     }
 
@@ -152,15 +154,20 @@ impl Principal {
         match self {
             Principal::Operator => true,
             Principal::Account(a) => a.id == account_id,
-            Principal::Token { token, account } => {
-                account.id == account_id && token.role == Role::Admin
+            Principal::Token { account, role, .. } => {
+                account.id == account_id && *role == Role::Admin
             }
         }
     }
 }
 
-/// Checks a presented credential and says who it is.
-pub async fn authenticate(ctx: &Ctx, presented: &str) -> Result<Principal> {
+/// Checks a presented credential and says who it is. `client_ip` is where the call comes from:
+/// a token restricted to some addresses manages only from those.
+pub async fn authenticate(
+    ctx: &Ctx,
+    presented: &str,
+    client_ip: Option<IpAddr>,
+) -> Result<Principal> {
     let now = ctx.clock.now();
     let prefix = &ctx.config.tokens.prefix;
     let parsed = credential::parse(prefix, presented.trim()).map_err(|_| {
@@ -198,12 +205,9 @@ pub async fn authenticate(ctx: &Ctx, presented: &str) -> Result<Principal> {
                 .token(&id)
                 .await?
                 .ok_or(Error::BadToken("unknown"))?;
-            let current = hashes_match(&hash, &token.secret_hash);
-            let in_grace = match (&token.prev_secret_hash, token.prev_secret_valid_until) {
-                (Some(prev), Some(until)) => now < until && hashes_match(&hash, prev),
-                _ => false,
-            };
-            if !current && !in_grace {
+            // Only the current secret manages: a secret in its regeneration grace period still
+            // verifies calls, but must not be able to take the token over.
+            if !hashes_match(&hash, &token.secret_hash) {
                 return Err(Error::BadToken("unknown"));
             }
             match token.status_at(now) {
@@ -220,9 +224,31 @@ pub async fn authenticate(ctx: &Ctx, presented: &str) -> Result<Principal> {
             if account.status == AccountStatus::Inactive {
                 return Err(Error::AccountInactive);
             }
+            if !token.allowed_ips.is_empty() {
+                let rules: Vec<ipnet::IpNet> = token
+                    .allowed_ips
+                    .iter()
+                    .filter_map(|r| r.parse().ok())
+                    .collect();
+                if !client_ip.is_some_and(|ip| net::allows(&rules, ip)) {
+                    return Err(Error::Forbidden(
+                        "this token may not be used from this address".into(),
+                    ));
+                }
+            }
+            // A token acts with at most its user's current role: demoting a user demotes the
+            // tokens issued for it.
+            let mut role = token.role;
+            if let Some(u) = &token.user_id {
+                match ctx.store.user(u).await? {
+                    Some(user) => role = role.min(user.role),
+                    None => return Err(Error::BadToken("unknown")),
+                }
+            }
             Ok(Principal::Token {
                 token: Box::new(token),
                 account,
+                role,
             })
         }
     }
@@ -270,8 +296,10 @@ pub struct CreateAccount {
 #[serde(deny_unknown_fields)]
 pub struct UpdateAccount {
     /// `active` or `inactive`; an inactive account's credentials get 4014.
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
     pub status: Option<String>,
     /// Active tokens allowed; existing tokens above a lowered limit stay.
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
     pub max_tokens: Option<i64>,
     /// Calls per calendar month; `null` removes the quota.
     #[serde(default)]
@@ -437,8 +465,10 @@ pub struct CreateUser {
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     /// New role.
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
     pub role: Option<String>,
     /// Expiry emails on or off.
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
     pub notify_expiry: Option<bool>,
 }
 
@@ -584,6 +614,38 @@ fn expiry_request(
     }
 }
 
+/// A token credential never issues or extends a token beyond its own expiry; with no expiry
+/// asked for, the new one expires with it.
+fn cap_expiry(
+    p: &Principal,
+    wanted: Option<DateTime<Utc>>,
+    req: &Option<ExpiryRequest>,
+) -> Result<Option<DateTime<Utc>>, ParseError> {
+    let Principal::Token { token, .. } = p else {
+        return Ok(wanted);
+    };
+    let Some(limit) = token.expires_at else {
+        return Ok(wanted);
+    };
+    match wanted {
+        Some(w) if w <= limit => Ok(Some(w)),
+        None if !matches!(req, Some(ExpiryRequest::Never)) => Ok(Some(limit)),
+        _ => {
+            let field = match req {
+                Some(ExpiryRequest::On(_)) => "expires_on",
+                _ => "lifetime_seconds",
+            };
+            Err(ParseError::new(
+                field,
+                format!(
+                    "must not outlive the token making this call (it expires {})",
+                    limit.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                ),
+            ))
+        }
+    }
+}
+
 fn opt_text(v: Option<&str>, max: usize, field: &str) -> Result<Option<String>, ParseError> {
     Ok(v.map(|s| limits::text(s, max, false, field))
         .transpose()?
@@ -668,8 +730,21 @@ pub async fn create_tokens(
             allowed: p.role(),
         });
     }
+    let expires_at = cap_expiry(p, expires_at, &expiry)?;
+    if let Principal::Operator = p {
+        let account = ctx
+            .store
+            .account(&account_id)
+            .await?
+            .ok_or(Error::NotFound("account"))?;
+        if account.status == AccountStatus::Inactive {
+            return Err(Error::Conflict(
+                "the account is inactive; activate it before issuing tokens".into(),
+            ));
+        }
+    }
     let (user_id, issued_by) = match (p, input.user_id) {
-        (Principal::Token { token, .. }, given) if token.role != Role::Admin => {
+        (Principal::Token { token, role, .. }, given) if *role != Role::Admin => {
             if given.is_some() && given != token.user_id {
                 return Err(Error::Forbidden(
                     "user_id: only an admin may issue tokens for another user".into(),
@@ -777,7 +852,7 @@ fn parse_cursor(s: &str) -> Result<(DateTime<Utc>, String), ParseError> {
         .ok()
         .and_then(DateTime::from_timestamp_millis)
         .ok_or_else(bad)?;
-    if id.is_empty() || !ids::is_base62(id) {
+    if id.len() != ids::TOKEN_ID_LEN || !ids::is_base62(id) {
         return Err(bad());
     }
     Ok((at, id.to_string()))
@@ -836,7 +911,7 @@ pub async fn list_tokens(
         _ => p.account_id().map(String::from),
     };
     let owner = match p {
-        Principal::Token { token, .. } if token.role != Role::Admin => Some(Owner {
+        Principal::Token { token, role, .. } if *role != Role::Admin => Some(Owner {
             token_id: token.id.clone(),
             user_id: token.user_id.clone(),
         }),
@@ -863,11 +938,12 @@ pub async fn list_tokens(
     Ok((tokens, next))
 }
 
-/// What a principal may do with one token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a principal may do with one token, least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Access {
     None,
-    ShowOnly,
+    Show,
+    Revoke,
     Manage,
 }
 
@@ -876,20 +952,31 @@ fn access(p: &Principal, t: &Token) -> Access {
         Principal::Operator => Access::Manage,
         Principal::Account(a) if a.id == t.account_id => Access::Manage,
         Principal::Account(_) => Access::None,
-        Principal::Token { token: me, account } => {
+        Principal::Token {
+            token: me,
+            account,
+            role,
+        } => {
             if account.id != t.account_id {
                 return Access::None;
             }
-            let own = t.id == me.id
-                || match &me.user_id {
-                    Some(u) => t.user_id.as_deref() == Some(u.as_str()),
-                    None => t.issued_by == format!("token:{}", me.id),
+            if t.id == me.id {
+                // A token never edits or regenerates itself (it could lift its own limits);
+                // a managing one may give itself up.
+                return if role.may_manage_tokens() {
+                    Access::Revoke
+                } else {
+                    Access::Show
                 };
-            match me.role {
+            }
+            let own = match &me.user_id {
+                Some(u) => t.user_id.as_deref() == Some(u.as_str()),
+                None => t.issued_by == format!("token:{}", me.id),
+            };
+            match role {
                 Role::Admin => Access::Manage,
                 // A token never manages one that outranks it.
                 Role::Engineer if own && t.role <= Role::Engineer => Access::Manage,
-                _ if t.id == me.id => Access::ShowOnly,
                 _ => Access::None,
             }
         }
@@ -898,19 +985,19 @@ fn access(p: &Principal, t: &Token) -> Access {
 
 async fn load_token(ctx: &Ctx, p: &Principal, id: &str, need: Access) -> Result<Token> {
     let token = ctx.store.token(id).await?.ok_or(Error::NotFound("token"))?;
-    match (access(p, &token), need) {
-        (Access::None, _) => Err(Error::NotFound("token")),
-        (Access::ShowOnly, Access::Manage) => Err(Error::Forbidden(format!(
-            "a {} token may only show itself",
-            p.role()
-        ))),
+    match access(p, &token) {
+        Access::None => Err(Error::NotFound("token")),
+        granted if granted < need => Err(Error::Forbidden(match granted {
+            Access::Show => format!("a {} token may only show itself", p.role()),
+            _ => "a token may not change or regenerate itself; ask an admin".into(),
+        })),
         _ => Ok(token),
     }
 }
 
 /// Shows one token the principal may see.
 pub async fn show_token(ctx: &Ctx, p: &Principal, id: &str) -> Result<Token> {
-    load_token(ctx, p, id, Access::ShowOnly).await
+    load_token(ctx, p, id, Access::Show).await
 }
 
 /// `PATCH /v1/tokens/{id}`: only the fields given change; `null` clears.
@@ -918,16 +1005,20 @@ pub async fn show_token(ctx: &Ctx, p: &Principal, id: &str) -> Result<Token> {
 #[serde(deny_unknown_fields)]
 pub struct UpdateToken {
     /// New name.
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
     pub name: Option<String>,
     /// New note; `null` or `""` clears it.
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub description: Patch<String>,
     /// New role, never above the caller's.
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
     pub role: Option<String>,
     /// New scopes (replaces the list).
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
     pub scopes: Option<Vec<String>>,
     /// New allowed IPs/CIDRs (replaces the list).
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
     pub allowed_ips: Option<Vec<String>>,
     /// New usage limit; `remaining` becomes the new limit minus the uses already counted
     /// against the old one. `null` = unlimited.
@@ -952,7 +1043,7 @@ pub struct UpdateToken {
 pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken) -> Result<Token> {
     let now = ctx.clock.now();
     let cfg = &ctx.config.tokens;
-    load_token(ctx, p, id, Access::Manage).await?;
+    let current = load_token(ctx, p, id, Access::Manage).await?;
     let name = input
         .name
         .as_deref()
@@ -968,10 +1059,17 @@ pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken
         .map(|r| parse_role(r, "role"))
         .transpose()?;
     if let Some(r) = role {
-        if r > p.role() {
+        // Never above the caller, nor above the user the token was issued for.
+        let mut allowed = p.role();
+        if let Some(u) = &current.user_id {
+            if let Some(user) = ctx.store.user(u).await? {
+                allowed = allowed.min(user.role);
+            }
+        }
+        if r > allowed {
             return Err(Error::RoleTooHigh {
                 requested: r,
-                allowed: p.role(),
+                allowed,
             });
         }
     }
@@ -988,15 +1086,19 @@ pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken
     let usage_limit = input
         .usage_limit
         .try_given(|v| limits::usage_limit(v, "usage_limit"))?;
-    let expires_at = match expiry_request(input.lifetime_seconds, input.expires_on, None)? {
+    let expiry = expiry_request(input.lifetime_seconds, input.expires_on, None)?;
+    let expires_at = match &expiry {
         None => None,
-        Some(req) => Some(limits::resolve_expiry(
-            &req,
-            cfg.max_lifetime_seconds,
-            now,
-            "lifetime_seconds",
-            "expires_on",
-        )?),
+        Some(req) => {
+            let at = limits::resolve_expiry(
+                req,
+                cfg.max_lifetime_seconds,
+                now,
+                "lifetime_seconds",
+                "expires_on",
+            )?;
+            Some(cap_expiry(p, at, &expiry)?)
+        }
     };
     let refill_monthly = input.refill_monthly.try_given(refill)?;
     ctx.store
@@ -1047,14 +1149,21 @@ pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken
             Ok(t)
         })
         .await
-        .map_err(not_found_as("token"))
+        .map_err(|e| match e {
+            Error::TokenLimit { max, active, .. } => Error::TokenLimit {
+                max,
+                active,
+                requested: 1,
+            },
+            e => not_found_as("token")(e),
+        })
 }
 
 /// Revokes a token: it stops working at once and stays listed for audit. Revoking a revoked
 /// token changes nothing.
 pub async fn revoke_token(ctx: &Ctx, p: &Principal, id: &str) -> Result<Token> {
     let now = ctx.clock.now();
-    load_token(ctx, p, id, Access::Manage).await?;
+    load_token(ctx, p, id, Access::Revoke).await?;
     ctx.store
         .update_token(id, now, |mut t| {
             if t.status != TokenStatus::Revoked {

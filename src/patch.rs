@@ -59,6 +59,14 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patch<T> {
     }
 }
 
+/// For optional fields where `null` means nothing sensible: absent is `None`, a value is
+/// `Some`, and `null` is an error naming the field (`#[serde(default, deserialize_with = "non_null")]`).
+pub fn non_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

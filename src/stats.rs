@@ -51,7 +51,7 @@ pub async fn rows(
                 "account_id: only your own account's statistics".into(),
             ))
         }
-        (Principal::Token { token, .. }, _) if token.role != crate::domain::role::Role::Admin => {
+        (Principal::Token { role, .. }, _) if *role != crate::domain::role::Role::Admin => {
             return Err(admin::Error::Forbidden(
                 "statistics need the account secret or an admin token".into(),
             ))

@@ -1,6 +1,7 @@
 //! Log output through tracing: human lines or JSON, filtered by config or `RUST_LOG`.
 
 use crate::config::LogFormat;
+use std::io::IsTerminal;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
 /// Installs the global subscriber once; later calls (tests) are ignored. `RUST_LOG`, when set,
@@ -14,7 +15,11 @@ pub fn init(level: &str, format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Human => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

@@ -37,6 +37,14 @@ fn data_error(path: String, message: String) -> ApiError {
             format!("unknown field `{name}`"),
         );
     }
+    if message.starts_with("duplicate field") {
+        let name = quoted(&message).unwrap_or_default();
+        return ApiError::field(
+            Code::InvalidField,
+            join(&name),
+            "given twice (a field and its alias count as the same field)",
+        );
+    }
     if message.starts_with("missing field") {
         let name = quoted(&message).unwrap_or_default();
         return ApiError::field(Code::InvalidField, join(&name), "is required");
@@ -178,7 +186,17 @@ impl FromRequestParts<AppState> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let c = presented_credential(parts).ok_or(admin::Error::NoCredentials)?;
-        let p = admin::authenticate(&state.ctx, &c).await?;
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|ci| {
+                super::verify::client_ip(
+                    ci.0.ip(),
+                    &parts.headers,
+                    &state.ctx.config.trusted_proxies,
+                )
+            });
+        let p = admin::authenticate(&state.ctx, &c, ip).await?;
         tracing::Span::current().record("principal", p.label());
         Ok(Auth(p))
     }

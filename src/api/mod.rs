@@ -98,6 +98,14 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(Extension(Arc::new(doc)))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TraceLayer::new_for_http())
+        // Spans name the route pattern, never the URI: a query string may hold `Secret=` and a
+        // path may hold a token (`DELETE /token/{id}`).
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            let route = req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or("unmatched", |m| m.as_str());
+            tracing::info_span!("request", method = %req.method(), route, principal = tracing::field::Empty)
+        }))
         .with_state(state)
 }

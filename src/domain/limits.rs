@@ -117,13 +117,25 @@ pub fn text(v: &str, max: usize, required: bool, field: &str) -> Result<String, 
             format!("must be at most {max} characters"),
         ));
     }
-    if t.chars().any(|c| c.is_control()) {
+    if t.chars().any(|c| c.is_control() || is_invisible(c)) {
         return Err(ParseError::new(
             field,
-            "must not contain control characters",
+            "must not contain control, zero-width or direction-changing characters",
         ));
     }
     Ok(t.to_string())
+}
+
+/// Characters that render as nothing or reorder text: they let two names look identical
+/// (`acme` and `acme\u{200b}`) or disguise one (`\u{202e}gnp.exe`).
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{180e}'
+        | '\u{200b}'..='\u{200f}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{2069}'
+        | '\u{feff}')
 }
 
 #[cfg(test)]
@@ -190,5 +202,8 @@ mod tests {
         assert_eq!(count(0, 100, "count").unwrap_err().field, "count");
         assert_eq!(text("  ", 10, true, "name").unwrap_err().field, "name");
         assert_eq!(text(" a ", 10, true, "name"), Ok("a".into()));
+        assert!(text("acme\u{200b}", 10, true, "name").is_err());
+        assert!(text("\u{202e}gnp.exe", 10, true, "name").is_err());
+        assert_eq!(text("Ärger", 10, true, "name"), Ok("Ärger".into()));
     }
 }

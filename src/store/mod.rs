@@ -12,6 +12,7 @@ mod rows;
 pub use model::*;
 pub use usage::{Consume, Consumed, Denial, JwtUse, StatRow};
 
+use crate::domain::status::TokenStatus;
 use chrono::{DateTime, Utc};
 use rows::{AccountRow, TokenRow, UserRow, ACCOUNT_COLS, TOKEN_COLS, USER_COLS};
 use sqlx::{
@@ -513,6 +514,8 @@ impl Store {
             w.push(format!("account_id = {}", next(Arg::Str(acc.clone()))));
         }
         if let Some(o) = &f.owner {
+            // Never list what the credential could not show: tokens above its role.
+            w.push("role IN ('readonly', 'user', 'engineer')".into());
             let me = next(Arg::Str(o.token_id.clone()));
             match &o.user_id {
                 Some(u) => w.push(format!(
@@ -603,12 +606,35 @@ impl Store {
              usage_limit = $7, remaining = $8, refill_monthly = $9, expires_at = $10, status = $11, \
              updated_at = $12, revoked_at = $13 WHERE id = $1 RETURNING {TOKEN_COLS}"
         );
+        // Counted against max_tokens: not revoked and not past its expiry.
+        let counted =
+            |t: &Token| t.status != TokenStatus::Revoked && t.expires_at.is_none_or(|e| e > now);
         with_pool!(self, p => {
             let mut tx = p.begin_write().await.map_err(StoreError::from)?;
+            // Lock the account before the token, the order the usage writer takes them in, so
+            // the two never deadlock.
+            let max: i64 = sqlx::query_scalar(sql(format!(
+                "SELECT max_tokens FROM accounts WHERE id = (SELECT account_id FROM tokens WHERE id = $1){}",
+                p.for_update())))
+                .bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?
+                .ok_or(StoreError::NotFound)?;
             let row = sqlx::query_as::<_, TokenRow>(sql(format!("{select}{}", p.for_update())))
                 .bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?
                 .ok_or(StoreError::NotFound)?;
-            let t = f(Token::try_from(row)?)?;
+            let old = Token::try_from(row)?;
+            let was_counted = counted(&old);
+            let account_id = old.account_id.clone();
+            let t = f(old)?;
+            if !was_counted && counted(&t) {
+                // Bringing an expired token back must respect max_tokens like a new one.
+                let active: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM tokens WHERE account_id = $1 AND status <> 'revoked' \
+                     AND (expires_at IS NULL OR expires_at > $2)")
+                    .bind(&account_id).bind(now).fetch_one(&mut *tx).await.map_err(StoreError::from)?;
+                if active >= max {
+                    return Err(StoreError::TokenLimit { max, active }.into());
+                }
+            }
             let row = sqlx::query_as::<_, TokenRow>(sql(update))
                 .bind(id).bind(&t.name).bind(&t.description).bind(t.role.as_str())
                 .bind(rows::json_list(&t.scopes)).bind(rows::json_list(&t.allowed_ips))

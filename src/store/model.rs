@@ -202,7 +202,7 @@ pub struct TokenFilter {
 }
 
 /// The tokens a non-admin token credential may see: its user's, or, for a token issued for no
-/// user, the ones it issued itself, and always itself.
+/// user, the ones it issued itself, and always itself; never one above `engineer`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     /// The credential token's id.

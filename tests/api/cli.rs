@@ -360,3 +360,80 @@ fn the_example_config_is_valid_and_printed_back_masked() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn debug_logs_never_show_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = tw(dir.path())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "trace")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_healthy(&format!("{base}/healthz")).await;
+    let op = std::fs::read_to_string(dir.path().join("data/operator.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let c = reqwest::Client::new();
+    let acc: Value = c
+        .post(format!("{base}/v1/accounts"))
+        .bearer_auth(&op)
+        .json(&serde_json::json!({"name": "acme"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = acc["secret"].as_str().unwrap().to_string();
+    let created: Value = c
+        .post(format!("{base}/token/create?Secret={secret}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let plain = created["Tokens"][0]["Id"].as_str().unwrap().to_string();
+    c.post(format!("{base}/v1/verify"))
+        .json(&serde_json::json!({"token": plain}))
+        .send()
+        .await
+        .unwrap();
+    c.get(format!("{base}/v1/tokens?Secret={secret}"))
+        .send()
+        .await
+        .unwrap();
+    c.delete(format!("{base}/token/{plain}?Secret={secret}"))
+        .send()
+        .await
+        .unwrap();
+    let log = stop(child);
+    assert!(
+        log.contains("/token/{id}"),
+        "requests are logged by route: {}",
+        &log[..log.len().min(2000)]
+    );
+    for (what, value) in [
+        ("operator credential", &op),
+        ("account secret", &secret),
+        ("token", &plain),
+    ] {
+        assert!(
+            !log.contains(value.as_str()),
+            "the {what} appears in the trace log"
+        );
+        // Not even its secret part.
+        assert!(
+            !log.contains(&value[value.len() - 20..]),
+            "part of the {what} appears in the trace log"
+        );
+    }
+}

@@ -6,6 +6,7 @@ mod helpers;
 mod accounts;
 mod cli;
 mod durability;
+mod hardening;
 mod legacy;
 mod ops;
 mod tokens;

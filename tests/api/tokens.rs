@@ -79,8 +79,13 @@ async fn create_returns_the_plain_token_once(b: Backend) {
         stored.secret_hash,
         tokenwarden::domain::credential::sha256(plain)
     );
-    // The new token works as a credential for what its role allows.
-    assert_eq!(app.get("/v1/tokens", plain).await.0, StatusCode::OK);
+    // As a management credential it is held to its allowed IPs too: these tests call from
+    // 127.0.0.1, outside 10.1.2.3/32, 192.168.0.0/16 and 2001:db8::/32.
+    assert_error(&app.get("/v1/tokens", plain).await, 403, 4030, None);
+    let (_, open) = app
+        .token(&secret, json!({"name": "open", "role": "engineer"}))
+        .await;
+    assert_eq!(app.get("/v1/tokens", &open).await.0, StatusCode::OK);
 }
 
 async fn count_creates_distinct_tokens(b: Backend) {
@@ -741,14 +746,28 @@ async fn update_changes_only_what_is_given(b: Backend) {
     app.patch(&path, &secret, json!({"lifetime_seconds": 10}))
         .await;
     app.clock.advance(TimeDelta::seconds(10));
-    assert_error(&app.get(&path, &plain).await, 401, 4011, None);
+    let verify = |t: String| {
+        let app = &app;
+        async move {
+            let (_, v) = app
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/verify",
+                    None,
+                    Some(json!({"token": t, "client_ip": "10.1.1.1"})),
+                )
+                .await;
+            v["result"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(verify(plain.clone()).await, "EXPIRED");
     let (_, v) = app.get(&path, &secret).await;
     assert_eq!(v["token"]["status"], "expired");
     let (_, v) = app
         .patch(&path, &secret, json!({"lifetime_seconds": 60}))
         .await;
     assert_eq!(v["token"]["status"], "active");
-    assert_eq!(app.get(&path, &plain).await.0, StatusCode::OK);
+    assert_eq!(verify(plain.clone()).await, "VALID");
 }
 
 async fn update_bad_input_changes_nothing(b: Backend) {
@@ -876,11 +895,46 @@ async fn regenerate_keeps_id_settings_and_grace(b: Backend) {
         .await;
     assert_eq!(s, StatusCode::OK);
     let newest = v["token"]["token"].as_str().unwrap().to_string();
-    assert_eq!(app.get("/v1/tokens", &new).await.0, StatusCode::OK);
-    assert_eq!(app.get("/v1/tokens", &newest).await.0, StatusCode::OK);
-    app.clock.advance(TimeDelta::seconds(300));
+    let verify = |t: String| {
+        let app = &app;
+        async move {
+            let (_, v) = app
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/verify",
+                    None,
+                    Some(json!({"token": t, "call": "a:x"})),
+                )
+                .await;
+            v["result"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(
+        verify(new.clone()).await,
+        "VALID",
+        "the old secret still verifies during the grace period"
+    );
+    assert_eq!(verify(newest.clone()).await, "VALID");
+    // ...but it cannot manage: a leaked old secret must not take the token over.
     assert_error(&app.get("/v1/tokens", &new).await, 401, 4011, None);
-    assert_eq!(app.get("/v1/tokens", &newest).await.0, StatusCode::OK);
+    assert_error(
+        &app.post(
+            &format!("/v1/tokens/{id}/regenerate"),
+            &new,
+            json!({"grace_seconds": 604800}),
+        )
+        .await,
+        401,
+        4011,
+        None,
+    );
+    app.clock.advance(TimeDelta::seconds(300));
+    assert_eq!(
+        verify(new.clone()).await,
+        "NOT_FOUND",
+        "the grace period is over"
+    );
+    assert_eq!(verify(newest.clone()).await, "VALID");
 
     assert_error(
         &app.post(
