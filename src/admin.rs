@@ -595,6 +595,9 @@ pub struct CreateTokens {
     pub count: Option<i64>,
     /// `remaining` is set back to this at 00:00 UTC on the 1st of each month.
     pub refill_monthly: Option<i64>,
+    /// Whether the tokens may sign short-lived JWTs (their secret is then kept sealed under the
+    /// master key). Default false.
+    pub jwt: Option<bool>,
 }
 
 fn expiry_request(
@@ -782,9 +785,11 @@ pub async fn create_tokens(
 
     let mut plains = Vec::with_capacity(count);
     let mut new = Vec::with_capacity(count);
+    let jwt = input.jwt.unwrap_or(false);
     for _ in 0..count {
         let id = credential::new_token_id();
         let plain = credential::new_token(&cfg.prefix, &id);
+        let sealed_secret = jwt.then(|| ctx.master_key.seal(&plain, &id));
         new.push(NewToken {
             id,
             account_id: account_id.clone(),
@@ -799,8 +804,8 @@ pub async fn create_tokens(
             usage_limit,
             refill_monthly,
             expires_at,
-            jwt_enabled: false,
-            sealed_secret: None,
+            jwt_enabled: jwt,
+            sealed_secret,
             secret_hash: plain.hash(),
         });
         plains.push(plain);
@@ -1208,9 +1213,12 @@ pub async fn regenerate_token(
         ));
     }
     let plain = credential::new_token(&ctx.config.tokens.prefix, &token.id);
+    let sealed = token
+        .jwt_enabled
+        .then(|| ctx.master_key.seal(&plain, &token.id));
     let token = ctx
         .store
-        .regenerate_token(id, &plain.hash(), None, grace, now)
+        .regenerate_token(id, &plain.hash(), sealed.as_deref(), grace, now)
         .await
         .map_err(|e| not_found_as("token")(e.into()))?;
     Ok((token, plain))
@@ -1234,4 +1242,85 @@ pub async fn init_operator(ctx: &Ctx) -> Result<Option<Plain>> {
         .operator_init(&plain.hash(), ctx.clock.now())
         .await?;
     Ok(created.then_some(plain))
+}
+
+/// `POST /v1/jwt`
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MintJwt {
+    /// The JWT-enabled token to sign with (it is the HMAC key).
+    pub token: Option<String>,
+    /// Uses the JWT allows (default 1).
+    pub request_count: Option<i64>,
+    /// Seconds until it expires (default 300, at most `tokens.max_jwt_lifetime_seconds`).
+    pub lifetime_seconds: Option<i64>,
+    /// The only client IP that may use it; absent = any.
+    pub user_ip: Option<String>,
+}
+
+/// Mints a short-lived JWT signed with a JWT-enabled token presented in full. Minting consumes
+/// nothing; each use of the JWT does.
+pub async fn mint_jwt(ctx: &Ctx, input: MintJwt) -> Result<(String, crate::verify::jwt::Claims)> {
+    let now = ctx.clock.now();
+    let max = ctx.config.tokens.max_jwt_lifetime_seconds;
+    let presented = input
+        .token
+        .ok_or_else(|| ParseError::new("token", "is required"))?;
+    let request_count = limits::usage_limit(input.request_count.unwrap_or(1), "request_count")?;
+    let lifetime = limits::lifetime(
+        input.lifetime_seconds.unwrap_or(300.min(max)),
+        max,
+        "lifetime_seconds",
+    )?;
+    let user_ip = match input.user_ip.as_deref().map(str::trim) {
+        None | Some("") => String::new(),
+        Some(ip) => ip
+            .parse::<IpAddr>()
+            .map_err(|_| ParseError::new("user_ip", format!("`{ip}` is not an IP address")))?
+            .to_string(),
+    };
+    let (id, hash) = match credential::parse(&ctx.config.tokens.prefix, presented.trim()) {
+        Ok(Presented::Token { id, hash }) => (id, hash),
+        _ => return Err(Error::BadToken("malformed")),
+    };
+    let token = ctx
+        .store
+        .token(&id)
+        .await?
+        .ok_or(Error::BadToken("unknown"))?;
+    if !hashes_match(&hash, &token.secret_hash) {
+        return Err(Error::BadToken("unknown"));
+    }
+    match token.status_at(now) {
+        TokenStatus::Revoked => return Err(Error::BadToken("revoked")),
+        TokenStatus::Expired => return Err(Error::BadToken("expired")),
+        TokenStatus::Active | TokenStatus::Exhausted => {}
+    }
+    let account = ctx
+        .store
+        .account(&token.account_id)
+        .await?
+        .ok_or(Error::BadToken("unknown"))?;
+    if account.status == AccountStatus::Inactive {
+        return Err(Error::AccountInactive);
+    }
+    if !token.jwt_enabled {
+        return Err(Error::Forbidden(
+            "this token may not sign JWTs (create it with \"jwt\": true)".into(),
+        ));
+    }
+    // Never valid past the signing token's own expiry.
+    let until = token
+        .expires_at
+        .map_or(now + lifetime, |e| e.min(now + lifetime));
+    let claims = crate::verify::jwt::Claims {
+        id: ids::random_id(8),
+        request_count,
+        valid_until: until.timestamp(),
+        user_ip,
+        api_key: token.id.clone(),
+    };
+    let jwt = crate::verify::jwt::sign(&claims, presented.trim().as_bytes())
+        .map_err(|e| Error::Store(StoreError::Other(format!("cannot sign a JWT: {e}"))))?;
+    Ok((jwt, claims))
 }

@@ -174,6 +174,9 @@ pub struct TokenCreateArgs {
     /// How many tokens.
     #[arg(long)]
     pub count: Option<i64>,
+    /// The tokens may sign short-lived JWTs.
+    #[arg(long)]
+    pub jwt: bool,
 }
 
 /// `token list` options.
@@ -329,6 +332,7 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
                 expires_on: Patch::from_option(a.expires_on),
                 count: a.count,
                 refill_monthly: a.refill_monthly,
+                jwt: Some(a.jwt),
             };
             let created = admin::create_tokens(ctx, &op, input).await?;
             let views: Vec<TokenView> = created

@@ -24,6 +24,8 @@ pub enum Code {
     Created = 2003,
     /// 2004: token regenerated.
     TokenRegenerated = 2004,
+    /// 2006: JWT minted.
+    JwtCreated = 2006,
     /// 4000: the request could not be read (bad JSON, bad query string).
     MalformedRequest = 4000,
     /// 4010: bad secret.
@@ -69,7 +71,7 @@ impl Code {
     pub fn status(self) -> StatusCode {
         use Code::*;
         match self {
-            TokenCreated | Created => StatusCode::CREATED,
+            TokenCreated | Created | JwtCreated => StatusCode::CREATED,
             TokenDeleted | Ok | TokenRegenerated => StatusCode::OK,
             MalformedRequest => StatusCode::BAD_REQUEST,
             BadSecret | BadToken | BadJwt | NoCredentials | AccountInactive => {
@@ -96,6 +98,7 @@ impl Code {
             Ok => "OK",
             Created => "CREATED",
             TokenRegenerated => "TOKEN_REGENERATED",
+            JwtCreated => "JWT_CREATED",
             MalformedRequest => "MALFORMED_REQUEST",
             BadSecret => "BAD_SECRET",
             BadToken => "BAD_TOKEN",

@@ -74,6 +74,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(verify::verify))
         .routes(routes!(verify::forward_auth))
         .routes(routes!(verify::stats_csv))
+        .routes(routes!(verify::mint_jwt))
         .routes(routes!(legacy::create))
         .routes(routes!(legacy::delete))
         .routes(routes!(ops::healthz))

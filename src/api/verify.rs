@@ -334,3 +334,41 @@ pub async fn stats_csv(
     )
         .into_response())
 }
+
+/// A minted JWT.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JwtAnswer {
+    /// 2006.
+    pub code: u32,
+    /// The JWT, to present as `Authorization: Bearer <jwt>` or in `/v1/verify`'s `token`.
+    pub jwt: String,
+    /// Its claims.
+    pub claims: crate::verify::jwt::Claims,
+    /// `ValidUntil` as RFC 3339 (UTC).
+    pub valid_until: String,
+}
+
+/// Mint a short-lived JWT signed with a JWT-enabled token (presented in `token`). Clients may
+/// equally sign their own: HS256 with the token as key, claims `Id`, `RequestCount`,
+/// `ValidUntil`, `UserIp`, `ApiKey` (the token's id).
+#[utoipa::path(post, path = "/v1/jwt", tag = "verification", request_body = crate::admin::MintJwt,
+    responses((status = 201, body = JwtAnswer), (status = "4XX", body = ErrorBody)))]
+pub async fn mint_jwt(
+    State(s): State<AppState>,
+    Body(input): Body<crate::admin::MintJwt>,
+) -> Result<(StatusCode, Json<JwtAnswer>), ApiError> {
+    let (jwt, claims) = crate::admin::mint_jwt(&s.ctx, input).await?;
+    tracing::info!(token = %claims.api_key, jwt_id = %claims.id, "JWT minted");
+    let valid_until = chrono::DateTime::from_timestamp(claims.valid_until, 0)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        .unwrap_or_default();
+    Ok((
+        StatusCode::CREATED,
+        Json(JwtAnswer {
+            code: super::error::Code::JwtCreated.number(),
+            jwt,
+            claims,
+            valid_until,
+        }),
+    ))
+}

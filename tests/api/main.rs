@@ -7,6 +7,7 @@ mod accounts;
 mod cli;
 mod durability;
 mod hardening;
+mod jwt;
 mod legacy;
 mod ops;
 mod tokens;

@@ -64,6 +64,7 @@ async fn openapi_covers_every_route(b: Backend) {
         ("post", "/v1/verify"),
         ("get", "/v1/auth"),
         ("get", "/v1/stats.csv"),
+        ("post", "/v1/jwt"),
         ("post", "/token/create"),
         ("delete", "/token/{id}"),
         ("get", "/healthz"),

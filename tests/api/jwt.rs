@@ -1,0 +1,241 @@
+//! Short-lived JWTs: signed by an independent HS256 implementation (hmac + sha2 here, not the
+//! daemon's jsonwebtoken), minted by the daemon, and refused when tampered, expired, bound to
+//! another IP or used more often than they allow.
+
+use crate::both_backends;
+use crate::helpers::*;
+use base64::Engine;
+use chrono::TimeDelta;
+use hmac::{Hmac, Mac};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+both_backends!(
+    independently_signed_jwts_verify_and_count,
+    bad_jwts_are_refused,
+    minted_jwts_work_and_minting_checks_its_input,
+    regeneration_retires_jwts_signed_with_the_old_secret,
+);
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// HS256 written from RFC 7515, independent of the daemon's implementation.
+fn sign(claims: &Value, key: &str) -> String {
+    sign_with_header(br#"{"alg":"HS256","typ":"JWT"}"#, claims, key)
+}
+
+fn sign_with_header(header: &[u8], claims: &Value, key: &str) -> String {
+    let signing_input = format!("{}.{}", b64(header), b64(claims.to_string().as_bytes()));
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(signing_input.as_bytes());
+    format!("{signing_input}.{}", b64(&mac.finalize().into_bytes()))
+}
+
+fn claims(id: &str, count: i64, valid_for: i64, user_ip: &str) -> Value {
+    json!({"Id": "8A4MpB1P", "RequestCount": count, "ValidUntil": t0().timestamp() + valid_for, "UserIp": user_ip, "ApiKey": id})
+}
+
+async fn verify(app: &TestApp, body: Value) -> Value {
+    let (s, v) = app.call(Method::POST, "/v1/verify", None, Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+async fn independently_signed_jwts_verify_and_count(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, t) = app
+        .token(
+            &secret,
+            json!({"name": "spa", "jwt": true, "usage_limit": 10}),
+        )
+        .await;
+    let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
+    assert!(stored.jwt_enabled);
+    let sealed = stored.sealed_secret.expect("sealed secret");
+    assert!(
+        !String::from_utf8_lossy(&sealed).contains(&t[3..]),
+        "the secret is not stored in the clear"
+    );
+
+    let jwt = sign(&claims(&id, 2, 60, ""), &t);
+    let v = verify(&app, json!({"token": jwt})).await;
+    assert_eq!(
+        (
+            v["result"].as_str(),
+            v["token_id"].as_str(),
+            v["remaining"].as_i64()
+        ),
+        (Some("VALID"), Some(id.as_str()), Some(9))
+    );
+    // As a bearer token through forward auth, too.
+    let r = app
+        .client
+        .get(app.url("/v1/auth"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tokenwarden-remaining"], "8");
+    // Its own RequestCount (2) is spent; the token's remaining is untouched by the refusal.
+    let v = verify(&app, json!({"token": jwt})).await;
+    assert_eq!(v["result"], "USAGE_EXCEEDED");
+    assert_eq!(
+        app.ctx.store.token(&id).await.unwrap().unwrap().remaining,
+        Some(8)
+    );
+    // Another JWT (another Id) has its own count.
+    let mut other = claims(&id, 1, 60, "");
+    other["Id"] = json!("otherJWT");
+    assert_eq!(
+        verify(&app, json!({"token": sign(&other, &t)})).await["result"],
+        "VALID"
+    );
+}
+
+async fn bad_jwts_are_refused(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, t) = app
+        .token(
+            &secret,
+            json!({"name": "spa", "jwt": true, "usage_limit": 10}),
+        )
+        .await;
+    let (plain_id, plain_t) = app.token(&secret, json!({"name": "plain"})).await;
+    let good = sign(&claims(&id, 5, 60, "10.0.0.1"), &t);
+
+    // Tampered: claims changed after signing.
+    let mut parts: Vec<String> = good.split('.').map(String::from).collect();
+    parts[1] = b64(claims(&id, 500, 60, "10.0.0.1").to_string().as_bytes());
+    let tampered = parts.join(".");
+    let cases: Vec<(String, Option<&str>, &str)> = vec![
+        (tampered, Some("10.0.0.1"), "BAD_JWT"),
+        (
+            sign(&claims(&id, 5, 60, ""), "tw_wrongkey"),
+            None,
+            "BAD_JWT",
+        ),
+        (
+            sign(&claims(&plain_id, 5, 60, ""), &plain_t),
+            None,
+            "BAD_JWT",
+        ),
+        (sign(&claims(&id, 5, 0, ""), &t), None, "BAD_JWT"),
+        (sign(&claims(&id, 5, 400 * 86400, ""), &t), None, "BAD_JWT"),
+        (sign(&claims(&id, 0, 60, ""), &t), None, "BAD_JWT"),
+        (
+            sign_with_header(br#"{"alg":"none"}"#, &claims(&id, 5, 60, ""), &t),
+            None,
+            "BAD_JWT",
+        ),
+        (sign(&claims("ZZZZZZZZ", 5, 60, ""), &t), None, "BAD_JWT"),
+        ("a.b.c".into(), None, "BAD_JWT"),
+        (good.clone(), Some("10.0.0.2"), "IP_NOT_ALLOWED"),
+        (good.clone(), None, "IP_NOT_ALLOWED"),
+    ];
+    for (jwt, ip, want) in cases {
+        let v = verify(&app, json!({"token": jwt, "client_ip": ip})).await;
+        assert_eq!(v["result"], want, "{jwt}: {v}");
+        if want == "BAD_JWT" {
+            assert_eq!(v["code"], 4012);
+        }
+    }
+    assert_eq!(
+        app.ctx.store.token(&id).await.unwrap().unwrap().remaining,
+        Some(10),
+        "no refusal spent a use"
+    );
+    assert_eq!(
+        verify(&app, json!({"token": good, "client_ip": "10.0.0.1"})).await["result"],
+        "VALID"
+    );
+    // Expired by the clock.
+    app.clock.advance(TimeDelta::seconds(60));
+    assert_eq!(
+        verify(&app, json!({"token": good, "client_ip": "10.0.0.1"})).await["result"],
+        "BAD_JWT"
+    );
+}
+
+async fn minted_jwts_work_and_minting_checks_its_input(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, t) = app
+        .token(&secret, json!({"name": "spa", "jwt": true}))
+        .await;
+    let (_, plain) = app.token(&secret, json!({"name": "plain"})).await;
+    let (s, v) = app
+        .call(Method::POST, "/v1/jwt", None, Some(json!({"token": t, "request_count": 3, "lifetime_seconds": 120, "user_ip": "10.1.1.1"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["code"], 2006);
+    assert_eq!(v["claims"]["ApiKey"], id.as_str());
+    assert_eq!(v["claims"]["RequestCount"], 3);
+    assert_eq!(v["claims"]["UserIp"], "10.1.1.1");
+    assert_eq!(v["claims"]["ValidUntil"], t0().timestamp() + 120);
+    assert_eq!(v["valid_until"], "2026-11-27T12:02:00Z");
+    assert_eq!(v["claims"]["Id"].as_str().unwrap().len(), 8);
+    let jwt = v["jwt"].as_str().unwrap().to_string();
+    assert_eq!(
+        verify(&app, json!({"token": jwt, "client_ip": "10.1.1.1"})).await["result"],
+        "VALID"
+    );
+
+    assert_error(
+        &app.call(Method::POST, "/v1/jwt", None, Some(json!({"token": plain})))
+            .await,
+        403,
+        4030,
+        None,
+    );
+    for (body, field) in [
+        (json!({}), "token"),
+        (json!({"token": t, "request_count": 0}), "request_count"),
+        (
+            json!({"token": t, "lifetime_seconds": 86401}),
+            "lifetime_seconds",
+        ),
+        (json!({"token": t, "user_ip": "nope"}), "user_ip"),
+        (json!({"token": t, "claims": {}}), "claims"),
+    ] {
+        let got = app.call(Method::POST, "/v1/jwt", None, Some(body)).await;
+        assert_eq!(got.1["field"], field, "{}", got.1);
+    }
+    app.delete(&format!("/v1/tokens/{id}"), &secret).await;
+    assert_error(
+        &app.call(Method::POST, "/v1/jwt", None, Some(json!({"token": t})))
+            .await,
+        401,
+        4011,
+        None,
+    );
+    assert_eq!(
+        verify(&app, json!({"token": jwt, "client_ip": "10.1.1.1"})).await["result"],
+        "REVOKED"
+    );
+}
+
+async fn regeneration_retires_jwts_signed_with_the_old_secret(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, old) = app
+        .token(&secret, json!({"name": "spa", "jwt": true}))
+        .await;
+    let (_, v) = app
+        .post(&format!("/v1/tokens/{id}/regenerate"), &secret, json!({}))
+        .await;
+    let new = v["token"]["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        verify(&app, json!({"token": sign(&claims(&id, 1, 60, ""), &old)})).await["result"],
+        "BAD_JWT"
+    );
+    assert_eq!(
+        verify(&app, json!({"token": sign(&claims(&id, 1, 60, ""), &new)})).await["result"],
+        "VALID"
+    );
+}
