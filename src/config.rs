@@ -295,8 +295,12 @@ fn describe(meta: Option<&Metadata>, key: &[String]) -> String {
     }
 }
 
-/// Environment variables with our prefix that are not configuration keys.
-const NOT_CONFIG: &[&str] = &["config", "test_pg_url"];
+/// Environment variables with our prefix that are not configuration keys: `TOKENWARDEN_CONFIG`
+/// (the `--config` flag) and the test suite's `TOKENWARDEN_TEST_*`.
+fn is_config_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    k != "config" && !k.starts_with("test_")
+}
 
 fn figment(file: Option<&Path>, ov: &Overrides) -> Figment {
     let mut f = Figment::from(Serialized::defaults(RawConfig::default()));
@@ -305,7 +309,7 @@ fn figment(file: Option<&Path>, ov: &Overrides) -> Figment {
     }
     f = f.merge(
         Env::prefixed("TOKENWARDEN_")
-            .filter(|k| !NOT_CONFIG.contains(&k.as_str().to_ascii_lowercase().as_str()))
+            .filter(|k| is_config_key(k.as_str()))
             .split("__"),
     );
     if let Some(d) = &ov.data_dir {

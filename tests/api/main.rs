@@ -9,6 +9,7 @@ mod durability;
 mod hardening;
 mod jwt;
 mod legacy;
+mod nginx;
 mod ops;
 mod tokens;
 mod verify;
