@@ -147,31 +147,19 @@ fn day_key(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d").to_string()
 }
 
-const ACCOUNT_TAKE: &str = "UPDATE accounts SET \
-     quota_used = (CASE WHEN quota_period = $2 THEN quota_used ELSE 0 END) + $3, quota_period = $2 \
-     WHERE id = $1 AND status = 'active' AND (monthly_quota IS NULL OR \
-     (CASE WHEN quota_period = $2 THEN quota_used ELSE 0 END) + $3 <= monthly_quota)";
-const ACCOUNT_GIVE_BACK: &str = "UPDATE accounts SET quota_used = quota_used - $2 WHERE id = $1";
+/// Rows per multi-row statement: well under SQLite's 32766 bound parameters at 13 per row.
+const CHUNK: usize = 256;
+
 const JWT_TAKE: &str =
     "INSERT INTO jwt_uses (token_id, jwt_id, uses, expires_at) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (token_id, jwt_id) DO UPDATE SET uses = jwt_uses.uses + excluded.uses \
      WHERE jwt_uses.uses + excluded.uses <= $5";
-const JWT_GIVE_BACK: &str =
-    "UPDATE jwt_uses SET uses = uses - $3 WHERE token_id = $1 AND jwt_id = $2";
-// SET expressions read the row as it was before the update, on both backends.
-const TOKEN_TAKE: &str = "UPDATE tokens SET \
-     remaining = CASE WHEN remaining IS NULL THEN NULL ELSE remaining - $2 END, \
-     calls_month = (CASE WHEN calls_month_period = $3 THEN calls_month ELSE 0 END) + $2, \
-     calls_month_period = $3, calls_total = calls_total + $2, last_used_at = $4, \
-     last_used_ip = COALESCE($5, last_used_ip), \
-     status = CASE WHEN remaining IS NOT NULL AND remaining - $2 <= 0 THEN 'exhausted' ELSE status END \
-     WHERE id = $1 AND status <> 'revoked' AND (expires_at IS NULL OR expires_at > $4) \
-     AND (remaining IS NULL OR remaining >= $2) \
-     RETURNING remaining, calls_month";
-const STATS_UPSERT: &str = "INSERT INTO token_stats_daily (token_id, day, account_id, valid, cost, \
+const STATS_INSERT: &str =
+    "INSERT INTO token_stats_daily (token_id, day, account_id, valid, cost, \
      revoked, expired, account_inactive, ip_not_allowed, scope_denied, account_quota_exceeded, \
-     usage_exceeded, bad_jwt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-     ON CONFLICT (token_id, day) DO UPDATE SET valid = token_stats_daily.valid + excluded.valid, \
+     usage_exceeded, bad_jwt)";
+const STATS_ON_CONFLICT: &str = "ON CONFLICT (token_id, day) DO UPDATE SET \
+     valid = token_stats_daily.valid + excluded.valid, \
      cost = token_stats_daily.cost + excluded.cost, revoked = token_stats_daily.revoked + excluded.revoked, \
      expired = token_stats_daily.expired + excluded.expired, \
      account_inactive = token_stats_daily.account_inactive + excluded.account_inactive, \
@@ -180,12 +168,138 @@ const STATS_UPSERT: &str = "INSERT INTO token_stats_daily (token_id, day, accoun
      account_quota_exceeded = token_stats_daily.account_quota_exceeded + excluded.account_quota_exceeded, \
      usage_exceeded = token_stats_daily.usage_exceeded + excluded.usage_exceeded, \
      bad_jwt = token_stats_daily.bad_jwt + excluded.bad_jwt";
+/// Column types of the token rows of a multi-row UPDATE: PostgreSQL types a VALUES list by its
+/// first row, so the parameters are cast there.
+const TOKEN_TYPES: &[&str] = &[
+    "text",
+    "text",
+    "bigint",
+    "bigint",
+    "text",
+    "bigint",
+    "timestamptz",
+    "text",
+];
+const ACCOUNT_TYPES: &[&str] = &["text", "bigint", "text"];
+
+/// `$first, $first+1, …` for `n` parameters.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($1, $2), ($3, $4), …`: `rows` rows of `cols` parameters; `types`, when given, casts each
+/// parameter (PostgreSQL).
+fn values_rows(rows: usize, cols: usize, types: &[&str]) -> String {
+    (0..rows)
+        .map(|r| {
+            let cells: Vec<String> = (0..cols)
+                .map(|c| {
+                    let n = r * cols + c + 1;
+                    match types.get(c) {
+                        Some(t) => format!("CAST(${n} AS {t})"),
+                        None => format!("${n}"),
+                    }
+                })
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn sorted_unique(ids: impl Iterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = ids.collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// An account's usage state, read under the batch's lock.
+#[derive(Debug, sqlx::FromRow)]
+struct AccountUsage {
+    id: String,
+    status: String,
+    monthly_quota: Option<i64>,
+    quota_used: i64,
+    quota_period: Option<String>,
+    #[sqlx(skip)]
+    dirty: bool,
+}
+
+impl AccountUsage {
+    fn used_in(&self, period: &str) -> i64 {
+        if self.quota_period.as_deref() == Some(period) {
+            self.quota_used
+        } else {
+            0
+        }
+    }
+}
+
+/// A token's usage state, read under the batch's lock.
+#[derive(Debug, sqlx::FromRow)]
+struct TokenUsage {
+    id: String,
+    status: String,
+    remaining: Option<i64>,
+    expires_at: Option<DateTime<Utc>>,
+    calls_month: i64,
+    calls_month_period: Option<String>,
+    calls_total: i64,
+    last_used_at: Option<DateTime<Utc>>,
+    last_used_ip: Option<String>,
+    #[sqlx(skip)]
+    dirty: bool,
+}
+
+impl TokenUsage {
+    fn used_in(&self, period: &str) -> i64 {
+        if self.calls_month_period.as_deref() == Some(period) {
+            self.calls_month
+        } else {
+            0
+        }
+    }
+}
+
+/// The authoritative decision for one call, against state locked for this batch (already
+/// including the batch's earlier calls). Same order as `verify::decide`.
+fn decide_locked(
+    a: &AccountUsage,
+    t: &TokenUsage,
+    r: &Consume,
+    period: &str,
+) -> std::result::Result<(), Outcome> {
+    if t.status == "revoked" {
+        return Err(Outcome::Revoked);
+    }
+    if t.expires_at.is_some_and(|e| e <= r.now) {
+        return Err(Outcome::Expired);
+    }
+    if a.status != "active" {
+        return Err(Outcome::AccountInactive);
+    }
+    if a.monthly_quota
+        .is_some_and(|q| a.used_in(period) + r.cost > q)
+    {
+        return Err(Outcome::AccountQuotaExceeded);
+    }
+    if t.remaining.is_some_and(|x| x < r.cost) {
+        return Err(Outcome::UsageExceeded);
+    }
+    Ok(())
+}
 
 impl Store {
-    /// Consumes `reqs` in order and counts them and `denials` in the daily statistics, all in
-    /// one transaction: one durable commit for the whole batch. Each call takes the account's
-    /// quota, then the JWT's own count, then the token's uses; a step that fails gives back the
-    /// earlier ones, so a refused call spends nothing.
+    /// Consumes `reqs` in order and counts them and `denials` in the daily statistics, in one
+    /// transaction: one durable commit for the whole batch, and a handful of statements however
+    /// many calls it holds. The accounts and tokens involved are read under a write lock (SQLite:
+    /// `BEGIN IMMEDIATE`; PostgreSQL: `FOR UPDATE`, in id order so daemons never deadlock), each
+    /// call is decided against that state in order, and the new counters are written back with
+    /// multi-row statements. A refused call spends nothing.
     pub async fn consume_batch(
         &self,
         reqs: &[Consume],
@@ -209,55 +323,129 @@ impl Store {
                 count(&d.token_id, &d.account_id, d.at, col, 1);
             }
         }
+        let account_ids: Vec<String> = sorted_unique(reqs.iter().map(|r| r.account_id.clone()));
+        let token_ids: Vec<String> = sorted_unique(reqs.iter().map(|r| r.token_id.clone()));
+        let pg = matches!(&*self.backend, Backend::Postgres(_));
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
+            let mut accounts: HashMap<String, AccountUsage> = HashMap::new();
+            for chunk in account_ids.chunks(CHUNK) {
+                let q = format!(
+                    "SELECT id, status, monthly_quota, quota_used, quota_period FROM accounts \
+                     WHERE id IN ({}) ORDER BY id{}", placeholders(1, chunk.len()), p.for_update());
+                let mut query = sqlx::query_as::<_, AccountUsage>(sql(q)).persistent(false);
+                for id in chunk {
+                    query = query.bind(id);
+                }
+                for a in query.fetch_all(&mut *tx).await? {
+                    accounts.insert(a.id.clone(), a);
+                }
+            }
+            let mut tokens: HashMap<String, TokenUsage> = HashMap::new();
+            for chunk in token_ids.chunks(CHUNK) {
+                let q = format!(
+                    "SELECT id, status, remaining, expires_at, calls_month, calls_month_period, calls_total, \
+                     last_used_at, last_used_ip FROM tokens WHERE id IN ({}) ORDER BY id{}",
+                    placeholders(1, chunk.len()), p.for_update());
+                let mut query = sqlx::query_as::<_, TokenUsage>(sql(q)).persistent(false);
+                for id in chunk {
+                    query = query.bind(id);
+                }
+                for t in query.fetch_all(&mut *tx).await? {
+                    tokens.insert(t.id.clone(), t);
+                }
+            }
+
             let mut out = Vec::with_capacity(reqs.len());
             for r in reqs {
                 let period = month_key(r.now);
-                let took = sqlx::query(ACCOUNT_TAKE).bind(&r.account_id).bind(&period).bind(r.cost)
-                    .execute(&mut *tx).await?.rows_affected() == 1;
-                if !took {
-                    out.push(Consumed::Denied(Outcome::AccountQuotaExceeded));
-                    count(&r.token_id, &r.account_id, r.now, "account_quota_exceeded", 1);
-                    continue;
-                }
-                if let Some(j) = &r.jwt {
-                    let ok = r.cost <= j.limit
-                        && sqlx::query(JWT_TAKE).bind(&r.token_id).bind(&j.jwt_id).bind(r.cost)
-                            .bind(j.expires_at).bind(j.limit)
-                            .execute(&mut *tx).await?.rows_affected() == 1;
-                    if !ok {
-                        sqlx::query(ACCOUNT_GIVE_BACK).bind(&r.account_id).bind(r.cost).execute(&mut *tx).await?;
-                        out.push(Consumed::Denied(Outcome::UsageExceeded));
-                        count(&r.token_id, &r.account_id, r.now, "usage_exceeded", 1);
-                        continue;
+                let decision = match (accounts.get(&r.account_id), tokens.get(&r.token_id)) {
+                    (None, _) | (_, None) => Err(Outcome::NotFound),
+                    (Some(a), Some(t)) => decide_locked(a, t, r, &period),
+                };
+                let decision = match (decision, &r.jwt) {
+                    (Ok(()), Some(j)) => {
+                        // A JWT's own count lives in its own row, taken with a conditional upsert.
+                        let took = r.cost <= j.limit
+                            && sqlx::query(JWT_TAKE).bind(&r.token_id).bind(&j.jwt_id).bind(r.cost)
+                                .bind(j.expires_at).bind(j.limit)
+                                .execute(&mut *tx).await?.rows_affected() == 1;
+                        if took { Ok(()) } else { Err(Outcome::UsageExceeded) }
                     }
-                }
-                let row: Option<(Option<i64>, i64)> = sqlx::query_as(TOKEN_TAKE)
-                    .bind(&r.token_id).bind(r.cost).bind(&period).bind(r.now).bind(&r.ip)
-                    .fetch_optional(&mut *tx).await?;
-                match row {
-                    Some((remaining, calls_this_month)) => {
-                        out.push(Consumed::Ok { remaining, calls_this_month });
+                    (d, _) => d,
+                };
+                match decision {
+                    Err(o) => {
+                        if let Some(col) = o.stat_column() {
+                            count(&r.token_id, &r.account_id, r.now, col, 1);
+                        }
+                        out.push(Consumed::Denied(o));
+                    }
+                    Ok(()) => {
+                        if let Some(a) = accounts.get_mut(&r.account_id) {
+                            a.quota_used = a.used_in(&period) + r.cost;
+                            a.quota_period = Some(period.clone());
+                            a.dirty = true;
+                        }
+                        if let Some(t) = tokens.get_mut(&r.token_id) {
+                            t.calls_month = t.used_in(&period) + r.cost;
+                            t.calls_month_period = Some(period.clone());
+                            t.calls_total += r.cost;
+                            t.remaining = t.remaining.map(|x| x - r.cost);
+                            if t.remaining.is_some_and(|x| x <= 0) && t.status == "active" {
+                                t.status = "exhausted".into();
+                            }
+                            t.last_used_at = Some(t.last_used_at.map_or(r.now, |l| l.max(r.now)));
+                            if r.ip.is_some() {
+                                t.last_used_ip = r.ip.clone();
+                            }
+                            t.dirty = true;
+                            out.push(Consumed::Ok { remaining: t.remaining, calls_this_month: t.calls_month });
+                        }
                         count(&r.token_id, &r.account_id, r.now, "valid", 1);
                         count(&r.token_id, &r.account_id, r.now, "cost", r.cost);
                     }
-                    None => {
-                        sqlx::query(ACCOUNT_GIVE_BACK).bind(&r.account_id).bind(r.cost).execute(&mut *tx).await?;
-                        if let Some(j) = &r.jwt {
-                            sqlx::query(JWT_GIVE_BACK).bind(&r.token_id).bind(&j.jwt_id).bind(r.cost).execute(&mut *tx).await?;
-                        }
-                        out.push(Consumed::Denied(Outcome::UsageExceeded));
-                        count(&r.token_id, &r.account_id, r.now, "usage_exceeded", 1);
-                    }
                 }
             }
-            for s in stats.values() {
-                let mut q = sqlx::query(STATS_UPSERT).bind(&s.token_id).bind(&s.day).bind(&s.account_id);
-                for n in s.counts() {
-                    q = q.bind(n);
+
+            let dirty_tokens: Vec<&TokenUsage> = tokens.values().filter(|t| t.dirty).collect();
+            for chunk in dirty_tokens.chunks(CHUNK) {
+                let rows = values_rows(chunk.len(), 8, if pg { TOKEN_TYPES } else { &[] });
+                let q = format!(
+                    "UPDATE tokens SET status = v.column2, remaining = v.column3, calls_month = v.column4, \
+                     calls_month_period = v.column5, calls_total = v.column6, last_used_at = v.column7, \
+                     last_used_ip = v.column8 FROM (VALUES {rows}) AS v WHERE tokens.id = v.column1");
+                let mut query = sqlx::query(sql(q)).persistent(false);
+                for t in chunk {
+                    query = query.bind(&t.id).bind(&t.status).bind(t.remaining).bind(t.calls_month)
+                        .bind(&t.calls_month_period).bind(t.calls_total).bind(t.last_used_at).bind(&t.last_used_ip);
                 }
-                q.execute(&mut *tx).await?;
+                query.execute(&mut *tx).await?;
+            }
+            let dirty_accounts: Vec<&AccountUsage> = accounts.values().filter(|a| a.dirty).collect();
+            for chunk in dirty_accounts.chunks(CHUNK) {
+                let rows = values_rows(chunk.len(), 3, if pg { ACCOUNT_TYPES } else { &[] });
+                let q = format!(
+                    "UPDATE accounts SET quota_used = v.column2, quota_period = v.column3 \
+                     FROM (VALUES {rows}) AS v WHERE accounts.id = v.column1");
+                let mut query = sqlx::query(sql(q)).persistent(false);
+                for a in chunk {
+                    query = query.bind(&a.id).bind(a.quota_used).bind(&a.quota_period);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            let stat_rows: Vec<&StatRow> = stats.values().collect();
+            for chunk in stat_rows.chunks(CHUNK) {
+                let rows = values_rows(chunk.len(), 13, &[]);
+                let q = format!("{STATS_INSERT} VALUES {rows} {STATS_ON_CONFLICT}");
+                let mut query = sqlx::query(sql(q)).persistent(false);
+                for s in chunk {
+                    query = query.bind(&s.token_id).bind(&s.day).bind(&s.account_id);
+                    for n in s.counts() {
+                        query = query.bind(n);
+                    }
+                }
+                query.execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok::<_, StoreError>(out)
