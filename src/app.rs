@@ -127,7 +127,8 @@ impl App {
     ) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let store = self.ctx.store.clone();
-        let (meter, writer) = crate::verify::meter::Meter::start(store.clone());
+        let (meter, writer) =
+            crate::verify::meter::Meter::start(store.clone(), self.ctx.config.tokens.verify_cache);
         let router = api::router(AppState {
             ctx: self.ctx,
             meter,

@@ -22,6 +22,9 @@ pub struct Consume {
     pub now: DateTime<Utc>,
     /// When the call came with a JWT: its own use count to enforce.
     pub jwt: Option<JwtUse>,
+    /// SHA-256 of the presented token, checked again under the lock (a regeneration elsewhere
+    /// takes effect at once); `None` for a JWT, whose signature was checked.
+    pub secret_hash: Option<Vec<u8>>,
 }
 
 /// A JWT's own use limit.
@@ -47,7 +50,14 @@ pub enum Consumed {
     },
     /// Refused at the moment of consumption (a concurrent call took the last use, the quota
     /// filled up, or the token was revoked in between).
-    Denied(Outcome),
+    Denied {
+        /// Why.
+        outcome: Outcome,
+        /// The token's uses left, as the store has them.
+        remaining: Option<i64>,
+        /// Its uses this month, as the store has them.
+        calls_this_month: i64,
+    },
 }
 
 /// A refused verification of a known token, counted in the daily statistics.
@@ -251,6 +261,9 @@ struct TokenUsage {
     calls_total: i64,
     last_used_at: Option<DateTime<Utc>>,
     last_used_ip: Option<String>,
+    secret_hash: Vec<u8>,
+    prev_secret_hash: Option<Vec<u8>>,
+    prev_secret_valid_until: Option<DateTime<Utc>>,
     #[sqlx(skip)]
     dirty: bool,
 }
@@ -273,6 +286,16 @@ fn decide_locked(
     r: &Consume,
     period: &str,
 ) -> std::result::Result<(), Outcome> {
+    if let Some(h) = &r.secret_hash {
+        use crate::domain::credential::hashes_match;
+        let in_grace = match (&t.prev_secret_hash, t.prev_secret_valid_until) {
+            (Some(prev), Some(until)) => r.now < until && hashes_match(h, prev),
+            _ => false,
+        };
+        if !hashes_match(h, &t.secret_hash) && !in_grace {
+            return Err(Outcome::NotFound);
+        }
+    }
     if t.status == "revoked" {
         return Err(Outcome::Revoked);
     }
@@ -345,7 +368,8 @@ impl Store {
             for chunk in token_ids.chunks(CHUNK) {
                 let q = format!(
                     "SELECT id, status, remaining, expires_at, calls_month, calls_month_period, calls_total, \
-                     last_used_at, last_used_ip FROM tokens WHERE id IN ({}) ORDER BY id{}",
+                     last_used_at, last_used_ip, secret_hash, prev_secret_hash, prev_secret_valid_until \
+                     FROM tokens WHERE id IN ({}) ORDER BY id{}",
                     placeholders(1, chunk.len()), p.for_update());
                 let mut query = sqlx::query_as::<_, TokenUsage>(sql(q)).persistent(false);
                 for id in chunk {
@@ -379,7 +403,10 @@ impl Store {
                         if let Some(col) = o.stat_column() {
                             count(&r.token_id, &r.account_id, r.now, col, 1);
                         }
-                        out.push(Consumed::Denied(o));
+                        let (remaining, calls_this_month) = tokens
+                            .get(&r.token_id)
+                            .map_or((None, 0), |t| (t.remaining, t.used_in(&period)));
+                        out.push(Consumed::Denied { outcome: o, remaining, calls_this_month });
                     }
                     Ok(()) => {
                         if let Some(a) = accounts.get_mut(&r.account_id) {

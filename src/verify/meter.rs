@@ -21,14 +21,18 @@ enum Msg {
 #[derive(Clone)]
 pub struct Meter {
     tx: mpsc::Sender<Msg>,
+    /// Token and account state for the pre-check.
+    pub cache: std::sync::Arc<super::cache::Cache>,
 }
 
 impl Meter {
-    /// Starts the writer task.
-    pub fn start(store: Store) -> (Meter, JoinHandle<()>) {
+    /// Starts the writer task; `cache_ttl` bounds how long the pre-check may use state read
+    /// earlier (zero: always read the store).
+    pub fn start(store: Store, cache_ttl: std::time::Duration) -> (Meter, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = tokio::spawn(run(store, rx));
-        (Meter { tx }, task)
+        let cache = std::sync::Arc::new(super::cache::Cache::new(cache_ttl, 1_000_000));
+        (Meter { tx, cache }, task)
     }
 
     /// Consumes one call; resolves once its batch is committed.

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::net::IpAddr;
 
+pub mod cache;
 pub mod jwt;
 pub mod meter;
 pub mod service;

@@ -15,7 +15,8 @@ use tokenwarden::{app::App, clock::ManualClock, config::Config};
 
 both_backends!(
     no_valid_answer_is_lost_to_sigkill,
-    two_daemons_on_one_store_never_overspend
+    two_daemons_on_one_store_never_overspend,
+    revocation_and_regeneration_on_another_daemon_apply_at_once,
 );
 
 fn free_port() -> u16 {
@@ -251,6 +252,80 @@ async fn two_daemons_on_one_store_never_overspend(b: Backend) {
         results.iter().filter(|r| *r == "USAGE_EXCEEDED").count(),
         450
     );
+    for s in servers {
+        s.abort();
+    }
+}
+
+async fn revocation_and_regeneration_on_another_daemon_apply_at_once(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _pg) = store_for(b, dir.path()).await;
+    let clock = ManualClock::new(t0());
+    let mut bases = Vec::new();
+    let mut servers = Vec::new();
+    for node in ["a", "b"] {
+        let mut c = Config::for_data_dir(&dir.path().join(node));
+        c.listen = "127.0.0.1:0".parse().unwrap();
+        c.store = store.clone();
+        c.master_key_file = dir.path().join("shared-master.key");
+        let app = App::build(c, Arc::new(clock.clone())).await.unwrap();
+        bases.push(format!("http://{}", app.local_addr()));
+        servers.push(tokio::spawn(app.run_until(std::future::pending())));
+    }
+    let op = std::fs::read_to_string(dir.path().join("a/operator.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let client = reqwest::Client::new();
+    let post = |url: String, cred: Option<String>, body: Value| {
+        let client = client.clone();
+        async move {
+            let mut rb = client.post(url).json(&body);
+            if let Some(c) = cred {
+                rb = rb.bearer_auth(c);
+            }
+            rb.send().await.unwrap().json::<Value>().await.unwrap()
+        }
+    };
+    let acc = post(
+        format!("{}/v1/accounts", bases[0]),
+        Some(op),
+        json!({"name": "acme"}),
+    )
+    .await;
+    let secret = acc["secret"].as_str().unwrap().to_string();
+    let verify =
+        |base: &String, t: &String| post(format!("{base}/v1/verify"), None, json!({"token": t}));
+    let tok = post(
+        format!("{}/v1/tokens", bases[1]),
+        Some(secret.clone()),
+        json!({"name": "t", "usage_limit": 100}),
+    )
+    .await;
+    let (id, t) = (
+        tok["tokens"][0]["id"].as_str().unwrap().to_string(),
+        tok["tokens"][0]["token"].as_str().unwrap().to_string(),
+    );
+    // Daemon a has the token in its verification cache...
+    assert_eq!(verify(&bases[0], &t).await["result"], "VALID");
+    // ...daemon b regenerates it: the old secret stops on a at once.
+    let regen = post(
+        format!("{}/v1/tokens/{id}/regenerate", bases[1]),
+        Some(secret.clone()),
+        json!({}),
+    )
+    .await;
+    let new = regen["token"]["token"].as_str().unwrap().to_string();
+    assert_eq!(verify(&bases[0], &t).await["result"], "NOT_FOUND");
+    assert_eq!(verify(&bases[0], &new).await["result"], "VALID");
+    // ...daemon b revokes it: a refuses at once.
+    client
+        .delete(format!("{}/v1/tokens/{id}", bases[1]))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verify(&bases[0], &new).await["result"], "REVOKED");
     for s in servers {
         s.abort();
     }
