@@ -28,7 +28,7 @@ for backend in $BACKENDS; do
     port=$(free_port)
     base=http://127.0.0.1:$port
     db=""
-    envs=(TOKENWARDEN_TOKENS__MAX_COUNT_PER_REQUEST=1000 TOKENWARDEN_LOG__LEVEL=warn)
+    envs=(TOKENWARDEN_TOKENS__MAX_COUNT_PER_REQUEST=1000 TOKENWARDEN_LOG__LEVEL=warn ${EXTRA_ENV:-})
     if [ "$backend" = postgres ]; then
         db=tw_bench_$$
         psql "$PG_ADMIN/postgres" -qc "CREATE DATABASE $db" >/dev/null
