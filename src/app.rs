@@ -127,8 +127,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let store = self.ctx.store.clone();
-        let (meter, writer) =
-            crate::verify::meter::Meter::start(store.clone(), self.ctx.config.tokens.verify_cache);
+        let (meter, writer) = crate::verify::meter::Meter::start(store.clone());
         let router = api::router(AppState {
             ctx: self.ctx,
             meter,

@@ -87,8 +87,6 @@ pub struct RawTokens {
     pub max_regenerate_grace_seconds: i64,
     /// Longest lifetime of a JWT minted by `POST /v1/jwt`.
     pub max_jwt_lifetime_seconds: i64,
-    /// How long verification may reuse token state it read (milliseconds; 0 = never).
-    pub verify_cache_ms: u64,
 }
 
 /// `[accounts]`
@@ -153,7 +151,6 @@ impl Default for RawTokens {
             expires_soon_days: 7,
             max_regenerate_grace_seconds: 7 * 24 * 3600,
             max_jwt_lifetime_seconds: 24 * 3600,
-            verify_cache_ms: 1000,
         }
     }
 }
@@ -203,8 +200,6 @@ pub struct TokenSettings {
     pub max_regenerate_grace_seconds: i64,
     /// Maximum lifetime of a minted JWT, in seconds.
     pub max_jwt_lifetime_seconds: i64,
-    /// Verification cache lifetime.
-    pub verify_cache: std::time::Duration,
 }
 
 /// The checked configuration the daemon runs on.
@@ -463,9 +458,6 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             "must be 0 to 2592000 (30 days)".into(),
         );
     }
-    if t.verify_cache_ms > 60_000 {
-        bad("tokens.verify_cache_ms", "must be 0 to 60000".into());
-    }
     if !(1..=30 * 24 * 3600).contains(&t.max_jwt_lifetime_seconds) {
         bad(
             "tokens.max_jwt_lifetime_seconds",
@@ -510,7 +502,6 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
                 expires_soon_days: t.expires_soon_days,
                 max_regenerate_grace_seconds: t.max_regenerate_grace_seconds,
                 max_jwt_lifetime_seconds: t.max_jwt_lifetime_seconds,
-                verify_cache: std::time::Duration::from_millis(t.verify_cache_ms),
             },
             default_max_tokens: raw.accounts.default_max_tokens,
             log_level: raw.log.level.clone(),

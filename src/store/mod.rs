@@ -10,7 +10,7 @@ mod model;
 mod rows;
 
 pub use model::*;
-pub use usage::{Consume, Consumed, Denial, JwtUse, StatRow};
+pub use usage::{Consume, Decided, Denial, JwtUse, StatRow};
 
 use crate::domain::status::TokenStatus;
 use chrono::{DateTime, Utc};
@@ -115,9 +115,6 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: std::sync::Arc<Backend>,
-    /// Bumped by every management write through this handle, so caches of token and account
-    /// state can tell they are stale.
-    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Runs `$body` with `$pool` bound to whichever pool this store has.
@@ -185,14 +182,6 @@ impl WritePool for PgPool {
 
 pub mod usage;
 
-struct Changed<'a>(&'a std::sync::atomic::AtomicU64);
-
-impl Drop for Changed<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
 fn sql(s: String) -> AssertSqlSafe<String> {
     AssertSqlSafe(s)
 }
@@ -234,7 +223,6 @@ impl Store {
         };
         Ok(Store {
             backend: std::sync::Arc::new(backend),
-            generation: Default::default(),
         })
     }
 
@@ -246,17 +234,6 @@ impl Store {
             Backend::Postgres(p) => sqlx::migrate!("migrations/postgres").run(p).await?,
         }
         Ok(())
-    }
-
-    /// Changes whenever this daemon changed a token, account or user (not on usage counting).
-    pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Bumps the generation when dropped, that is after the write committed (or failed): state
-    /// read before then is never taken for current.
-    fn changed(&self) -> Changed<'_> {
-        Changed(&self.generation)
     }
 
     /// `sqlite` or `postgres`.
@@ -379,7 +356,6 @@ impl Store {
         E: From<StoreError>,
         F: FnOnce(Account) -> Result<Account, E>,
     {
-        let _changed = self.changed();
         let select = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1");
         let update = format!(
             "UPDATE accounts SET status = $2, max_tokens = $3, monthly_quota = $4, updated_at = $5 \
@@ -406,7 +382,6 @@ impl Store {
         hash: &[u8],
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let _changed = self.changed();
         let n = with_pool!(self, p => sqlx::query(
             "UPDATE accounts SET secret_hash = $2, updated_at = $3 WHERE id = $1")
             .bind(id).bind(hash).bind(now).execute(p).await?.rows_affected());
@@ -454,7 +429,6 @@ impl Store {
         E: From<StoreError>,
         F: FnOnce(User) -> Result<User, E>,
     {
-        let _changed = self.changed();
         let select = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
         let update = format!(
             "UPDATE users SET role = $2, notify_expiry = $3, updated_at = $4 WHERE id = $1 RETURNING {USER_COLS}"
@@ -626,7 +600,6 @@ impl Store {
         E: From<StoreError>,
         F: FnOnce(Token) -> Result<Token, E>,
     {
-        let _changed = self.changed();
         let select = format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = $1");
         let update = format!(
             "UPDATE tokens SET name = $2, description = $3, role = $4, scopes = $5, allowed_ips = $6, \
@@ -683,7 +656,6 @@ impl Store {
         grace_until: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Token> {
-        let _changed = self.changed();
         let q = format!(
             "UPDATE tokens SET prev_secret_hash = CASE WHEN $4 IS NULL THEN NULL ELSE secret_hash END, \
              prev_secret_valid_until = $4, secret_hash = $2, \

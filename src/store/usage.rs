@@ -1,30 +1,29 @@
 //! Usage: consuming verified calls in batches (one transaction, one durable commit, for many
 //! requests), per-day statistics, and JWT use records.
 
+use super::model::{Account, Token};
+use super::rows::{AccountRow, TokenRow, ACCOUNT_COLS, TOKEN_COLS};
 use super::{sql, Arg, Backend, Result, Store, StoreError, WritePool};
 use crate::domain::period::month_key;
-use crate::verify::Outcome;
+use crate::domain::status::TokenStatus;
+use crate::verify::{decide, AccountState, Check, Outcome};
 use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::HashMap;
 
-/// One verified call to consume.
+/// One call to decide and, when valid, consume.
 #[derive(Debug, Clone)]
 pub struct Consume {
-    /// The token.
+    /// The token's public id.
     pub token_id: String,
-    /// Its account (for the monthly quota).
-    pub account_id: String,
-    /// Uses to consume.
-    pub cost: i64,
-    /// The end client's IP, recorded as last used IP.
-    pub ip: Option<String>,
-    /// The instant of the check; the token must still be unexpired at it.
+    /// SHA-256 of the presented token, checked under the lock; `None` for a JWT, whose
+    /// signature was checked against the token already.
+    pub secret_hash: Option<Vec<u8>>,
+    /// The call, client IP and cost.
+    pub check: Check,
+    /// The instant of the check.
     pub now: DateTime<Utc>,
     /// When the call came with a JWT: its own use count to enforce.
     pub jwt: Option<JwtUse>,
-    /// SHA-256 of the presented token, checked again under the lock (a regeneration elsewhere
-    /// takes effect at once); `None` for a JWT, whose signature was checked.
-    pub secret_hash: Option<Vec<u8>>,
 }
 
 /// A JWT's own use limit.
@@ -38,26 +37,14 @@ pub struct JwtUse {
     pub expires_at: DateTime<Utc>,
 }
 
-/// What consuming one call did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Consumed {
-    /// Consumed; the token's counters after it.
-    Ok {
-        /// Uses left (`None` = unlimited).
-        remaining: Option<i64>,
-        /// Uses this month, this call included.
-        calls_this_month: i64,
-    },
-    /// Refused at the moment of consumption (a concurrent call took the last use, the quota
-    /// filled up, or the token was revoked in between).
-    Denied {
-        /// Why.
-        outcome: Outcome,
-        /// The token's uses left, as the store has them.
-        remaining: Option<i64>,
-        /// Its uses this month, as the store has them.
-        calls_this_month: i64,
-    },
+/// The decision on one call, made under the batch's lock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    /// What was decided; when `Valid`, the cost was consumed.
+    pub outcome: Outcome,
+    /// The token as it stands after this call (`None` when it is unknown or the secret did not
+    /// match).
+    pub token: Option<Token>,
 }
 
 /// A refused verification of a known token, counted in the daily statistics.
@@ -227,107 +214,33 @@ fn sorted_unique(ids: impl Iterator<Item = String>) -> Vec<String> {
     v
 }
 
-/// An account's usage state, read under the batch's lock.
-#[derive(Debug, sqlx::FromRow)]
-struct AccountUsage {
-    id: String,
-    status: String,
-    monthly_quota: Option<i64>,
-    quota_used: i64,
-    quota_period: Option<String>,
-    #[sqlx(skip)]
-    dirty: bool,
-}
-
-impl AccountUsage {
-    fn used_in(&self, period: &str) -> i64 {
-        if self.quota_period.as_deref() == Some(period) {
-            self.quota_used
-        } else {
-            0
-        }
-    }
-}
-
-/// A token's usage state, read under the batch's lock.
-#[derive(Debug, sqlx::FromRow)]
-struct TokenUsage {
-    id: String,
-    status: String,
-    remaining: Option<i64>,
-    expires_at: Option<DateTime<Utc>>,
-    calls_month: i64,
-    calls_month_period: Option<String>,
-    calls_total: i64,
-    last_used_at: Option<DateTime<Utc>>,
-    last_used_ip: Option<String>,
-    secret_hash: Vec<u8>,
-    prev_secret_hash: Option<Vec<u8>>,
-    prev_secret_valid_until: Option<DateTime<Utc>>,
-    #[sqlx(skip)]
-    dirty: bool,
-}
-
-impl TokenUsage {
-    fn used_in(&self, period: &str) -> i64 {
-        if self.calls_month_period.as_deref() == Some(period) {
-            self.calls_month
-        } else {
-            0
-        }
-    }
-}
-
-/// The authoritative decision for one call, against state locked for this batch (already
-/// including the batch's earlier calls). Same order as `verify::decide`.
-fn decide_locked(
-    a: &AccountUsage,
-    t: &TokenUsage,
-    r: &Consume,
-    period: &str,
-) -> std::result::Result<(), Outcome> {
-    if let Some(h) = &r.secret_hash {
-        use crate::domain::credential::hashes_match;
-        let in_grace = match (&t.prev_secret_hash, t.prev_secret_valid_until) {
-            (Some(prev), Some(until)) => r.now < until && hashes_match(h, prev),
-            _ => false,
-        };
-        if !hashes_match(h, &t.secret_hash) && !in_grace {
-            return Err(Outcome::NotFound);
-        }
-    }
-    if t.status == "revoked" {
-        return Err(Outcome::Revoked);
-    }
-    if t.expires_at.is_some_and(|e| e <= r.now) {
-        return Err(Outcome::Expired);
-    }
-    if a.status != "active" {
-        return Err(Outcome::AccountInactive);
-    }
-    if a.monthly_quota
-        .is_some_and(|q| a.used_in(period) + r.cost > q)
-    {
-        return Err(Outcome::AccountQuotaExceeded);
-    }
-    if t.remaining.is_some_and(|x| x < r.cost) {
-        return Err(Outcome::UsageExceeded);
-    }
-    Ok(())
+/// Whether the presented secret is the token's current one, or its previous one within the
+/// regeneration grace period. JWTs (no hash) were checked by signature already.
+fn secret_matches(t: &Token, r: &Consume) -> bool {
+    use crate::domain::credential::hashes_match;
+    let Some(h) = &r.secret_hash else {
+        return true;
+    };
+    let in_grace = match (&t.prev_secret_hash, t.prev_secret_valid_until) {
+        (Some(prev), Some(until)) => r.now < until && hashes_match(h, prev),
+        _ => false,
+    };
+    hashes_match(h, &t.secret_hash) || in_grace
 }
 
 impl Store {
-    /// Consumes `reqs` in order and counts them and `denials` in the daily statistics, in one
-    /// transaction: one durable commit for the whole batch, and a handful of statements however
-    /// many calls it holds. The accounts and tokens involved are read under a write lock (SQLite:
-    /// `BEGIN IMMEDIATE`; PostgreSQL: `FOR UPDATE`, in id order so daemons never deadlock), each
-    /// call is decided against that state in order, and the new counters are written back with
-    /// multi-row statements. A refused call spends nothing.
+    /// Decides `reqs` in order, consumes the valid ones, and counts them and `denials` in the
+    /// daily statistics, in one transaction: one durable commit for the whole batch and a handful
+    /// of statements however many calls it holds. The tokens and accounts involved are read under
+    /// a write lock (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: `FOR UPDATE`, accounts then tokens,
+    /// each in id order, so daemons never deadlock), each call is decided by `verify::decide`
+    /// against that state as the batch's earlier calls left it, and the new counters are written
+    /// back with multi-row statements. A refused call spends nothing.
     pub async fn consume_batch(
         &self,
         reqs: &[Consume],
         denials: &[Denial],
-    ) -> Result<Vec<Consumed>> {
+    ) -> Result<Vec<Decided>> {
         let mut stats: HashMap<(String, String), StatRow> = HashMap::new();
         let mut count = |token: &str, account: &str, at: DateTime<Utc>, col: &str, n: i64| {
             let day = day_key(at);
@@ -346,97 +259,106 @@ impl Store {
                 count(&d.token_id, &d.account_id, d.at, col, 1);
             }
         }
-        let account_ids: Vec<String> = sorted_unique(reqs.iter().map(|r| r.account_id.clone()));
         let token_ids: Vec<String> = sorted_unique(reqs.iter().map(|r| r.token_id.clone()));
         let pg = matches!(&*self.backend, Backend::Postgres(_));
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            let mut accounts: HashMap<String, AccountUsage> = HashMap::new();
-            for chunk in account_ids.chunks(CHUNK) {
-                let q = format!(
-                    "SELECT id, status, monthly_quota, quota_used, quota_period FROM accounts \
-                     WHERE id IN ({}) ORDER BY id{}", placeholders(1, chunk.len()), p.for_update());
-                let mut query = sqlx::query_as::<_, AccountUsage>(sql(q)).persistent(false);
+            // Which accounts: a token's account never changes, so this read needs no lock.
+            let mut account_ids: Vec<String> = Vec::new();
+            for chunk in token_ids.chunks(CHUNK) {
+                let q = format!("SELECT DISTINCT account_id FROM tokens WHERE id IN ({})", placeholders(1, chunk.len()));
+                let mut query = sqlx::query_scalar::<_, String>(sql(q)).persistent(false);
                 for id in chunk {
                     query = query.bind(id);
                 }
-                for a in query.fetch_all(&mut *tx).await? {
+                account_ids.extend(query.fetch_all(&mut *tx).await?);
+            }
+            let account_ids = sorted_unique(account_ids.into_iter());
+            let mut accounts: HashMap<String, Account> = HashMap::new();
+            for chunk in account_ids.chunks(CHUNK) {
+                let q = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id IN ({}) ORDER BY id{}",
+                    placeholders(1, chunk.len()), p.for_update());
+                let mut query = sqlx::query_as::<_, AccountRow>(sql(q)).persistent(false);
+                for id in chunk {
+                    query = query.bind(id);
+                }
+                for row in query.fetch_all(&mut *tx).await? {
+                    let a = Account::try_from(row)?;
                     accounts.insert(a.id.clone(), a);
                 }
             }
-            let mut tokens: HashMap<String, TokenUsage> = HashMap::new();
+            let mut tokens: HashMap<String, Token> = HashMap::new();
             for chunk in token_ids.chunks(CHUNK) {
-                let q = format!(
-                    "SELECT id, status, remaining, expires_at, calls_month, calls_month_period, calls_total, \
-                     last_used_at, last_used_ip, secret_hash, prev_secret_hash, prev_secret_valid_until \
-                     FROM tokens WHERE id IN ({}) ORDER BY id{}",
+                let q = format!("SELECT {TOKEN_COLS} FROM tokens WHERE id IN ({}) ORDER BY id{}",
                     placeholders(1, chunk.len()), p.for_update());
-                let mut query = sqlx::query_as::<_, TokenUsage>(sql(q)).persistent(false);
+                let mut query = sqlx::query_as::<_, TokenRow>(sql(q)).persistent(false);
                 for id in chunk {
                     query = query.bind(id);
                 }
-                for t in query.fetch_all(&mut *tx).await? {
+                for row in query.fetch_all(&mut *tx).await? {
+                    let t = Token::try_from(row)?;
                     tokens.insert(t.id.clone(), t);
                 }
             }
 
+            let mut dirty_tokens: Vec<String> = Vec::new();
+            let mut dirty_accounts: Vec<String> = Vec::new();
             let mut out = Vec::with_capacity(reqs.len());
             for r in reqs {
                 let period = month_key(r.now);
-                let decision = match (accounts.get(&r.account_id), tokens.get(&r.token_id)) {
-                    (None, _) | (_, None) => Err(Outcome::NotFound),
-                    (Some(a), Some(t)) => decide_locked(a, t, r, &period),
+                let Some(t) = tokens.get(&r.token_id).filter(|t| secret_matches(t, r)) else {
+                    out.push(Decided { outcome: Outcome::NotFound, token: None });
+                    continue;
                 };
-                let decision = match (decision, &r.jwt) {
-                    (Ok(()), Some(j)) => {
-                        // A JWT's own count lives in its own row, taken with a conditional upsert.
-                        let took = r.cost <= j.limit
-                            && sqlx::query(JWT_TAKE).bind(&r.token_id).bind(&j.jwt_id).bind(r.cost)
-                                .bind(j.expires_at).bind(j.limit)
-                                .execute(&mut *tx).await?.rows_affected() == 1;
-                        if took { Ok(()) } else { Err(Outcome::UsageExceeded) }
-                    }
-                    (d, _) => d,
+                let Some(a) = accounts.get(&t.account_id) else {
+                    out.push(Decided { outcome: Outcome::NotFound, token: None });
+                    continue;
                 };
-                match decision {
-                    Err(o) => {
-                        if let Some(col) = o.stat_column() {
-                            count(&r.token_id, &r.account_id, r.now, col, 1);
-                        }
-                        let (remaining, calls_this_month) = tokens
-                            .get(&r.token_id)
-                            .map_or((None, 0), |t| (t.remaining, t.used_in(&period)));
-                        out.push(Consumed::Denied { outcome: o, remaining, calls_this_month });
-                    }
-                    Ok(()) => {
-                        if let Some(a) = accounts.get_mut(&r.account_id) {
-                            a.quota_used = a.used_in(&period) + r.cost;
-                            a.quota_period = Some(period.clone());
-                            a.dirty = true;
-                        }
-                        if let Some(t) = tokens.get_mut(&r.token_id) {
-                            t.calls_month = t.used_in(&period) + r.cost;
-                            t.calls_month_period = Some(period.clone());
-                            t.calls_total += r.cost;
-                            t.remaining = t.remaining.map(|x| x - r.cost);
-                            if t.remaining.is_some_and(|x| x <= 0) && t.status == "active" {
-                                t.status = "exhausted".into();
-                            }
-                            t.last_used_at = Some(t.last_used_at.map_or(r.now, |l| l.max(r.now)));
-                            if r.ip.is_some() {
-                                t.last_used_ip = r.ip.clone();
-                            }
-                            t.dirty = true;
-                            out.push(Consumed::Ok { remaining: t.remaining, calls_this_month: t.calls_month });
-                        }
-                        count(&r.token_id, &r.account_id, r.now, "valid", 1);
-                        count(&r.token_id, &r.account_id, r.now, "cost", r.cost);
+                let mut outcome = decide(t, &AccountState::of(a), &r.check, r.now);
+                if let (Outcome::Valid, Some(j)) = (outcome, &r.jwt) {
+                    // A JWT's own count lives in its own row, taken with a conditional upsert.
+                    let took = r.check.cost <= j.limit
+                        && sqlx::query(JWT_TAKE).bind(&r.token_id).bind(&j.jwt_id).bind(r.check.cost)
+                            .bind(j.expires_at).bind(j.limit)
+                            .execute(&mut *tx).await?.rows_affected() == 1;
+                    if !took {
+                        outcome = Outcome::UsageExceeded;
                     }
                 }
+                let account_id = t.account_id.clone();
+                if outcome == Outcome::Valid {
+                    let cost = r.check.cost;
+                    if let Some(a) = accounts.get_mut(&account_id) {
+                        let used = if a.quota_period.as_deref() == Some(period.as_str()) { a.quota_used } else { 0 };
+                        a.quota_used = used + cost;
+                        a.quota_period = Some(period.clone());
+                        dirty_accounts.push(account_id.clone());
+                    }
+                    if let Some(t) = tokens.get_mut(&r.token_id) {
+                        t.calls_month = t.calls_this_month(r.now) + cost;
+                        t.calls_month_period = Some(period.clone());
+                        t.calls_total += cost;
+                        t.remaining = t.remaining.map(|x| x - cost);
+                        if t.status == TokenStatus::Active && t.remaining.is_some_and(|x| x <= 0) {
+                            t.status = TokenStatus::Exhausted;
+                        }
+                        t.last_used_at = Some(t.last_used_at.map_or(r.now, |l| l.max(r.now)));
+                        if let Some(ip) = r.check.client_ip {
+                            t.last_used_ip = Some(ip.to_string());
+                        }
+                        dirty_tokens.push(t.id.clone());
+                    }
+                    count(&r.token_id, &account_id, r.now, "valid", 1);
+                    count(&r.token_id, &account_id, r.now, "cost", cost);
+                } else if let Some(col) = outcome.stat_column() {
+                    count(&r.token_id, &account_id, r.now, col, 1);
+                }
+                out.push(Decided { outcome, token: tokens.get(&r.token_id).cloned() });
             }
 
-            let dirty_tokens: Vec<&TokenUsage> = tokens.values().filter(|t| t.dirty).collect();
-            for chunk in dirty_tokens.chunks(CHUNK) {
+            let dirty_tokens = sorted_unique(dirty_tokens.into_iter());
+            let changed: Vec<&Token> = dirty_tokens.iter().filter_map(|id| tokens.get(id)).collect();
+            for chunk in changed.chunks(CHUNK) {
                 let rows = values_rows(chunk.len(), 8, if pg { TOKEN_TYPES } else { &[] });
                 let q = format!(
                     "UPDATE tokens SET status = v.column2, remaining = v.column3, calls_month = v.column4, \
@@ -444,13 +366,14 @@ impl Store {
                      last_used_ip = v.column8 FROM (VALUES {rows}) AS v WHERE tokens.id = v.column1");
                 let mut query = sqlx::query(sql(q)).persistent(false);
                 for t in chunk {
-                    query = query.bind(&t.id).bind(&t.status).bind(t.remaining).bind(t.calls_month)
+                    query = query.bind(&t.id).bind(t.status.as_str()).bind(t.remaining).bind(t.calls_month)
                         .bind(&t.calls_month_period).bind(t.calls_total).bind(t.last_used_at).bind(&t.last_used_ip);
                 }
                 query.execute(&mut *tx).await?;
             }
-            let dirty_accounts: Vec<&AccountUsage> = accounts.values().filter(|a| a.dirty).collect();
-            for chunk in dirty_accounts.chunks(CHUNK) {
+            let dirty_accounts = sorted_unique(dirty_accounts.into_iter());
+            let changed: Vec<&Account> = dirty_accounts.iter().filter_map(|id| accounts.get(id)).collect();
+            for chunk in changed.chunks(CHUNK) {
                 let rows = values_rows(chunk.len(), 3, if pg { ACCOUNT_TYPES } else { &[] });
                 let q = format!(
                     "UPDATE accounts SET quota_used = v.column2, quota_period = v.column3 \

@@ -3,7 +3,7 @@
 //! and answers each request only after that transaction is durably committed. Under load a batch
 //! fills while the previous one commits, so one fsync serves many calls.
 
-use crate::store::{Consume, Consumed, Denial, Store, StoreError};
+use crate::store::{Consume, Decided, Denial, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -12,7 +12,7 @@ pub const MAX_BATCH: usize = 512;
 const QUEUE: usize = 8192;
 
 enum Msg {
-    Consume(Consume, oneshot::Sender<Result<Consumed, StoreError>>),
+    Consume(Consume, oneshot::Sender<Result<Decided, StoreError>>),
     Deny(Denial),
 }
 
@@ -21,22 +21,18 @@ enum Msg {
 #[derive(Clone)]
 pub struct Meter {
     tx: mpsc::Sender<Msg>,
-    /// Token and account state for the pre-check.
-    pub cache: std::sync::Arc<super::cache::Cache>,
 }
 
 impl Meter {
-    /// Starts the writer task; `cache_ttl` bounds how long the pre-check may use state read
-    /// earlier (zero: always read the store).
-    pub fn start(store: Store, cache_ttl: std::time::Duration) -> (Meter, JoinHandle<()>) {
+    /// Starts the writer task.
+    pub fn start(store: Store) -> (Meter, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = tokio::spawn(run(store, rx));
-        let cache = std::sync::Arc::new(super::cache::Cache::new(cache_ttl, 1_000_000));
-        (Meter { tx, cache }, task)
+        (Meter { tx }, task)
     }
 
-    /// Consumes one call; resolves once its batch is committed.
-    pub async fn consume(&self, c: Consume) -> Result<Consumed, StoreError> {
+    /// Decides one call and consumes it when valid; resolves once its batch is committed.
+    pub async fn consume(&self, c: Consume) -> Result<Decided, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Msg::Consume(c, reply))

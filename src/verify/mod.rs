@@ -1,7 +1,8 @@
 //! Verification: the outcome of presenting a token for one call, decided from plain values and
 //! the clock. Checks run in an order that never spends a use on a call refused for another
 //! reason: malformed → unknown → revoked → expired → account inactive → IP → scope → account
-//! quota → usage. The last two are decided again, atomically, when the use is consumed.
+//! quota → usage. `decide` is called by the usage writer against token and account state read
+//! under its lock, so every answer reflects the store at the moment the call is counted.
 
 use crate::domain::{
     net, period::month_key, scope, status::AccountStatus, status::TokenStatus, ParseError,
@@ -11,7 +12,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::net::IpAddr;
 
-pub mod cache;
 pub mod jwt;
 pub mod meter;
 pub mod service;
