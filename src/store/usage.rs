@@ -179,25 +179,27 @@ const TOKEN_TYPES: &[&str] = &[
 ];
 const ACCOUNT_TYPES: &[&str] = &["text", "bigint", "text"];
 
-/// `$first, $first+1, …` for `n` parameters.
-fn placeholders(first: usize, n: usize) -> String {
+/// `$first, $first+1, …` for `n` parameters on PostgreSQL; plain `?` on SQLite, whose named
+/// parameters cost a linear name lookup each, which multi-row statements turn quadratic.
+fn placeholders(first: usize, n: usize, pg: bool) -> String {
     (first..first + n)
-        .map(|i| format!("${i}"))
+        .map(|i| if pg { format!("${i}") } else { "?".to_string() })
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// `($1, $2), ($3, $4), …`: `rows` rows of `cols` parameters; `types`, when given, casts each
-/// parameter (PostgreSQL).
-fn values_rows(rows: usize, cols: usize, types: &[&str]) -> String {
+/// `($1, $2), ($3, $4), …` (PostgreSQL, each cast to `types`) or `(?, ?), (?, ?), …` (SQLite):
+/// `rows` rows of `cols` parameters.
+fn values_rows(rows: usize, cols: usize, types: &[&str], pg: bool) -> String {
     (0..rows)
         .map(|r| {
             let cells: Vec<String> = (0..cols)
                 .map(|c| {
                     let n = r * cols + c + 1;
-                    match types.get(c) {
-                        Some(t) => format!("CAST(${n} AS {t})"),
-                        None => format!("${n}"),
+                    match (pg, types.get(c)) {
+                        (false, _) => "?".to_string(),
+                        (true, Some(t)) => format!("CAST(${n} AS {t})"),
+                        (true, None) => format!("${n}"),
                     }
                 })
                 .collect();
@@ -266,7 +268,7 @@ impl Store {
             // Which accounts: a token's account never changes, so this read needs no lock.
             let mut account_ids: Vec<String> = Vec::new();
             for chunk in token_ids.chunks(CHUNK) {
-                let q = format!("SELECT DISTINCT account_id FROM tokens WHERE id IN ({})", placeholders(1, chunk.len()));
+                let q = format!("SELECT DISTINCT account_id FROM tokens WHERE id IN ({})", placeholders(1, chunk.len(), pg));
                 let mut query = sqlx::query_scalar::<_, String>(sql(q)).persistent(false);
                 for id in chunk {
                     query = query.bind(id);
@@ -277,7 +279,7 @@ impl Store {
             let mut accounts: HashMap<String, Account> = HashMap::new();
             for chunk in account_ids.chunks(CHUNK) {
                 let q = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id IN ({}) ORDER BY id{}",
-                    placeholders(1, chunk.len()), p.for_update());
+                    placeholders(1, chunk.len(), pg), p.for_update());
                 let mut query = sqlx::query_as::<_, AccountRow>(sql(q)).persistent(false);
                 for id in chunk {
                     query = query.bind(id);
@@ -290,7 +292,7 @@ impl Store {
             let mut tokens: HashMap<String, Token> = HashMap::new();
             for chunk in token_ids.chunks(CHUNK) {
                 let q = format!("SELECT {TOKEN_COLS} FROM tokens WHERE id IN ({}) ORDER BY id{}",
-                    placeholders(1, chunk.len()), p.for_update());
+                    placeholders(1, chunk.len(), pg), p.for_update());
                 let mut query = sqlx::query_as::<_, TokenRow>(sql(q)).persistent(false);
                 for id in chunk {
                     query = query.bind(id);
@@ -359,7 +361,7 @@ impl Store {
             let dirty_tokens = sorted_unique(dirty_tokens.into_iter());
             let changed: Vec<&Token> = dirty_tokens.iter().filter_map(|id| tokens.get(id)).collect();
             for chunk in changed.chunks(CHUNK) {
-                let rows = values_rows(chunk.len(), 8, if pg { TOKEN_TYPES } else { &[] });
+                let rows = values_rows(chunk.len(), 8, TOKEN_TYPES, pg);
                 let q = format!(
                     "UPDATE tokens SET status = v.column2, remaining = v.column3, calls_month = v.column4, \
                      calls_month_period = v.column5, calls_total = v.column6, last_used_at = v.column7, \
@@ -374,7 +376,7 @@ impl Store {
             let dirty_accounts = sorted_unique(dirty_accounts.into_iter());
             let changed: Vec<&Account> = dirty_accounts.iter().filter_map(|id| accounts.get(id)).collect();
             for chunk in changed.chunks(CHUNK) {
-                let rows = values_rows(chunk.len(), 3, if pg { ACCOUNT_TYPES } else { &[] });
+                let rows = values_rows(chunk.len(), 3, ACCOUNT_TYPES, pg);
                 let q = format!(
                     "UPDATE accounts SET quota_used = v.column2, quota_period = v.column3 \
                      FROM (VALUES {rows}) AS v WHERE accounts.id = v.column1");
@@ -386,7 +388,7 @@ impl Store {
             }
             let stat_rows: Vec<&StatRow> = stats.values().collect();
             for chunk in stat_rows.chunks(CHUNK) {
-                let rows = values_rows(chunk.len(), 13, &[]);
+                let rows = values_rows(chunk.len(), 13, &[], pg);
                 let q = format!("{STATS_INSERT} VALUES {rows} {STATS_ON_CONFLICT}");
                 let mut query = sqlx::query(sql(q)).persistent(false);
                 for s in chunk {
