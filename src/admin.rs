@@ -200,30 +200,7 @@ pub async fn authenticate(
             Ok(Principal::Account(account))
         }
         Presented::Token { id, hash } => {
-            let token = ctx
-                .store
-                .token(&id)
-                .await?
-                .ok_or(Error::BadToken("unknown"))?;
-            // Only the current secret manages: a secret in its regeneration grace period still
-            // verifies calls, but must not be able to take the token over.
-            if !hashes_match(&hash, &token.secret_hash) {
-                return Err(Error::BadToken("unknown"));
-            }
-            match token.status_at(now) {
-                TokenStatus::Revoked => return Err(Error::BadToken("revoked")),
-                TokenStatus::Expired => return Err(Error::BadToken("expired")),
-                // Management calls are not metered, so a used-up token may still manage.
-                TokenStatus::Active | TokenStatus::Exhausted => {}
-            }
-            let account = ctx
-                .store
-                .account(&token.account_id)
-                .await?
-                .ok_or(Error::BadToken("unknown"))?;
-            if account.status == AccountStatus::Inactive {
-                return Err(Error::AccountInactive);
-            }
+            let (token, account) = usable_token(ctx, &id, &hash, now).await?;
             if !token.allowed_ips.is_empty() {
                 let rules: Vec<ipnet::IpNet> = token
                     .allowed_ips
@@ -252,6 +229,40 @@ pub async fn authenticate(
             })
         }
     }
+}
+
+/// A token presented in full as a credential (management, JWT minting): its current secret
+/// only (a secret in its regeneration grace period still verifies calls, but must not manage or
+/// sign), not revoked or expired, its account active. Management is not metered, so a used-up
+/// token still qualifies.
+async fn usable_token(
+    ctx: &Ctx,
+    id: &str,
+    hash: &[u8],
+    now: DateTime<Utc>,
+) -> Result<(Token, Account)> {
+    let token = ctx
+        .store
+        .token(id)
+        .await?
+        .ok_or(Error::BadToken("unknown"))?;
+    if !hashes_match(hash, &token.secret_hash) {
+        return Err(Error::BadToken("unknown"));
+    }
+    match token.status_at(now) {
+        TokenStatus::Revoked => return Err(Error::BadToken("revoked")),
+        TokenStatus::Expired => return Err(Error::BadToken("expired")),
+        TokenStatus::Active | TokenStatus::Exhausted => {}
+    }
+    let account = ctx
+        .store
+        .account(&token.account_id)
+        .await?
+        .ok_or(Error::BadToken("unknown"))?;
+    if account.status == AccountStatus::Inactive {
+        return Err(Error::AccountInactive);
+    }
+    Ok((token, account))
 }
 
 fn require_operator(p: &Principal, what: &str) -> Result<()> {
@@ -1283,27 +1294,7 @@ pub async fn mint_jwt(ctx: &Ctx, input: MintJwt) -> Result<(String, crate::verif
         Ok(Presented::Token { id, hash }) => (id, hash),
         _ => return Err(Error::BadToken("malformed")),
     };
-    let token = ctx
-        .store
-        .token(&id)
-        .await?
-        .ok_or(Error::BadToken("unknown"))?;
-    if !hashes_match(&hash, &token.secret_hash) {
-        return Err(Error::BadToken("unknown"));
-    }
-    match token.status_at(now) {
-        TokenStatus::Revoked => return Err(Error::BadToken("revoked")),
-        TokenStatus::Expired => return Err(Error::BadToken("expired")),
-        TokenStatus::Active | TokenStatus::Exhausted => {}
-    }
-    let account = ctx
-        .store
-        .account(&token.account_id)
-        .await?
-        .ok_or(Error::BadToken("unknown"))?;
-    if account.status == AccountStatus::Inactive {
-        return Err(Error::AccountInactive);
-    }
+    let (token, _) = usable_token(ctx, &id, &hash, now).await?;
     if !token.jwt_enabled {
         return Err(Error::Forbidden(
             "this token may not sign JWTs (create it with \"jwt\": true)".into(),

@@ -13,6 +13,54 @@ use std::{
 };
 use tokenwarden::{app::App, clock::ManualClock, config::Config};
 
+/// Two daemons in this process on one store (SQLite file or PostgreSQL database), sharing the
+/// master key, as an operator would run them.
+struct TwoDaemons {
+    bases: Vec<String>,
+    operator: String,
+    servers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _pg: Option<PgDb>,
+    _dir: tempfile::TempDir,
+}
+
+impl TwoDaemons {
+    async fn start(b: Backend) -> TwoDaemons {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, pg) = store_for(b, dir.path()).await;
+        let clock = ManualClock::new(t0());
+        let mut bases = Vec::new();
+        let mut servers = Vec::new();
+        for node in ["a", "b"] {
+            let mut c = Config::for_data_dir(&dir.path().join(node));
+            c.listen = "127.0.0.1:0".parse().unwrap();
+            c.store = store.clone();
+            c.master_key_file = dir.path().join("shared-master.key");
+            let app = App::build(c, Arc::new(clock.clone())).await.unwrap();
+            bases.push(format!("http://{}", app.local_addr()));
+            servers.push(tokio::spawn(app.run_until(std::future::pending())));
+        }
+        let operator = std::fs::read_to_string(dir.path().join("a/operator.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        TwoDaemons {
+            bases,
+            operator,
+            servers,
+            _pg: pg,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TwoDaemons {
+    fn drop(&mut self) {
+        for s in &self.servers {
+            s.abort();
+        }
+    }
+}
+
 both_backends!(
     no_valid_answer_is_lost_to_sigkill,
     two_daemons_on_one_store_never_overspend,
@@ -189,24 +237,8 @@ async fn no_valid_answer_is_lost_to_sigkill(b: Backend) {
 }
 
 async fn two_daemons_on_one_store_never_overspend(b: Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _pg) = store_for(b, dir.path()).await;
-    let clock = ManualClock::new(t0());
-    let mut bases = Vec::new();
-    let mut servers = Vec::new();
-    for node in ["a", "b"] {
-        let mut c = Config::for_data_dir(&dir.path().join(node));
-        c.listen = "127.0.0.1:0".parse().unwrap();
-        c.store = store.clone();
-        c.master_key_file = dir.path().join("shared-master.key");
-        let app = App::build(c, Arc::new(clock.clone())).await.unwrap();
-        bases.push(format!("http://{}", app.local_addr()));
-        servers.push(tokio::spawn(app.run_until(std::future::pending())));
-    }
-    let op = std::fs::read_to_string(dir.path().join("a/operator.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let d = TwoDaemons::start(b).await;
+    let (bases, op) = (d.bases.clone(), d.operator.clone());
     let client = reqwest::Client::new();
     let acc: Value = client
         .post(format!("{}/v1/accounts", bases[0]))
@@ -252,30 +284,11 @@ async fn two_daemons_on_one_store_never_overspend(b: Backend) {
         results.iter().filter(|r| *r == "USAGE_EXCEEDED").count(),
         450
     );
-    for s in servers {
-        s.abort();
-    }
 }
 
 async fn revocation_and_regeneration_on_another_daemon_apply_at_once(b: Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _pg) = store_for(b, dir.path()).await;
-    let clock = ManualClock::new(t0());
-    let mut bases = Vec::new();
-    let mut servers = Vec::new();
-    for node in ["a", "b"] {
-        let mut c = Config::for_data_dir(&dir.path().join(node));
-        c.listen = "127.0.0.1:0".parse().unwrap();
-        c.store = store.clone();
-        c.master_key_file = dir.path().join("shared-master.key");
-        let app = App::build(c, Arc::new(clock.clone())).await.unwrap();
-        bases.push(format!("http://{}", app.local_addr()));
-        servers.push(tokio::spawn(app.run_until(std::future::pending())));
-    }
-    let op = std::fs::read_to_string(dir.path().join("a/operator.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let d = TwoDaemons::start(b).await;
+    let (bases, op) = (d.bases.clone(), d.operator.clone());
     let client = reqwest::Client::new();
     let post = |url: String, cred: Option<String>, body: Value| {
         let client = client.clone();
@@ -326,7 +339,4 @@ async fn revocation_and_regeneration_on_another_daemon_apply_at_once(b: Backend)
         .await
         .unwrap();
     assert_eq!(verify(&bases[0], &new).await["result"], "REVOKED");
-    for s in servers {
-        s.abort();
-    }
 }
