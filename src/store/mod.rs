@@ -136,6 +136,9 @@ macro_rules! bind_args {
                 Arg::Str(v) => q.bind(v),
                 Arg::I64(v) => q.bind(v),
                 Arg::Time(v) => q.bind(v),
+                Arg::OptStr(v) => q.bind(v),
+                Arg::OptI64(v) => q.bind(v),
+                Arg::OptTime(v) => q.bind(v),
             };
         }
         q
@@ -148,6 +151,9 @@ enum Arg {
     Str(String),
     I64(i64),
     Time(DateTime<Utc>),
+    OptStr(Option<String>),
+    OptI64(Option<i64>),
+    OptTime(Option<DateTime<Utc>>),
 }
 
 /// Beginning a transaction that will write, per backend.

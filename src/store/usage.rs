@@ -146,6 +146,9 @@ fn day_key(t: DateTime<Utc>) -> String {
 
 /// Rows per multi-row statement: well under SQLite's 32766 bound parameters at 13 per row.
 const CHUNK: usize = 256;
+/// Ids per `IN (…)` read: above the meter's largest batch, so a batch reads (and locks) in one
+/// statement per table.
+const IN_CHUNK: usize = 1024;
 
 const JWT_TAKE: &str =
     "INSERT INTO jwt_uses (token_id, jwt_id, uses, expires_at) VALUES ($1, $2, $3, $4) \
@@ -265,20 +268,13 @@ impl Store {
         let pg = matches!(&*self.backend, Backend::Postgres(_));
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            // Which accounts: a token's account never changes, so this read needs no lock.
-            let mut account_ids: Vec<String> = Vec::new();
-            for chunk in token_ids.chunks(CHUNK) {
-                let q = format!("SELECT DISTINCT account_id FROM tokens WHERE id IN ({})", placeholders(1, chunk.len(), pg));
-                let mut query = sqlx::query_scalar::<_, String>(sql(q)).persistent(false);
-                for id in chunk {
-                    query = query.bind(id);
-                }
-                account_ids.extend(query.fetch_all(&mut *tx).await?);
-            }
-            let account_ids = sorted_unique(account_ids.into_iter());
+            // Accounts first, then tokens, each locked in id order (one statement each: a batch
+            // never holds more ids than IN_CHUNK), so concurrent batches never deadlock.
             let mut accounts: HashMap<String, Account> = HashMap::new();
-            for chunk in account_ids.chunks(CHUNK) {
-                let q = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id IN ({}) ORDER BY id{}",
+            for chunk in token_ids.chunks(IN_CHUNK) {
+                let q = format!(
+                    "SELECT {ACCOUNT_COLS} FROM accounts WHERE id IN \
+                     (SELECT account_id FROM tokens WHERE id IN ({})) ORDER BY id{}",
                     placeholders(1, chunk.len(), pg), p.for_update());
                 let mut query = sqlx::query_as::<_, AccountRow>(sql(q)).persistent(false);
                 for id in chunk {
@@ -290,7 +286,7 @@ impl Store {
                 }
             }
             let mut tokens: HashMap<String, Token> = HashMap::new();
-            for chunk in token_ids.chunks(CHUNK) {
+            for chunk in token_ids.chunks(IN_CHUNK) {
                 let q = format!("SELECT {TOKEN_COLS} FROM tokens WHERE id IN ({}) ORDER BY id{}",
                     placeholders(1, chunk.len(), pg), p.for_update());
                 let mut query = sqlx::query_as::<_, TokenRow>(sql(q)).persistent(false);
@@ -358,6 +354,8 @@ impl Store {
                 out.push(Decided { outcome, token: tokens.get(&r.token_id).cloned() });
             }
 
+            // The writes, as (statement, arguments).
+            let mut writes: Vec<(String, Vec<Arg>)> = Vec::new();
             let dirty_tokens = sorted_unique(dirty_tokens.into_iter());
             let changed: Vec<&Token> = dirty_tokens.iter().filter_map(|id| tokens.get(id)).collect();
             for chunk in changed.chunks(CHUNK) {
@@ -366,12 +364,20 @@ impl Store {
                     "UPDATE tokens SET status = v.column2, remaining = v.column3, calls_month = v.column4, \
                      calls_month_period = v.column5, calls_total = v.column6, last_used_at = v.column7, \
                      last_used_ip = v.column8 FROM (VALUES {rows}) AS v WHERE tokens.id = v.column1");
-                let mut query = sqlx::query(sql(q)).persistent(false);
+                let mut args = Vec::with_capacity(chunk.len() * 8);
                 for t in chunk {
-                    query = query.bind(&t.id).bind(t.status.as_str()).bind(t.remaining).bind(t.calls_month)
-                        .bind(&t.calls_month_period).bind(t.calls_total).bind(t.last_used_at).bind(&t.last_used_ip);
+                    args.extend([
+                        Arg::Str(t.id.clone()),
+                        Arg::Str(t.status.as_str().into()),
+                        Arg::OptI64(t.remaining),
+                        Arg::I64(t.calls_month),
+                        Arg::OptStr(t.calls_month_period.clone()),
+                        Arg::I64(t.calls_total),
+                        Arg::OptTime(t.last_used_at),
+                        Arg::OptStr(t.last_used_ip.clone()),
+                    ]);
                 }
-                query.execute(&mut *tx).await?;
+                writes.push((q, args));
             }
             let dirty_accounts = sorted_unique(dirty_accounts.into_iter());
             let changed: Vec<&Account> = dirty_accounts.iter().filter_map(|id| accounts.get(id)).collect();
@@ -380,24 +386,35 @@ impl Store {
                 let q = format!(
                     "UPDATE accounts SET quota_used = v.column2, quota_period = v.column3 \
                      FROM (VALUES {rows}) AS v WHERE accounts.id = v.column1");
-                let mut query = sqlx::query(sql(q)).persistent(false);
+                let mut args = Vec::with_capacity(chunk.len() * 3);
                 for a in chunk {
-                    query = query.bind(&a.id).bind(a.quota_used).bind(&a.quota_period);
+                    args.extend([Arg::Str(a.id.clone()), Arg::I64(a.quota_used), Arg::OptStr(a.quota_period.clone())]);
                 }
-                query.execute(&mut *tx).await?;
+                writes.push((q, args));
             }
             let stat_rows: Vec<&StatRow> = stats.values().collect();
             for chunk in stat_rows.chunks(CHUNK) {
                 let rows = values_rows(chunk.len(), 13, &[], pg);
                 let q = format!("{STATS_INSERT} VALUES {rows} {STATS_ON_CONFLICT}");
-                let mut query = sqlx::query(sql(q)).persistent(false);
+                let mut args = Vec::with_capacity(chunk.len() * 13);
                 for s in chunk {
-                    query = query.bind(&s.token_id).bind(&s.day).bind(&s.account_id);
-                    for n in s.counts() {
-                        query = query.bind(n);
-                    }
+                    args.extend([Arg::Str(s.token_id.clone()), Arg::Str(s.day.clone()), Arg::Str(s.account_id.clone())]);
+                    args.extend(s.counts().into_iter().map(Arg::I64));
                 }
-                query.execute(&mut *tx).await?;
+                writes.push((q, args));
+            }
+            if pg {
+                for (q, args) in writes {
+                    bind_args!(sqlx::query(sql(q)).persistent(false), args).execute(&mut *tx).await?;
+                }
+            } else if !writes.is_empty() {
+                // SQLite runs a multi-statement string in one call, binding the anonymous `?`
+                // parameters across its statements in order: one hand-off to its worker thread
+                // for all the writes.
+                let (qs, args): (Vec<String>, Vec<Vec<Arg>>) = writes.into_iter().unzip();
+                let q = qs.join(";\n");
+                bind_args!(sqlx::query(sql(q)).persistent(false), args.into_iter().flatten())
+                    .execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok::<_, StoreError>(out)
