@@ -27,25 +27,7 @@ impl Meter {
     /// Starts the writer task.
     pub fn start(store: Store) -> (Meter, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        // SQLite has one writer at a time anyway (a second would only sleep in its busy
-        // handler). PostgreSQL locks rows, so a few writers on their own connections let one
-        // batch's commit overlap the next batch's reads; they lock in id order, never deadlock.
-        let writers = if store.backend_name() == "postgres" {
-            3
-        } else {
-            1
-        };
-        let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
-        let tasks: Vec<JoinHandle<()>> = (0..writers)
-            .map(|_| tokio::spawn(run(store.clone(), rx.clone())))
-            .collect();
-        let task = tokio::spawn(async move {
-            for t in tasks {
-                if let Err(e) = t.await {
-                    tracing::error!(error = %e, "a usage writer failed");
-                }
-            }
-        });
+        let task = tokio::spawn(run(store, rx));
         (Meter { tx }, task)
     }
 
@@ -69,15 +51,9 @@ impl Meter {
     }
 }
 
-async fn run(store: Store, rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Msg>>>) {
+async fn run(store: Store, mut rx: mpsc::Receiver<Msg>) {
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
-    loop {
-        // Take what is waiting, then let the next writer take the next batch while this one
-        // commits.
-        let n = rx.lock().await.recv_many(&mut batch, MAX_BATCH).await;
-        if n == 0 {
-            break;
-        }
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut consumes = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         let mut denials = Vec::new();
