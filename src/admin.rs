@@ -201,17 +201,10 @@ pub async fn authenticate(
         }
         Presented::Token { id, hash } => {
             let (token, account) = usable_token(ctx, &id, &hash, now).await?;
-            if !token.allowed_ips.is_empty() {
-                let rules: Vec<ipnet::IpNet> = token
-                    .allowed_ips
-                    .iter()
-                    .filter_map(|r| r.parse().ok())
-                    .collect();
-                if !client_ip.is_some_and(|ip| net::allows(&rules, ip)) {
-                    return Err(Error::Forbidden(
-                        "this token may not be used from this address".into(),
-                    ));
-                }
+            if !token.allows_ip(client_ip) {
+                return Err(Error::Forbidden(
+                    "this token may not be used from this address".into(),
+                ));
             }
             // A token acts with at most its user's current role: demoting a user demotes the
             // tokens issued for it.

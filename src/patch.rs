@@ -16,11 +16,6 @@ pub enum Patch<T> {
 }
 
 impl<T> Patch<T> {
-    /// Whether the field was given at all.
-    pub fn is_given(&self) -> bool {
-        !matches!(self, Patch::Absent)
-    }
-
     /// `Some(None)` for null, `Some(Some(v))` for a value, `None` when absent.
     pub fn given(self) -> Option<Option<T>> {
         match self {

@@ -36,14 +36,19 @@ pub fn parse_list(items: &[String], field: &str) -> Result<Vec<IpNet>, ParseErro
     Ok(out)
 }
 
-/// Whether `ip` is allowed by `rules` (an empty list allows any address).
-pub fn allows(rules: &[IpNet], ip: IpAddr) -> bool {
+/// Whether `ip` is inside `rule`. An IPv4 client seen through an IPv6 socket is still that IPv4
+/// client.
+pub fn rule_allows(rule: &IpNet, ip: IpAddr) -> bool {
     let ip = match ip {
-        // An IPv4 client seen through an IPv6 socket is still that IPv4 client.
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     };
-    rules.is_empty() || rules.iter().any(|n| n.contains(&ip))
+    rule.contains(&ip)
+}
+
+/// Whether `ip` is allowed by `rules` (an empty list allows any address).
+pub fn allows(rules: &[IpNet], ip: IpAddr) -> bool {
+    rules.is_empty() || rules.iter().any(|n| rule_allows(n, ip))
 }
 
 /// Whether `ip` is inside one of `rules` (an empty list allows nothing): for trust lists.

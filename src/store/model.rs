@@ -132,6 +132,30 @@ impl Token {
         TokenStatus::effective(self.status, self.expires_at, self.remaining, now)
     }
 
+    /// Whether a call from `ip` may use the token (any address when it has no IP rules; none
+    /// when it has rules and the address is unknown).
+    pub fn allows_ip(&self, ip: Option<std::net::IpAddr>) -> bool {
+        self.allowed_ips.is_empty()
+            || ip.is_some_and(|ip| {
+                self.allowed_ips
+                    .iter()
+                    .filter_map(|r| r.parse::<ipnet::IpNet>().ok())
+                    .any(|rule| crate::domain::net::rule_allows(&rule, ip))
+            })
+    }
+
+    /// Whether the token's scopes allow `call` (any call when it has none; none when it has
+    /// scopes and the call is not named).
+    pub fn allows_call(&self, call: Option<&str>) -> bool {
+        self.scopes.is_empty()
+            || call.is_some_and(|call| {
+                self.scopes
+                    .iter()
+                    .filter_map(|s| crate::domain::scope::Scope::parse(s, "scopes").ok())
+                    .any(|s| s.allows(call))
+            })
+    }
+
     /// Calls this month at `now`: a counter from an earlier month counts as zero.
     pub fn calls_this_month(&self, now: DateTime<Utc>) -> i64 {
         match &self.calls_month_period {

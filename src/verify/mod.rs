@@ -4,9 +4,7 @@
 //! quota → usage. `decide` is called by the usage writer against token and account state read
 //! under its lock, so every answer reflects the store at the moment the call is counted.
 
-use crate::domain::{
-    net, period::month_key, scope, status::AccountStatus, status::TokenStatus, ParseError,
-};
+use crate::domain::{period::month_key, status::AccountStatus, status::TokenStatus, ParseError};
 use crate::store::{Account, Token};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -195,8 +193,9 @@ impl AccountState {
     }
 }
 
-/// Decides a verification for a token whose secret matched. Returns `Valid` when the call may
-/// consume its cost; the consumption itself re-checks quota and usage atomically.
+/// Decides a verification for a token whose secret matched, against the token and account state
+/// the usage writer holds under its lock (so quota and uses already reflect the batch's earlier
+/// calls). `Valid` means the call may consume its cost.
 pub fn decide(token: &Token, account: &AccountState, check: &Check, now: DateTime<Utc>) -> Outcome {
     match token.status_at(now) {
         TokenStatus::Revoked => return Outcome::Revoked,
@@ -206,27 +205,11 @@ pub fn decide(token: &Token, account: &AccountState, check: &Check, now: DateTim
     if account.status == AccountStatus::Inactive {
         return Outcome::AccountInactive;
     }
-    if !token.allowed_ips.is_empty() {
-        let rules: Vec<ipnet::IpNet> = token
-            .allowed_ips
-            .iter()
-            .filter_map(|r| r.parse().ok())
-            .collect();
-        match check.client_ip {
-            Some(ip) if net::allows(&rules, ip) => {}
-            _ => return Outcome::IpNotAllowed,
-        }
+    if !token.allows_ip(check.client_ip) {
+        return Outcome::IpNotAllowed;
     }
-    if !token.scopes.is_empty() {
-        let scopes: Vec<scope::Scope> = token
-            .scopes
-            .iter()
-            .filter_map(|s| scope::Scope::parse(s, "scopes").ok())
-            .collect();
-        match &check.call {
-            Some(call) if scope::allows(&scopes, call) => {}
-            _ => return Outcome::ScopeDenied,
-        }
+    if !token.allows_call(check.call.as_deref()) {
+        return Outcome::ScopeDenied;
     }
     if let Some(q) = account.monthly_quota {
         if account.used_this_month(now) + check.cost > q {
