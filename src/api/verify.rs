@@ -74,12 +74,12 @@ impl From<&Verdict> for VerifyAnswer {
             account_id: t.map(|t| t.account_id.clone()),
             role: t.map(|t| t.role.to_string()),
             scopes: t.map(|t| t.scopes.clone()),
-            remaining: t.map(|_| v.remaining),
+            remaining: t.map(|t| t.remaining),
             expires_at: t.map(|t| {
                 t.expires_at
                     .map(|e| e.to_rfc3339_opts(SecondsFormat::AutoSi, true))
             }),
-            calls_this_month: t.map(|_| v.calls_this_month),
+            calls_this_month: v.calls_this_month(),
         }
     }
 }
@@ -232,12 +232,7 @@ pub async fn forward_auth(
     };
     let verdict = match forwarded_token(&headers) {
         Some(t) => measured(service::verify(&s.ctx, &s.meter, &t, &check)).await?,
-        None => Verdict {
-            outcome: Outcome::Malformed,
-            token: None,
-            remaining: None,
-            calls_this_month: 0,
-        },
+        None => Verdict::bare(Outcome::Malformed, s.ctx.clock.now()),
     };
     let answer = VerifyAnswer::from(&verdict);
     let status =
@@ -249,7 +244,9 @@ pub async fn forward_auth(
     };
     let h = resp.headers_mut();
     let remaining = verdict
-        .remaining
+        .token
+        .as_ref()
+        .and_then(|t| t.remaining)
         .map(|r| r.to_string())
         .unwrap_or_else(|| "unlimited".into());
     let pairs = [

@@ -5,7 +5,7 @@
 use super::{jwt, meter::Meter, Check, Outcome};
 use crate::admin::Ctx;
 use crate::domain::credential::{self, Presented};
-use crate::store::{Consume, Decided, Denial, JwtUse, StoreError, Token};
+use crate::store::{Consume, Denial, JwtUse, StoreError, Token};
 use chrono::{DateTime, Utc};
 use std::net::IpAddr;
 
@@ -16,33 +16,23 @@ pub struct Verdict {
     pub outcome: Outcome,
     /// The token, once identified (also for most refusals), as it stands after this call.
     pub token: Option<Token>,
-    /// Uses left after this call.
-    pub remaining: Option<i64>,
-    /// Uses this month after this call.
-    pub calls_this_month: i64,
+    /// The instant of the check: what "this month" means for the token's counter.
+    pub at: DateTime<Utc>,
 }
 
 impl Verdict {
     /// A verdict that identifies no token.
-    pub fn bare(outcome: Outcome) -> Self {
+    pub fn bare(outcome: Outcome, at: DateTime<Utc>) -> Self {
         Verdict {
             outcome,
             token: None,
-            remaining: None,
-            calls_this_month: 0,
+            at,
         }
     }
 
-    fn of(d: Decided, now: DateTime<Utc>) -> Self {
-        match d.token {
-            Some(t) => Verdict {
-                outcome: d.outcome,
-                remaining: t.remaining,
-                calls_this_month: t.calls_this_month(now),
-                token: Some(t),
-            },
-            None => Verdict::bare(d.outcome),
-        }
+    /// The token's uses this month, this call included.
+    pub fn calls_this_month(&self) -> Option<i64> {
+        self.token.as_ref().map(|t| t.calls_this_month(self.at))
     }
 }
 
@@ -61,7 +51,7 @@ pub async fn verify(
     let now = ctx.clock.now();
     let (id, hash) = match credential::parse(&ctx.config.tokens.prefix, presented) {
         Ok(Presented::Token { id, hash }) => (id, hash),
-        _ => return Ok(Verdict::bare(Outcome::Malformed)),
+        _ => return Ok(Verdict::bare(Outcome::Malformed, now)),
     };
     let decided = meter
         .consume(Consume {
@@ -72,7 +62,11 @@ pub async fn verify(
             jwt: None,
         })
         .await?;
-    Ok(Verdict::of(decided, now))
+    Ok(Verdict {
+        outcome: decided.outcome,
+        token: decided.token,
+        at: now,
+    })
 }
 
 async fn verify_jwt(
@@ -83,41 +77,23 @@ async fn verify_jwt(
 ) -> Result<Verdict, StoreError> {
     let now = ctx.clock.now();
     let Ok(unverified) = jwt::peek(presented) else {
-        return Ok(Verdict::bare(Outcome::BadJwt));
+        return Ok(Verdict::bare(Outcome::BadJwt, now));
     };
     let Some(token) = ctx.store.token(&unverified.api_key).await? else {
-        return Ok(Verdict::bare(Outcome::BadJwt));
+        return Ok(Verdict::bare(Outcome::BadJwt, now));
     };
     let claims = match signature_check(ctx, &token, presented, now) {
         Ok(c) => c,
-        Err(_) => {
-            if token.jwt_enabled {
-                // A known signer: count the refusal against it.
-                meter.record_denial(Denial {
-                    token_id: token.id.clone(),
-                    account_id: token.account_id.clone(),
-                    outcome: Outcome::BadJwt,
-                    at: now,
-                });
-            }
-            return Ok(Verdict::bare(Outcome::BadJwt));
+        // A known signer: count the refusal against it.
+        Err(_) if token.jwt_enabled => {
+            return Ok(refuse(meter, token, Outcome::BadJwt, now, false))
         }
+        Err(_) => return Ok(Verdict::bare(Outcome::BadJwt, now)),
     };
     if !claims.user_ip.is_empty() {
         let bound: Option<IpAddr> = claims.user_ip.parse().ok();
         if check.client_ip.is_none() || check.client_ip != bound {
-            meter.record_denial(Denial {
-                token_id: token.id.clone(),
-                account_id: token.account_id.clone(),
-                outcome: Outcome::IpNotAllowed,
-                at: now,
-            });
-            return Ok(Verdict {
-                outcome: Outcome::IpNotAllowed,
-                remaining: token.remaining,
-                calls_this_month: token.calls_this_month(now),
-                token: Some(token),
-            });
+            return Ok(refuse(meter, token, Outcome::IpNotAllowed, now, true));
         }
     }
     let decided = meter
@@ -133,7 +109,33 @@ async fn verify_jwt(
             }),
         })
         .await?;
-    Ok(Verdict::of(decided, now))
+    Ok(Verdict {
+        outcome: decided.outcome,
+        token: decided.token,
+        at: now,
+    })
+}
+
+/// A refusal decided before the batch, counted in the statistics with the next one; `identify`
+/// says whether the answer may name the token.
+fn refuse(
+    meter: &Meter,
+    token: Token,
+    outcome: Outcome,
+    now: DateTime<Utc>,
+    identify: bool,
+) -> Verdict {
+    meter.record_denial(Denial {
+        token_id: token.id.clone(),
+        account_id: token.account_id.clone(),
+        outcome,
+        at: now,
+    });
+    Verdict {
+        outcome,
+        token: identify.then_some(token),
+        at: now,
+    }
 }
 
 /// Opens the signer's sealed secret and checks the JWT with it.
