@@ -178,6 +178,40 @@ pub fn presented_credential(parts: &Parts) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// The end client's address: the peer, unless the peer is a trusted proxy, in which case the
+/// nearest untrusted address of `X-Forwarded-For` (or `X-Real-IP`).
+pub fn client_ip(
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    if !crate::domain::net::allows_nonempty(trusted, peer) {
+        return peer;
+    }
+    if let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let hops: Vec<std::net::IpAddr> = xff
+            .split(',')
+            .filter_map(|h| h.trim().parse().ok())
+            .collect();
+        // Walk from the nearest hop; the first one we do not trust is the client.
+        if let Some(ip) = hops
+            .iter()
+            .rev()
+            .find(|ip| !crate::domain::net::allows_nonempty(trusted, **ip))
+        {
+            return *ip;
+        }
+        if let Some(first) = hops.first() {
+            return *first;
+        }
+    }
+    headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
 /// Who is calling, checked against the store.
 pub struct Auth(pub Principal);
 
@@ -189,13 +223,7 @@ impl FromRequestParts<AppState> for Auth {
         let ip = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|ci| {
-                super::verify::client_ip(
-                    ci.0.ip(),
-                    &parts.headers,
-                    &state.ctx.config.trusted_proxies,
-                )
-            });
+            .map(|ci| client_ip(ci.0.ip(), &parts.headers, &state.ctx.config.trusted_proxies));
         let p = admin::authenticate(&state.ctx, &c, ip).await?;
         tracing::Span::current().record("principal", p.label());
         Ok(Auth(p))

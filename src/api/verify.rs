@@ -4,7 +4,6 @@
 use super::error::{ApiError, ErrorBody};
 use super::extract::Body;
 use super::AppState;
-use crate::domain::net;
 use crate::verify::{service, service::Verdict, Check, Outcome};
 use axum::{
     extract::{ConnectInfo, State},
@@ -15,7 +14,7 @@ use axum::{
 use base64::Engine;
 use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 /// `POST /v1/verify`
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -156,36 +155,6 @@ fn original_uri(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-/// The end client's address: the peer, unless the peer is a trusted proxy, in which case the
-/// nearest untrusted address of `X-Forwarded-For` (or `X-Real-IP`).
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
-    if !net::allows_nonempty(trusted, peer) {
-        return peer;
-    }
-    if let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        let hops: Vec<IpAddr> = xff
-            .split(',')
-            .filter_map(|h| h.trim().parse().ok())
-            .collect();
-        // Walk from the nearest hop; the first one we do not trust is the client.
-        if let Some(ip) = hops
-            .iter()
-            .rev()
-            .find(|ip| !net::allows_nonempty(trusted, **ip))
-        {
-            return *ip;
-        }
-        if let Some(first) = hops.first() {
-            return *first;
-        }
-    }
-    headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(peer)
-}
-
 fn header(name: &'static str, v: &str) -> Option<(HeaderName, HeaderValue)> {
     HeaderValue::from_str(v)
         .ok()
@@ -204,7 +173,7 @@ pub async fn forward_auth(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let ip = client_ip(peer.ip(), &headers, &s.ctx.config.trusted_proxies);
+    let ip = super::extract::client_ip(peer.ip(), &headers, &s.ctx.config.trusted_proxies);
     let call = headers
         .get("x-tokenwarden-call")
         .and_then(|v| v.to_str().ok())
