@@ -8,21 +8,12 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::Path,
     process::{Command, Output, Stdio},
-    time::Duration,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_tokenwarden");
-
-/// A command with no TOKENWARDEN_* configuration leaking in from the test's environment.
+/// The binary, run in `cwd`.
 fn tw(cwd: &Path) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = binary();
     c.current_dir(cwd);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TOKENWARDEN_") {
-            c.env_remove(k);
-        }
-    }
-    c.env_remove("RUST_LOG");
     c
 }
 
@@ -35,18 +26,6 @@ fn json_out(o: &Output) -> Value {
         String::from_utf8_lossy(&o.stderr)
     );
     serde_json::from_slice(&o.stdout).unwrap()
-}
-
-async fn wait_healthy(url: &str) {
-    for _ in 0..200 {
-        if let Ok(r) = reqwest::get(url).await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("daemon never answered {url}");
 }
 
 fn stop(mut child: std::process::Child) -> String {
@@ -75,7 +54,7 @@ async fn serve_with_nothing_given_runs_on_8470_from_data() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_healthy("http://127.0.0.1:8470/healthz").await;
+    wait_for("http://127.0.0.1:8470/healthz").await;
     let r = reqwest::get("http://127.0.0.1:8470/readyz").await.unwrap();
     assert_eq!(r.status(), 200);
     let file = dir.path().join("data/operator.token");
@@ -101,7 +80,7 @@ async fn serve_with_nothing_given_runs_on_8470_from_data() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_healthy("http://127.0.0.1:8470/healthz").await;
+    wait_for("http://127.0.0.1:8470/healthz").await;
     stop(child);
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), credential);
 }
@@ -364,11 +343,7 @@ fn the_example_config_is_valid_and_printed_back_masked() {
 #[tokio::test]
 async fn debug_logs_never_show_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let child = tw(dir.path())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -376,7 +351,7 @@ async fn debug_logs_never_show_credentials() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_healthy(&format!("{base}/healthz")).await;
+    wait_for(&format!("{base}/healthz")).await;
     let op = std::fs::read_to_string(dir.path().join("data/operator.token"))
         .unwrap()
         .trim()

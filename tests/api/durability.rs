@@ -4,7 +4,7 @@ use crate::both_backends;
 use crate::helpers::*;
 use serde_json::{json, Value};
 use std::{
-    process::{Command, Stdio},
+    process::Stdio,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -67,26 +67,13 @@ both_backends!(
     revocation_and_regeneration_on_another_daemon_apply_at_once,
 );
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Daemon {
     child: std::process::Child,
     base: String,
 }
 
 fn start(data: &std::path::Path, port: u16, pg: Option<&str>) -> Daemon {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tokenwarden"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TOKENWARDEN_") {
-            c.env_remove(k);
-        }
-    }
+    let mut c = binary();
     c.args([
         "serve",
         "--listen",
@@ -106,18 +93,6 @@ fn start(data: &std::path::Path, port: u16, pg: Option<&str>) -> Daemon {
     }
 }
 
-async fn wait_ready(base: &str) {
-    for _ in 0..400 {
-        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("daemon at {base} never became ready");
-}
-
 async fn no_valid_answer_is_lost_to_sigkill(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -128,7 +103,7 @@ async fn no_valid_answer_is_lost_to_sigkill(b: Backend) {
     let pg_url = pg.as_ref().map(|p| p.url.clone());
     let port = free_port();
     let mut d = start(&data, port, pg_url.as_deref());
-    wait_ready(&d.base).await;
+    wait_for(&format!("{}/readyz", d.base)).await;
     let client = reqwest::Client::new();
     let op = std::fs::read_to_string(data.join("operator.token"))
         .unwrap()
@@ -207,7 +182,7 @@ async fn no_valid_answer_is_lost_to_sigkill(b: Backend) {
     assert!(answered >= 300, "the load ran: {answered}");
 
     let d2 = start(&data, port, pg_url.as_deref());
-    wait_ready(&d2.base).await;
+    wait_for(&format!("{}/readyz", d2.base)).await;
     let v: Value = client
         .get(format!("{}/v1/tokens/{id}", d2.base))
         .bearer_auth(&secret)

@@ -299,3 +299,38 @@ pub fn assert_error(got: &(StatusCode, Value), status: u16, code: u64, field: Op
         assert_eq!(v["field"].as_str(), Some(f), "field of {v}");
     }
 }
+
+/// The real binary, with no TOKENWARDEN_* configuration or RUST_LOG leaking in from the test's
+/// environment.
+pub fn binary() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tokenwarden"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TOKENWARDEN_") {
+            c.env_remove(k);
+        }
+    }
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (10 s at most) until `url` answers 200.
+pub async fn wait_for(url: &str) {
+    for _ in 0..200 {
+        if let Ok(r) = reqwest::get(url).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("nothing answered {url}");
+}

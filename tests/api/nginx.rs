@@ -64,11 +64,7 @@ async fn nginx_auth_request_guards_an_upstream(b: Backend) {
         snippet.replace("127.0.0.1:8470", &app.addr.to_string()),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let conf = format!(
         "worker_processes 1;\nerror_log {p}/error.log warn;\npid {p}/nginx.pid;\nevents {{ worker_connections 64; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fcgi;\n\
