@@ -6,9 +6,11 @@ pub mod ids;
 pub mod limits;
 pub mod net;
 pub mod period;
+pub mod retry;
 pub mod role;
 pub mod scope;
 pub mod status;
+pub mod warnings;
 
 /// A value that failed to parse, naming the input field it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -17,9 +17,42 @@ pub fn next_month_start(t: DateTime<Utc>) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().unwrap_or(t)
 }
 
+/// The UTC day of `t`, as `YYYY-MM-DD`.
+pub fn day_key(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d").to_string()
+}
+
+/// The UTC minute of `t`, as `YYYY-MM-DDTHH:MM`.
+pub fn minute_key(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M").to_string()
+}
+
+/// 00:00:00 UTC on the first day of the month `YYYY-MM`, or `None` when `key` is not one.
+pub fn month_start(key: &str) -> Option<DateTime<Utc>> {
+    let (y, m) = key.split_once('-')?;
+    if y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    Utc.with_ymd_and_hms(y.parse().ok()?, m.parse().ok()?, 1, 0, 0, 0)
+        .single()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn month_keys_parse_back_and_bad_ones_do_not() {
+        let t = month_start("2026-12").unwrap();
+        assert_eq!(month_key(t), "2026-12");
+        assert_eq!(month_key(next_month_start(t)), "2027-01");
+        for bad in ["2026-13", "2026-1", "26-12", "2026/12", "", "2026-12-01"] {
+            assert!(month_start(bad).is_none(), "{bad}");
+        }
+        let t = Utc.with_ymd_and_hms(2026, 12, 1, 0, 5, 59).unwrap();
+        assert_eq!(day_key(t), "2026-12-01");
+        assert_eq!(minute_key(t), "2026-12-01T00:05");
+    }
 
     #[test]
     fn month_keys_and_boundaries() {

@@ -10,6 +10,8 @@ mod model;
 mod rows;
 
 pub use model::*;
+pub use jobs::{Claim, JobRun};
+pub use outbox::{Message, MessageKind, NewMessage};
 pub use usage::{Consume, Decided, Denial, JwtUse, StatRow};
 
 use crate::domain::status::TokenStatus;
@@ -139,6 +141,7 @@ macro_rules! bind_args {
                 Arg::OptStr(v) => q.bind(v),
                 Arg::OptI64(v) => q.bind(v),
                 Arg::OptTime(v) => q.bind(v),
+                Arg::OptBytes(v) => q.bind(v),
             };
         }
         q
@@ -154,6 +157,7 @@ enum Arg {
     OptStr(Option<String>),
     OptI64(Option<i64>),
     OptTime(Option<DateTime<Utc>>),
+    OptBytes(Option<Vec<u8>>),
 }
 
 /// Beginning a transaction that will write, per backend.
@@ -186,6 +190,8 @@ impl WritePool for PgPool {
     }
 }
 
+pub mod jobs;
+pub mod outbox;
 pub mod usage;
 
 fn sql(s: String) -> AssertSqlSafe<String> {
@@ -464,18 +470,39 @@ impl Store {
         tokens: &[NewToken],
         now: DateTime<Utc>,
     ) -> Result<Vec<Token>> {
+        self.create_tokens_with(account_id, tokens, None, &[], now)
+            .await
+    }
+
+    /// `create_tokens`, and in the same transaction: first revoke `revoke_policy`'s tokens of
+    /// earlier periods (name, period), and queue `messages` in the outbox, so a policy's token
+    /// and its deliveries exist together or not at all.
+    pub async fn create_tokens_with(
+        &self,
+        account_id: &str,
+        tokens: &[NewToken],
+        revoke_policy: Option<(&str, &str)>,
+        messages: &[NewMessage],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Token>> {
         let insert = format!(
             "INSERT INTO tokens (id, account_id, user_id, issued_by, policy_name, policy_period, \
              name, description, role, scopes, allowed_ips, usage_limit, remaining, refill_monthly, \
-             expires_at, status, jwt_enabled, sealed_secret, secret_hash, calls_month, calls_total, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, \
-             $13, $14, 'active', $15, $16, $17, 0, 0, $18, $18) RETURNING {TOKEN_COLS}"
+             refill_period, expires_at, status, jwt_enabled, sealed_secret, secret_hash, calls_month, \
+             calls_total, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12, $12, $13, $19, $14, 'active', $15, $16, $17, 0, 0, $18, $18) RETURNING {TOKEN_COLS}"
         );
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
             let max: i64 = sqlx::query_scalar(sql(format!(
                 "SELECT max_tokens FROM accounts WHERE id = $1{}", p.for_update())))
                 .bind(account_id).fetch_optional(&mut *tx).await?.ok_or(StoreError::NotFound)?;
+            if let Some((name, period)) = revoke_policy {
+                sqlx::query(
+                    "UPDATE tokens SET status = 'revoked', revoked_at = $3, updated_at = $3 \
+                     WHERE policy_name = $1 AND policy_period < $2 AND status <> 'revoked'")
+                    .bind(name).bind(period).bind(now).execute(&mut *tx).await?;
+            }
             let active: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM tokens WHERE account_id = $1 AND status <> 'revoked' \
                  AND (expires_at IS NULL OR expires_at > $2)")
@@ -493,8 +520,13 @@ impl Store {
                     .bind(rows::json_list(&t.allowed_ips)).bind(t.usage_limit)
                     .bind(t.refill_monthly).bind(t.expires_at).bind(t.jwt_enabled)
                     .bind(&t.sealed_secret).bind(&t.secret_hash).bind(now)
+                    .bind(crate::domain::period::month_key(now))
                     .fetch_one(&mut *tx).await?;
                 out.push(Token::try_from(row)?);
+            }
+            for m in messages {
+                let (q, args) = outbox::insert(m, now);
+                bind_args!(sqlx::query(sql(q)), args).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(out)

@@ -94,6 +94,8 @@ pub struct Token {
     pub remaining: Option<i64>,
     /// `remaining` is set back to this on the 1st of each month.
     pub refill_monthly: Option<i64>,
+    /// The `YYYY-MM` month whose refill `remaining` holds.
+    pub refill_period: Option<String>,
     /// When it stops working; `None` = never.
     pub expires_at: Option<DateTime<Utc>>,
     /// Stored status (see `TokenStatus::effective` for the status at an instant).
@@ -162,6 +164,47 @@ impl Token {
             Some(p) if *p == crate::domain::period::month_key(now) => self.calls_month,
             _ => 0,
         }
+    }
+
+    /// Brings the monthly counter and the refill into `period` (`YYYY-MM`): an earlier month's
+    /// calls are handed back for the archive and the counter restarts at zero; a token with a
+    /// monthly refill gets `remaining` set back to it (and is active again if it was exhausted).
+    /// Whoever reaches the token first in a new month does this — the monthly reset or a
+    /// verification — and it happens once. Returns `(changed, archived (period, calls))`.
+    pub fn roll_month(&mut self, period: &str) -> (bool, Option<(String, i64)>) {
+        let mut changed = false;
+        let mut archived = None;
+        if self.calls_month_period.as_deref().is_some_and(|p| p < period) {
+            archived = self.calls_month_period.take().map(|p| (p, self.calls_month));
+            self.calls_month = 0;
+            self.calls_month_period = Some(period.to_string());
+            changed = true;
+        }
+        if let Some(refill) = self.refill_monthly {
+            if self.refill_period.as_deref().is_none_or(|p| p < period) {
+                self.remaining = Some(refill);
+                self.refill_period = Some(period.to_string());
+                if self.status == TokenStatus::Exhausted && refill > 0 {
+                    self.status = TokenStatus::Active;
+                }
+                changed = true;
+            }
+        }
+        (changed, archived)
+    }
+}
+
+impl Account {
+    /// Brings the quota counter into `period`, handing back an earlier month's use for the
+    /// archive. Returns `(changed, archived (period, calls))`.
+    pub fn roll_month(&mut self, period: &str) -> (bool, Option<(String, i64)>) {
+        if self.quota_period.as_deref().is_some_and(|p| p < period) {
+            let archived = self.quota_period.take().map(|p| (p, self.quota_used));
+            self.quota_used = 0;
+            self.quota_period = Some(period.to_string());
+            return (true, archived);
+        }
+        (false, None)
     }
 }
 

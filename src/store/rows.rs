@@ -11,7 +11,7 @@ pub(super) const USER_COLS: &str =
 
 pub(super) const TOKEN_COLS: &str = "id, account_id, user_id, issued_by, policy_name, \
      policy_period, name, description, role, scopes, allowed_ips, usage_limit, remaining, \
-     refill_monthly, expires_at, status, jwt_enabled, sealed_secret, secret_hash, \
+     refill_monthly, refill_period, expires_at, status, jwt_enabled, sealed_secret, secret_hash, \
      prev_secret_hash, prev_secret_valid_until, calls_month, calls_month_period, calls_total, \
      last_used_at, last_used_ip, created_at, updated_at, revoked_at";
 
@@ -91,6 +91,7 @@ pub(super) struct TokenRow {
     usage_limit: Option<i64>,
     remaining: Option<i64>,
     refill_monthly: Option<i64>,
+    refill_period: Option<String>,
     expires_at: Option<DateTime<Utc>>,
     status: String,
     jwt_enabled: bool,
@@ -128,6 +129,7 @@ impl TryFrom<TokenRow> for Token {
             usage_limit: r.usage_limit,
             remaining: r.remaining,
             refill_monthly: r.refill_monthly,
+            refill_period: r.refill_period,
             expires_at: r.expires_at,
             jwt_enabled: r.jwt_enabled,
             sealed_secret: r.sealed_secret,

@@ -4,7 +4,7 @@
 use super::model::{Account, Token};
 use super::rows::{AccountRow, TokenRow, ACCOUNT_COLS, TOKEN_COLS};
 use super::{sql, Arg, Backend, Result, Store, StoreError, WritePool};
-use crate::domain::period::month_key;
+use crate::domain::period::{day_key, month_key};
 use crate::domain::status::TokenStatus;
 use crate::verify::{decide, AccountState, Check, Outcome};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -140,10 +140,6 @@ impl StatRow {
     }
 }
 
-fn day_key(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d").to_string()
-}
-
 /// Rows per multi-row statement: well under SQLite's 32766 bound parameters at 13 per row.
 const CHUNK: usize = 256;
 /// Ids per `IN (…)` read: above the meter's largest batch, so a batch reads (and locks) in one
@@ -179,6 +175,7 @@ const TOKEN_TYPES: &[&str] = &[
     "bigint",
     "timestamptz",
     "text",
+    "text",
 ];
 const ACCOUNT_TYPES: &[&str] = &["text", "bigint", "text"];
 
@@ -210,6 +207,23 @@ fn values_rows(rows: usize, cols: usize, types: &[&str], pg: bool) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Which monthly archive a rolled counter goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Archive {
+    Token,
+    Account,
+}
+
+impl Archive {
+    /// The insert, up to `VALUES`; rows are (id, period, calls).
+    pub(super) fn insert(self) -> &'static str {
+        match self {
+            Archive::Token => "INSERT INTO token_monthly_usage (token_id, period, calls)",
+            Archive::Account => "INSERT INTO account_monthly_usage (account_id, period, calls)",
+        }
+    }
 }
 
 fn sorted_unique(ids: impl Iterator<Item = String>) -> Vec<String> {
@@ -301,6 +315,7 @@ impl Store {
 
             let mut dirty_tokens: Vec<String> = Vec::new();
             let mut dirty_accounts: Vec<String> = Vec::new();
+            let mut archives: Vec<(Archive, String, String, i64)> = Vec::new();
             let mut out = Vec::with_capacity(reqs.len());
             for r in reqs {
                 let period = month_key(r.now);
@@ -308,8 +323,27 @@ impl Store {
                     out.push(Decided { outcome: Outcome::NotFound, token: None });
                     continue;
                 };
-                let Some(a) = accounts.get(&t.account_id) else {
+                let account_id = t.account_id.clone();
+                if !accounts.contains_key(&account_id) {
                     out.push(Decided { outcome: Outcome::NotFound, token: None });
+                    continue;
+                }
+                // A new month: archive and restart the counters, apply the refill, before deciding.
+                if let Some(t) = tokens.get_mut(&r.token_id) {
+                    let (changed, archived) = t.roll_month(&period);
+                    if changed {
+                        dirty_tokens.push(t.id.clone());
+                    }
+                    archives.extend(archived.map(|(p, n)| (Archive::Token, t.id.clone(), p, n)));
+                }
+                if let Some(a) = accounts.get_mut(&account_id) {
+                    let (changed, archived) = a.roll_month(&period);
+                    if changed {
+                        dirty_accounts.push(a.id.clone());
+                    }
+                    archives.extend(archived.map(|(p, n)| (Archive::Account, a.id.clone(), p, n)));
+                }
+                let (Some(t), Some(a)) = (tokens.get(&r.token_id), accounts.get(&account_id)) else {
                     continue;
                 };
                 let mut outcome = decide(t, &AccountState::of(a), &r.check, r.now);
@@ -323,7 +357,6 @@ impl Store {
                         outcome = Outcome::UsageExceeded;
                     }
                 }
-                let account_id = t.account_id.clone();
                 if outcome == Outcome::Valid {
                     let cost = r.check.cost;
                     if let Some(a) = accounts.get_mut(&account_id) {
@@ -359,12 +392,13 @@ impl Store {
             let dirty_tokens = sorted_unique(dirty_tokens.into_iter());
             let changed: Vec<&Token> = dirty_tokens.iter().filter_map(|id| tokens.get(id)).collect();
             for chunk in changed.chunks(CHUNK) {
-                let rows = values_rows(chunk.len(), 8, TOKEN_TYPES, pg);
+                let rows = values_rows(chunk.len(), 9, TOKEN_TYPES, pg);
                 let q = format!(
                     "UPDATE tokens SET status = v.column2, remaining = v.column3, calls_month = v.column4, \
                      calls_month_period = v.column5, calls_total = v.column6, last_used_at = v.column7, \
-                     last_used_ip = v.column8 FROM (VALUES {rows}) AS v WHERE tokens.id = v.column1");
-                let mut args = Vec::with_capacity(chunk.len() * 8);
+                     last_used_ip = v.column8, refill_period = v.column9 \
+                     FROM (VALUES {rows}) AS v WHERE tokens.id = v.column1");
+                let mut args = Vec::with_capacity(chunk.len() * 9);
                 for t in chunk {
                     args.extend([
                         Arg::Str(t.id.clone()),
@@ -375,6 +409,7 @@ impl Store {
                         Arg::I64(t.calls_total),
                         Arg::OptTime(t.last_used_at),
                         Arg::OptStr(t.last_used_ip.clone()),
+                        Arg::OptStr(t.refill_period.clone()),
                     ]);
                 }
                 writes.push((q, args));
@@ -391,6 +426,17 @@ impl Store {
                     args.extend([Arg::Str(a.id.clone()), Arg::I64(a.quota_used), Arg::OptStr(a.quota_period.clone())]);
                 }
                 writes.push((q, args));
+            }
+            for kind in [Archive::Token, Archive::Account] {
+                let rows: Vec<_> = archives.iter().filter(|a| a.0 == kind).collect();
+                for chunk in rows.chunks(CHUNK) {
+                    let q = format!("{} VALUES {} ON CONFLICT DO NOTHING",
+                        kind.insert(), values_rows(chunk.len(), 3, &[], pg));
+                    let args = chunk.iter().flat_map(|(_, id, p, n)| {
+                        [Arg::Str(id.clone()), Arg::Str(p.clone()), Arg::I64(*n)]
+                    }).collect();
+                    writes.push((q, args));
+                }
             }
             let stat_rows: Vec<&StatRow> = stats.values().collect();
             for chunk in stat_rows.chunks(CHUNK) {

@@ -248,6 +248,7 @@ mod tests {
             usage_limit: Some(10),
             remaining: Some(10),
             refill_monthly: None,
+            refill_period: None,
             expires_at: None,
             status: TokenStatus::Active,
             jwt_enabled: false,

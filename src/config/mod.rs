@@ -2,6 +2,13 @@
 //! (`__` nests: `TOKENWARDEN_SERVER__LISTEN`), then command-line flags. Everything is checked at
 //! load and every error names its source (file or variable), key and reason.
 
+mod notify;
+
+pub use notify::{
+    EmailSettings, JobSettings, NotificationSettings, Policy, RawEmail, RawJobs,
+    RawNotifications, RawPolicy, RawSmtp, Secret, SmtpSettings, SmtpTls, Webhook,
+};
+
 use crate::domain::{limits, net};
 use crate::store::StoreLocation;
 use figment::{
@@ -34,6 +41,14 @@ pub struct RawConfig {
     pub log: RawLog,
     /// Keys.
     pub security: RawSecurity,
+    /// Email sender, relay and templates.
+    pub email: RawEmail,
+    /// Expiry warnings, notices and the outbox's retries.
+    pub notifications: RawNotifications,
+    /// Job runs and housekeeping.
+    pub jobs: RawJobs,
+    /// Monthly quota token policies (`[[policy]]`).
+    pub policy: Vec<RawPolicy>,
 }
 
 /// `[security]`
@@ -117,6 +132,10 @@ impl Default for RawConfig {
             accounts: RawAccounts::default(),
             log: RawLog::default(),
             security: RawSecurity::default(),
+            email: RawEmail::default(),
+            notifications: RawNotifications::default(),
+            jobs: RawJobs::default(),
+            policy: Vec::new(),
         }
     }
 }
@@ -227,6 +246,14 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The master key file.
     pub master_key_file: PathBuf,
+    /// Email.
+    pub email: EmailSettings,
+    /// Notifications and outbox retries.
+    pub notifications: NotificationSettings,
+    /// Job runs.
+    pub jobs: JobSettings,
+    /// Monthly quota token policies.
+    pub policies: Vec<Policy>,
     /// The raw values, for `check-config`.
     pub raw: RawConfig,
 }
@@ -372,6 +399,7 @@ pub fn load(file: Option<&Path>, ov: &Overrides) -> Result<Config, ConfigErrors>
 /// Checks raw values; `source_of` names where a key's value came from.
 fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, ConfigErrors> {
     let mut errs = Vec::new();
+    let jobs = notify::check(raw, &source_of, &mut errs);
     let mut bad = |key: &str, reason: String| {
         errs.push(ConfigError {
             source: source_of(key),
@@ -485,8 +513,8 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
         }
     };
 
-    match (listen, store) {
-        (Some(listen), Some(store)) if errs.is_empty() => Ok(Config {
+    match (listen, store, jobs) {
+        (Some(listen), Some(store), Some(jobs)) if errs.is_empty() => Ok(Config {
             data_dir: raw.data_dir.clone(),
             listen,
             trusted_proxies,
@@ -511,6 +539,10 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             } else {
                 PathBuf::from(raw.security.master_key_file.trim())
             },
+            email: jobs.email,
+            notifications: jobs.notifications,
+            jobs: jobs.jobs,
+            policies: jobs.policies,
             raw: raw.clone(),
         }),
         _ => Err(ConfigErrors(errs)),

@@ -1,0 +1,316 @@
+//! The scheduled jobs of the daemon: monthly quota tokens, expiry, the monthly reset, expiry
+//! warnings and housekeeping.
+//!
+//! Every job works in *periods* taken from the injected clock (a month, a day or a minute).
+//! Each (job, period) is claimed in the store before it runs, so two daemons never run the same
+//! period, and marked done when finished. A period with no done record is run at the next
+//! wake-up — the first one being the daemon's start — which is how a period missed while the
+//! daemon was down runs once, and a run that crashed half way is completed (each job's work is
+//! idempotent). tokio-cron-scheduler only wakes the runner; it never decides what is due.
+
+mod scheduler;
+mod work;
+
+pub use scheduler::start_scheduler;
+
+use crate::admin::Ctx;
+use crate::domain::period::{day_key, minute_key, month_key, month_start};
+use crate::notify::{sender::Sender, SharedLive};
+use crate::store::{Claim, JobRun};
+use chrono::{DateTime, Utc};
+use std::{str::FromStr, sync::Arc};
+use tokio::sync::Mutex;
+
+/// A job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Job {
+    /// Monthly reset: counters archived and restarted, refills applied.
+    MonthlyReset,
+    /// One token per policy per month.
+    MonthlyTokens,
+    /// Marks expired tokens, with the optional notice.
+    Expiry,
+    /// The N-day expiry warnings.
+    ExpiryWarnings,
+    /// Drops spent JWT records, old statistics and delivered messages.
+    Housekeeping,
+}
+
+/// Every job, in the order a wake-up runs them (the reset before issuance; expiry before
+/// warnings).
+pub const ALL: [Job; 5] = [
+    Job::MonthlyReset,
+    Job::MonthlyTokens,
+    Job::Expiry,
+    Job::ExpiryWarnings,
+    Job::Housekeeping,
+];
+
+impl Job {
+    /// Its name in the API and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Job::MonthlyReset => "monthly_reset",
+            Job::MonthlyTokens => "monthly_tokens",
+            Job::Expiry => "expiry",
+            Job::ExpiryWarnings => "expiry_warnings",
+            Job::Housekeeping => "housekeeping",
+        }
+    }
+
+    /// Its schedule (tokio-cron-scheduler syntax: seconds first, UTC).
+    pub fn schedule(self) -> &'static str {
+        match self {
+            Job::MonthlyReset | Job::MonthlyTokens => "0 0 0 1 * *",
+            Job::Expiry | Job::ExpiryWarnings => "0 * * * * *",
+            Job::Housekeeping => "0 0 0 * * *",
+        }
+    }
+
+    /// What it does, for people.
+    pub fn description(self) -> &'static str {
+        match self {
+            Job::MonthlyReset => "archive and restart monthly counters and account quotas, apply monthly refills (00:00 UTC on the 1st)",
+            Job::MonthlyTokens => "issue each [[policy]]'s token for the month and deliver it (00:00 UTC on the 1st)",
+            Job::Expiry => "mark tokens past their expiry as expired and send the optional notice (every minute)",
+            Job::ExpiryWarnings => "queue the expiry warnings that are due (every minute)",
+            Job::Housekeeping => "drop spent JWT use records, old statistics, delivered messages and old run records (daily)",
+        }
+    }
+
+    /// The period that is due at `now`.
+    pub fn period_at(self, now: DateTime<Utc>) -> String {
+        match self {
+            Job::MonthlyReset | Job::MonthlyTokens => month_key(now),
+            Job::Expiry | Job::ExpiryWarnings => minute_key(now),
+            Job::Housekeeping => day_key(now),
+        }
+    }
+
+    /// Whether runs of this job on demand may name a period (the monthly ones: `YYYY-MM`).
+    pub fn takes_period(self) -> bool {
+        matches!(self, Job::MonthlyReset | Job::MonthlyTokens)
+    }
+
+    /// The next time its schedule fires after `now`.
+    pub fn next_run(self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(self.schedule())
+            .ok()?;
+        cron.find_next_occurrence(&now, false).ok()
+    }
+}
+
+impl FromStr for Job {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ALL.into_iter().find(|j| j.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = ALL.iter().map(|j| j.as_str()).collect();
+            format!("unknown job `{s}`; the jobs are {}", names.join(", "))
+        })
+    }
+}
+
+/// How a request to run a period ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    /// This call ran it to the end; what it did.
+    Ran(String),
+    /// It had run before; nothing was done again.
+    AlreadyDone(JobRun),
+    /// Another run holds it (or a failed one waits before its retry).
+    Busy(JobRun),
+    /// This call ran it and it failed; it will be retried.
+    Failed(String),
+}
+
+/// One job period's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunReport {
+    /// The job.
+    pub job: Job,
+    /// The period.
+    pub period: String,
+    /// What happened.
+    pub outcome: RunOutcome,
+}
+
+/// Why a run on demand was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A bad period for this job.
+    #[error("{0}")]
+    BadPeriod(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Runs jobs for periods, one at a time in this process.
+pub struct Runner {
+    ctx: Ctx,
+    live: SharedLive,
+    sender: Arc<Sender>,
+    owner: String,
+    lock: Mutex<()>,
+}
+
+impl Runner {
+    /// A runner for this daemon (or CLI invocation).
+    pub fn new(ctx: Ctx, live: SharedLive, sender: Arc<Sender>) -> Arc<Runner> {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        let owner = format!(
+            "{host}:{}:{}",
+            std::process::id(),
+            crate::domain::ids::random_id(6)
+        );
+        Arc::new(Runner {
+            ctx,
+            live,
+            sender,
+            owner,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// The live settings.
+    pub fn live(&self) -> &SharedLive {
+        &self.live
+    }
+
+    /// The outbox sender.
+    pub fn sender(&self) -> &Arc<Sender> {
+        &self.sender
+    }
+
+    /// Runs every job whose period due now has not been done: the start-up catch-up and every
+    /// scheduler wake-up.
+    pub async fn run_due(&self) -> Vec<RunReport> {
+        let now = self.ctx.clock.now();
+        let mut out = Vec::new();
+        for job in ALL {
+            let period = job.period_at(now);
+            match self.run_period(job, &period, false).await {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    tracing::warn!(job = job.as_str(), %period, error = %e, "job run could not start");
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs `job` for `period` (default: the one due now) on demand. A done period is not run
+    /// again; a failed one is retried at once.
+    pub async fn run_on_demand(&self, job: Job, period: Option<&str>) -> Result<RunReport, RunError> {
+        let now = self.ctx.clock.now();
+        let current = job.period_at(now);
+        let period = match period {
+            None => current,
+            Some(p) if !job.takes_period() && p != current => {
+                return Err(RunError::BadPeriod(format!(
+                    "{} runs for the current {} only ({current}); omit period",
+                    job.as_str(),
+                    if job == Job::Housekeeping { "day" } else { "minute" }
+                )))
+            }
+            Some(p) if job.takes_period() => {
+                if month_start(p).is_none() {
+                    return Err(RunError::BadPeriod(format!("`{p}` is not a month (YYYY-MM)")));
+                }
+                if p > current.as_str() {
+                    return Err(RunError::BadPeriod(format!(
+                        "{p} has not started yet (the current month is {current})"
+                    )));
+                }
+                p.to_string()
+            }
+            Some(p) => p.to_string(),
+        };
+        self.run_period(job, &period, true).await.map_err(RunError::Store)
+    }
+
+    async fn run_period(
+        &self,
+        job: Job,
+        period: &str,
+        on_demand: bool,
+    ) -> Result<RunReport, crate::store::StoreError> {
+        let _one = self.lock.lock().await;
+        let store = &self.ctx.store;
+        let lease = self.live.get().config.jobs.lease;
+        let lease_until = || Utc::now() + chrono::TimeDelta::from_std(lease).unwrap_or_default();
+        let claim = store
+            .claim_run(
+                job.as_str(),
+                period,
+                &self.owner,
+                self.ctx.clock.now(),
+                Utc::now(),
+                lease_until(),
+                on_demand,
+            )
+            .await?;
+        let report = |outcome| RunReport {
+            job,
+            period: period.to_string(),
+            outcome,
+        };
+        match claim {
+            Claim::Done(run) => return Ok(report(RunOutcome::AlreadyDone(run))),
+            Claim::Busy(run) => return Ok(report(RunOutcome::Busy(run))),
+            Claim::Claimed => {}
+        }
+        // Keep the claim alive while the work runs; a crashed daemon stops renewing it.
+        let renew = {
+            let store = store.clone();
+            let (job_s, period_s, owner) = (job.as_str(), period.to_string(), self.owner.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    let until = Utc::now() + chrono::TimeDelta::from_std(lease).unwrap_or_default();
+                    if !matches!(store.renew_run(job_s, &period_s, &owner, until).await, Ok(true)) {
+                        break;
+                    }
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let result = work::run(job, period, &self.ctx, &self.live.get()).await;
+        renew.abort();
+        let now = self.ctx.clock.now();
+        let outcome = match result {
+            Ok(summary) => {
+                store
+                    .finish_run(job.as_str(), period, &self.owner, now, Ok(&summary))
+                    .await?;
+                tracing::info!(job = job.as_str(), %period, result = %summary, elapsed_ms = started.elapsed().as_millis() as u64, "job run done");
+                RunOutcome::Ran(summary)
+            }
+            Err(error) => {
+                let attempts = store
+                    .job_run(job.as_str(), period)
+                    .await?
+                    .map_or(1, |r| r.attempts);
+                let wait = crate::domain::retry::backoff(
+                    u32::try_from(attempts).unwrap_or(u32::MAX),
+                    chrono::TimeDelta::seconds(60),
+                    chrono::TimeDelta::hours(1),
+                );
+                store
+                    .finish_run(job.as_str(), period, &self.owner, now, Err((&error, Utc::now() + wait)))
+                    .await?;
+                tracing::error!(job = job.as_str(), %period, %error, retry_in_s = wait.num_seconds(), "job run failed");
+                RunOutcome::Failed(error)
+            }
+        };
+        metrics::counter!("tokenwarden_job_runs_total", "job" => job.as_str(), "outcome" => match outcome { RunOutcome::Ran(_) => "done", _ => "failed" }).increment(1);
+        self.sender.wake();
+        Ok(report(outcome))
+    }
+}

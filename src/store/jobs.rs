@@ -1,0 +1,365 @@
+//! What the scheduled jobs read and write: run records per (job, period), the monthly roll,
+//! expiry, expiry-warning claims, and housekeeping. Every change that reports something queues
+//! its messages in the same transaction.
+
+use super::model::{Account, Token};
+use super::outbox::{self, NewMessage};
+use super::rows::{AccountRow, TokenRow, ACCOUNT_COLS, TOKEN_COLS};
+use super::usage::Archive;
+use super::{sql, Arg, Backend, Result, Store, WritePool};
+use chrono::{DateTime, Utc};
+
+/// The record of one job's run for one period.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct JobRun {
+    /// Job name.
+    pub job: String,
+    /// Period key.
+    pub period: String,
+    /// `running`, `done` or `failed`.
+    pub status: String,
+    /// The daemon that holds or held it.
+    pub owner: String,
+    /// Wall-clock end of the claim (or, when failed, of the wait before a retry).
+    pub lease_until: DateTime<Utc>,
+    /// Runs started for this period.
+    pub attempts: i64,
+    /// When the latest started (daemon clock).
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// What it did.
+    pub result: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// This daemon runs the period now.
+    Claimed,
+    /// The period is done already.
+    Done(JobRun),
+    /// Another run holds it, or a failed run waits before its retry.
+    Busy(JobRun),
+}
+
+const RUN_COLS: &str =
+    "job, period, status, owner, lease_until, attempts, started_at, finished_at, result, error";
+
+impl Store {
+    /// Claims `(job, period)` for `owner` until `lease_until` (wall clock). A period never run is
+    /// claimed by inserting its row (the primary key lets one daemon win); one whose run crashed
+    /// (lease lapsed) or failed (retry wait over, or `retry_failed_now`) is taken over.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_run(
+        &self,
+        job: &str,
+        period: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        wall_now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        retry_failed_now: bool,
+    ) -> Result<Claim> {
+        let q = format!("SELECT {RUN_COLS} FROM job_runs WHERE job = $1 AND period = $2");
+        with_pool!(self, p => {
+            let inserted = sqlx::query(
+                "INSERT INTO job_runs (job, period, status, owner, lease_until, attempts, started_at) \
+                 VALUES ($1, $2, 'running', $3, $4, 1, $5) ON CONFLICT (job, period) DO NOTHING")
+                .bind(job).bind(period).bind(owner).bind(lease_until).bind(now)
+                .execute(p).await?.rows_affected();
+            if inserted == 1 {
+                return Ok(Claim::Claimed);
+            }
+            let taken = sqlx::query(
+                "UPDATE job_runs SET status = 'running', owner = $3, lease_until = $4, \
+                 attempts = attempts + 1, started_at = $5, finished_at = NULL, error = NULL \
+                 WHERE job = $1 AND period = $2 AND status <> 'done' \
+                 AND (lease_until < $6 OR (status = 'failed' AND $7))")
+                .bind(job).bind(period).bind(owner).bind(lease_until).bind(now).bind(wall_now)
+                .bind(retry_failed_now).execute(p).await?.rows_affected();
+            if taken == 1 {
+                return Ok(Claim::Claimed);
+            }
+            let run = sqlx::query_as::<_, JobRun>(sql(q)).bind(job).bind(period).fetch_one(p).await?;
+            Ok(if run.status == "done" { Claim::Done(run) } else { Claim::Busy(run) })
+        })
+    }
+
+    /// Extends `owner`'s claim; `false` when it lost it.
+    pub async fn renew_run(
+        &self,
+        job: &str,
+        period: &str,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let n = with_pool!(self, p => sqlx::query(
+            "UPDATE job_runs SET lease_until = $4 WHERE job = $1 AND period = $2 AND owner = $3 \
+             AND status = 'running'")
+            .bind(job).bind(period).bind(owner).bind(lease_until).execute(p).await?.rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Records the end of `owner`'s run: done with a result, or failed with an error and a
+    /// wall-clock time before which no retry starts.
+    pub async fn finish_run(
+        &self,
+        job: &str,
+        period: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        outcome: std::result::Result<&str, (&str, DateTime<Utc>)>,
+    ) -> Result<()> {
+        let (status, result, error, until) = match outcome {
+            Ok(r) => ("done", Some(r), None, now),
+            Err((e, retry)) => ("failed", None, Some(e), retry),
+        };
+        with_pool!(self, p => sqlx::query(
+            "UPDATE job_runs SET status = $4, result = $5, error = $6, finished_at = $7, lease_until = $8 \
+             WHERE job = $1 AND period = $2 AND owner = $3")
+            .bind(job).bind(period).bind(owner).bind(status).bind(result).bind(error).bind(now)
+            .bind(until).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// The latest run of each job (by start).
+    pub async fn latest_runs(&self) -> Result<Vec<JobRun>> {
+        let q = format!(
+            "SELECT {RUN_COLS} FROM job_runs r WHERE NOT EXISTS (SELECT 1 FROM job_runs n \
+             WHERE n.job = r.job AND (n.started_at > r.started_at \
+             OR (n.started_at = r.started_at AND n.period > r.period))) ORDER BY job"
+        );
+        let rows = with_pool!(self, p => sqlx::query_as::<_, JobRun>(sql(q)).fetch_all(p).await?);
+        Ok(rows)
+    }
+
+    /// One run record.
+    pub async fn job_run(&self, job: &str, period: &str) -> Result<Option<JobRun>> {
+        let q = format!("SELECT {RUN_COLS} FROM job_runs WHERE job = $1 AND period = $2");
+        let row = with_pool!(self, p => sqlx::query_as::<_, JobRun>(sql(q))
+            .bind(job).bind(period).fetch_optional(p).await?);
+        Ok(row)
+    }
+
+    // ----- monthly tokens -----
+
+    /// The token `policy` issued for `period`, if any.
+    pub async fn policy_token(&self, policy: &str, period: &str) -> Result<Option<Token>> {
+        let q = format!(
+            "SELECT {TOKEN_COLS} FROM tokens WHERE policy_name = $1 AND policy_period = $2"
+        );
+        let row = with_pool!(self, p => sqlx::query_as::<_, TokenRow>(sql(q))
+            .bind(policy).bind(period).fetch_optional(p).await?);
+        row.map(Token::try_from).transpose()
+    }
+
+    // ----- monthly reset -----
+
+    /// Rolls up to `limit` tokens and accounts whose counters or refill are from before
+    /// `period` into it (archiving the old month's counts), in one transaction. Returns how many
+    /// tokens and accounts it rolled; `(0, 0)` when none are left.
+    pub async fn roll_month_batch(&self, period: &str, limit: i64) -> Result<(usize, usize)> {
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let accounts = sqlx::query_as::<_, AccountRow>(sql(format!(
+                "SELECT {ACCOUNT_COLS} FROM accounts WHERE quota_period < $1 ORDER BY id LIMIT $2{}",
+                p.for_update())))
+                .bind(period).bind(limit).fetch_all(&mut *tx).await?;
+            let tokens = sqlx::query_as::<_, TokenRow>(sql(format!(
+                "SELECT {TOKEN_COLS} FROM tokens WHERE calls_month_period < $1 \
+                 OR (refill_monthly IS NOT NULL AND status <> 'revoked' \
+                     AND (refill_period IS NULL OR refill_period < $1)) \
+                 ORDER BY id LIMIT $2{}", p.for_update())))
+                .bind(period).bind(limit).fetch_all(&mut *tx).await?;
+            let (na, nt) = (accounts.len(), tokens.len());
+            for row in accounts {
+                let mut a = Account::try_from(row)?;
+                let (_, archived) = a.roll_month(period);
+                if let Some((old, n)) = archived {
+                    sqlx::query(sql(format!("{} VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", Archive::Account.insert())))
+                        .bind(&a.id).bind(old).bind(n).execute(&mut *tx).await?;
+                }
+                sqlx::query("UPDATE accounts SET quota_used = $2, quota_period = $3 WHERE id = $1")
+                    .bind(&a.id).bind(a.quota_used).bind(&a.quota_period).execute(&mut *tx).await?;
+            }
+            for row in tokens {
+                let mut t = Token::try_from(row)?;
+                let (_, archived) = t.roll_month(period);
+                if let Some((old, n)) = archived {
+                    sqlx::query(sql(format!("{} VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", Archive::Token.insert())))
+                        .bind(&t.id).bind(old).bind(n).execute(&mut *tx).await?;
+                }
+                sqlx::query(
+                    "UPDATE tokens SET calls_month = $2, calls_month_period = $3, remaining = $4, \
+                     refill_period = $5, status = $6 WHERE id = $1")
+                    .bind(&t.id).bind(t.calls_month).bind(&t.calls_month_period).bind(t.remaining)
+                    .bind(&t.refill_period).bind(t.status.as_str()).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok((nt, na))
+        })
+    }
+
+    /// A token's archived monthly calls.
+    pub async fn token_month_archive(&self, token_id: &str) -> Result<Vec<(String, i64)>> {
+        let rows = with_pool!(self, p => sqlx::query_as::<_, (String, i64)>(
+            "SELECT period, calls FROM token_monthly_usage WHERE token_id = $1 ORDER BY period")
+            .bind(token_id).fetch_all(p).await?);
+        Ok(rows)
+    }
+
+    /// An account's archived monthly quota use.
+    pub async fn account_month_archive(&self, account_id: &str) -> Result<Vec<(String, i64)>> {
+        let rows = with_pool!(self, p => sqlx::query_as::<_, (String, i64)>(
+            "SELECT period, calls FROM account_monthly_usage WHERE account_id = $1 ORDER BY period")
+            .bind(account_id).fetch_all(p).await?);
+        Ok(rows)
+    }
+
+    // ----- expiry -----
+
+    /// Up to `limit` tokens still marked active or exhausted whose expiry has passed at `now`.
+    pub async fn tokens_to_expire(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<Token>> {
+        let q = format!(
+            "SELECT {TOKEN_COLS} FROM tokens WHERE status IN ('active', 'exhausted') \
+             AND expires_at IS NOT NULL AND expires_at <= $1 ORDER BY expires_at, id LIMIT $2"
+        );
+        let rows = with_pool!(self, p => sqlx::query_as::<_, TokenRow>(sql(q))
+            .bind(now).bind(limit).fetch_all(p).await?);
+        rows.into_iter().map(Token::try_from).collect()
+    }
+
+    /// Marks one token expired if it still is due, queuing `messages` with it; `false` when
+    /// another daemon (or a change) got there first.
+    pub async fn mark_expired(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        messages: &[NewMessage],
+    ) -> Result<bool> {
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let n = sqlx::query(
+                "UPDATE tokens SET status = 'expired', updated_at = $2 WHERE id = $1 \
+                 AND status IN ('active', 'exhausted') AND expires_at IS NOT NULL AND expires_at <= $2")
+                .bind(id).bind(now).execute(&mut *tx).await?.rows_affected();
+            if n == 1 {
+                for m in messages {
+                    let (q, args) = outbox::insert(m, now);
+                    bind_args!(sqlx::query(sql(q)), args).execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(n == 1)
+        })
+    }
+
+    // ----- expiry warnings -----
+
+    /// Tokens that may be due a warning: usable, expiring after `now` and by `until`, with the
+    /// thresholds already claimed for their current expiry.
+    pub async fn warning_candidates(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(Token, Vec<u32>)>> {
+        let q = format!(
+            "SELECT {TOKEN_COLS} FROM tokens WHERE status IN ('active', 'exhausted') \
+             AND expires_at > $1 AND expires_at <= $2 ORDER BY expires_at, id"
+        );
+        let (rows, claims) = with_pool!(self, p => {
+            let rows = sqlx::query_as::<_, TokenRow>(sql(q)).bind(now).bind(until).fetch_all(p).await?;
+            let claims = sqlx::query_as::<_, (String, i64)>(
+                "SELECT w.token_id, w.threshold_days FROM token_expiry_warnings w \
+                 JOIN tokens t ON t.id = w.token_id AND t.expires_at = w.expires_at \
+                 WHERE t.status IN ('active', 'exhausted') AND t.expires_at > $1 AND t.expires_at <= $2")
+                .bind(now).bind(until).fetch_all(p).await?;
+            (rows, claims)
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let t = Token::try_from(row)?;
+            let claimed = claims
+                .iter()
+                .filter(|(id, _)| *id == t.id)
+                .filter_map(|(_, d)| u32::try_from(*d).ok())
+                .collect();
+            out.push((t, claimed));
+        }
+        Ok(out)
+    }
+
+    /// Claims the `threshold`-day warning of a token for its expiry `expires_at` and queues
+    /// `messages` with it, in one transaction — only if the token still has that expiry and is
+    /// usable. `false` when it was claimed already (by this or another daemon).
+    pub async fn claim_warning(
+        &self,
+        token_id: &str,
+        threshold: u32,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        messages: &[NewMessage],
+    ) -> Result<bool> {
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let n = sqlx::query(
+                "INSERT INTO token_expiry_warnings (token_id, threshold_days, expires_at, claimed_at) \
+                 SELECT id, $2, expires_at, $4 FROM tokens WHERE id = $1 AND expires_at = $3 \
+                 AND status IN ('active', 'exhausted') \
+                 ON CONFLICT (token_id, threshold_days, expires_at) DO NOTHING")
+                .bind(token_id).bind(i64::from(threshold)).bind(expires_at).bind(now)
+                .execute(&mut *tx).await?.rows_affected();
+            if n == 1 {
+                for m in messages {
+                    let (q, args) = outbox::insert(m, now);
+                    bind_args!(sqlx::query(sql(q)), args).execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(n == 1)
+        })
+    }
+
+    // ----- housekeeping -----
+
+    /// Drops spent JWT use records, statistics before `stats_before` (a day key), finished
+    /// outbox messages created before `outbox_before`, and run records of per-minute jobs
+    /// started before `runs_before`. Returns the rows dropped from each.
+    pub async fn housekeeping(
+        &self,
+        now: DateTime<Utc>,
+        stats_before: &str,
+        outbox_before: DateTime<Utc>,
+        runs_before: DateTime<Utc>,
+        minute_jobs: &[&str],
+    ) -> Result<[u64; 4]> {
+        let jobs_list: Vec<Arg> = minute_jobs.iter().map(|j| Arg::Str(j.to_string())).collect();
+        let in_list = (0..jobs_list.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+        let runs_q = format!(
+            "DELETE FROM job_runs WHERE status = 'done' AND started_at < $1 AND job IN ({in_list})"
+        );
+        let out = with_pool!(self, p => {
+            let jwt = sqlx::query("DELETE FROM jwt_uses WHERE expires_at < $1")
+                .bind(now).execute(p).await?.rows_affected();
+            let stats = sqlx::query("DELETE FROM token_stats_daily WHERE day < $1")
+                .bind(stats_before).execute(p).await?.rows_affected();
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT id FROM outbox \
+                 WHERE status <> 'pending' AND created_at < $1)")
+                .bind(outbox_before).execute(&mut *tx).await?;
+            let outbox = sqlx::query("DELETE FROM outbox WHERE status <> 'pending' AND created_at < $1")
+                .bind(outbox_before).execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            let runs = if jobs_list.is_empty() { 0 } else {
+                bind_args!(sqlx::query(sql(runs_q)).bind(runs_before), jobs_list)
+                    .execute(p).await?.rows_affected()
+            };
+            [jwt, stats, outbox, runs]
+        });
+        Ok(out)
+    }
+}
