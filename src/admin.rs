@@ -150,7 +150,7 @@ impl Principal {
         }
     }
 
-    fn is_account_admin_of(&self, account_id: &str) -> bool {
+    pub(crate) fn is_account_admin_of(&self, account_id: &str) -> bool {
         match self {
             Principal::Operator => true,
             Principal::Account(a) => a.id == account_id,
@@ -258,7 +258,7 @@ async fn usable_token(
     Ok((token, account))
 }
 
-fn require_operator(p: &Principal, what: &str) -> Result<()> {
+pub(crate) fn require_operator(p: &Principal, what: &str) -> Result<()> {
     match p {
         Principal::Operator => Ok(()),
         _ => Err(Error::Forbidden(format!(

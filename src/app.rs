@@ -5,6 +5,8 @@ use crate::admin::{self, Ctx};
 use crate::api::{self, AppState};
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::jobs::{RunOutcome, Runner};
+use crate::notify::{sender::Sender, Live, SharedLive};
 use crate::store::Store;
 use anyhow::Context;
 use std::{future::Future, io::Write, net::SocketAddr, path::Path, sync::Arc};
@@ -90,10 +92,25 @@ pub async fn ensure_operator(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A daemon ready to serve: store open and migrated, port bound.
+/// The runner and the outbox sender over `ctx`, with templates and mail transport built (and
+/// checked) from its configuration, after checking that every policy's account exists.
+pub async fn jobs_for(ctx: &Ctx) -> anyhow::Result<Arc<Runner>> {
+    crate::jobs::check_policy_accounts(&ctx.store, &ctx.config.policies).await?;
+    let live = SharedLive::new(Live::new(ctx.config.clone())?);
+    let sender = Sender::new(
+        ctx.store.clone(),
+        ctx.clock.clone(),
+        ctx.master_key.clone(),
+        live.clone(),
+    );
+    Ok(Runner::new(ctx.clone(), live, sender))
+}
+
+/// A daemon ready to serve: store open and migrated, port bound, missed job periods run.
 pub struct App {
     ctx: Ctx,
     listener: TcpListener,
+    runner: Arc<Runner>,
 }
 
 impl App {
@@ -102,10 +119,26 @@ impl App {
         let listen = config.listen;
         let ctx = open_ctx(config, clock).await?;
         ensure_operator(&ctx).await?;
+        let runner = jobs_for(&ctx).await?;
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        Ok(App { ctx, listener })
+        // Catch up: every period that came due while no daemon ran is run once, now.
+        for r in runner.run_due().await {
+            if let RunOutcome::Ran(summary) = &r.outcome {
+                tracing::debug!(job = r.job.as_str(), period = %r.period, %summary, "caught up");
+            }
+        }
+        Ok(App {
+            ctx,
+            listener,
+            runner,
+        })
+    }
+
+    /// The job runner (tests wake it after moving the clock).
+    pub fn runner(&self) -> &Arc<Runner> {
+        &self.runner
     }
 
     /// The address actually bound.
@@ -128,9 +161,15 @@ impl App {
         let addr = self.local_addr();
         let store = self.ctx.store.clone();
         let (meter, writer) = crate::verify::meter::Meter::start(store.clone());
+        let mut scheduler = crate::jobs::start_scheduler(self.runner.clone())
+            .await
+            .context("cannot start the job scheduler")?;
+        let (stop_sender, stopped) = tokio::sync::watch::channel(false);
+        let sender = tokio::spawn(self.runner.sender().clone().run(stopped));
         let router = api::router(AppState {
             ctx: self.ctx,
             meter,
+            runner: self.runner.clone(),
         });
         tracing::info!(%addr, backend = store.backend_name(), "tokenwarden serving");
         axum::serve(
@@ -143,6 +182,14 @@ impl App {
         // Every handler is gone: let the meter commit what is queued before closing the store.
         if let Err(e) = writer.await {
             tracing::error!(error = %e, "the usage writer failed");
+        }
+        if let Err(e) = scheduler.shutdown().await {
+            tracing::warn!(error = %e, "the job scheduler did not stop cleanly");
+        }
+        // One last outbox pass, bounded: what is not delivered stays queued for the next start.
+        let _ = stop_sender.send(true);
+        if tokio::time::timeout(std::time::Duration::from_secs(20), sender).await.is_err() {
+            tracing::warn!("outbox sender still busy at shutdown; undelivered messages stay queued");
         }
         store.close().await;
         tracing::info!("tokenwarden stopped");

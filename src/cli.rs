@@ -52,6 +52,25 @@ pub enum Command {
     /// Usage statistics.
     #[command(subcommand)]
     Stats(StatsCmd),
+    /// Scheduled jobs.
+    #[command(subcommand)]
+    Jobs(JobsCmd),
+}
+
+/// `jobs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JobsCmd {
+    /// Each job's schedule, latest run and next run.
+    List,
+    /// Run one job now for a period (default: the one due now), then deliver what it queued.
+    /// A period done before is not run again.
+    Run {
+        /// monthly_reset, monthly_tokens, expiry, expiry_warnings or housekeeping.
+        job: String,
+        /// YYYY-MM, for the monthly jobs.
+        #[arg(long)]
+        period: Option<String>,
+    },
 }
 
 /// `stats` subcommands.
@@ -226,14 +245,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
     match &cli.command {
         Command::CheckConfig => {
-            return match load_config(&cli, None) {
-                Ok(c) => {
-                    print!("{}", config::render_effective(&c));
-                    eprintln!("configuration OK");
-                    Ok(())
+            let c = load_config(&cli, None)?;
+            print!("{}", config::render_effective(&c));
+            crate::notify::Live::new(Arc::new(c.clone()))?;
+            // Policies name accounts: check them against the store when it can be opened.
+            match crate::store::Store::connect(&c.store, 1).await {
+                Ok(store) => {
+                    let checked = match store.migrate().await {
+                        Ok(()) => crate::jobs::check_policy_accounts(&store, &c.policies).await,
+                        Err(_) => Ok(()),
+                    };
+                    store.close().await;
+                    checked?;
                 }
-                Err(e) => Err(e),
-            };
+                Err(e) => eprintln!("note: policy accounts not checked: cannot open the store: {e}"),
+            }
+            eprintln!("configuration OK");
+            return Ok(());
         }
         Command::Serve { listen } => {
             let config = load_config(&cli, listen.clone())?;
@@ -382,6 +410,46 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
             let t = admin::revoke_token(ctx, &op, &id).await?;
             print(json!({ "token": TokenView::new(&t, now, soon) }))
         }
+        Command::Jobs(JobsCmd::List) => {
+            let runs = ctx.store.latest_runs().await?;
+            let jobs: Vec<_> = crate::jobs::ALL
+                .iter()
+                .map(|j| {
+                    let last = runs.iter().find(|r| r.job == j.as_str());
+                    json!({
+                        "name": j.as_str(), "schedule": j.schedule(), "current_period": j.period_at(now),
+                        "next_run": j.next_run(now), "last_period": last.map(|r| &r.period),
+                        "last_status": last.map(|r| &r.status), "last_result": last.and_then(|r| r.result.as_ref()),
+                        "last_error": last.and_then(|r| r.error.as_ref()),
+                    })
+                })
+                .collect();
+            print(json!({ "jobs": jobs }))
+        }
+        Command::Jobs(JobsCmd::Run { job, period }) => {
+            let job: crate::jobs::Job = job
+                .parse()
+                .map_err(|e: String| admin::Error::Invalid(crate::domain::ParseError::new("JOB", e)))?;
+            let runner = app::jobs_for(ctx).await?;
+            let report = runner.run_on_demand(job, period.as_deref()).await.map_err(|e| match e {
+                crate::jobs::RunError::BadPeriod(m) => {
+                    anyhow::Error::from(admin::Error::Invalid(crate::domain::ParseError::new("--period", m)))
+                }
+                crate::jobs::RunError::Store(e) => admin::Error::Store(e).into(),
+            })?;
+            let delivered = runner.sender().pass().await?;
+            use crate::jobs::RunOutcome::*;
+            let (outcome, result) = match report.outcome {
+                Ran(r) => ("ran", Some(r)),
+                AlreadyDone(r) => ("already_done", r.result),
+                Busy(r) => anyhow::bail!("{} {} is being run by {}; try again later", job.as_str(), r.period, r.owner),
+                Failed(e) => anyhow::bail!("{} {} failed: {e}", job.as_str(), report.period),
+            };
+            print(json!({
+                "job": job.as_str(), "period": report.period, "outcome": outcome, "result": result,
+                "delivered": delivered.sent, "delivery_failures": delivered.retrying + delivered.failed,
+            }))
+        }
         Command::Token(TokenCmd::Regenerate { id, grace_seconds }) => {
             let (t, p) =
                 admin::regenerate_token(ctx, &op, &id, Regenerate { grace_seconds }).await?;
@@ -394,7 +462,7 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
 /// The exit code for an error: 2 bad input or configuration, 3 not found, 4 conflict or limit,
 /// 5 store unavailable, 1 anything else.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<config::ConfigErrors>().is_some() {
+    if e.chain().any(|c| c.downcast_ref::<config::ConfigErrors>().is_some()) {
         return 2;
     }
     for cause in e.chain() {

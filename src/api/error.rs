@@ -52,6 +52,8 @@ pub enum Code {
     Conflict = 4090,
     /// 4091: the account is at `max_tokens`.
     TokenLimit = 4091,
+    /// 4092: another run holds the job's period.
+    JobBusy = 4092,
     /// 4130: request body too large.
     BodyTooLarge = 4130,
     /// 4150: body is not JSON.
@@ -62,6 +64,8 @@ pub enum Code {
     UnknownField = 4221,
     /// 5000: internal error.
     Internal = 5000,
+    /// 5001: a job run on demand failed (it will be retried).
+    JobFailed = 5001,
     /// 5030: the store cannot be reached.
     StoreUnavailable = 5030,
 }
@@ -80,11 +84,11 @@ impl Code {
             Forbidden | RoleTooHigh => StatusCode::FORBIDDEN,
             NotFound | NoRoute => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Conflict | TokenLimit => StatusCode::CONFLICT,
+            Conflict | TokenLimit | JobBusy => StatusCode::CONFLICT,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             InvalidField | UnknownField => StatusCode::UNPROCESSABLE_ENTITY,
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Internal | JobFailed => StatusCode::INTERNAL_SERVER_ERROR,
             StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -112,11 +116,13 @@ impl Code {
             MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Conflict => "CONFLICT",
             TokenLimit => "TOKEN_LIMIT_REACHED",
+            JobBusy => "JOB_BUSY",
             BodyTooLarge => "BODY_TOO_LARGE",
             UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             InvalidField => "INVALID_FIELD",
             UnknownField => "UNKNOWN_FIELD",
             Internal => "INTERNAL_ERROR",
+            JobFailed => "JOB_FAILED",
             StoreUnavailable => "STORE_UNAVAILABLE",
         }
     }

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod error;
 pub mod extract;
+pub mod jobs;
 pub mod legacy;
 pub mod ops;
 pub mod tokens;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub ctx: Ctx,
     /// Consumes verified calls with group commit.
     pub meter: crate::verify::meter::Meter,
+    /// Runs jobs on demand.
+    pub runner: Arc<crate::jobs::Runner>,
 }
 
 #[derive(OpenApi)]
@@ -75,6 +78,9 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(verify::forward_auth))
         .routes(routes!(verify::stats_csv))
         .routes(routes!(verify::mint_jwt))
+        .routes(routes!(jobs::list))
+        .routes(routes!(jobs::run))
+        .routes(routes!(jobs::notifications))
         .routes(routes!(legacy::create))
         .routes(routes!(legacy::delete))
         .routes(routes!(ops::healthz))

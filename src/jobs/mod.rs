@@ -114,6 +114,38 @@ impl FromStr for Job {
     }
 }
 
+/// Checks that every policy's account exists in the store: a policy naming an unknown account
+/// stops the start (and fails `check-config`) with its file, key and reason.
+pub async fn check_policy_accounts(
+    store: &crate::store::Store,
+    policies: &[crate::config::Policy],
+) -> Result<(), crate::config::ConfigErrors> {
+    let mut errs = Vec::new();
+    for (i, p) in policies.iter().enumerate() {
+        let found = match store.account(&p.account).await {
+            Ok(Some(_)) => true,
+            Ok(None) => matches!(store.account_by_name(&p.account).await, Ok(Some(_))),
+            Err(_) => true, // an unreachable store is reported by whoever opened it
+        };
+        if !found {
+            errs.push(crate::config::ConfigError {
+                source: p.source.clone(),
+                key: format!("policy[{i}].account"),
+                reason: format!(
+                    "no account named `{}` (or with that id) in the store; create it first \
+                     (tokenwarden account create {})",
+                    p.account, p.account
+                ),
+            });
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::config::ConfigErrors(errs))
+    }
+}
+
 /// How a request to run a period ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunOutcome {

@@ -65,6 +65,9 @@ async fn openapi_covers_every_route(b: Backend) {
         ("get", "/v1/auth"),
         ("get", "/v1/stats.csv"),
         ("post", "/v1/jwt"),
+        ("get", "/v1/jobs"),
+        ("post", "/v1/jobs/{job}/run"),
+        ("get", "/v1/notifications"),
         ("post", "/token/create"),
         ("delete", "/token/{id}"),
         ("get", "/healthz"),
@@ -86,7 +89,7 @@ async fn openapi_covers_every_route(b: Backend) {
     // Every documented route is really served: none answers "no such route".
     for (method, path) in routes {
         let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-        let (s, v) = app.call(m, &path.replace("{id}", "x"), None, None).await;
+        let (s, v) = app.call(m, &path.replace("{id}", "x").replace("{job}", "x"), None, None).await;
         assert!(
             s != StatusCode::NOT_FOUND || v["code"] != 4041,
             "{method} {path} is not served"
