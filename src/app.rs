@@ -123,11 +123,15 @@ impl App {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        // Catch up: every period that came due while no daemon ran is run once, now.
+        // Catch up: every period that came due while no daemon ran is run once, now; then
+        // policies new since this month's run get their token.
         for r in runner.run_due().await {
             if let RunOutcome::Ran(summary) = &r.outcome {
                 tracing::debug!(job = r.job.as_str(), period = %r.period, %summary, "caught up");
             }
+        }
+        if let Err(e) = runner.reconcile_policies().await {
+            tracing::warn!(error = %e, "could not issue the tokens of new policies; the next start or reload retries");
         }
         Ok(App {
             ctx,

@@ -227,7 +227,7 @@ impl Runner {
         let mut out = Vec::new();
         for job in ALL {
             let period = job.period_at(now);
-            match self.run_period(job, &period, false).await {
+            match self.run_period(job, &period, false, false).await {
                 Ok(r) => out.push(r),
                 Err(e) => {
                     tracing::warn!(job = job.as_str(), %period, error = %e, "job run could not start");
@@ -264,7 +264,24 @@ impl Runner {
             }
             Some(p) => p.to_string(),
         };
-        self.run_period(job, &period, true).await.map_err(RunError::Store)
+        self.run_period(job, &period, true, false).await.map_err(RunError::Store)
+    }
+
+    /// Issues this month's token of every policy that has none yet, even when the month's run
+    /// is done: policies added since (a restart or a reload with a new `[[policy]]`) get their
+    /// token now rather than next month.
+    pub async fn reconcile_policies(&self) -> Result<Option<RunReport>, crate::store::StoreError> {
+        let period = Job::MonthlyTokens.period_at(self.ctx.clock.now());
+        let mut missing = false;
+        for p in &self.live.get().config.policies {
+            missing |= self.ctx.store.policy_token(&p.name, &period).await?.is_none();
+        }
+        if !missing {
+            return Ok(None);
+        }
+        self.run_period(Job::MonthlyTokens, &period, false, true)
+            .await
+            .map(Some)
     }
 
     async fn run_period(
@@ -272,6 +289,7 @@ impl Runner {
         job: Job,
         period: &str,
         on_demand: bool,
+        reopen_done: bool,
     ) -> Result<RunReport, crate::store::StoreError> {
         let _one = self.lock.lock().await;
         let store = &self.ctx.store;
@@ -286,6 +304,7 @@ impl Runner {
                 Utc::now(),
                 lease_until(),
                 on_demand,
+                reopen_done,
             )
             .await?;
         let report = |outcome| RunReport {

@@ -51,7 +51,8 @@ const RUN_COLS: &str =
 impl Store {
     /// Claims `(job, period)` for `owner` until `lease_until` (wall clock). A period never run is
     /// claimed by inserting its row (the primary key lets one daemon win); one whose run crashed
-    /// (lease lapsed) or failed (retry wait over, or `retry_failed_now`) is taken over.
+    /// (lease lapsed) or failed (retry wait over, or `retry_failed_now`) is taken over, and a
+    /// done one only with `reopen_done` (new policies in the configuration).
     #[allow(clippy::too_many_arguments)]
     pub async fn claim_run(
         &self,
@@ -62,6 +63,7 @@ impl Store {
         wall_now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         retry_failed_now: bool,
+        reopen_done: bool,
     ) -> Result<Claim> {
         let q = format!("SELECT {RUN_COLS} FROM job_runs WHERE job = $1 AND period = $2");
         with_pool!(self, p => {
@@ -76,10 +78,12 @@ impl Store {
             let taken = sqlx::query(
                 "UPDATE job_runs SET status = 'running', owner = $3, lease_until = $4, \
                  attempts = attempts + 1, started_at = $5, finished_at = NULL, error = NULL \
-                 WHERE job = $1 AND period = $2 AND status <> 'done' \
-                 AND (lease_until < $6 OR (status = 'failed' AND $7))")
+                 WHERE job = $1 AND period = $2 AND ( \
+                   (status = 'running' AND lease_until < $6) \
+                   OR (status = 'failed' AND (lease_until < $6 OR $7)) \
+                   OR (status = 'done' AND $8))")
                 .bind(job).bind(period).bind(owner).bind(lease_until).bind(now).bind(wall_now)
-                .bind(retry_failed_now).execute(p).await?.rows_affected();
+                .bind(retry_failed_now).bind(reopen_done).execute(p).await?.rows_affected();
             if taken == 1 {
                 return Ok(Claim::Claimed);
             }

@@ -129,11 +129,14 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: ManualClock,
     pub ctx: Ctx,
+    /// Wakes jobs (what the scheduler does) and delivers the outbox.
+    pub runner: Arc<tokenwarden::jobs::Runner>,
     /// The operator credential, read back from `<data_dir>/operator.token`.
     pub operator: String,
-    server: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
     _pg: Option<PgDb>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// The instant every test starts at, unless it sets another.
@@ -152,39 +155,74 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     let (store, pg) = store_for(backend, dir.path()).await;
     config.store = store;
     tweak(&mut config);
-    let clock = ManualClock::new(t0());
-    let app = App::build(config, Arc::new(clock.clone()))
+    let mut app = launch(config, ManualClock::new(t0()))
         .await
         .expect("build app");
+    app._pg = pg;
+    app._dir = Some(dir);
+    app
+}
+
+/// Builds and serves a daemon on `config` with `clock`; it stops on `TestApp::stop` or drop.
+pub async fn launch(config: Config, clock: ManualClock) -> anyhow::Result<TestApp> {
+    let data_dir = config.data_dir.clone();
+    let app = App::build(config, Arc::new(clock.clone())).await?;
     let addr = app.local_addr();
     let ctx = app.ctx().clone();
-    let data_dir = dir.path().to_path_buf();
+    let runner = app.runner().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        app.run_until(std::future::pending()).await.unwrap();
+        app.run_until(async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
     });
     let operator = std::fs::read_to_string(data_dir.join("operator.token"))
-        .unwrap()
+        .unwrap_or_default()
         .trim()
         .to_string();
-    TestApp {
+    Ok(TestApp {
         addr,
         client: reqwest::Client::new(),
         clock,
         ctx,
+        runner,
         operator,
-        server,
-        _pg: pg,
-        _dir: dir,
-    }
+        stop: Some(stop),
+        server: Some(server),
+        _pg: None,
+        _dir: None,
+    })
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        self.server.abort();
+        if let Some(s) = &self.server {
+            s.abort();
+        }
     }
 }
 
 impl TestApp {
+    /// Stops the daemon the way SIGTERM does and waits until it has finished.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.server.take() {
+            h.await.unwrap();
+        }
+    }
+
+    /// Runs what the scheduler's wake-up runs (every job whose period is due at the clock's
+    /// now), then delivers the outbox.
+    pub async fn tick(&self) -> Vec<tokenwarden::jobs::RunReport> {
+        let r = self.runner.run_due().await;
+        self.runner.sender().pass().await.unwrap();
+        r
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

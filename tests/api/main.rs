@@ -7,6 +7,8 @@ mod accounts;
 mod cli;
 mod durability;
 mod hardening;
+mod jobs;
+mod jobs_env;
 mod jwt;
 mod legacy;
 mod nginx;
