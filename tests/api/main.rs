@@ -11,6 +11,7 @@ mod jobs;
 mod jobs_env;
 mod jwt;
 mod legacy;
+mod mail;
 mod nginx;
 mod ops;
 mod tokens;
