@@ -192,8 +192,13 @@ impl App {
         }
         // One last outbox pass, bounded: what is not delivered stays queued for the next start.
         let _ = stop_sender.send(true);
-        if tokio::time::timeout(std::time::Duration::from_secs(20), sender).await.is_err() {
-            tracing::warn!("outbox sender still busy at shutdown; undelivered messages stay queued");
+        if tokio::time::timeout(std::time::Duration::from_secs(20), sender)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "outbox sender still busy at shutdown; undelivered messages stay queued"
+            );
         }
         store.close().await;
         tracing::info!("tokenwarden stopped");

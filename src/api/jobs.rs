@@ -82,7 +82,12 @@ pub struct JobList {
     security(("credential" = [])))]
 pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> ApiResult<Json<JobList>> {
     admin::require_operator(&p, "see job runs")?;
-    let runs = s.ctx.store.latest_runs().await.map_err(admin::Error::Store)?;
+    let runs = s
+        .ctx
+        .store
+        .latest_runs()
+        .await
+        .map_err(admin::Error::Store)?;
     let now = s.ctx.clock.now();
     let jobs = ALL
         .iter()
@@ -139,7 +144,9 @@ pub async fn run(
     Params(q): Params<RunQuery>,
 ) -> ApiResult<Json<RunAnswer>> {
     admin::require_operator(&p, "run jobs")?;
-    let job: Job = job.parse().map_err(|e: String| ApiError::new(Code::NotFound, e))?;
+    let job: Job = job
+        .parse()
+        .map_err(|e: String| ApiError::new(Code::NotFound, e))?;
     let report = s
         .runner
         .run_on_demand(job, q.period.as_deref())
@@ -161,13 +168,22 @@ pub async fn run(
         RunOutcome::Busy(r) => {
             return Err(ApiError::new(
                 Code::JobBusy,
-                format!("{} {} is being run by {} (or waits before a retry); try again later", job.as_str(), r.period, r.owner),
+                format!(
+                    "{} {} is being run by {} (or waits before a retry); try again later",
+                    job.as_str(),
+                    r.period,
+                    r.owner
+                ),
             ))
         }
         RunOutcome::Failed(e) => {
             return Err(ApiError::new(
                 Code::JobFailed,
-                format!("{} {} failed: {e}; it will be retried", job.as_str(), report.period),
+                format!(
+                    "{} {} failed: {e}; it will be retried",
+                    job.as_str(),
+                    report.period
+                ),
             ))
         }
     };
@@ -269,7 +285,11 @@ pub async fn notifications(
     }
     if let Some(st) = &q.status {
         if !["pending", "sent", "failed"].contains(&st.as_str()) {
-            return Err(crate::domain::ParseError::new("status", "must be pending, sent or failed").into());
+            return Err(crate::domain::ParseError::new(
+                "status",
+                "must be pending, sent or failed",
+            )
+            .into());
         }
     }
     let account_id = match &p {
@@ -277,7 +297,10 @@ pub async fn notifications(
         other => {
             let own = other.account_id().unwrap_or_default().to_string();
             if !other.is_account_admin_of(&own) {
-                return Err(admin::Error::Forbidden("only the account's admins may see its notifications".into()).into());
+                return Err(admin::Error::Forbidden(
+                    "only the account's admins may see its notifications".into(),
+                )
+                .into());
             }
             if q.account_id.as_ref().is_some_and(|a| *a != own) {
                 return Err(admin::Error::NotFound("account").into());

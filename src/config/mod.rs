@@ -5,8 +5,8 @@
 mod notify;
 
 pub use notify::{
-    EmailSettings, JobSettings, NotificationSettings, Policy, RawEmail, RawJobs,
-    RawNotifications, RawPolicy, RawSmtp, Secret, SmtpSettings, SmtpTls, Webhook,
+    EmailSettings, JobSettings, NotificationSettings, Policy, RawEmail, RawJobs, RawNotifications,
+    RawPolicy, RawSmtp, Secret, SmtpSettings, SmtpTls, Webhook,
 };
 
 use crate::domain::{limits, net};

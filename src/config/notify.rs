@@ -358,16 +358,25 @@ pub(super) fn check(
     let from = e
         .from
         .parse::<lettre::message::Mailbox>()
-        .map_err(|err| bad("email.from", format!("`{}` is not an address: {err}", e.from)))
+        .map_err(|err| {
+            bad(
+                "email.from",
+                format!("`{}` is not an address: {err}", e.from),
+            )
+        })
         .ok();
     let admin_url = e.admin_url.trim_end_matches('/').to_string();
     if url::Url::parse(&admin_url).is_err() {
         bad("email.admin_url", format!("`{}` is not a URL", e.admin_url));
     }
-    let templates_dir = (!e.templates_dir.trim().is_empty()).then(|| PathBuf::from(&e.templates_dir));
+    let templates_dir =
+        (!e.templates_dir.trim().is_empty()).then(|| PathBuf::from(&e.templates_dir));
     if let Some(d) = &templates_dir {
         if !d.is_dir() {
-            bad("email.templates_dir", format!("{} is not a folder", d.display()));
+            bad(
+                "email.templates_dir",
+                format!("{} is not a folder", d.display()),
+            );
         }
     }
     let smtp = e.smtp.as_ref().and_then(|s| {
@@ -376,18 +385,25 @@ pub(super) fn check(
             "implicit" => SmtpTls::Implicit,
             "none" => SmtpTls::None,
             _ => {
-                bad("email.smtp.tls", "must be starttls, implicit or none".into());
+                bad(
+                    "email.smtp.tls",
+                    "must be starttls, implicit or none".into(),
+                );
                 return None;
             }
         };
         if s.host.trim().is_empty() {
-            bad("email.smtp.host", "must be set when [email.smtp] is present".into());
+            bad(
+                "email.smtp.host",
+                "must be set when [email.smtp] is present".into(),
+            );
             return None;
         }
         if tls == SmtpTls::None && !is_loopback_host(&s.host) {
             bad(
                 "email.smtp.tls",
-                "none is only allowed for a relay on a loopback address; use starttls or implicit".into(),
+                "none is only allowed for a relay on a loopback address; use starttls or implicit"
+                    .into(),
             );
         }
         let port = match (s.port, tls) {
@@ -406,18 +422,27 @@ pub(super) fn check(
                 }
             },
             (false, true) => {
-                bad("email.smtp.password_file", "must be set with username".into());
+                bad(
+                    "email.smtp.password_file",
+                    "must be set with username".into(),
+                );
                 None
             }
             (true, false) => {
-                bad("email.smtp.username", "must be set with password_file".into());
+                bad(
+                    "email.smtp.username",
+                    "must be set with password_file".into(),
+                );
                 None
             }
         };
         let ca_file = (!s.ca_file.is_empty()).then(|| PathBuf::from(&s.ca_file));
         if let Some(ca) = &ca_file {
             if !ca.is_file() {
-                bad("email.smtp.ca_file", format!("cannot read {}", ca.display()));
+                bad(
+                    "email.smtp.ca_file",
+                    format!("cannot read {}", ca.display()),
+                );
             }
         }
         if !(1..=600).contains(&s.timeout_seconds) {
@@ -457,7 +482,10 @@ pub(super) fn check(
         bad("notifications.max_attempts", "must be 1 to 100".into());
     }
     if !(1..=86_400).contains(&n.retry_base_seconds) {
-        bad("notifications.retry_base_seconds", "must be 1 to 86400".into());
+        bad(
+            "notifications.retry_base_seconds",
+            "must be 1 to 86400".into(),
+        );
     }
     if !(n.retry_base_seconds.max(1)..=7 * 86_400).contains(&n.retry_max_seconds) {
         bad(
@@ -486,12 +514,21 @@ pub(super) fn check(
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !name_ok {
-            bad(&k("name"), "must be 1 to 64 letters, digits, '-', '_' or '.'".into());
+            bad(
+                &k("name"),
+                "must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
+            );
         } else if raw.policy[..i].iter().any(|q| q.name == p.name) {
-            bad(&k("name"), format!("`{}` is used by an earlier policy", p.name));
+            bad(
+                &k("name"),
+                format!("`{}` is used by an earlier policy", p.name),
+            );
         }
         if p.account.trim().is_empty() {
-            bad(&k("account"), "must name an account (its name or id)".into());
+            bad(
+                &k("account"),
+                "must name an account (its name or id)".into(),
+            );
         }
         let token_name = if p.token_name.is_empty() {
             "{policy} {period}".to_string()
@@ -500,7 +537,10 @@ pub(super) fn check(
         };
         let rest = token_name.replace("{period}", "").replace("{policy}", "");
         if rest.contains(['{', '}']) {
-            bad(&k("token_name"), "only {period} and {policy} may be filled in".into());
+            bad(
+                &k("token_name"),
+                "only {period} and {policy} may be filled in".into(),
+            );
         } else if let Err(e) = limits::text(&token_name, 200, true, &k("token_name")) {
             bad(&e.field, e.reason);
         }
@@ -514,7 +554,12 @@ pub(super) fn check(
         } else {
             p.role
                 .parse::<Role>()
-                .map_err(|_| bad(&k("role"), "must be admin, engineer, user or readonly".into()))
+                .map_err(|_| {
+                    bad(
+                        &k("role"),
+                        "must be admin, engineer, user or readonly".into(),
+                    )
+                })
                 .ok()
         };
         if let Err(e) = scope::parse_list(&p.scopes, &k("scopes")) {
@@ -542,7 +587,10 @@ pub(super) fn check(
             if f.is_relative() {
                 bad(&k("deliver_file"), "must be an absolute path".into());
             } else if !f.parent().is_some_and(|d| d.is_dir()) {
-                bad(&k("deliver_file"), format!("the folder of {} does not exist", f.display()));
+                bad(
+                    &k("deliver_file"),
+                    format!("the folder of {} does not exist", f.display()),
+                );
             }
         }
         let mut emails = Vec::new();
@@ -554,7 +602,10 @@ pub(super) fn check(
             }
         }
         if p.email_includes_token && emails.is_empty() {
-            bad(&k("email_includes_token"), "needs deliver_email recipients".into());
+            bad(
+                &k("email_includes_token"),
+                "needs deliver_email recipients".into(),
+            );
         }
         if p.deliver_webhook.is_empty() && file.is_none() && emails.is_empty() {
             bad(
@@ -624,13 +675,21 @@ fn hook(
             None
         }
         (false, true) => {
-            bad(secret_key, "a webhook needs a secret file to sign its body with".into());
+            bad(
+                secret_key,
+                "a webhook needs a secret file to sign its body with".into(),
+            );
             None
         }
         (false, false) => {
             let u = webhook_url(url).map_err(|r| bad(url_key, r)).ok();
-            let s = read_secret(secret_file).map_err(|r| bad(secret_key, r)).ok();
-            Some(Webhook { url: u?, secret: s? })
+            let s = read_secret(secret_file)
+                .map_err(|r| bad(secret_key, r))
+                .ok();
+            Some(Webhook {
+                url: u?,
+                secret: s?,
+            })
         }
     }
 }

@@ -5,7 +5,9 @@ use chrono::TimeDelta;
 /// The wait before attempt `attempts + 1`, after `attempts` failed ones: `base`, `2·base`,
 /// `4·base`, … never more than `max`.
 pub fn backoff(attempts: u32, base: TimeDelta, max: TimeDelta) -> TimeDelta {
-    let factor = 1i32.checked_shl(attempts.saturating_sub(1).min(30)).unwrap_or(i32::MAX);
+    let factor = 1i32
+        .checked_shl(attempts.saturating_sub(1).min(30))
+        .unwrap_or(i32::MAX);
     base.checked_mul(factor).unwrap_or(max).min(max)
 }
 

@@ -54,7 +54,10 @@ mod tests {
         assert_eq!(due_threshold(T, created, expires, at(13, 11), &[]), None);
         assert_eq!(due_threshold(T, created, expires, at(13, 12), &[]), Some(7));
         assert_eq!(due_threshold(T, created, expires, at(15, 0), &[7]), None);
-        assert_eq!(due_threshold(T, created, expires, at(19, 12), &[7]), Some(1));
+        assert_eq!(
+            due_threshold(T, created, expires, at(19, 12), &[7]),
+            Some(1)
+        );
         assert_eq!(due_threshold(T, created, expires, at(20, 0), &[7, 1]), None);
         assert_eq!(due_threshold(T, created, expires, at(20, 12), &[7]), None);
     }

@@ -239,7 +239,11 @@ impl Runner {
 
     /// Runs `job` for `period` (default: the one due now) on demand. A done period is not run
     /// again; a failed one is retried at once.
-    pub async fn run_on_demand(&self, job: Job, period: Option<&str>) -> Result<RunReport, RunError> {
+    pub async fn run_on_demand(
+        &self,
+        job: Job,
+        period: Option<&str>,
+    ) -> Result<RunReport, RunError> {
         let now = self.ctx.clock.now();
         let current = job.period_at(now);
         let period = match period {
@@ -248,12 +252,18 @@ impl Runner {
                 return Err(RunError::BadPeriod(format!(
                     "{} runs for the current {} only ({current}); omit period",
                     job.as_str(),
-                    if job == Job::Housekeeping { "day" } else { "minute" }
+                    if job == Job::Housekeeping {
+                        "day"
+                    } else {
+                        "minute"
+                    }
                 )))
             }
             Some(p) if job.takes_period() => {
                 if month_start(p).is_none() {
-                    return Err(RunError::BadPeriod(format!("`{p}` is not a month (YYYY-MM)")));
+                    return Err(RunError::BadPeriod(format!(
+                        "`{p}` is not a month (YYYY-MM)"
+                    )));
                 }
                 if p > current.as_str() {
                     return Err(RunError::BadPeriod(format!(
@@ -264,7 +274,9 @@ impl Runner {
             }
             Some(p) => p.to_string(),
         };
-        self.run_period(job, &period, true, false).await.map_err(RunError::Store)
+        self.run_period(job, &period, true, false)
+            .await
+            .map_err(RunError::Store)
     }
 
     /// Issues this month's token of every policy that has none yet, even when the month's run
@@ -274,7 +286,12 @@ impl Runner {
         let period = Job::MonthlyTokens.period_at(self.ctx.clock.now());
         let mut missing = false;
         for p in &self.live.get().config.policies {
-            missing |= self.ctx.store.policy_token(&p.name, &period).await?.is_none();
+            missing |= self
+                .ctx
+                .store
+                .policy_token(&p.name, &period)
+                .await?
+                .is_none();
         }
         if !missing {
             return Ok(None);
@@ -325,7 +342,10 @@ impl Runner {
                 loop {
                     tokio::time::sleep(lease / 3).await;
                     let until = Utc::now() + chrono::TimeDelta::from_std(lease).unwrap_or_default();
-                    if !matches!(store.renew_run(job_s, &period_s, &owner, until).await, Ok(true)) {
+                    if !matches!(
+                        store.renew_run(job_s, &period_s, &owner, until).await,
+                        Ok(true)
+                    ) {
                         break;
                     }
                 }
@@ -354,7 +374,13 @@ impl Runner {
                     chrono::TimeDelta::hours(1),
                 );
                 store
-                    .finish_run(job.as_str(), period, &self.owner, now, Err((&error, Utc::now() + wait)))
+                    .finish_run(
+                        job.as_str(),
+                        period,
+                        &self.owner,
+                        now,
+                        Err((&error, Utc::now() + wait)),
+                    )
                     .await?;
                 tracing::error!(job = job.as_str(), %period, %error, retry_in_s = wait.num_seconds(), "job run failed");
                 RunOutcome::Failed(error)

@@ -5,7 +5,10 @@ use super::Job;
 use crate::admin::Ctx;
 use crate::config::Policy;
 use crate::domain::{
-    credential, period::{month_start, next_month_start}, status::AccountStatus, warnings,
+    credential,
+    period::{month_start, next_month_start},
+    status::AccountStatus,
+    warnings,
 };
 use crate::notify::{self, Live};
 use crate::store::{Account, NewToken, StoreError};
@@ -38,7 +41,9 @@ async fn monthly_reset(ctx: &Ctx, period: &str) -> Result<String, StoreError> {
         tokens += t;
         accounts += a;
     }
-    Ok(format!("rolled {tokens} tokens and {accounts} accounts into {period}"))
+    Ok(format!(
+        "rolled {tokens} tokens and {accounts} accounts into {period}"
+    ))
 }
 
 /// Finds a policy's account by id, then by name.
@@ -112,11 +117,18 @@ async fn monthly_tokens(ctx: &Ctx, live: &Live, period: &str) -> Result<String, 
             sealed_secret: None,
             secret_hash: plain.hash(),
         };
-        let messages = notify::issued_messages(config, &ctx.master_key, p, period, &new, &account, &plain);
+        let messages =
+            notify::issued_messages(config, &ctx.master_key, p, period, &new, &account, &plain);
         let revoke = p.revoke_previous.then_some((p.name.as_str(), period));
         match ctx
             .store
-            .create_tokens_with(&account.id, std::slice::from_ref(&new), revoke, &messages, now)
+            .create_tokens_with(
+                &account.id,
+                std::slice::from_ref(&new),
+                revoke,
+                &messages,
+                now,
+            )
             .await
         {
             Ok(_) => {
@@ -141,7 +153,11 @@ async fn monthly_tokens(ctx: &Ctx, live: &Live, period: &str) -> Result<String, 
 struct People(HashMap<String, (Account, Vec<crate::store::User>)>);
 
 impl People {
-    async fn of(&mut self, ctx: &Ctx, account_id: &str) -> Result<Option<&(Account, Vec<crate::store::User>)>, StoreError> {
+    async fn of(
+        &mut self,
+        ctx: &Ctx,
+        account_id: &str,
+    ) -> Result<Option<&(Account, Vec<crate::store::User>)>, StoreError> {
         if !self.0.contains_key(account_id) {
             let Some(a) = ctx.store.account(account_id).await? else {
                 return Ok(None);
@@ -165,7 +181,10 @@ async fn expiry(ctx: &Ctx, live: &Live) -> Result<String, StoreError> {
         }
         let mut progressed = false;
         for t in due {
-            let messages = match (config.notifications.expired_notice, people.of(ctx, &t.account_id).await?) {
+            let messages = match (
+                config.notifications.expired_notice,
+                people.of(ctx, &t.account_id).await?,
+            ) {
                 (true, Some((account, users))) => {
                     let to = notify::expiry_recipients(&t, users);
                     notify::expiry_messages(config, "expired", &t, account, &to, None, now)
@@ -182,7 +201,9 @@ async fn expiry(ctx: &Ctx, live: &Live) -> Result<String, StoreError> {
             break;
         }
     }
-    Ok(format!("{expired} tokens expired, {notices} notices queued"))
+    Ok(format!(
+        "{expired} tokens expired, {notices} notices queued"
+    ))
 }
 
 async fn expiry_warnings(ctx: &Ctx, live: &Live) -> Result<String, StoreError> {
@@ -199,7 +220,9 @@ async fn expiry_warnings(ctx: &Ctx, live: &Live) -> Result<String, StoreError> {
         .warning_candidates(now, now + TimeDelta::days(i64::from(max)))
         .await?
     {
-        let Some(expires_at) = t.expires_at else { continue };
+        let Some(expires_at) = t.expires_at else {
+            continue;
+        };
         let Some(n) = warnings::due_threshold(days, t.created_at, expires_at, now, &claimed) else {
             continue;
         };
@@ -210,7 +233,11 @@ async fn expiry_warnings(ctx: &Ctx, live: &Live) -> Result<String, StoreError> {
             }
             None => Vec::new(),
         };
-        if ctx.store.claim_warning(&t.id, n, expires_at, now, &messages).await? {
+        if ctx
+            .store
+            .claim_warning(&t.id, n, expires_at, now, &messages)
+            .await?
+        {
             warned += 1;
             queued += messages.len();
             tracing::info!(token_id = %t.id, threshold_days = n, recipients = messages.len(), "expiry warning queued");
@@ -222,7 +249,8 @@ async fn expiry_warnings(ctx: &Ctx, live: &Live) -> Result<String, StoreError> {
 async fn housekeeping(ctx: &Ctx, live: &Live) -> Result<String, StoreError> {
     let j = &live.config.jobs;
     let now = ctx.clock.now();
-    let stats_before = crate::domain::period::day_key(now - TimeDelta::days(j.stats_retention_days));
+    let stats_before =
+        crate::domain::period::day_key(now - TimeDelta::days(j.stats_retention_days));
     let outbox_before = now - TimeDelta::days(j.outbox_retention_days);
     // Per-minute run records are only kept for a week; monthly and daily ones stay.
     let runs_before = now - TimeDelta::days(7);

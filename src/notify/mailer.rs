@@ -45,7 +45,8 @@ impl Mailer {
         let tls_params = || -> anyhow::Result<TlsParameters> {
             let mut b = TlsParameters::builder(s.host.clone());
             if let Some(ca) = &s.ca_file {
-                let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+                let pem =
+                    std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
                 let cert = Certificate::from_pem(&pem)
                     .with_context(|| format!("{}: not a PEM certificate", ca.display()))?;
                 b = b.add_root_certificate(cert);
@@ -73,7 +74,10 @@ impl Mailer {
             .from(from.clone())
             .to(to)
             .subject(msg.subject.clone())
-            .multipart(MultiPart::alternative_plain_html(msg.text.clone(), msg.html.clone()))
+            .multipart(MultiPart::alternative_plain_html(
+                msg.text.clone(),
+                msg.html.clone(),
+            ))
             .map_err(|e| format!("cannot build the message: {e}"))?;
         match self {
             Mailer::Smtp(t) => t.send(email).await.map(|_| ()).map_err(|e| e.to_string()),

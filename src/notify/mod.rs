@@ -223,17 +223,33 @@ pub fn issued_messages(
     };
     let mut out = Vec::new();
     if let Some(h) = &policy.webhook {
-        let mut m = message(MessageKind::Webhook, "token_issued", h.url.as_str(), t, &ctx);
+        let mut m = message(
+            MessageKind::Webhook,
+            "token_issued",
+            h.url.as_str(),
+            t,
+            &ctx,
+        );
         m.signer = Some(format!("policy:{}", policy.name));
         out.push(sealed(m));
     }
     if let Some(f) = &policy.file {
         let path = f.display().to_string();
-        out.push(sealed(message(MessageKind::File, "token_issued", &path, t, &ctx)));
+        out.push(sealed(message(
+            MessageKind::File,
+            "token_issued",
+            &path,
+            t,
+            &ctx,
+        )));
     }
     for r in &policy.emails {
         let m = message(MessageKind::Email, "token_issued", r, t, &ctx);
-        out.push(if policy.email_includes_token { sealed(m) } else { m });
+        out.push(if policy.email_includes_token {
+            sealed(m)
+        } else {
+            m
+        });
     }
     out
 }

@@ -53,7 +53,12 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 
 impl Sender {
     /// A sender over `store`.
-    pub fn new(store: Store, clock: SharedClock, key: Arc<MasterKey>, live: SharedLive) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        key: Arc<MasterKey>,
+        live: SharedLive,
+    ) -> Arc<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")))
@@ -81,13 +86,20 @@ impl Sender {
         let mut report = PassReport::default();
         loop {
             let wall = Utc::now();
-            let due = self.store.due_messages(self.clock.now(), wall, BATCH).await?;
+            let due = self
+                .store
+                .due_messages(self.clock.now(), wall, BATCH)
+                .await?;
             if due.is_empty() {
                 break;
             }
             let mut took_any = false;
             for m in due {
-                if !self.store.lease_message(&m.id, wall, Utc::now() + LEASE).await? {
+                if !self
+                    .store
+                    .lease_message(&m.id, wall, Utc::now() + LEASE)
+                    .await?
+                {
                     continue;
                 }
                 took_any = true;
@@ -104,7 +116,12 @@ impl Sender {
                 let retry_at = (outcome == "retrying")
                     .then(|| now + backoff(attempts, n.retry_base, n.retry_max));
                 self.store
-                    .record_attempt(&m.id, now, result.as_ref().err().map(String::as_str), retry_at)
+                    .record_attempt(
+                        &m.id,
+                        now,
+                        result.as_ref().err().map(String::as_str),
+                        retry_at,
+                    )
                     .await?;
                 metrics::counter!("tokenwarden_deliveries_total", "kind" => m.kind.as_str(), "outcome" => outcome)
                     .increment(1);

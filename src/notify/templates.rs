@@ -8,15 +8,36 @@ use std::path::Path;
 
 /// The messages and the built-in source of each part.
 const BUILT_IN: &[(&str, &str)] = &[
-    ("expiry_warning.subject.txt", include_str!("../../templates/expiry_warning.subject.txt")),
-    ("expiry_warning.txt", include_str!("../../templates/expiry_warning.txt")),
-    ("expiry_warning.html", include_str!("../../templates/expiry_warning.html")),
-    ("expired.subject.txt", include_str!("../../templates/expired.subject.txt")),
+    (
+        "expiry_warning.subject.txt",
+        include_str!("../../templates/expiry_warning.subject.txt"),
+    ),
+    (
+        "expiry_warning.txt",
+        include_str!("../../templates/expiry_warning.txt"),
+    ),
+    (
+        "expiry_warning.html",
+        include_str!("../../templates/expiry_warning.html"),
+    ),
+    (
+        "expired.subject.txt",
+        include_str!("../../templates/expired.subject.txt"),
+    ),
     ("expired.txt", include_str!("../../templates/expired.txt")),
     ("expired.html", include_str!("../../templates/expired.html")),
-    ("token_issued.subject.txt", include_str!("../../templates/token_issued.subject.txt")),
-    ("token_issued.txt", include_str!("../../templates/token_issued.txt")),
-    ("token_issued.html", include_str!("../../templates/token_issued.html")),
+    (
+        "token_issued.subject.txt",
+        include_str!("../../templates/token_issued.subject.txt"),
+    ),
+    (
+        "token_issued.txt",
+        include_str!("../../templates/token_issued.txt"),
+    ),
+    (
+        "token_issued.html",
+        include_str!("../../templates/token_issued.html"),
+    ),
 ];
 
 /// The topics that have templates.
@@ -50,7 +71,10 @@ impl std::fmt::Debug for Templates {
 fn describe(dir: &str, e: &minijinja::Error) -> String {
     let name = e.name().unwrap_or("?");
     match e.line() {
-        Some(l) => format!("{dir}/{name} line {l}: {}", e.detail().unwrap_or(&e.to_string())),
+        Some(l) => format!(
+            "{dir}/{name} line {l}: {}",
+            e.detail().unwrap_or(&e.to_string())
+        ),
         None => format!("{dir}/{name}: {e}"),
     }
 }
@@ -62,7 +86,9 @@ impl Templates {
         let mut env = Environment::new();
         // A misspelt variable is an error, not an empty string in somebody's inbox.
         env.set_undefined_behavior(UndefinedBehavior::Strict);
-        let shown = dir.map_or("templates (built in)".to_string(), |d| d.display().to_string());
+        let shown = dir.map_or("templates (built in)".to_string(), |d| {
+            d.display().to_string()
+        });
         for (name, built_in) in BUILT_IN {
             let source = match dir {
                 Some(d) => std::fs::read_to_string(d.join(name))
@@ -94,7 +120,12 @@ impl Templates {
                 .map_err(|e| describe(&self.dir, &e))
         };
         Ok(Rendered {
-            subject: part("subject.txt")?.lines().next().unwrap_or("").trim().to_string(),
+            subject: part("subject.txt")?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
             text: part("txt")?,
             html: part("html")?,
         })
@@ -134,12 +165,26 @@ mod tests {
         let mut ctx = sample("expiry_warning", false);
         ctx["token"]["name"] = json!("<b>x</b>");
         let r = t.render("expiry_warning", &ctx).unwrap();
-        assert_eq!(r.subject, "Token \"<b>x</b>\" expires in 7 days (2027-01-01T00:00:00Z)");
+        assert_eq!(
+            r.subject,
+            "Token \"<b>x</b>\" expires in 7 days (2027-01-01T00:00:00Z)"
+        );
         assert!(r.text.contains("tokenwarden token regenerate AbCdEf12"));
-        assert!(r.html.contains("&lt;b&gt;x&lt;") && !r.html.contains("<b>x"), "{}", r.html);
-        let issued = t.render("token_issued", &sample("token_issued", false)).unwrap();
-        assert!(!issued.text.contains("tw_AbCdEf12"), "no secret unless asked");
-        let issued = t.render("token_issued", &sample("token_issued", true)).unwrap();
+        assert!(
+            r.html.contains("&lt;b&gt;x&lt;") && !r.html.contains("<b>x"),
+            "{}",
+            r.html
+        );
+        let issued = t
+            .render("token_issued", &sample("token_issued", false))
+            .unwrap();
+        assert!(
+            !issued.text.contains("tw_AbCdEf12"),
+            "no secret unless asked"
+        );
+        let issued = t
+            .render("token_issued", &sample("token_issued", true))
+            .unwrap();
         assert!(issued.text.contains("tw_AbCdEf12xxx"));
     }
 
@@ -149,7 +194,11 @@ mod tests {
         for (name, src) in BUILT_IN {
             std::fs::write(dir.path().join(name), src).unwrap();
         }
-        std::fs::write(dir.path().join("expired.txt"), "Hello\n\n{% if token.name %}\nno end\n").unwrap();
+        std::fs::write(
+            dir.path().join("expired.txt"),
+            "Hello\n\n{% if token.name %}\nno end\n",
+        )
+        .unwrap();
         let e = Templates::load(Some(dir.path())).unwrap_err();
         assert!(e.contains("expired.txt line"), "{e}");
         std::fs::write(dir.path().join("expired.txt"), "Hello\n{{ token.nmae }}\n").unwrap();

@@ -340,8 +340,14 @@ impl Store {
         runs_before: DateTime<Utc>,
         minute_jobs: &[&str],
     ) -> Result<[u64; 4]> {
-        let jobs_list: Vec<Arg> = minute_jobs.iter().map(|j| Arg::Str(j.to_string())).collect();
-        let in_list = (0..jobs_list.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+        let jobs_list: Vec<Arg> = minute_jobs
+            .iter()
+            .map(|j| Arg::Str(j.to_string()))
+            .collect();
+        let in_list = (0..jobs_list.len())
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
         let runs_q = format!(
             "DELETE FROM job_runs WHERE status = 'done' AND started_at < $1 AND job IN ({in_list})"
         );

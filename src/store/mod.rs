@@ -9,8 +9,8 @@
 mod model;
 mod rows;
 
-pub use model::*;
 pub use jobs::{Claim, JobRun};
+pub use model::*;
 pub use outbox::{Message, MessageKind, NewMessage};
 pub use usage::{Consume, Decided, Denial, JwtUse, StatRow};
 

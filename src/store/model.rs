@@ -174,8 +174,15 @@ impl Token {
     pub fn roll_month(&mut self, period: &str) -> (bool, Option<(String, i64)>) {
         let mut changed = false;
         let mut archived = None;
-        if self.calls_month_period.as_deref().is_some_and(|p| p < period) {
-            archived = self.calls_month_period.take().map(|p| (p, self.calls_month));
+        if self
+            .calls_month_period
+            .as_deref()
+            .is_some_and(|p| p < period)
+        {
+            archived = self
+                .calls_month_period
+                .take()
+                .map(|p| (p, self.calls_month));
             self.calls_month = 0;
             self.calls_month_period = Some(period.to_string());
             changed = true;

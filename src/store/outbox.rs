@@ -112,7 +112,8 @@ struct MessageRow {
     sent_at: Option<DateTime<Utc>>,
 }
 
-const COLS: &str = "id, kind, topic, target, signer, account_id, token_id, context, sealed_secret, \
+const COLS: &str =
+    "id, kind, topic, target, signer, account_id, token_id, context, sealed_secret, \
      status, attempts, next_attempt_at, last_error, created_at, sent_at";
 
 impl TryFrom<MessageRow> for Message {

@@ -412,3 +412,88 @@ async fn debug_logs_never_show_credentials() {
         );
     }
 }
+
+#[test]
+fn jobs_run_on_the_store_directly_and_only_once_per_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = json_out(&tw(dir.path()).args(["jobs", "list"]).output().unwrap());
+    let names: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "monthly_reset",
+            "monthly_tokens",
+            "expiry",
+            "expiry_warnings",
+            "housekeeping"
+        ]
+    );
+    let run = || {
+        tw(dir.path())
+            .args(["jobs", "run", "monthly_reset", "--period", "2026-01"])
+            .output()
+            .unwrap()
+    };
+    let first = json_out(&run());
+    assert_eq!(
+        (first["outcome"].as_str(), first["period"].as_str()),
+        (Some("ran"), Some("2026-01"))
+    );
+    assert_eq!(json_out(&run())["outcome"], "already_done");
+    let o = tw(dir.path())
+        .args(["jobs", "run", "payroll"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown job `payroll`"));
+    let o = tw(dir.path())
+        .args(["jobs", "run", "monthly_tokens", "--period", "2026-1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--period"));
+}
+
+#[test]
+fn check_config_refuses_a_policy_naming_an_unknown_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[policy]]\nname = \"p\"\naccount = \"ghost\"\ndeliver_file = \"{}\"\n",
+            dir.path().join("p.token").display()
+        ),
+    )
+    .unwrap();
+    let o = tw(dir.path())
+        .arg("check-config")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("policy[0].account") && err.contains("ghost") && err.contains("tw.toml"),
+        "{err}"
+    );
+    json_out(
+        &tw(dir.path())
+            .args(["account", "create", "ghost"])
+            .output()
+            .unwrap(),
+    );
+    let o = tw(dir.path())
+        .arg("check-config")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -15,7 +15,12 @@ fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
 
 async fn verify(app: &TestApp, token: &str) -> Value {
     let (s, v) = app
-        .call(reqwest::Method::POST, "/v1/verify", None, Some(json!({"token": token, "call": "convert:pdf"})))
+        .call(
+            reqwest::Method::POST,
+            "/v1/verify",
+            None,
+            Some(json!({"token": token, "call": "convert:pdf"})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     v
@@ -30,7 +35,11 @@ async fn acme(app: &TestApp, quota: Option<i64>) -> (String, String, String) {
     app.user(&id, "admin@acme.example", "admin").await;
     let quiet = app.user(&id, "quiet@acme.example", "admin").await;
     let (s, v) = app
-        .patch(&format!("/v1/users/{quiet}"), &app.operator.clone(), json!({"notify_expiry": false}))
+        .patch(
+            &format!("/v1/users/{quiet}"),
+            &app.operator.clone(),
+            json!({"notify_expiry": false}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let eng = app.user(&id, "eng@acme.example", "engineer").await;
@@ -41,7 +50,14 @@ async fn acme(app: &TestApp, quota: Option<i64>) -> (String, String, String) {
 async fn policy_tokens(app: &TestApp, name: &str, periods: &[&str]) -> Vec<Option<String>> {
     let mut out = Vec::new();
     for p in periods {
-        out.push(app.ctx.store.policy_token(name, p).await.unwrap().map(|t| t.id));
+        out.push(
+            app.ctx
+                .store
+                .policy_token(name, p)
+                .await
+                .unwrap()
+                .map(|t| t.id),
+        );
     }
     out
 }
@@ -70,7 +86,10 @@ async fn month_boundary_issues_resets_and_refills(b: Backend) {
     let app = env.start("").await;
     let (acct, secret, _) = acme(&app, Some(100)).await;
     let (refill_id, refill) = app
-        .token(&secret, json!({"name": "refilled", "usage_limit": 5, "refill_monthly": 5}))
+        .token(
+            &secret,
+            json!({"name": "refilled", "usage_limit": 5, "refill_monthly": 5}),
+        )
         .await;
     for _ in 0..3 {
         assert_eq!(verify(&app, &refill).await["result"], "VALID");
@@ -101,7 +120,13 @@ async fn month_boundary_issues_resets_and_refills(b: Backend) {
     // 00:00:00 UTC on the 1st.
     env.clock.set(at(2026, 12, 1, 0, 0));
     app.tick().await;
-    let dec = app.ctx.store.policy_token("acme-monthly", "2026-12").await.unwrap().expect("December's token");
+    let dec = app
+        .ctx
+        .store
+        .policy_token("acme-monthly", "2026-12")
+        .await
+        .unwrap()
+        .expect("December's token");
     assert_eq!(dec.name, "acme 2026-12");
     assert_eq!(dec.expires_at, Some(at(2027, 1, 1, 0, 0)));
     assert_eq!(dec.usage_limit, Some(1000));
@@ -109,12 +134,22 @@ async fn month_boundary_issues_resets_and_refills(b: Backend) {
     let dec_plain = std::fs::read_to_string(&file).unwrap().trim().to_string();
     assert_ne!(dec_plain, nov_plain);
     let v = verify(&app, &dec_plain).await;
-    assert_eq!((v["result"].as_str(), v["token_id"].as_str()), (Some("VALID"), Some(dec.id.as_str())));
-    assert_eq!(verify(&app, &nov_plain).await["result"], "REVOKED", "revoke_previous");
+    assert_eq!(
+        (v["result"].as_str(), v["token_id"].as_str()),
+        (Some("VALID"), Some(dec.id.as_str()))
+    );
+    assert_eq!(
+        verify(&app, &nov_plain).await["result"],
+        "REVOKED",
+        "revoke_previous"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     // The refill token: counter archived and restarted, remaining back to 5.
@@ -137,7 +172,13 @@ async fn month_boundary_issues_resets_and_refills(b: Backend) {
     app.tick().await;
     let ids = app.token_ids(&acct).await;
     assert_eq!(ids.len(), 3, "refill + November + December: {ids:?}");
-    let run = app.ctx.store.job_run("monthly_reset", "2026-12").await.unwrap().unwrap();
+    let run = app
+        .ctx
+        .store
+        .job_run("monthly_reset", "2026-12")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((run.status.as_str(), run.attempts), ("done", 1));
 
     // Both deliveries were signed with the policy's secret and carried the new token.
@@ -156,11 +197,18 @@ async fn month_boundary_issues_resets_and_refills(b: Backend) {
     let msgs = app
         .ctx
         .store
-        .list_messages(&tokenwarden::store::outbox::MessageFilter { limit: 100, ..Default::default() })
+        .list_messages(&tokenwarden::store::outbox::MessageFilter {
+            limit: 100,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(!msgs.is_empty());
-    assert!(msgs.iter().all(|m| m.sealed_secret.is_none() && m.status == "sent"), "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .all(|m| m.sealed_secret.is_none() && m.status == "sent"),
+        "{msgs:?}"
+    );
 }
 
 async fn expiry_at_utc_midnight_with_notice(b: Backend) {
@@ -170,7 +218,8 @@ async fn expiry_at_utc_midnight_with_notice(b: Backend) {
     let (id, plain) = app
         .token(&secret, json!({"name": "ends", "expires_on": "2026-11-28"}))
         .await;
-    env.clock.set(at(2026, 11, 27, 23, 59) + TimeDelta::seconds(59));
+    env.clock
+        .set(at(2026, 11, 27, 23, 59) + TimeDelta::seconds(59));
     app.tick().await;
     let t = app.ctx.store.token(&id).await.unwrap().unwrap();
     assert_eq!(t.status.as_str(), "active");
@@ -181,14 +230,24 @@ async fn expiry_at_utc_midnight_with_notice(b: Backend) {
     let t = app.ctx.store.token(&id).await.unwrap().unwrap();
     assert_eq!(t.status.as_str(), "expired", "marked at UTC midnight");
     assert_eq!(verify(&app, &plain).await["result"], "EXPIRED");
-    let (_, v) = app.get("/v1/notifications?status=sent", &app.operator.clone()).await;
+    let (_, v) = app
+        .get("/v1/notifications?status=sent", &app.operator.clone())
+        .await;
     let notes: Vec<(String, String)> = v["notifications"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|n| (n["topic"].as_str().unwrap().into(), n["target"].as_str().unwrap().into()))
+        .map(|n| {
+            (
+                n["topic"].as_str().unwrap().into(),
+                n["target"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    assert_eq!(notes, vec![("expired".to_string(), "admin@acme.example".to_string())]);
+    assert_eq!(
+        notes,
+        vec![("expired".to_string(), "admin@acme.example".to_string())]
+    );
     let emls = env.eml_files();
     assert_eq!(emls.len(), 1);
     assert!(emls[0].contains("has expired") && emls[0].contains(&id));
@@ -213,7 +272,12 @@ async fn warnings_of(app: &TestApp, token: &str) -> Vec<(i64, String)> {
         .unwrap()
         .iter()
         .filter(|m| m.topic == "expiry_warning")
-        .map(|m| (m.context["threshold_days"].as_i64().unwrap(), m.target.clone()))
+        .map(|m| {
+            (
+                m.context["threshold_days"].as_i64().unwrap(),
+                m.target.clone(),
+            )
+        })
         .collect();
     out.sort();
     out
@@ -224,22 +288,38 @@ async fn seven_and_one_day_warnings_go_to_issuer_and_admins_once(b: Backend) {
     let app = env.start("").await;
     let (_, secret, eng) = acme(&app, None).await;
     let (id, _) = app
-        .token(&secret, json!({"name": "ci", "user_id": eng, "expires_on": "2026-12-20"}))
+        .token(
+            &secret,
+            json!({"name": "ci", "user_id": eng, "expires_on": "2026-12-20"}),
+        )
         .await;
     env.clock.set(at(2026, 12, 12, 23, 59));
     app.tick().await;
-    assert!(warnings_of(&app, &id).await.is_empty(), "8 days before: nothing yet");
+    assert!(
+        warnings_of(&app, &id).await.is_empty(),
+        "8 days before: nothing yet"
+    );
     env.clock.set(at(2026, 12, 13, 0, 0));
     app.tick().await;
     app.tick().await;
-    let seven = vec![(7, "admin@acme.example".to_string()), (7, "eng@acme.example".to_string())];
-    assert_eq!(warnings_of(&app, &id).await, seven, "issuer and opted-in admin, once each");
+    let seven = vec![
+        (7, "admin@acme.example".to_string()),
+        (7, "eng@acme.example".to_string()),
+    ];
+    assert_eq!(
+        warnings_of(&app, &id).await,
+        seven,
+        "issuer and opted-in admin, once each"
+    );
     env.clock.set(at(2026, 12, 19, 0, 0));
     app.tick().await;
     env.clock.set(at(2026, 12, 19, 6, 0));
     app.tick().await;
     let mut all = seven.clone();
-    all.extend([(1, "admin@acme.example".to_string()), (1, "eng@acme.example".to_string())]);
+    all.extend([
+        (1, "admin@acme.example".to_string()),
+        (1, "eng@acme.example".to_string()),
+    ]);
     all.sort();
     assert_eq!(warnings_of(&app, &id).await, all);
     let emls = env.eml_files();
@@ -262,13 +342,19 @@ async fn a_token_that_never_had_seven_days_gets_only_the_one_day_warning(b: Back
     let app = env.start("").await;
     let (_, secret, _) = acme(&app, None).await;
     let (id, _) = app
-        .token(&secret, json!({"name": "short", "expires_on": "2026-12-13"}))
+        .token(
+            &secret,
+            json!({"name": "short", "expires_on": "2026-12-13"}),
+        )
         .await;
     for h in (0..72).step_by(6) {
         env.clock.set(at(2026, 12, 10, 0, 0) + TimeDelta::hours(h));
         app.tick().await;
     }
-    assert_eq!(warnings_of(&app, &id).await, vec![(1, "admin@acme.example".to_string())]);
+    assert_eq!(
+        warnings_of(&app, &id).await,
+        vec![(1, "admin@acme.example".to_string())]
+    );
 }
 
 async fn downtime_across_the_seven_day_window_sends_only_the_one_day_warning(b: Backend) {
@@ -276,7 +362,10 @@ async fn downtime_across_the_seven_day_window_sends_only_the_one_day_warning(b: 
     let app = env.start("").await;
     let (_, secret, _) = acme(&app, None).await;
     let (id, _) = app
-        .token(&secret, json!({"name": "lapsed", "expires_on": "2026-12-20"}))
+        .token(
+            &secret,
+            json!({"name": "lapsed", "expires_on": "2026-12-20"}),
+        )
         .await;
     env.clock.set(at(2026, 12, 12, 0, 0));
     app.tick().await;
@@ -285,7 +374,10 @@ async fn downtime_across_the_seven_day_window_sends_only_the_one_day_warning(b: 
     env.clock.set(at(2026, 12, 19, 12, 0));
     let app = env.start("").await;
     app.runner.sender().pass().await.unwrap();
-    assert_eq!(warnings_of(&app, &id).await, vec![(1, "admin@acme.example".to_string())]);
+    assert_eq!(
+        warnings_of(&app, &id).await,
+        vec![(1, "admin@acme.example".to_string())]
+    );
     assert_eq!(env.eml_files().len(), 1);
 }
 
@@ -294,7 +386,10 @@ async fn a_daemon_down_across_the_month_boundary_catches_up_once_at_start(b: Bac
     let app = env.start("").await;
     let (acct, secret, _) = acme(&app, None).await;
     let (refill_id, refill) = app
-        .token(&secret, json!({"name": "refilled", "usage_limit": 2, "refill_monthly": 2}))
+        .token(
+            &secret,
+            json!({"name": "refilled", "usage_limit": 2, "refill_monthly": 2}),
+        )
         .await;
     verify(&app, &refill).await;
     verify(&app, &refill).await;
@@ -312,13 +407,32 @@ async fn a_daemon_down_across_the_month_boundary_catches_up_once_at_start(b: Bac
     // Down from November 27 to December 3.
     env.clock.set(at(2026, 12, 3, 10, 0));
     let app = env.start(&policy).await;
-    let dec = app.ctx.store.policy_token("p", "2026-12").await.unwrap().expect("issued at start");
+    let dec = app
+        .ctx
+        .store
+        .policy_token("p", "2026-12")
+        .await
+        .unwrap()
+        .expect("issued at start");
     assert_eq!(dec.name, "p 2026-12", "default token name");
     let (_, v) = app.get(&format!("/v1/tokens/{refill_id}"), &secret).await;
-    assert_eq!((v["token"]["remaining"].as_i64(), v["token"]["status"].as_str()), (Some(2), Some("active")), "{v}");
+    assert_eq!(
+        (
+            v["token"]["remaining"].as_i64(),
+            v["token"]["status"].as_str()
+        ),
+        (Some(2), Some("active")),
+        "{v}"
+    );
     let (_, v) = app.get("/v1/jobs", &app.operator.clone()).await;
     let last = |name: &str| {
-        v["jobs"].as_array().unwrap().iter().find(|j| j["name"] == name).unwrap()["last_run"].clone()
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == name)
+            .unwrap()["last_run"]
+            .clone()
     };
     assert_eq!(last("monthly_reset")["period"], "2026-12");
     assert_eq!(last("monthly_reset")["status"], "done");
@@ -327,7 +441,13 @@ async fn a_daemon_down_across_the_month_boundary_catches_up_once_at_start(b: Bac
     // Another start the same month issues nothing new.
     let app = env.start(&policy).await;
     assert_eq!(app.token_ids(&acct).await.len(), 3);
-    let run = app.ctx.store.job_run("monthly_tokens", "2026-12").await.unwrap().unwrap();
+    let run = app
+        .ctx
+        .store
+        .job_run("monthly_tokens", "2026-12")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(run.attempts, 1);
 }
 
@@ -349,7 +469,13 @@ async fn a_run_that_crashed_half_way_is_completed_by_the_next_start(b: Backend) 
     let app = env.start(&one).await;
     app.runner.sender().pass().await.unwrap();
     let a_token = std::fs::read_to_string(env.dir.path().join("a.token")).unwrap();
-    let before = app.ctx.store.job_run("monthly_tokens", "2026-12").await.unwrap().unwrap();
+    let before = app
+        .ctx
+        .store
+        .job_run("monthly_tokens", "2026-12")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(before.status, "done");
     crash_run(&env, "monthly_tokens", "2026-12").await;
     app.stop().await;
@@ -358,14 +484,26 @@ async fn a_run_that_crashed_half_way_is_completed_by_the_next_start(b: Backend) 
     app.runner.sender().pass().await.unwrap();
     let ids = policy_tokens(&app, "a", &["2026-12"]).await;
     let ids_b = policy_tokens(&app, "b", &["2026-12"]).await;
-    assert!(ids[0].is_some() && ids_b[0].is_some(), "both policies have their token");
+    assert!(
+        ids[0].is_some() && ids_b[0].is_some(),
+        "both policies have their token"
+    );
     assert_eq!(
         std::fs::read_to_string(env.dir.path().join("a.token")).unwrap(),
         a_token,
         "policy a was not issued (or delivered) twice"
     );
-    let run = app.ctx.store.job_run("monthly_tokens", "2026-12").await.unwrap().unwrap();
-    assert_eq!((run.status.as_str(), run.attempts), ("done", before.attempts + 1));
+    let run = app
+        .ctx
+        .store
+        .job_run("monthly_tokens", "2026-12")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (run.status.as_str(), run.attempts),
+        ("done", before.attempts + 1)
+    );
     assert!(run.result.unwrap().contains("1 issued, 1 already issued"));
 }
 
@@ -400,16 +538,26 @@ async fn webhook_deliveries_are_signed_and_retried_with_backoff(b: Backend) {
     app.runner.sender().pass().await.unwrap();
     let (_, v) = app.get("/v1/notifications", &app.operator.clone()).await;
     let n = &v["notifications"][0];
-    assert_eq!((n["status"].as_str(), n["attempts"].as_i64()), (Some("pending"), Some(1)), "{v}");
+    assert_eq!(
+        (n["status"].as_str(), n["attempts"].as_i64()),
+        (Some("pending"), Some(1)),
+        "{v}"
+    );
     assert!(n["last_error"].as_str().unwrap().contains("500"), "{v}");
-    assert_eq!(n["next_attempt_at"], "2026-11-27T12:01:00Z", "first retry after 60 s");
+    assert_eq!(
+        n["next_attempt_at"], "2026-11-27T12:01:00Z",
+        "first retry after 60 s"
+    );
     // Not before its time.
     app.runner.sender().pass().await.unwrap();
     assert_eq!(hook.received().len(), 1);
     env.clock.advance(TimeDelta::seconds(60));
     app.runner.sender().pass().await.unwrap();
     let (_, v) = app.get("/v1/notifications", &app.operator.clone()).await;
-    assert_eq!(v["notifications"][0]["next_attempt_at"], "2026-11-27T12:03:00Z", "then 120 s");
+    assert_eq!(
+        v["notifications"][0]["next_attempt_at"], "2026-11-27T12:03:00Z",
+        "then 120 s"
+    );
     env.clock.advance(TimeDelta::seconds(120));
     app.runner.sender().pass().await.unwrap();
     let got = hook.received();
@@ -421,7 +569,9 @@ async fn webhook_deliveries_are_signed_and_retried_with_backoff(b: Backend) {
     let body: Value = serde_json::from_slice(&got[2].body).unwrap();
     let plain = body["data"]["secret"].as_str().unwrap();
     assert_eq!(verify(&app, plain).await["result"], "VALID");
-    let (_, v) = app.get("/v1/notifications?status=sent", &app.operator.clone()).await;
+    let (_, v) = app
+        .get("/v1/notifications?status=sent", &app.operator.clone())
+        .await;
     assert_eq!(v["notifications"][0]["attempts"], 3);
     let id = v["notifications"][0]["id"].as_str().unwrap();
     let attempts = app.ctx.store.message_attempts(id).await.unwrap();
@@ -454,7 +604,12 @@ async fn bad_policies_stop_the_start_with_file_key_and_reason(b: Backend) {
     ] {
         assert!(keys.contains(&k), "{k} missing from {errs:?}");
     }
-    let file = env.dir.path().join("tokenwarden.toml").display().to_string();
+    let file = env
+        .dir
+        .path()
+        .join("tokenwarden.toml")
+        .display()
+        .to_string();
     assert!(errs.iter().all(|e| e.source == file), "{errs:?}");
 
     // An unknown account: the daemon does not start, and says where and why.
@@ -467,7 +622,10 @@ async fn bad_policies_stop_the_start_with_file_key_and_reason(b: Backend) {
         .err()
         .expect("refused")
         .to_string();
-    assert!(e.contains(&file) && e.contains("policy[0].account") && e.contains("nobody"), "{e}");
+    assert!(
+        e.contains(&file) && e.contains("policy[0].account") && e.contains("nobody"),
+        "{e}"
+    );
     // A broken template: stopped with its file and line.
     let tdir = env.dir.path().join("tmpl");
     std::fs::create_dir(&tdir).unwrap();
@@ -475,9 +633,16 @@ async fn bad_policies_stop_the_start_with_file_key_and_reason(b: Backend) {
         let f = f.unwrap();
         std::fs::copy(f.path(), tdir.join(f.file_name())).unwrap();
     }
-    std::fs::write(tdir.join("expiry_warning.html"), "<p>\n{{ token.name }\n</p>\n").unwrap();
+    std::fs::write(
+        tdir.join("expiry_warning.html"),
+        "<p>\n{{ token.name }\n</p>\n",
+    )
+    .unwrap();
     let e = env
-        .try_start(&format!("[email]\ntemplates_dir = \"{}\"\n", tdir.display()))
+        .try_start(&format!(
+            "[email]\ntemplates_dir = \"{}\"\n",
+            tdir.display()
+        ))
         .await
         .err()
         .expect("refused")
@@ -505,21 +670,75 @@ async fn jobs_api_lists_and_runs_on_demand_idempotently(b: Backend) {
     let (s, v) = app.post("/v1/jobs/monthly_reset/run", &op, json!({})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["outcome"], "already_done");
-    let (s, v) = app.post("/v1/jobs/monthly_reset/run?period=2026-10", &op, json!({})).await;
-    assert_eq!((s, v["outcome"].as_str()), (StatusCode::OK, Some("ran")), "{v}");
-    let (_, v) = app.post("/v1/jobs/monthly_reset/run?period=2026-10", &op, json!({})).await;
+    let (s, v) = app
+        .post("/v1/jobs/monthly_reset/run?period=2026-10", &op, json!({}))
+        .await;
+    assert_eq!(
+        (s, v["outcome"].as_str()),
+        (StatusCode::OK, Some("ran")),
+        "{v}"
+    );
+    let (_, v) = app
+        .post("/v1/jobs/monthly_reset/run?period=2026-10", &op, json!({}))
+        .await;
     assert_eq!(v["outcome"], "already_done");
-    assert_error(&app.post("/v1/jobs/monthly_reset/run?period=2026-13", &op, json!({})).await, 422, 4220, Some("period"));
-    assert_error(&app.post("/v1/jobs/monthly_reset/run?period=2027-01", &op, json!({})).await, 422, 4220, Some("period"));
-    assert_error(&app.post("/v1/jobs/expiry/run?period=2026-11", &op, json!({})).await, 422, 4220, Some("period"));
-    assert_error(&app.post("/v1/jobs/payroll/run", &op, json!({})).await, 404, 4040, None);
-    assert_error(&app.post("/v1/jobs/monthly_reset/run?when=now", &op, json!({})).await, 422, 4221, Some("when"));
-    assert_error(&app.post("/v1/jobs/monthly_reset/run", &secret, json!({})).await, 403, 4030, None);
+    assert_error(
+        &app.post("/v1/jobs/monthly_reset/run?period=2026-13", &op, json!({}))
+            .await,
+        422,
+        4220,
+        Some("period"),
+    );
+    assert_error(
+        &app.post("/v1/jobs/monthly_reset/run?period=2027-01", &op, json!({}))
+            .await,
+        422,
+        4220,
+        Some("period"),
+    );
+    assert_error(
+        &app.post("/v1/jobs/expiry/run?period=2026-11", &op, json!({}))
+            .await,
+        422,
+        4220,
+        Some("period"),
+    );
+    assert_error(
+        &app.post("/v1/jobs/payroll/run", &op, json!({})).await,
+        404,
+        4040,
+        None,
+    );
+    assert_error(
+        &app.post("/v1/jobs/monthly_reset/run?when=now", &op, json!({}))
+            .await,
+        422,
+        4221,
+        Some("when"),
+    );
+    assert_error(
+        &app.post("/v1/jobs/monthly_reset/run", &secret, json!({}))
+            .await,
+        403,
+        4030,
+        None,
+    );
     assert_error(&app.get("/v1/jobs", &secret).await, 403, 4030, None);
     // Nothing was run by the refused calls.
-    assert!(app.ctx.store.job_run("monthly_reset", "2026-13").await.unwrap().is_none());
+    assert!(app
+        .ctx
+        .store
+        .job_run("monthly_reset", "2026-13")
+        .await
+        .unwrap()
+        .is_none());
     // An account's admins see their own notifications only.
     let (s, v) = app.get("/v1/notifications", &secret).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_error(&app.get("/v1/notifications?status=lost", &op).await, 422, 4220, Some("status"));
+    assert_error(
+        &app.get("/v1/notifications?status=lost", &op).await,
+        422,
+        4220,
+        Some("status"),
+    );
 }

@@ -53,7 +53,10 @@ impl Env {
     }
 
     pub fn config(&self, extra: &str) -> Result<config::Config, config::ConfigErrors> {
-        config::load(Some(&self.config_file(extra)), &config::Overrides::default())
+        config::load(
+            Some(&self.config_file(extra)),
+            &config::Overrides::default(),
+        )
     }
 
     /// Starts a daemon (running the catch-up of missed periods) on this env at the clock's now.
@@ -73,7 +76,9 @@ impl Env {
         match self.backend {
             Backend::Sqlite => {
                 let path = self.db_url.trim_start_matches("sqlite://");
-                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{path}")).await.unwrap();
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{path}"))
+                    .await
+                    .unwrap();
                 let mut query = sqlx::query(q).bind(t);
                 for a in args {
                     query = query.bind(*a);
@@ -143,7 +148,11 @@ impl SmtpServer {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert_eq!(line.trim(), "ready", "the SMTP server did not start (is python3-aiosmtpd installed?)");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the SMTP server did not start (is python3-aiosmtpd installed?)"
+        );
         SmtpServer { port, child, out }
     }
 

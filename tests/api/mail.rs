@@ -19,8 +19,20 @@ fn parts(raw: &str) -> (mailparse::ParsedMail<'_>, String, String, String) {
     use mailparse::MailHeaderMap;
     let subject = m.headers.get_first_value("Subject").unwrap_or_default();
     assert_eq!(m.ctype.mimetype, "multipart/alternative", "{raw}");
-    let text = m.subparts.iter().find(|p| p.ctype.mimetype == "text/plain").expect("text part").get_body().unwrap();
-    let html = m.subparts.iter().find(|p| p.ctype.mimetype == "text/html").expect("html part").get_body().unwrap();
+    let text = m
+        .subparts
+        .iter()
+        .find(|p| p.ctype.mimetype == "text/plain")
+        .expect("text part")
+        .get_body()
+        .unwrap();
+    let html = m
+        .subparts
+        .iter()
+        .find(|p| p.ctype.mimetype == "text/html")
+        .expect("html part")
+        .get_body()
+        .unwrap();
     (m, subject, text, html)
 }
 
@@ -28,12 +40,18 @@ async fn setup(app: &TestApp) -> (String, String) {
     let (id, secret) = app.account("acme").await;
     app.user(&id, "admin@acme.example", "admin").await;
     let (tid, _) = app
-        .token(&secret, json!({"name": "nightly export", "expires_on": "2026-12-10"}))
+        .token(
+            &secret,
+            json!({"name": "nightly export", "expires_on": "2026-12-10"}),
+        )
         .await;
     (secret, tid)
 }
 
-both_backends!(emails_reach_a_real_smtp_server_with_auth, a_relay_that_refuses_the_login_is_retried_then_failed);
+both_backends!(
+    emails_reach_a_real_smtp_server_with_auth,
+    a_relay_that_refuses_the_login_is_retried_then_failed
+);
 
 async fn emails_reach_a_real_smtp_server_with_auth(b: Backend) {
     let smtp = SmtpServer::start("tw", "s3cret pw");
@@ -55,16 +73,28 @@ async fn emails_reach_a_real_smtp_server_with_auth(b: Backend) {
     let report = app.runner.sender().pass().await.unwrap();
     let got = smtp.received();
     assert_eq!(got.len(), 2, "{report:?} {got:?}");
-    assert!(got.iter().all(|r| r.login.as_deref() == Some("tw")), "sent after AUTH");
+    assert!(
+        got.iter().all(|r| r.login.as_deref() == Some("tw")),
+        "sent after AUTH"
+    );
     assert!(got.iter().all(|r| r.mail_from == "tw@example.test"));
 
-    let issued = got.iter().find(|r| r.rcpt_tos == ["ops@acme.example"]).expect("policy email, once per address");
+    let issued = got
+        .iter()
+        .find(|r| r.rcpt_tos == ["ops@acme.example"])
+        .expect("policy email, once per address");
     let (m, subject, text, html) = parts(&issued.data);
     use mailparse::MailHeaderMap;
-    assert_eq!(m.headers.get_first_value("From").unwrap(), "tokenwarden <tw@example.test>");
+    assert_eq!(
+        m.headers.get_first_value("From").unwrap(),
+        "tokenwarden <tw@example.test>"
+    );
     assert_eq!(m.headers.get_first_value("To").unwrap(), "ops@acme.example");
     assert_eq!(subject, "New token \"acme 2026-12\" for 2026-12");
-    assert!(text.contains("valid until 2027-01-01T00:00:00Z (UTC) for 1000 calls"), "{text}");
+    assert!(
+        text.contains("valid until 2027-01-01T00:00:00Z (UTC) for 1000 calls"),
+        "{text}"
+    );
     let plain = text
         .split_whitespace()
         .find(|w| w.starts_with("tw_"))
@@ -72,18 +102,41 @@ async fn emails_reach_a_real_smtp_server_with_auth(b: Backend) {
         .to_string();
     assert!(html.contains(&plain));
     let (s, v) = app
-        .call(reqwest::Method::POST, "/v1/verify", None, Some(json!({"token": plain})))
+        .call(
+            reqwest::Method::POST,
+            "/v1/verify",
+            None,
+            Some(json!({"token": plain})),
+        )
         .await;
-    assert_eq!((s, v["result"].as_str()), (StatusCode::OK, Some("VALID")), "{v}");
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("VALID")),
+        "{v}"
+    );
 
-    let warning = got.iter().find(|r| r.rcpt_tos == ["admin@acme.example"]).expect("warning");
+    let warning = got
+        .iter()
+        .find(|r| r.rcpt_tos == ["admin@acme.example"])
+        .expect("warning");
     let (_, subject, text, html) = parts(&warning.data);
-    assert_eq!(subject, "Token \"nightly export\" expires in 7 days (2026-12-10T00:00:00Z)");
-    assert!(text.contains(&format!("tokenwarden token regenerate {warned}")), "{text}");
+    assert_eq!(
+        subject,
+        "Token \"nightly export\" expires in 7 days (2026-12-10T00:00:00Z)"
+    );
+    assert!(
+        text.contains(&format!("tokenwarden token regenerate {warned}")),
+        "{text}"
+    );
     assert!(text.contains(&format!("/v1/tokens/{warned}/regenerate")));
     assert!(html.contains("<strong>nightly export</strong>"), "{html}");
-    assert!(!text.contains("tw_") && !html.contains("tw_"), "no secret in a warning");
-    let (_, v) = app.get("/v1/notifications?status=sent", &app.operator.clone()).await;
+    assert!(
+        !text.contains("tw_") && !html.contains("tw_"),
+        "no secret in a warning"
+    );
+    let (_, v) = app
+        .get("/v1/notifications?status=sent", &app.operator.clone())
+        .await;
     assert_eq!(v["notifications"].as_array().unwrap().len(), 2, "{v}");
 }
 
@@ -105,9 +158,14 @@ async fn a_relay_that_refuses_the_login_is_retried_then_failed(b: Backend) {
     let op = app.operator.clone();
     let (_, v) = app.get("/v1/notifications", &op).await;
     let n: &Value = &v["notifications"][0];
-    assert_eq!((n["status"].as_str(), n["attempts"].as_i64()), (Some("pending"), Some(1)), "{v}");
+    assert_eq!(
+        (n["status"].as_str(), n["attempts"].as_i64()),
+        (Some("pending"), Some(1)),
+        "{v}"
+    );
     assert!(n["last_error"].as_str().unwrap().contains("535"), "{v}");
-    env.clock.set(at(2026, 12, 3, 0) + chrono::TimeDelta::seconds(30));
+    env.clock
+        .set(at(2026, 12, 3, 0) + chrono::TimeDelta::seconds(30));
     app.runner.sender().pass().await.unwrap();
     let (_, v) = app.get("/v1/notifications?status=failed", &op).await;
     assert_eq!(v["notifications"][0]["attempts"], 2, "{v}");
@@ -115,9 +173,14 @@ async fn a_relay_that_refuses_the_login_is_retried_then_failed(b: Backend) {
 }
 
 #[tokio::test]
-#[cfg_attr(not(tw_pg_tests), ignore = "PostgreSQL: set TOKENWARDEN_TEST_PG_URL to run")]
+#[cfg_attr(
+    not(tw_pg_tests),
+    ignore = "PostgreSQL: set TOKENWARDEN_TEST_PG_URL to run"
+)]
 async fn two_daemons_on_one_postgres_over_a_month_boundary_do_everything_once() {
-    if !crate::helpers::postgres_enabled("mail::two_daemons_on_one_postgres_over_a_month_boundary_do_everything_once") {
+    if !crate::helpers::postgres_enabled(
+        "mail::two_daemons_on_one_postgres_over_a_month_boundary_do_everything_once",
+    ) {
         return;
     }
     let env = Env::new(Backend::Postgres, at(2026, 11, 30, 12)).await;
@@ -128,7 +191,10 @@ async fn two_daemons_on_one_postgres_over_a_month_boundary_do_everything_once() 
         .token(&secret, json!({"name": "w", "expires_on": "2026-12-08"}))
         .await;
     let (refill, _) = app
-        .token(&secret, json!({"name": "r", "usage_limit": 3, "refill_monthly": 3}))
+        .token(
+            &secret,
+            json!({"name": "r", "usage_limit": 3, "refill_monthly": 3}),
+        )
         .await;
     let file = env.dir.path().join("acme.token");
     let policy = format!(
@@ -143,21 +209,45 @@ async fn two_daemons_on_one_postgres_over_a_month_boundary_do_everything_once() 
     env.clock.set(at(2026, 12, 1, 0));
     for _ in 0..3 {
         tokio::join!(a.runner.run_due(), b.runner.run_due());
-        tokio::join!(a.runner.sender().pass(), b.runner.sender().pass());
+        let (x, y) = tokio::join!(a.runner.sender().pass(), b.runner.sender().pass());
+        x.unwrap();
+        y.unwrap();
     }
     let store = &a.ctx.store;
     assert!(store.policy_token("p", "2026-12").await.unwrap().is_some());
     let tokens = a.token_ids(&id).await;
-    assert_eq!(tokens.len(), 4, "w, r, November's and December's: {tokens:?}");
-    let reset = store.job_run("monthly_reset", "2026-12").await.unwrap().unwrap();
-    assert_eq!((reset.status.as_str(), reset.attempts), ("done", 1), "one reset");
-    let issue = store.job_run("monthly_tokens", "2026-12").await.unwrap().unwrap();
+    assert_eq!(
+        tokens.len(),
+        4,
+        "w, r, November's and December's: {tokens:?}"
+    );
+    let reset = store
+        .job_run("monthly_reset", "2026-12")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (reset.status.as_str(), reset.attempts),
+        ("done", 1),
+        "one reset"
+    );
+    let issue = store
+        .job_run("monthly_tokens", "2026-12")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(issue.attempts, 1);
     let msgs = store
-        .list_messages(&tokenwarden::store::outbox::MessageFilter { limit: 100, ..Default::default() })
+        .list_messages(&tokenwarden::store::outbox::MessageFilter {
+            limit: 100,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    let warnings: Vec<_> = msgs.iter().filter(|m| m.topic == "expiry_warning").collect();
+    let warnings: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.topic == "expiry_warning")
+        .collect();
     assert_eq!(warnings.len(), 1, "one email per (token, threshold)");
     assert_eq!(warnings[0].token_id.as_deref(), Some(warned.as_str()));
     let issued: Vec<_> = msgs
@@ -165,8 +255,15 @@ async fn two_daemons_on_one_postgres_over_a_month_boundary_do_everything_once() 
         .filter(|m| m.topic == "token_issued" && m.context["period"] == "2026-12")
         .collect();
     assert_eq!(issued.len(), 2, "one file and one email for December");
-    assert!(msgs.iter().all(|m| m.status == "sent" && m.attempts == 1), "each sent once: {msgs:?}");
-    assert_eq!(env.eml_files().len() - emails_before, 2, "December's token email and the warning");
+    assert!(
+        msgs.iter().all(|m| m.status == "sent" && m.attempts == 1),
+        "each sent once: {msgs:?}"
+    );
+    assert_eq!(
+        env.eml_files().len() - emails_before,
+        2,
+        "December's token email and the warning"
+    );
     let t = store.token(&refill).await.unwrap().unwrap();
     assert_eq!(t.refill_period.as_deref(), Some("2026-12"));
 }

@@ -89,7 +89,14 @@ async fn openapi_covers_every_route(b: Backend) {
     // Every documented route is really served: none answers "no such route".
     for (method, path) in routes {
         let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-        let (s, v) = app.call(m, &path.replace("{id}", "x").replace("{job}", "x"), None, None).await;
+        let (s, v) = app
+            .call(
+                m,
+                &path.replace("{id}", "x").replace("{job}", "x"),
+                None,
+                None,
+            )
+            .await;
         assert!(
             s != StatusCode::NOT_FOUND || v["code"] != 4041,
             "{method} {path} is not served"
