@@ -12,6 +12,14 @@ pub const VERIFY_SECONDS: &str = "tokenwarden_verify_duration_seconds";
 pub const STORE_ERRORS: &str = "tokenwarden_store_errors_total";
 /// Calls consumed per usage transaction.
 pub const BATCH_SIZE: &str = "tokenwarden_meter_batch_size";
+/// Job runs by job and outcome (`done`, `failed`).
+pub const JOB_RUNS: &str = "tokenwarden_job_runs_total";
+/// Delivery attempts by kind (`email`, `webhook`, `file`) and outcome (`sent`, `retrying`,
+/// `failed`).
+pub const DELIVERIES: &str = "tokenwarden_deliveries_total";
+/// Messages in the outbox by status (`pending`, `sent`, `failed`), read from the store when
+/// scraped.
+pub const OUTBOX: &str = "tokenwarden_outbox_messages";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

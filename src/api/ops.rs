@@ -44,9 +44,21 @@ pub async fn readyz(State(s): State<AppState>) -> Result<Json<Health>, ApiError>
 }
 
 /// Prometheus metrics: verifications by outcome, verification latency, store errors, usage
-/// batch sizes.
+/// batch sizes, job runs, deliveries and the outbox by status.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics() -> impl axum::response::IntoResponse {
+pub async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse {
+    match s.ctx.store.outbox_counts().await {
+        Ok(counts) => {
+            for status in ["pending", "sent", "failed"] {
+                let n = counts
+                    .iter()
+                    .find(|(st, _)| st == status)
+                    .map_or(0, |c| c.1);
+                metrics::gauge!(crate::metrics::OUTBOX, "status" => status).set(n as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot count the outbox for /metrics"),
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -386,7 +386,7 @@ impl Runner {
                 RunOutcome::Failed(error)
             }
         };
-        metrics::counter!("tokenwarden_job_runs_total", "job" => job.as_str(), "outcome" => match outcome { RunOutcome::Ran(_) => "done", _ => "failed" }).increment(1);
+        metrics::counter!(crate::metrics::JOB_RUNS, "job" => job.as_str(), "outcome" => match outcome { RunOutcome::Ran(_) => "done", _ => "failed" }).increment(1);
         self.sender.wake();
         Ok(report(outcome))
     }

@@ -123,7 +123,7 @@ impl Sender {
                         retry_at,
                     )
                     .await?;
-                metrics::counter!("tokenwarden_deliveries_total", "kind" => m.kind.as_str(), "outcome" => outcome)
+                metrics::counter!(crate::metrics::DELIVERIES, "kind" => m.kind.as_str(), "outcome" => outcome)
                     .increment(1);
                 match &result {
                     Ok(()) => {

@@ -77,6 +77,7 @@ both_backends!(
     a_daemon_down_across_the_month_boundary_catches_up_once_at_start,
     a_run_that_crashed_half_way_is_completed_by_the_next_start,
     webhook_deliveries_are_signed_and_retried_with_backoff,
+    housekeeping_drops_spent_jwt_records_and_old_statistics,
     bad_policies_stop_the_start_with_file_key_and_reason,
     jobs_api_lists_and_runs_on_demand_idempotently,
 );
@@ -213,7 +214,15 @@ async fn month_boundary_issues_resets_and_refills(b: Backend) {
 
 async fn expiry_at_utc_midnight_with_notice(b: Backend) {
     let env = Env::new(b, at(2026, 11, 27, 12, 0)).await;
-    let app = env.start("[notifications]\nexpired_notice = true\n").await;
+    let hook = WebhookReceiver::start(0).await;
+    let hook_secret = secret_file(&env, "notify.secret", "n0tify");
+    let app = env
+        .start(&format!(
+            "[notifications]\nexpired_notice = true\nwebhook_url = \"{}\"\nwebhook_secret_file = \"{}\"\n",
+            hook.url,
+            hook_secret.display()
+        ))
+        .await;
     let (_, secret, _) = acme(&app, None).await;
     let (id, plain) = app
         .token(&secret, json!({"name": "ends", "expires_on": "2026-11-28"}))
@@ -244,10 +253,25 @@ async fn expiry_at_utc_midnight_with_notice(b: Backend) {
             )
         })
         .collect();
+    let mut notes = notes;
+    notes.sort();
     assert_eq!(
         notes,
-        vec![("expired".to_string(), "admin@acme.example".to_string())]
+        vec![
+            ("expired".to_string(), "admin@acme.example".to_string()),
+            ("expired".to_string(), hook.url.clone())
+        ]
     );
+    let got = hook.received();
+    assert_eq!(got.len(), 1);
+    let sig = got[0].headers["x-tokenwarden-signature"].to_str().unwrap();
+    assert!(signature_ok("n0tify", &got[0].body, sig));
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(
+        (body["event"].as_str(), body["data"]["token"]["id"].as_str()),
+        (Some("expired"), Some(id.as_str()))
+    );
+    assert!(body["data"]["secret"].is_null(), "never the token");
     let emls = env.eml_files();
     assert_eq!(emls.len(), 1);
     assert!(emls[0].contains("has expired") && emls[0].contains(&id));
@@ -577,6 +601,27 @@ async fn webhook_deliveries_are_signed_and_retried_with_backoff(b: Backend) {
     let attempts = app.ctx.store.message_attempts(id).await.unwrap();
     assert_eq!(attempts.len(), 3);
     assert!(attempts[0].2.is_some() && attempts[2].2.is_none());
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tokenwarden_deliveries_total{kind=\"webhook\",outcome=\"retrying\"} 2",
+        "tokenwarden_deliveries_total{kind=\"webhook\",outcome=\"sent\"} 1",
+        "tokenwarden_outbox_messages{status=\"sent\"} 1",
+        "tokenwarden_outbox_messages{status=\"pending\"} 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
+    assert!(text.contains("tokenwarden_job_runs_total{job=\"monthly_tokens\",outcome=\"done\"}"));
 }
 
 async fn bad_policies_stop_the_start_with_file_key_and_reason(b: Backend) {
@@ -741,4 +786,47 @@ async fn jobs_api_lists_and_runs_on_demand_idempotently(b: Backend) {
         4220,
         Some("status"),
     );
+}
+
+async fn housekeeping_drops_spent_jwt_records_and_old_statistics(b: Backend) {
+    let env = Env::new(b, at(2026, 11, 27, 12, 0)).await;
+    let app = env.start("[jobs]\nstats_retention_days = 30\n").await;
+    let (_, secret, _) = acme(&app, None).await;
+    let (_, plain) = app
+        .token(&secret, json!({"name": "kept", "jwt": true}))
+        .await;
+    verify(&app, &plain).await;
+    let (s, v) = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/jwt",
+            None,
+            Some(json!({"token": plain, "request_count": 2, "lifetime_seconds": 60})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let jwt = v["jwt"].as_str().unwrap().to_string();
+    assert_eq!(verify(&app, &jwt).await["result"], "VALID");
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    assert_eq!(app.ctx.store.stats(day, day, None).await.unwrap().len(), 1);
+    // The next day: the JWT's use record is spent (it expired), statistics are kept.
+    env.clock.set(at(2026, 11, 28, 0, 0));
+    let r = app.tick().await;
+    let hk = r.iter().find(|r| r.job.as_str() == "housekeeping").unwrap();
+    assert!(
+        matches!(&hk.outcome, tokenwarden::jobs::RunOutcome::Ran(s)
+            if s.starts_with("dropped 1 JWT use records, 0 statistics rows")),
+        "{hk:?}"
+    );
+    assert_eq!(app.ctx.store.stats(day, day, None).await.unwrap().len(), 1);
+    // 31 days on, the day is past its retention.
+    env.clock.set(at(2026, 12, 28, 0, 0));
+    app.tick().await;
+    assert!(app
+        .ctx
+        .store
+        .stats(day, day, None)
+        .await
+        .unwrap()
+        .is_empty());
 }
