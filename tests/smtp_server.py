@@ -1,6 +1,9 @@
 """A real SMTP server on loopback for the tests (aiosmtpd, Debian's python3-aiosmtpd).
 
-Usage: /usr/bin/python3 tests/smtp_server.py PORT USER PASSWORD OUTDIR
+Usage: /usr/bin/python3 tests/smtp_server.py PORT USER PASSWORD OUTDIR [MODE CERT KEY]
+
+MODE is plain (the default), starttls (STARTTLS required before AUTH) or implicit (TLS from the
+first byte); CERT and KEY are the server's PEM certificate and key for the TLS modes.
 
 Requires AUTH (PLAIN or LOGIN) with USER/PASSWORD before MAIL; writes each received message as
 OUTDIR/NNNN.json {"mail_from", "rcpt_tos", "login", "data"}; prints "ready" once listening and
@@ -8,12 +11,18 @@ stops when its stdin closes.
 """
 import json
 import os
+import ssl
 import sys
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 port, user, password, outdir = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+mode = sys.argv[5] if len(sys.argv) > 5 else "plain"
+context = None
+if mode != "plain":
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sys.argv[6], sys.argv[7])
 
 
 class Handler:
@@ -46,9 +55,16 @@ def authenticator(server, session, envelope, mechanism, auth_data):
     return AuthResult(success=False, handled=False)
 
 
+tls = {}
+if mode == "starttls":
+    tls = {"tls_context": context, "require_starttls": True, "auth_require_tls": True}
+elif mode == "implicit":
+    tls = {"ssl_context": context, "auth_require_tls": False}
+else:
+    tls = {"auth_require_tls": False}
 controller = Controller(
     Handler(), hostname="127.0.0.1", port=port, authenticator=authenticator,
-    auth_required=True, auth_require_tls=False,
+    auth_required=True, **tls,
 )
 controller.start()
 print("ready", flush=True)

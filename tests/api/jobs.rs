@@ -631,7 +631,8 @@ async fn bad_policies_stop_the_start_with_file_key_and_reason(b: Backend) {
     app.stop().await;
     let errs = env
         .config(
-            "[notifications]\nexpiry_warning_days = [7, 0]\n[[policy]]\nname = \"x\"\naccount = \"acme\"\n\
+            "[email.smtp]\nhost = \"smtp.example.com\"\ntls = \"none\"\n\
+             [notifications]\nexpiry_warning_days = [7, 0]\n[[policy]]\nname = \"x\"\naccount = \"acme\"\n\
              role = \"boss\"\nusage_limit = 0\nallowed_ips = [\"10.0.0.0/33\"]\n\
              [[policy]]\nname = \"x\"\naccount = \"acme\"\ndeliver_email = [\"not-an-address\"]\n",
         )
@@ -639,6 +640,7 @@ async fn bad_policies_stop_the_start_with_file_key_and_reason(b: Backend) {
         .0;
     let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
     for k in [
+        "email.smtp.tls",
         "notifications.expiry_warning_days[1]",
         "policy[0].usage_limit",
         "policy[0].role",

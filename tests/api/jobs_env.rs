@@ -134,12 +134,25 @@ pub struct SmtpServer {
 
 impl SmtpServer {
     pub fn start(user: &str, password: &str) -> SmtpServer {
+        Self::start_tls(user, password, None)
+    }
+
+    /// With `tls = Some((mode, cert, key))`: `starttls` or `implicit`, with that certificate.
+    pub fn start_tls(
+        user: &str,
+        password: &str,
+        tls: Option<(&str, &std::path::Path, &std::path::Path)>,
+    ) -> SmtpServer {
         let out = tempfile::tempdir().unwrap();
         let port = free_port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_server.py");
-        let mut child = Command::new("/usr/bin/python3")
-            .args([script, &port.to_string(), user, password])
-            .arg(out.path())
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args([script, &port.to_string(), user, password])
+            .arg(out.path());
+        if let Some((mode, cert, key)) = tls {
+            cmd.arg(mode).arg(cert).arg(key);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -181,9 +194,20 @@ impl SmtpServer {
 
     /// `[email.smtp]` for this server (plain SMTP on loopback, with AUTH).
     pub fn config(&self, user: &str, password_file: &std::path::Path) -> String {
+        self.config_tls(user, password_file, "none", "")
+    }
+
+    /// `[email.smtp]` with `tls` and an extra lines (such as `ca_file`).
+    pub fn config_tls(
+        &self,
+        user: &str,
+        password_file: &std::path::Path,
+        tls: &str,
+        extra: &str,
+    ) -> String {
         format!(
             "[email]\nfrom = \"tokenwarden <tw@example.test>\"\n[email.smtp]\nhost = \"127.0.0.1\"\nport = {}\n\
-             tls = \"none\"\nusername = \"{user}\"\npassword_file = \"{}\"\ntimeout_seconds = 5\n",
+             tls = \"{tls}\"\nusername = \"{user}\"\npassword_file = \"{}\"\ntimeout_seconds = 5\n{extra}\n",
             self.port,
             password_file.display()
         )
@@ -195,6 +219,86 @@ impl Drop for SmtpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A test CA and a certificate for 127.0.0.1 signed by it (rustls refuses a self-signed CA
+/// certificate as a server certificate), made with the openssl command-line tool. Returns
+/// (CA certificate, server certificate, server key).
+pub fn test_certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tokenwarden test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&csr);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 /// One webhook request as received.

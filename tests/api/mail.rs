@@ -267,3 +267,42 @@ async fn two_daemons_on_one_postgres_over_a_month_boundary_do_everything_once() 
     let t = store.token(&refill).await.unwrap().unwrap();
     assert_eq!(t.refill_period.as_deref(), Some("2026-12"));
 }
+
+#[tokio::test]
+async fn starttls_and_implicit_tls_check_the_relay_certificate_then_authenticate() {
+    for mode in ["starttls", "implicit"] {
+        let certs = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = crate::jobs_env::test_certificates(certs.path());
+        let smtp = SmtpServer::start_tls("tw", "pw", Some((mode, &cert, &key)));
+        let env = Env::new(Backend::Sqlite, at(2026, 11, 27, 12)).await;
+        let app = env.start("").await;
+        setup(&app).await;
+        app.stop().await;
+        let pw = env.dir.path().join("smtp.pw");
+        std::fs::write(&pw, "pw\n").unwrap();
+
+        // Without the private CA the relay's certificate is not trusted: nothing is sent.
+        env.clock.set(at(2026, 12, 3, 0));
+        let app = env.start(&smtp.config_tls("tw", &pw, mode, "")).await;
+        app.runner.sender().pass().await.unwrap();
+        let (_, v) = app.get("/v1/notifications", &app.operator.clone()).await;
+        let err = v["notifications"][0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
+        assert!(err.contains("certificate"), "{mode}: {v}");
+        assert!(smtp.received().is_empty());
+        app.stop().await;
+
+        // With ca_file it is: delivered over TLS, after AUTH.
+        env.clock.set(at(2026, 12, 3, 1));
+        let ca_line = format!("ca_file = \"{}\"", ca.display());
+        let app = env.start(&smtp.config_tls("tw", &pw, mode, &ca_line)).await;
+        app.runner.sender().pass().await.unwrap();
+        let got = smtp.received();
+        assert_eq!(got.len(), 1, "{mode}");
+        assert_eq!(got[0].login.as_deref(), Some("tw"));
+        assert_eq!(got[0].rcpt_tos, ["admin@acme.example"]);
+        app.stop().await;
+    }
+}
