@@ -162,27 +162,85 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        self.run(shutdown, None).await
+    }
+
+    /// Serves until `shutdown` completes; with `reload`, SIGHUP re-reads the configuration and
+    /// puts its policies, notification settings and templates in force (a bad one is refused
+    /// and the old stays). Tells systemd READY=1 once the port answers, pings its watchdog, and
+    /// says STOPPING=1 when the stop begins. The stop finishes in-flight requests (at most
+    /// `server.shutdown_grace_seconds`), commits counted calls and makes a last outbox pass.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        reload: Option<Reload>,
+    ) -> anyhow::Result<()> {
         let addr = self.local_addr();
+        let config = self.ctx.config.clone();
         let store = self.ctx.store.clone();
         let (meter, writer) = crate::verify::meter::Meter::start(store.clone());
         let mut scheduler = crate::jobs::start_scheduler(self.runner.clone())
             .await
             .context("cannot start the job scheduler")?;
-        let (stop_sender, stopped) = tokio::sync::watch::channel(false);
-        let sender = tokio::spawn(self.runner.sender().clone().run(stopped));
+        let (stop_outbox, outbox_stopped) = tokio::sync::watch::channel(false);
+        let sender = tokio::spawn(self.runner.sender().clone().run(outbox_stopped));
         let router = api::router(AppState {
             ctx: self.ctx,
             meter,
             runner: self.runner.clone(),
         });
-        tracing::info!(%addr, backend = store.backend_name(), "tokenwarden serving");
-        axum::serve(
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(crate::server::tls_acceptor(cert, key)?),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let opts = crate::server::ServeOptions {
+            tls,
+            header_timeout: config.header_timeout,
+            grace: config.shutdown_grace,
+        };
+        let (stop_server, server_stopped) = tokio::sync::watch::channel(false);
+        let mut server = tokio::spawn(crate::server::serve(
             self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server failed")?;
+            router,
+            opts,
+            server_stopped,
+        ));
+        self_check(scheme, addr).await;
+        tracing::info!(%addr, scheme, backend = store.backend_name(), "tokenwarden serving");
+        notify_systemd(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving"),
+        ]);
+        let watchdog = sd_notify::watchdog_enabled().map(|every| {
+            tokio::spawn(async move {
+                // Half the interval, as systemd recommends; a stuck runtime stops the pings.
+                let mut tick = tokio::time::interval(every / 2);
+                loop {
+                    tick.tick().await;
+                    notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                }
+            })
+        });
+        let reloader = reload.map(|r| tokio::spawn(reload_on_sighup(r, self.runner.clone())));
+
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = &mut shutdown => {}
+            // The server only ends early if it failed.
+            r = &mut server => {
+                tracing::error!(result = ?r, "the HTTP server stopped unexpectedly");
+            }
+        }
+        notify_systemd(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status("stopping"),
+        ]);
+        if let Some(r) = reloader {
+            r.abort();
+        }
+        let _ = stop_server.send(true);
+        let _ = server.await;
         // Every handler is gone: let the meter commit what is queued before closing the store.
         if let Err(e) = writer.await {
             tracing::error!(error = %e, "the usage writer failed");
@@ -191,7 +249,7 @@ impl App {
             tracing::warn!(error = %e, "the job scheduler did not stop cleanly");
         }
         // One last outbox pass, bounded: what is not delivered stays queued for the next start.
-        let _ = stop_sender.send(true);
+        let _ = stop_outbox.send(true);
         if tokio::time::timeout(std::time::Duration::from_secs(20), sender)
             .await
             .is_err()
@@ -200,9 +258,70 @@ impl App {
                 "outbox sender still busy at shutdown; undelivered messages stay queued"
             );
         }
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         store.close().await;
         tracing::info!("tokenwarden stopped");
         Ok(())
+    }
+}
+
+/// Re-reads the configuration (the same file, environment and flags as at start).
+pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigErrors> + Send + Sync>;
+
+async fn reload_on_sighup(reload: Reload, runner: Arc<Runner>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; reload by restarting");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            let result = match reload() {
+                Ok(config) => runner.reload(config).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(summary) => tracing::info!("{summary}"),
+                Err(e) => tracing::error!(
+                    "the new configuration is refused; the previous one stays in force: {e}"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reload, runner);
+    }
+}
+
+/// Waits (5 s at most) until the server answers `/healthz` on `addr`, so READY=1 means the port
+/// really serves.
+async fn self_check(scheme: &str, addr: SocketAddr) {
+    let probe = crate::server::probe_addr(addr);
+    // The probe only asks our own port whether it answers; the certificate is not the point.
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(std::time::Duration::from_secs(1))
+        .build()
+        .unwrap_or_default();
+    let url = format!("{scheme}://{probe}/healthz");
+    for _ in 0..50 {
+        if client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tracing::warn!(%url, "the port did not answer its own health check");
+}
+
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
     }
 }
 

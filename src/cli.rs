@@ -271,7 +271,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(&cli, listen.clone())?;
             crate::telemetry::init(&config.log_level, config.log_format);
             let app = App::build(config, clock).await?;
-            return app.run_until(app::shutdown_signal()).await;
+            let (file, data_dir) = (cli.config.clone(), cli.data_dir.clone());
+            let listen = listen.clone();
+            let reload: app::Reload = Box::new(move || {
+                let ov = Overrides {
+                    data_dir: data_dir.clone(),
+                    listen: listen.clone(),
+                };
+                config::load(file.as_deref(), &ov)
+            });
+            return app.run(app::shutdown_signal(), Some(reload)).await;
         }
         _ => {}
     }

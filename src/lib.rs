@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod notify;
 pub mod patch;
 pub mod seal;
+pub mod server;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

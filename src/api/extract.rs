@@ -225,7 +225,11 @@ impl FromRequestParts<AppState> for Auth {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|ci| client_ip(ci.0.ip(), &parts.headers, &state.ctx.config.trusted_proxies));
         let p = admin::authenticate(&state.ctx, &c, ip).await?;
-        tracing::Span::current().record("principal", p.label());
+        let span = tracing::Span::current();
+        span.record("principal", p.label());
+        if let admin::Principal::Token { token, .. } = &p {
+            span.record("token_id", token.id.as_str());
+        }
         Ok(Auth(p))
     }
 }

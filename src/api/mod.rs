@@ -15,7 +15,7 @@ use crate::admin::Ctx;
 use axum::{extract::DefaultBodyLimit, Extension, Router};
 use error::{ApiError, Code};
 use std::sync::Arc;
-use tower_http::trace::TraceLayer;
+use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
 use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     Modify, OpenApi,
@@ -94,6 +94,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn router(state: AppState) -> Router {
     crate::metrics::handle();
     let body_limit = state.ctx.config.body_limit_bytes;
+    let request_timeout = state.ctx.config.request_timeout;
     let (router, doc) = routes();
     router
         .fallback(|| async { ApiError::new(Code::NoRoute, "no such route; see /openapi.json") })
@@ -105,14 +106,39 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(Extension(Arc::new(doc)))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         // Spans name the route pattern, never the URI: a query string may hold `Secret=` and a
-        // path may hold a token (`DELETE /token/{id}`).
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-            let route = req
-                .extensions()
-                .get::<axum::extract::MatchedPath>()
-                .map_or("unmatched", |m| m.as_str());
-            tracing::info_span!("request", method = %req.method(), route, principal = tracing::field::Empty)
-        }))
+        // path may hold a token (`DELETE /token/{id}`). Handlers record the token id (never the
+        // token) and the principal; one line per request at INFO carries status and latency.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("unmatched", |m| m.as_str());
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        route,
+                        principal = tracing::field::Empty,
+                        token_id = tracing::field::Empty,
+                        result = tracing::field::Empty
+                    )
+                })
+                .on_request(())
+                .on_response(
+                    |res: &axum::http::Response<_>, latency: std::time::Duration, _: &tracing::Span| {
+                        tracing::info!(
+                            status = res.status().as_u16(),
+                            latency_us = latency.as_micros() as u64,
+                            "request"
+                        );
+                    },
+                ),
+        )
         .with_state(state)
 }

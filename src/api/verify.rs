@@ -106,6 +106,11 @@ async fn measured(
     let start = std::time::Instant::now();
     match f.await {
         Ok(v) => {
+            let span = tracing::Span::current();
+            span.record("result", v.outcome.word());
+            if let Some(t) = &v.token {
+                span.record("token_id", t.id.as_str());
+            }
             metrics::counter!(crate::metrics::VERIFICATIONS, "result" => v.outcome.word())
                 .increment(1);
             metrics::histogram!(crate::metrics::VERIFY_SECONDS)

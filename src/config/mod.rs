@@ -70,6 +70,16 @@ pub struct RawServer {
     pub trusted_proxies: Vec<String>,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    /// PEM certificate chain for TLS on the admin port; empty = plain HTTP.
+    pub tls_cert_file: String,
+    /// PEM private key for it.
+    pub tls_key_file: String,
+    /// Longest wait for a request's headers (and a TLS handshake), in seconds.
+    pub header_timeout_seconds: u64,
+    /// Longest time a request may take, in seconds (then 408).
+    pub request_timeout_seconds: u64,
+    /// Longest wait for in-flight requests at shutdown, in seconds.
+    pub shutdown_grace_seconds: u64,
 }
 
 /// `[database]`
@@ -146,6 +156,11 @@ impl Default for RawServer {
             listen: "127.0.0.1:8470".into(),
             trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
             body_limit_bytes: 64 * 1024,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            header_timeout_seconds: 10,
+            request_timeout_seconds: 30,
+            shutdown_grace_seconds: 30,
         }
     }
 }
@@ -232,6 +247,14 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// Request body limit in bytes.
     pub body_limit_bytes: usize,
+    /// TLS certificate and key files for the admin port.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Deadline for request headers and TLS handshakes.
+    pub header_timeout: std::time::Duration,
+    /// Deadline for a whole request.
+    pub request_timeout: std::time::Duration,
+    /// Deadline for in-flight requests at shutdown.
+    pub shutdown_grace: std::time::Duration,
     /// Where the store is.
     pub store: StoreLocation,
     /// Pool size.
@@ -430,6 +453,37 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
     if !(1024..=16 * 1024 * 1024).contains(&raw.server.body_limit_bytes) {
         bad("server.body_limit_bytes", "must be 1024 to 16777216".into());
     }
+    let tls = match (
+        raw.server.tls_cert_file.trim(),
+        raw.server.tls_key_file.trim(),
+    ) {
+        ("", "") => None,
+        ("", _) => {
+            bad("server.tls_cert_file", "must be set with tls_key_file".into());
+            None
+        }
+        (_, "") => {
+            bad("server.tls_key_file", "must be set with tls_cert_file".into());
+            None
+        }
+        (c, k) => {
+            for (key, f) in [("server.tls_cert_file", c), ("server.tls_key_file", k)] {
+                if !Path::new(f).is_file() {
+                    bad(key, format!("cannot read {f}"));
+                }
+            }
+            Some((PathBuf::from(c), PathBuf::from(k)))
+        }
+    };
+    for (key, v) in [
+        ("server.header_timeout_seconds", raw.server.header_timeout_seconds),
+        ("server.request_timeout_seconds", raw.server.request_timeout_seconds),
+        ("server.shutdown_grace_seconds", raw.server.shutdown_grace_seconds),
+    ] {
+        if !(1..=3600).contains(&v) {
+            bad(key, "must be 1 to 3600".into());
+        }
+    }
     if raw.data_dir.as_os_str().is_empty() {
         bad("data_dir", "must not be empty".into());
     }
@@ -519,6 +573,10 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             listen,
             trusted_proxies,
             body_limit_bytes: raw.server.body_limit_bytes,
+            tls,
+            header_timeout: std::time::Duration::from_secs(raw.server.header_timeout_seconds),
+            request_timeout: std::time::Duration::from_secs(raw.server.request_timeout_seconds),
+            shutdown_grace: std::time::Duration::from_secs(raw.server.shutdown_grace_seconds),
             store,
             db_max_connections: raw.database.max_connections,
             tokens: TokenSettings {

@@ -279,6 +279,45 @@ impl Runner {
             .map_err(RunError::Store)
     }
 
+    /// Puts a reloaded configuration's policies, notification and email settings and templates
+    /// in force (SIGHUP). Everything is checked first — values, templates, the policies'
+    /// accounts — and on any error the settings in force stay. Other sections need a restart;
+    /// a change there is reported, not applied.
+    pub async fn reload(&self, new: crate::config::Config) -> Result<String, String> {
+        check_policy_accounts(&self.ctx.store, &new.policies)
+            .await
+            .map_err(|e| e.to_string())?;
+        let old = self.live.get().config.clone();
+        let mut ignored = Vec::new();
+        if !same(&old.raw.server, &new.raw.server) {
+            ignored.push("server");
+        }
+        if !same(&old.raw.database, &new.raw.database) || old.raw.data_dir != new.raw.data_dir {
+            ignored.push("database/data_dir");
+        }
+        if !same(&old.raw.tokens, &new.raw.tokens) || !same(&old.raw.accounts, &new.raw.accounts) {
+            ignored.push("tokens/accounts");
+        }
+        if !same(&old.raw.security, &new.raw.security) || !same(&old.raw.log, &new.raw.log) {
+            ignored.push("security/log");
+        }
+        let policies = new.policies.len();
+        let live = crate::notify::Live::new(Arc::new(new)).map_err(|e| format!("{e:#}"))?;
+        self.live.replace(live);
+        if let Err(e) = self.reconcile_policies().await {
+            tracing::warn!(error = %e, "could not issue the tokens of new policies yet");
+        }
+        self.sender.wake();
+        let mut summary = format!("configuration reloaded: {policies} policies");
+        if !ignored.is_empty() {
+            summary.push_str(&format!(
+                "; changes to [{}] need a restart and were not applied",
+                ignored.join("], [")
+            ));
+        }
+        Ok(summary)
+    }
+
     /// Issues this month's token of every policy that has none yet, even when the month's run
     /// is done: policies added since (a restart or a reload with a new `[[policy]]`) get their
     /// token now rather than next month.
@@ -390,4 +429,9 @@ impl Runner {
         self.sender.wake();
         Ok(report(outcome))
     }
+}
+
+/// Whether two configuration sections are the same (compared as TOML).
+fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    toml::to_string(a).ok() == toml::to_string(b).ok()
 }
