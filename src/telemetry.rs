@@ -7,11 +7,23 @@ use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 /// Installs the global subscriber once; later calls (tests) are ignored. `RUST_LOG`, when set,
 /// wins over the configured level.
 pub fn init(level: &str, format: LogFormat) {
-    let filter = std::env::var("RUST_LOG")
+    let spec = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_new(level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .filter(|v| EnvFilter::try_new(v).is_ok())
+        .unwrap_or_else(|| level.to_string());
+    let mut filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Dependencies that chatter at INFO (the scheduler's state changes, PostgreSQL notices)
+    // stay at WARN unless the filter names them.
+    for (target, directive) in [
+        ("tokio_cron_scheduler", "tokio_cron_scheduler=warn"),
+        ("sqlx", "sqlx::postgres::notice=warn"),
+    ] {
+        if !spec.contains(target) {
+            if let Ok(d) = directive.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Human => registry

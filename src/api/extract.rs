@@ -226,9 +226,9 @@ impl FromRequestParts<AppState> for Auth {
             .map(|ci| client_ip(ci.0.ip(), &parts.headers, &state.ctx.config.trusted_proxies));
         let p = admin::authenticate(&state.ctx, &c, ip).await?;
         let span = tracing::Span::current();
-        span.record("principal", p.label());
+        span.record("principal", tracing::field::display(p.label()));
         if let admin::Principal::Token { token, .. } = &p {
-            span.record("token_id", token.id.as_str());
+            span.record("token_id", tracing::field::display(&token.id));
         }
         Ok(Auth(p))
     }

@@ -107,9 +107,9 @@ async fn measured(
     match f.await {
         Ok(v) => {
             let span = tracing::Span::current();
-            span.record("result", v.outcome.word());
+            span.record("result", tracing::field::display(v.outcome.word()));
             if let Some(t) = &v.token {
-                span.record("token_id", t.id.as_str());
+                span.record("token_id", tracing::field::display(&t.id));
             }
             metrics::counter!(crate::metrics::VERIFICATIONS, "result" => v.outcome.word())
                 .increment(1);

@@ -14,5 +14,6 @@ mod legacy;
 mod mail;
 mod nginx;
 mod ops;
+mod service;
 mod tokens;
 mod verify;
