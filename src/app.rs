@@ -14,8 +14,16 @@ use tokio::net::TcpListener;
 
 /// Opens the store named by `config` and brings its schema up to date.
 pub async fn open_ctx(config: Config, clock: SharedClock) -> anyhow::Result<Ctx> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    if !config.data_dir.exists() {
+        // The store, the master key and the operator credential live here: this user only.
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+    }
     let store = Store::connect(&config.store, config.db_max_connections)
         .await
         .with_context(|| format!("cannot open the {} store", kind(&config)))?;
@@ -273,8 +281,7 @@ pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigErrors> + 
 async fn reload_on_sighup(reload: Reload, runner: Arc<Runner>) {
     #[cfg(unix)]
     {
-        let Ok(mut hup) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             tracing::warn!("cannot listen for SIGHUP; reload by restarting");
             return;
@@ -311,7 +318,12 @@ async fn self_check(scheme: &str, addr: SocketAddr) {
         .unwrap_or_default();
     let url = format!("{scheme}://{probe}/healthz");
     for _ in 0..50 {
-        if client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -424,7 +424,7 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
             print(json!({ "token": TokenView::new(&t, now, soon) }))
         }
         Command::Jobs(JobsCmd::List) => {
-            let runs = ctx.store.latest_runs().await?;
+            let runs = ctx.store.latest_runs(&crate::jobs::ALL.map(|j| j.as_str())).await?;
             let jobs: Vec<_> = crate::jobs::ALL
                 .iter()
                 .map(|j| {

@@ -31,7 +31,11 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::Tls
         .with_context(|| format!("cannot read {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{}: not a PEM certificate chain", cert.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "{}: no certificate in it", cert.display());
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{}: no certificate in it",
+        cert.display()
+    );
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("{}: not a PEM private key", key.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -75,12 +79,13 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let svc = router
-            .clone()
-            .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(remote));
-                req
-            });
+        let svc =
+            router
+                .clone()
+                .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(remote));
+                    req
+                });
         let svc = TowerToHyperService::new(svc);
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -119,8 +124,12 @@ pub async fn serve(
 /// The address a `SocketAddr` client sees us at, for the start-up self-check.
 pub fn probe_addr(bound: SocketAddr) -> SocketAddr {
     match bound.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => SocketAddr::from(([127, 0, 0, 1], bound.port())),
-        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, bound.port())),
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], bound.port()))
+        }
+        ip if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, bound.port()))
+        }
         _ => bound,
     }
 }

@@ -4,6 +4,8 @@
 -- The month whose refill `remaining` holds, so a refill is applied once per month by whoever
 -- reaches the token first (the monthly reset or a verification).
 ALTER TABLE tokens ADD COLUMN refill_period TEXT;
+-- Tokens that already refill hold this month's allowance: the next refill is next month's.
+UPDATE tokens SET refill_period = strftime('%Y-%m', 'now') WHERE refill_monthly IS NOT NULL;
 
 -- One row per (job, period): claimed by one daemon at a time (a lease it renews while it works),
 -- marked done when the whole period is handled. A crashed run's lease runs out and the next
@@ -21,6 +23,7 @@ CREATE TABLE job_runs (
     error        TEXT,
     PRIMARY KEY (job, period)
 );
+CREATE INDEX job_runs_latest ON job_runs (job, started_at);
 
 -- Monthly counters as they stood when their month ended.
 CREATE TABLE token_monthly_usage (
@@ -48,7 +51,7 @@ CREATE TABLE outbox (
     token_id        TEXT,
     context         TEXT    NOT NULL,   -- JSON the message is rendered from
     sealed_secret   BLOB,               -- the plain token, sealed; only when the delivery carries it; erased once sent
-    status          TEXT    NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
+    status          TEXT    NOT NULL CHECK (status IN ('pending', 'sent', 'failed', 'cancelled')),
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at TEXT    NOT NULL,   -- the daemon's clock
     lease_until     TEXT,               -- wall clock: a sender is on it until then

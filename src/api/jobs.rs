@@ -85,7 +85,7 @@ pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> ApiResult<Json<Jo
     let runs = s
         .ctx
         .store
-        .latest_runs()
+        .latest_runs(&crate::jobs::ALL.map(|j| j.as_str()))
         .await
         .map_err(admin::Error::Store)?;
     let now = s.ctx.clock.now();
@@ -212,7 +212,7 @@ pub struct MessageView {
     pub token_id: Option<String>,
     /// Account it concerns.
     pub account_id: Option<String>,
-    /// `pending`, `sent` or `failed`.
+    /// `pending`, `sent`, `failed` or `cancelled`.
     pub status: String,
     /// Attempts made.
     pub attempts: i64,
@@ -250,7 +250,7 @@ impl From<&Message> for MessageView {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct MessageQuery {
-    /// `pending`, `sent` or `failed`.
+    /// `pending`, `sent`, `failed` or `cancelled`.
     pub status: Option<String>,
     /// One token's messages.
     pub token_id: Option<String>,
@@ -284,10 +284,10 @@ pub async fn notifications(
         return Err(crate::domain::ParseError::new("limit", "must be 1 to 500").into());
     }
     if let Some(st) = &q.status {
-        if !["pending", "sent", "failed"].contains(&st.as_str()) {
+        if !["pending", "sent", "failed", "cancelled"].contains(&st.as_str()) {
             return Err(crate::domain::ParseError::new(
                 "status",
-                "must be pending, sent or failed",
+                "must be pending, sent, failed or cancelled",
             )
             .into());
         }

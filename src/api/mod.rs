@@ -131,7 +131,9 @@ pub fn router(state: AppState) -> Router {
                 })
                 .on_request(())
                 .on_response(
-                    |res: &axum::http::Response<_>, latency: std::time::Duration, _: &tracing::Span| {
+                    |res: &axum::http::Response<_>,
+                     latency: std::time::Duration,
+                     _: &tracing::Span| {
                         tracing::info!(
                             status = res.status().as_u16(),
                             latency_us = latency.as_micros() as u64,

@@ -459,11 +459,17 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
     ) {
         ("", "") => None,
         ("", _) => {
-            bad("server.tls_cert_file", "must be set with tls_key_file".into());
+            bad(
+                "server.tls_cert_file",
+                "must be set with tls_key_file".into(),
+            );
             None
         }
         (_, "") => {
-            bad("server.tls_key_file", "must be set with tls_cert_file".into());
+            bad(
+                "server.tls_key_file",
+                "must be set with tls_cert_file".into(),
+            );
             None
         }
         (c, k) => {
@@ -476,9 +482,18 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
         }
     };
     for (key, v) in [
-        ("server.header_timeout_seconds", raw.server.header_timeout_seconds),
-        ("server.request_timeout_seconds", raw.server.request_timeout_seconds),
-        ("server.shutdown_grace_seconds", raw.server.shutdown_grace_seconds),
+        (
+            "server.header_timeout_seconds",
+            raw.server.header_timeout_seconds,
+        ),
+        (
+            "server.request_timeout_seconds",
+            raw.server.request_timeout_seconds,
+        ),
+        (
+            "server.shutdown_grace_seconds",
+            raw.server.shutdown_grace_seconds,
+        ),
     ] {
         if !(1..=3600).contains(&v) {
             bad(key, "must be 1 to 3600".into());

@@ -445,8 +445,8 @@ pub(super) fn check(
                 );
             }
         }
-        if !(1..=600).contains(&s.timeout_seconds) {
-            bad("email.smtp.timeout_seconds", "must be 1 to 600".into());
+        if !(1..=60).contains(&s.timeout_seconds) {
+            bad("email.smtp.timeout_seconds", "must be 1 to 60".into());
         }
         Some(SmtpSettings {
             host: s.host.trim().to_string(),

@@ -373,25 +373,41 @@ impl Runner {
             Claim::Busy(run) => return Ok(report(RunOutcome::Busy(run))),
             Claim::Claimed => {}
         }
-        // Keep the claim alive while the work runs; a crashed daemon stops renewing it.
+        // Keep the claim alive while the work runs; a crashed daemon stops renewing it. A
+        // failed renewal is retried; a claim found taken over stops the work, so two daemons
+        // never run the same period.
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
         let renew = {
             let store = store.clone();
             let (job_s, period_s, owner) = (job.as_str(), period.to_string(), self.owner.clone());
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(lease / 3).await;
+                    tokio::time::sleep(lease / 4).await;
                     let until = Utc::now() + chrono::TimeDelta::from_std(lease).unwrap_or_default();
-                    if !matches!(
-                        store.renew_run(job_s, &period_s, &owner, until).await,
-                        Ok(true)
-                    ) {
-                        break;
+                    match store.renew_run(job_s, &period_s, &owner, until).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            let _ = lost_tx.send(());
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = job_s, period = %period_s, error = %e, "cannot renew the job claim; retrying");
+                        }
                     }
                 }
             })
         };
         let started = std::time::Instant::now();
-        let result = work::run(job, period, &self.ctx, &self.live.get()).await;
+        let live = self.live.get();
+        let result = tokio::select! {
+            r = work::run(job, period, &self.ctx, &live) => r,
+            _ = lost_rx => {
+                tracing::error!(job = job.as_str(), %period, "the job's claim lapsed and another daemon took it over; stopping this run");
+                renew.abort();
+                let run = store.job_run(job.as_str(), period).await?.ok_or(crate::store::StoreError::NotFound)?;
+                return Ok(report(RunOutcome::Busy(run)));
+            }
+        };
         renew.abort();
         let now = self.ctx.clock.now();
         let outcome = match result {

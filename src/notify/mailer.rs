@@ -40,6 +40,13 @@ impl Mailer {
             let dir = data_dir.join("outbox");
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
+            // A message may carry a token (email_includes_token): only this user reads them.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("cannot restrict {}", dir.display()))?;
+            }
             return Ok(Mailer::File(AsyncFileTransport::new(&dir), dir));
         };
         let tls_params = || -> anyhow::Result<TlsParameters> {

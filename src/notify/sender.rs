@@ -15,8 +15,11 @@ use sha2::Sha256;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::{Mutex, Notify};
 
-/// How long a sender holds a message it is delivering (wall clock).
-const LEASE: TimeDelta = TimeDelta::seconds(120);
+/// How long a sender holds a message it is delivering (wall clock). A delivery that has not
+/// finished well within it is abandoned (and retried), so no other sender takes over a message
+/// still being sent.
+const LEASE: TimeDelta = TimeDelta::seconds(300);
+const DELIVERY_DEADLINE: Duration = Duration::from_secs(240);
 /// Messages taken per round.
 const BATCH: i64 = 32;
 
@@ -95,15 +98,25 @@ impl Sender {
             }
             let mut took_any = false;
             for m in due {
-                if !self
-                    .store
-                    .lease_message(&m.id, wall, Utc::now() + LEASE)
-                    .await?
-                {
+                let lease = Utc::now() + LEASE;
+                if !self.store.lease_message(&m.id, wall, lease).await? {
                     continue;
                 }
                 took_any = true;
-                let result = self.deliver(&m).await;
+                if let Some(reason) = self.stale(&m).await? {
+                    self.store
+                        .cancel_message(&m.id, self.clock.now(), &reason)
+                        .await?;
+                    tracing::info!(id = %m.id, topic = %m.topic, %reason, "message cancelled");
+                    continue;
+                }
+                let result = match tokio::time::timeout(DELIVERY_DEADLINE, self.deliver(&m)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!(
+                        "no answer within {} s",
+                        DELIVERY_DEADLINE.as_secs()
+                    )),
+                };
                 let now = self.clock.now();
                 let live = self.live.get();
                 let n = &live.config.notifications;
@@ -115,14 +128,20 @@ impl Sender {
                 };
                 let retry_at = (outcome == "retrying")
                     .then(|| now + backoff(attempts, n.retry_base, n.retry_max));
-                self.store
+                if !self
+                    .store
                     .record_attempt(
                         &m.id,
+                        lease,
                         now,
                         result.as_ref().err().map(String::as_str),
                         retry_at,
                     )
-                    .await?;
+                    .await?
+                {
+                    tracing::warn!(id = %m.id, "the message's lease was taken over while it was sent; not recording this attempt");
+                    continue;
+                }
                 metrics::counter!(crate::metrics::DELIVERIES, "kind" => m.kind.as_str(), "outcome" => outcome)
                     .increment(1);
                 match &result {
@@ -163,6 +182,34 @@ impl Sender {
         if let Err(e) = self.pass().await {
             tracing::warn!(error = %e, "last outbox pass failed; pending messages stay queued");
         }
+    }
+
+    /// Why a warning or notice queued earlier must not go out any more: its token was revoked,
+    /// expired (for a warning) or given another expiry since.
+    async fn stale(&self, m: &Message) -> anyhow::Result<Option<String>> {
+        if !matches!(m.topic.as_str(), "expiry_warning" | "expired") {
+            return Ok(None);
+        }
+        let Some(id) = &m.token_id else {
+            return Ok(None);
+        };
+        let Some(t) = self.store.token(id).await? else {
+            return Ok(Some("the token no longer exists".into()));
+        };
+        let queued_expiry = m.context["token"]["expires_at"].as_str();
+        let expiry = t
+            .expires_at
+            .map(|e| e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let now = self.clock.now();
+        Ok(if t.status == crate::domain::status::TokenStatus::Revoked {
+            Some("the token was revoked".into())
+        } else if queued_expiry != expiry.as_deref() {
+            Some("the token's expiry changed".into())
+        } else if m.topic == "expiry_warning" && t.expires_at.is_some_and(|e| e <= now) {
+            Some("the token expired before the warning could be sent".into())
+        } else {
+            None
+        })
     }
 
     fn secret(&self, m: &Message) -> Result<Option<String>, String> {
@@ -226,7 +273,8 @@ impl Sender {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| format!("webhook request failed: {e}"))?;
+                    // Without the URL: its query string may carry a key.
+                    .map_err(|e| format!("webhook request failed: {}", e.without_url()))?;
                 if resp.status().is_success() {
                     Ok(())
                 } else {

@@ -129,15 +129,19 @@ impl Store {
         Ok(())
     }
 
-    /// The latest run of each job (by start).
-    pub async fn latest_runs(&self) -> Result<Vec<JobRun>> {
+    /// The latest run (by start) of each of `jobs`.
+    pub async fn latest_runs(&self, jobs: &[&str]) -> Result<Vec<JobRun>> {
         let q = format!(
-            "SELECT {RUN_COLS} FROM job_runs r WHERE NOT EXISTS (SELECT 1 FROM job_runs n \
-             WHERE n.job = r.job AND (n.started_at > r.started_at \
-             OR (n.started_at = r.started_at AND n.period > r.period))) ORDER BY job"
+            "SELECT {RUN_COLS} FROM job_runs WHERE job = $1 \
+             ORDER BY started_at DESC, period DESC LIMIT 1"
         );
-        let rows = with_pool!(self, p => sqlx::query_as::<_, JobRun>(sql(q)).fetch_all(p).await?);
-        Ok(rows)
+        let mut out = Vec::new();
+        for job in jobs {
+            let row = with_pool!(self, p => sqlx::query_as::<_, JobRun>(sql(q.clone()))
+                .bind(job).fetch_optional(p).await?);
+            out.extend(row);
+        }
+        Ok(out)
     }
 
     /// One run record.

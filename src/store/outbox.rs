@@ -79,7 +79,8 @@ pub struct Message {
     pub context: serde_json::Value,
     /// Sealed plain token (erased once sent or failed).
     pub sealed_secret: Option<Vec<u8>>,
-    /// `pending`, `sent` or `failed`.
+    /// `pending`, `sent`, `failed` or `cancelled` (a warning whose token was revoked, expired or
+    /// given another expiry before it went out).
     pub status: String,
     /// Attempts made.
     pub attempts: i64,
@@ -220,16 +221,18 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Records one delivery attempt of a leased message. `error = None` marks it sent;
-    /// otherwise it is retried at `retry_at`, or marked failed when that is `None`. A sent or
-    /// failed message's sealed secret is erased.
+    /// Records one delivery attempt of a message this sender leased until `lease`; `false` (and
+    /// nothing recorded) when another sender took the lease over meanwhile. `error = None`
+    /// marks it sent; otherwise it is retried at `retry_at`, or marked failed when that is
+    /// `None`. A sent or failed message's sealed secret is erased.
     pub async fn record_attempt(
         &self,
         id: &str,
+        lease: DateTime<Utc>,
         at: DateTime<Utc>,
         error: Option<&str>,
         retry_at: Option<DateTime<Utc>>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (status, next) = match (error, retry_at) {
             (None, _) => ("sent", at),
             (Some(_), Some(t)) => ("pending", t),
@@ -237,18 +240,30 @@ impl Store {
         };
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let attempt: i64 = sqlx::query_scalar(
+            let attempt: Option<i64> = sqlx::query_scalar(
                 "UPDATE outbox SET attempts = attempts + 1, status = $2, next_attempt_at = $3, \
                  last_error = COALESCE($4, last_error), lease_until = NULL, \
                  sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END, \
                  sealed_secret = CASE WHEN $2 = 'pending' THEN sealed_secret ELSE NULL END \
-                 WHERE id = $1 RETURNING attempts")
-                .bind(id).bind(status).bind(next).bind(error).bind(at)
-                .fetch_one(&mut *tx).await?;
+                 WHERE id = $1 AND lease_until = $6 RETURNING attempts")
+                .bind(id).bind(status).bind(next).bind(error).bind(at).bind(lease)
+                .fetch_optional(&mut *tx).await?;
+            let Some(attempt) = attempt else {
+                return Ok(false);
+            };
             sqlx::query("INSERT INTO outbox_attempts (outbox_id, attempt, at, error) VALUES ($1, $2, $3, $4)")
                 .bind(id).bind(attempt).bind(at).bind(error).execute(&mut *tx).await?;
             tx.commit().await?;
-        });
+            Ok(true)
+        })
+    }
+
+    /// Cancels a pending message that must no longer be sent, saying why.
+    pub async fn cancel_message(&self, id: &str, at: DateTime<Utc>, reason: &str) -> Result<()> {
+        with_pool!(self, p => sqlx::query(
+            "UPDATE outbox SET status = 'cancelled', last_error = $3, lease_until = NULL, \
+             sealed_secret = NULL, next_attempt_at = $2 WHERE id = $1 AND status = 'pending'")
+            .bind(id).bind(at).bind(reason).execute(p).await.map(|_| ()))?;
         Ok(())
     }
 

@@ -306,3 +306,26 @@ async fn starttls_and_implicit_tls_check_the_relay_certificate_then_authenticate
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_warning_whose_token_is_revoked_before_it_goes_out_is_cancelled() {
+    let smtp = SmtpServer::start("tw", "right");
+    let env = Env::new(Backend::Sqlite, at(2026, 11, 27, 12)).await;
+    let app = env.start("").await;
+    let (secret, tid) = setup(&app).await;
+    app.stop().await;
+    let pw = env.dir.path().join("smtp.pw");
+    std::fs::write(&pw, "wrong\n").unwrap();
+    env.clock.set(at(2026, 12, 3, 0));
+    let app = env.start(&smtp.config("tw", &pw)).await;
+    app.runner.sender().pass().await.unwrap();
+    let (s, v) = app.delete(&format!("/v1/tokens/{tid}"), &secret).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    env.clock.set(at(2026, 12, 3, 1));
+    app.runner.sender().pass().await.unwrap();
+    let (_, v) = app.get("/v1/notifications", &app.operator.clone()).await;
+    let n = &v["notifications"][0];
+    assert_eq!(n["status"], "cancelled", "{v}");
+    assert_eq!(n["last_error"], "the token was revoked");
+    assert_eq!(n["attempts"], 1, "no further attempt");
+}

@@ -26,11 +26,16 @@ impl Proc {
     fn start(data: &Path, port: u16, extra: &[(&str, &str)], config: Option<&Path>) -> Proc {
         let log = data.with_extension("log");
         let mut c = binary();
-        c.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(data)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+        c.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
         if let Some(f) = config {
             c.arg("--config").arg(f);
         }
@@ -118,8 +123,16 @@ async fn sigterm_under_load_loses_no_counted_call_and_exits_0(b: Backend) {
     let port = free_port();
     let mut d = Proc::start(&data, port, &env, None);
     wait_for(&format!("{}/readyz", d.base)).await;
-    let op = std::fs::read_to_string(data.join("operator.token")).unwrap().trim().to_string();
-    let acc = json_post(&format!("{}/v1/accounts", d.base), &op, json!({"name": "acme"})).await;
+    let op = std::fs::read_to_string(data.join("operator.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let acc = json_post(
+        &format!("{}/v1/accounts", d.base),
+        &op,
+        json!({"name": "acme"}),
+    )
+    .await;
     let secret = acc["secret"].as_str().unwrap().to_string();
     let tok = json_post(
         &format!("{}/v1/tokens", d.base),
@@ -144,10 +157,17 @@ async fn sigterm_under_load_loses_no_counted_call_and_exits_0(b: Backend) {
         );
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(r) = client.post(&url).json(&json!({"token": token})).send().await else {
+                let Ok(r) = client
+                    .post(&url)
+                    .json(&json!({"token": token}))
+                    .send()
+                    .await
+                else {
                     break;
                 };
-                let Ok(v) = r.json::<Value>().await else { break };
+                let Ok(v) = r.json::<Value>().await else {
+                    break;
+                };
                 if v["result"] == "VALID" {
                     valid.fetch_add(1, Ordering::SeqCst);
                 }
@@ -190,7 +210,10 @@ async fn sigterm_under_load_loses_no_counted_call_and_exits_0(b: Backend) {
         .lines()
         .find(|l| l.contains("/v1/verify") && l.contains("status=200"))
         .unwrap_or_else(|| panic!("no request line in\n{log}"));
-    assert!(line.contains(&format!("token_id={id}")) && line.contains("latency_us="), "{line}");
+    assert!(
+        line.contains(&format!("token_id={id}")) && line.contains("latency_us="),
+        "{line}"
+    );
     assert!(!log.contains(&token), "the token is in the log");
 }
 
@@ -199,7 +222,8 @@ async fn sd_notify_ready_comes_only_once_the_port_answers() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let port = free_port();
     let sock_env = sock_path.display().to_string();
     let mut d = Proc::start(
@@ -247,7 +271,11 @@ async fn sighup_applies_a_changed_policy_and_refuses_a_broken_one() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(account.status.success(), "{}", String::from_utf8_lossy(&account.stderr));
+    assert!(
+        account.status.success(),
+        "{}",
+        String::from_utf8_lossy(&account.stderr)
+    );
     let cfg = dir.path().join("tokenwarden.toml");
     let policy = |name: &str| {
         format!(
@@ -275,7 +303,11 @@ async fn sighup_applies_a_changed_policy_and_refuses_a_broken_one() {
     std::fs::write(&cfg, format!("{}{}", policy("first"), policy("second"))).unwrap();
     d.signal("HUP");
     assert!(wait_delivered("second").await, "{}", d.log());
-    assert!(d.log().contains("configuration reloaded: 2 policies"), "{}", d.log());
+    assert!(
+        d.log().contains("configuration reloaded: 2 policies"),
+        "{}",
+        d.log()
+    );
 
     // A broken one (a bad role): refused with its key; the old one stays; nothing is issued.
     std::fs::write(
@@ -299,7 +331,10 @@ async fn sighup_applies_a_changed_policy_and_refuses_a_broken_one() {
     let r = reqwest::get(format!("{}/readyz", d.base)).await.unwrap();
     assert_eq!(r.status(), 200, "still serving");
     d.signal("TERM");
-    assert_eq!(tokio::task::block_in_place(|| d.wait_exit(Duration::from_secs(30))), Some(0));
+    assert_eq!(
+        tokio::task::block_in_place(|| d.wait_exit(Duration::from_secs(30))),
+        Some(0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -319,11 +354,19 @@ async fn the_admin_port_serves_tls_and_drops_slow_clients() {
     let port = free_port();
     let d = Proc::start(&dir.path().join("data"), port, &[], Some(&cfg));
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
-    let client = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
     let url = format!("https://127.0.0.1:{port}/healthz");
     let mut ok = false;
     for _ in 0..200 {
-        if client.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+        if client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
             ok = true;
             break;
         }
@@ -331,7 +374,9 @@ async fn the_admin_port_serves_tls_and_drops_slow_clients() {
     }
     assert!(ok, "https /healthz; log:\n{}", d.log());
     assert!(
-        reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.is_err(),
+        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .is_err(),
         "plain HTTP is not served on a TLS port"
     );
 
@@ -342,11 +387,19 @@ async fn the_admin_port_serves_tls_and_drops_slow_clients() {
     let port2 = free_port();
     let d2 = Proc::start(&dir.path().join("data2"), port2, &[], Some(&plain_cfg));
     wait_for(&format!("{}/readyz", d2.base)).await;
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port2)).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port2))
+        .await
+        .unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let start = Instant::now();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the connection stayed open");
-    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
 }
