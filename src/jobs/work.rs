@@ -12,7 +12,7 @@ use crate::domain::{
 };
 use crate::notify::{self, Live};
 use crate::store::{Account, NewToken, StoreError};
-use chrono::{TimeDelta, Utc};
+use chrono::TimeDelta;
 use std::collections::HashMap;
 
 /// Rows per transaction of the bulk jobs.
@@ -264,7 +264,6 @@ async fn housekeeping(ctx: &Ctx, live: &Live) -> Result<String, StoreError> {
             &[Job::Expiry.as_str(), Job::ExpiryWarnings.as_str()],
         )
         .await?;
-    let _ = Utc::now();
     Ok(format!(
         "dropped {jwt} JWT use records, {stats} statistics rows, {outbox} messages, {runs} run records"
     ))
