@@ -119,12 +119,18 @@ pub struct App {
     ctx: Ctx,
     listener: TcpListener,
     runner: Arc<Runner>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl App {
     /// Builds everything `serve` needs; binds `config.listen` (port 0 picks a free port).
     pub async fn build(config: Config, clock: SharedClock) -> anyhow::Result<App> {
         let listen = config.listen;
+        // A bad certificate or key stops the start before anything else happens.
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(crate::server::tls_acceptor(cert, key)?),
+            None => None,
+        };
         let ctx = open_ctx(config, clock).await?;
         ensure_operator(&ctx).await?;
         let runner = jobs_for(&ctx).await?;
@@ -145,6 +151,7 @@ impl App {
             ctx,
             listener,
             runner,
+            tls,
         })
     }
 
@@ -197,10 +204,7 @@ impl App {
             meter,
             runner: self.runner.clone(),
         });
-        let tls = match &config.tls {
-            Some((cert, key)) => Some(crate::server::tls_acceptor(cert, key)?),
-            None => None,
-        };
+        let tls = self.tls.clone();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let opts = crate::server::ServeOptions {
             tls,
@@ -214,6 +218,16 @@ impl App {
             opts,
             server_stopped,
         ));
+        // Listen for SIGHUP before telling systemd we are ready: a reload right after the start
+        // must not meet the signal's default action (termination).
+        let reloader = match reload {
+            Some(r) => Some(tokio::spawn(reload_on_sighup(
+                r,
+                hangups()?,
+                self.runner.clone(),
+            ))),
+            None => None,
+        };
         self_check(scheme, addr).await;
         tracing::info!(%addr, scheme, backend = store.backend_name(), "tokenwarden serving");
         notify_systemd(&[
@@ -230,16 +244,16 @@ impl App {
                 }
             })
         });
-        let reloader = reload.map(|r| tokio::spawn(reload_on_sighup(r, self.runner.clone())));
 
         tokio::pin!(shutdown);
-        tokio::select! {
-            _ = &mut shutdown => {}
+        let server_running = tokio::select! {
+            _ = &mut shutdown => true,
             // The server only ends early if it failed.
             r = &mut server => {
                 tracing::error!(result = ?r, "the HTTP server stopped unexpectedly");
+                false
             }
-        }
+        };
         notify_systemd(&[
             sd_notify::NotifyState::Stopping,
             sd_notify::NotifyState::Status("stopping"),
@@ -248,7 +262,9 @@ impl App {
             r.abort();
         }
         let _ = stop_server.send(true);
-        let _ = server.await;
+        if server_running {
+            let _ = server.await;
+        }
         // Every handler is gone: let the meter commit what is queued before closing the store.
         if let Err(e) = writer.await {
             tracing::error!(error = %e, "the usage writer failed");
@@ -278,14 +294,25 @@ impl App {
 /// Re-reads the configuration (the same file, environment and flags as at start).
 pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigErrors> + Send + Sync>;
 
-async fn reload_on_sighup(reload: Reload, runner: Arc<Runner>) {
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+fn hangups() -> anyhow::Result<Hangups> {
     #[cfg(unix)]
     {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::warn!("cannot listen for SIGHUP; reload by restarting");
-            return;
-        };
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")
+    }
+    #[cfg(not(unix))]
+    Ok(())
+}
+
+async fn reload_on_sighup(reload: Reload, hangups: Hangups, runner: Arc<Runner>) {
+    #[cfg(unix)]
+    {
+        let mut hup = hangups;
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the configuration");
             let result = match reload() {
@@ -302,7 +329,7 @@ async fn reload_on_sighup(reload: Reload, runner: Arc<Runner>) {
     }
     #[cfg(not(unix))]
     {
-        let _ = (reload, runner);
+        let _ = (reload, hangups, runner);
     }
 }
 
@@ -337,25 +364,38 @@ fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves when SIGINT or SIGTERM arrives. The handlers are installed when this is called (not
+/// when the future is first polled), so a stop right after the start is never lost.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let (mut term, mut int) = signals;
+            async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = recv(term.as_mut()) => {},
+                _ = recv(int.as_mut()) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutdown signal received; finishing in-flight requests");
     }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
 }

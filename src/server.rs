@@ -57,14 +57,28 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    // One protocol per connection, chosen up front: HTTP/1.1 on plain connections, and what
+    // ALPN agreed on TLS ones. (Sniffing the protocol from the first bytes would wait on a
+    // silent client with no deadline.)
+    let h1 = {
+        let mut b = Builder::new(TokioExecutor::new()).http1_only();
+        b.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(opts.header_timeout);
+        Arc::new(b)
+    };
+    let h2 = {
+        let mut b = Builder::new(TokioExecutor::new()).http2_only();
+        b.http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(opts.header_timeout)
+            .keep_alive_timeout(opts.header_timeout);
+        Arc::new(b)
+    };
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        // Reap finished connections so the set does not grow.
+        while conns.try_join_next().is_some() {}
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
@@ -87,14 +101,14 @@ pub async fn serve(
                     req
                 });
         let svc = TowerToHyperService::new(svc);
-        let builder = builder.clone();
+        let (h1, h2) = (h1.clone(), h2.clone());
         let watcher = graceful.watcher();
         let tls = opts.tls.clone();
         let handshake = opts.header_timeout;
-        tokio::spawn(async move {
+        conns.spawn(async move {
             match tls {
                 None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+                    let conn = h1.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 Some(acceptor) => {
@@ -105,6 +119,11 @@ pub async fn serve(
                             return;
                         }
                         Err(_) => return,
+                    };
+                    let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        h2
+                    } else {
+                        h1
                     };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
@@ -119,6 +138,10 @@ pub async fn serve(
             tracing::warn!(grace_s = opts.grace.as_secs(), "requests still in flight after the grace period; closing them");
         }
     }
+    // Whatever is left is cut off now: each connection holds the router (and with it the
+    // usage meter, whose writer ends only when the last handle is gone).
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
 }
 
 /// The address a `SocketAddr` client sees us at, for the start-up self-check.

@@ -48,6 +48,8 @@ pub enum Code {
     NoRoute = 4041,
     /// 4050: the route exists but not with this method.
     MethodNotAllowed = 4050,
+    /// 4080: the request took longer than `server.request_timeout_seconds`.
+    RequestTimeout = 4080,
     /// 4090: duplicate, or a change the record's state does not allow.
     Conflict = 4090,
     /// 4091: the account is at `max_tokens`.
@@ -84,6 +86,7 @@ impl Code {
             Forbidden | RoleTooHigh => StatusCode::FORBIDDEN,
             NotFound | NoRoute => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Conflict | TokenLimit | JobBusy => StatusCode::CONFLICT,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -114,6 +117,7 @@ impl Code {
             NotFound => "NOT_FOUND",
             NoRoute => "NO_SUCH_ROUTE",
             MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            RequestTimeout => "REQUEST_TIMEOUT",
             Conflict => "CONFLICT",
             TokenLimit => "TOKEN_LIMIT_REACHED",
             JobBusy => "JOB_BUSY",

@@ -15,7 +15,7 @@ use crate::admin::Ctx;
 use axum::{extract::DefaultBodyLimit, Extension, Router};
 use error::{ApiError, Code};
 use std::sync::Arc;
-use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+use tower_http::trace::TraceLayer;
 use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     Modify, OpenApi,
@@ -106,10 +106,16 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(Extension(Arc::new(doc)))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
+        // A request over server.request_timeout_seconds gets 408 with its code, like any error.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |_: tower::BoxError| async {
+                        ApiError::new(Code::RequestTimeout, "the request took too long")
+                    },
+                ))
+                .layer(tower::timeout::TimeoutLayer::new(request_timeout)),
+        )
         // Spans name the route pattern, never the URI: a query string may hold `Secret=` and a
         // path may hold a token (`DELETE /token/{id}`). Handlers record the token id (never the
         // token) and the principal; one line per request at INFO carries status and latency.

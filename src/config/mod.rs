@@ -473,12 +473,14 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             None
         }
         (c, k) => {
-            for (key, f) in [("server.tls_cert_file", c), ("server.tls_key_file", k)] {
-                if !Path::new(f).is_file() {
-                    bad(key, format!("cannot read {f}"));
+            // Relative paths are systemd credentials (LoadCredential=), like the other secrets.
+            let (c, k) = (notify::credential_path(c), notify::credential_path(k));
+            for (key, f) in [("server.tls_cert_file", &c), ("server.tls_key_file", &k)] {
+                if std::fs::File::open(f).is_err() {
+                    bad(key, format!("cannot read {}", f.display()));
                 }
             }
-            Some((PathBuf::from(c), PathBuf::from(k)))
+            Some((c, k))
         }
     };
     for (key, v) in [

@@ -297,8 +297,8 @@ impl Policy {
 }
 
 /// A path for a secret file: absolute as written, or relative to systemd's
-/// `$CREDENTIALS_DIRECTORY` when that is set.
-fn credential_path(p: &str) -> PathBuf {
+/// `$CREDENTIALS_DIRECTORY` when that is set (as it is under `LoadCredential=`).
+pub(super) fn credential_path(p: &str) -> PathBuf {
     let path = Path::new(p);
     match std::env::var_os("CREDENTIALS_DIRECTORY") {
         Some(dir) if path.is_relative() => Path::new(&dir).join(path),

@@ -302,7 +302,18 @@ impl Runner {
             ignored.push("security/log");
         }
         let policies = new.policies.len();
-        let live = crate::notify::Live::new(Arc::new(new)).map_err(|e| format!("{e:#}"))?;
+        // Only the reloadable sections are taken; the rest stays as the daemon started with it
+        // (a policy token must carry the prefix verification checks, for one).
+        let mut merged = (*old).clone();
+        merged.email = new.email;
+        merged.notifications = new.notifications;
+        merged.jobs = new.jobs;
+        merged.policies = new.policies;
+        merged.raw.email = new.raw.email;
+        merged.raw.notifications = new.raw.notifications;
+        merged.raw.jobs = new.raw.jobs;
+        merged.raw.policy = new.raw.policy;
+        let live = crate::notify::Live::new(Arc::new(merged)).map_err(|e| format!("{e:#}"))?;
         self.live.replace(live);
         if let Err(e) = self.reconcile_policies().await {
             tracing::warn!(error = %e, "could not issue the tokens of new policies yet");

@@ -383,7 +383,11 @@ async fn the_admin_port_serves_tls_and_drops_slow_clients() {
     // A client that never finishes its request headers is cut off.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let plain_cfg = dir.path().join("plain.toml");
-    std::fs::write(&plain_cfg, "[server]\nheader_timeout_seconds = 1\n").unwrap();
+    std::fs::write(
+        &plain_cfg,
+        "[server]\nheader_timeout_seconds = 1\nrequest_timeout_seconds = 1\n",
+    )
+    .unwrap();
     let port2 = free_port();
     let d2 = Proc::start(&dir.path().join("data2"), port2, &[], Some(&plain_cfg));
     wait_for(&format!("{}/readyz", d2.base)).await;
@@ -402,4 +406,22 @@ async fn the_admin_port_serves_tls_and_drops_slow_clients() {
         "{:?}",
         start.elapsed()
     );
+
+    // A client that sends its body too slowly gets 408 with its code.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port2))
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /v1/verify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{\"tok",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":4080"), "{answer}");
 }
