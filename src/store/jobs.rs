@@ -3,7 +3,7 @@
 //! its messages in the same transaction.
 
 use super::model::{Account, Token};
-use super::outbox::{self, NewMessage};
+use super::outbox::NewMessage;
 use super::rows::{AccountRow, TokenRow, ACCOUNT_COLS, TOKEN_COLS};
 use super::usage::Archive;
 use super::{sql, Arg, Backend, Result, Store, WritePool};
@@ -255,10 +255,7 @@ impl Store {
                  AND status IN ('active', 'exhausted') AND expires_at IS NOT NULL AND expires_at <= $2")
                 .bind(id).bind(now).execute(&mut *tx).await?.rows_affected();
             if n == 1 {
-                for m in messages {
-                    let (q, args) = outbox::insert(m, now);
-                    bind_args!(sqlx::query(sql(q)), args).execute(&mut *tx).await?;
-                }
+                queue_messages!(tx, messages, now);
             }
             tx.commit().await?;
             Ok(n == 1)
@@ -321,10 +318,7 @@ impl Store {
                 .bind(token_id).bind(i64::from(threshold)).bind(expires_at).bind(now)
                 .execute(&mut *tx).await?.rows_affected();
             if n == 1 {
-                for m in messages {
-                    let (q, args) = outbox::insert(m, now);
-                    bind_args!(sqlx::query(sql(q)), args).execute(&mut *tx).await?;
-                }
+                queue_messages!(tx, messages, now);
             }
             tx.commit().await?;
             Ok(n == 1)

@@ -148,6 +148,19 @@ macro_rules! bind_args {
     }};
 }
 
+/// Queues outbox `messages` inside the open transaction `tx`, so they commit (or not) with the
+/// change they report.
+macro_rules! queue_messages {
+    ($tx:expr, $messages:expr, $now:expr) => {
+        for m in $messages {
+            let (q, args) = $crate::store::outbox::insert(m, $now);
+            bind_args!(sqlx::query(sql(q)), args)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    };
+}
+
 /// A bound parameter of a statement assembled at run time.
 #[derive(Debug, Clone)]
 enum Arg {
@@ -524,10 +537,7 @@ impl Store {
                     .fetch_one(&mut *tx).await?;
                 out.push(Token::try_from(row)?);
             }
-            for m in messages {
-                let (q, args) = outbox::insert(m, now);
-                bind_args!(sqlx::query(sql(q)), args).execute(&mut *tx).await?;
-            }
+            queue_messages!(tx, messages, now);
             tx.commit().await?;
             Ok(out)
         })

@@ -181,10 +181,7 @@ impl Store {
     pub async fn enqueue(&self, messages: &[NewMessage], now: DateTime<Utc>) -> Result<()> {
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
-            for m in messages {
-                let (q, args) = insert(m, now);
-                bind_args!(sqlx::query(sql(q)), args).execute(&mut *tx).await?;
-            }
+            queue_messages!(tx, messages, now);
             tx.commit().await?;
         });
         Ok(())
