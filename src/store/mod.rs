@@ -139,8 +139,6 @@ macro_rules! bind_args {
                 Arg::I64(v) => q.bind(v),
                 Arg::Time(v) => q.bind(v),
                 Arg::OptStr(v) => q.bind(v),
-                Arg::OptI64(v) => q.bind(v),
-                Arg::OptTime(v) => q.bind(v),
                 Arg::OptBytes(v) => q.bind(v),
             };
         }
@@ -168,8 +166,6 @@ enum Arg {
     I64(i64),
     Time(DateTime<Utc>),
     OptStr(Option<String>),
-    OptI64(Option<i64>),
-    OptTime(Option<DateTime<Utc>>),
     OptBytes(Option<Vec<u8>>),
 }
 
@@ -206,6 +202,7 @@ impl WritePool for PgPool {
 pub mod jobs;
 pub mod outbox;
 pub mod usage;
+pub mod usage_sqlite;
 
 fn sql(s: String) -> AssertSqlSafe<String> {
     AssertSqlSafe(s)
@@ -267,6 +264,19 @@ impl Store {
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres(_) => "postgres",
         }
+    }
+
+    /// The database file, when the store is SQLite (the meter opens its own connection to it).
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        match &*self.backend {
+            Backend::Sqlite(p) => Some(p.connect_options().get_filename().to_path_buf()),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Whether `close` was called: nothing may be written any more.
+    pub fn is_closed(&self) -> bool {
+        with_pool!(self, p => p.is_closed())
     }
 
     /// A round trip to the database.

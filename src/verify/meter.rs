@@ -1,9 +1,11 @@
 //! The meter: consumes verified calls with group commit. Concurrent requests queue here; one
 //! writer task takes everything waiting (up to a batch limit), consumes it in one transaction
 //! and answers each request only after that transaction is durably committed. Under load a batch
-//! fills while the previous one commits, so one fsync serves many calls.
+//! fills while the previous one commits, so one fsync serves many calls. On SQLite the writer
+//! is a blocking thread with a connection of its own (no per-statement thread hop); on
+//! PostgreSQL it is a task using the pool.
 
-use crate::store::{Consume, Decided, Denial, Store, StoreError};
+use crate::store::{usage_sqlite::UsageConn, Consume, Decided, Denial, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -27,7 +29,10 @@ impl Meter {
     /// Starts the writer task.
     pub fn start(store: Store) -> (Meter, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(store, rx));
+        let task = match store.sqlite_file() {
+            Some(path) => tokio::task::spawn_blocking(move || run_sqlite(store, &path, rx)),
+            None => tokio::spawn(run(store, rx)),
+        };
         (Meter { tx }, task)
     }
 
@@ -51,36 +56,87 @@ impl Meter {
     }
 }
 
+/// Splits a drained batch into calls to consume (with their reply slots) and denials to count.
+type Split = (
+    Vec<Consume>,
+    Vec<oneshot::Sender<Result<Decided, StoreError>>>,
+    Vec<Denial>,
+);
+
+fn split(batch: &mut Vec<Msg>) -> Split {
+    let mut consumes = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut denials = Vec::new();
+    for m in batch.drain(..) {
+        match m {
+            Msg::Consume(c, r) => {
+                consumes.push(c);
+                replies.push(r);
+            }
+            Msg::Deny(d) => denials.push(d),
+        }
+    }
+    metrics::histogram!(crate::metrics::BATCH_SIZE).record(consumes.len() as f64);
+    (consumes, replies, denials)
+}
+
+/// Answers every caller of a batch: its decision, or (nothing of the batch was committed) an
+/// error, never VALID.
+fn answer(
+    replies: Vec<oneshot::Sender<Result<Decided, StoreError>>>,
+    result: Result<Vec<Decided>, StoreError>,
+) {
+    match result {
+        Ok(results) => {
+            for (r, res) in replies.into_iter().zip(results) {
+                let _ = r.send(Ok(res));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, calls = replies.len(), "usage batch failed");
+            let msg = e.to_string();
+            for r in replies {
+                let _ = r.send(Err(StoreError::Unavailable(msg.clone())));
+            }
+        }
+    }
+}
+
 async fn run(store: Store, mut rx: mpsc::Receiver<Msg>) {
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut consumes = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut denials = Vec::new();
-        for m in batch.drain(..) {
-            match m {
-                Msg::Consume(c, r) => {
-                    consumes.push(c);
-                    replies.push(r);
-                }
-                Msg::Deny(d) => denials.push(d),
+        let (consumes, replies, denials) = split(&mut batch);
+        answer(replies, store.consume_batch(&consumes, &denials).await);
+    }
+}
+
+/// The SQLite writer: takes everything queued, runs it as one batch on its own connection, and
+/// repeats; a connection that fails to open is retried with the next batch.
+fn run_sqlite(store: Store, path: &std::path::Path, mut rx: mpsc::Receiver<Msg>) {
+    let mut conn: Option<UsageConn> = None;
+    let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
             }
         }
-        metrics::histogram!(crate::metrics::BATCH_SIZE).record(consumes.len() as f64);
-        match store.consume_batch(&consumes, &denials).await {
-            Ok(results) => {
-                for (r, res) in replies.into_iter().zip(results) {
-                    let _ = r.send(Ok(res));
-                }
-            }
-            Err(e) => {
-                // Nothing of this batch was committed: every caller gets an error, none VALID.
-                tracing::error!(error = %e, calls = replies.len(), "usage batch failed");
-                let msg = e.to_string();
-                for r in replies {
-                    let _ = r.send(Err(StoreError::Unavailable(msg.clone())));
-                }
-            }
-        }
+        let (consumes, replies, denials) = split(&mut batch);
+        let result = if store.is_closed() {
+            Err(StoreError::Unavailable("the store is closed".into()))
+        } else {
+            let opened = match conn.take() {
+                Some(c) => Ok(c),
+                None => UsageConn::open(path),
+            };
+            opened.and_then(|mut c| {
+                let r = c.consume_batch(&consumes, &denials);
+                conn = Some(c);
+                r
+            })
+        };
+        answer(replies, result);
     }
 }

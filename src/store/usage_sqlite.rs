@@ -1,0 +1,272 @@
+//! The SQLite usage batch on a connection of its own, driven by one blocking thread.
+//!
+//! sqlx runs each SQLite statement on a worker thread and hands the result back through
+//! channels, two thread switches per statement; a batch of a few dozen calls spent most of its
+//! time in those switches. The meter's thread instead owns this rusqlite connection (the same
+//! bundled SQLite library, `libsqlite3-sys`, as sqlx) and runs the whole batch in place with
+//! cached prepared statements: `BEGIN IMMEDIATE`, read, decide (`usage::plan`), write, one
+//! fsync'd `COMMIT`. Everything else keeps using the sqlx pool; the two share the database file
+//! and its write lock like any two connections.
+
+use super::model::{Account, Token};
+use super::rows::{ACCOUNT_COLS, TOKEN_COLS};
+use super::usage::{batch_jwt_keys, batch_token_ids, plan, BatchState, Plan};
+use super::{Consume, Decided, Denial, Result, StoreError};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use std::path::Path;
+use std::time::Duration;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::*;
+        match e.sqlite_error_code() {
+            Some(DatabaseBusy | DatabaseLocked | CannotOpen | SystemIoFailure | DiskFull) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Other(e.to_string()),
+        }
+    }
+}
+
+/// Timestamps as sqlx writes them to SQLite (RFC 3339 with `T`), so text comparisons made by
+/// other statements (`expires_at <= $1`) order them alike.
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+fn ts_opt(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(ts)
+}
+
+/// Reads a timestamp column: RFC 3339, or SQLite's own `YYYY-MM-DD HH:MM:SS` (UTC).
+fn read_ts(row: &Row, i: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    let Some(s) = row.get::<_, Option<String>>(i)? else {
+        return Ok(None);
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(&s) {
+        return Ok(Some(t.with_timezone(&Utc)));
+    }
+    NaiveDateTime::parse_from_str(&s, "%Y-%m-%d %H:%M:%S%.f")
+        .map(|t| Some(t.and_utc()))
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into()))
+}
+
+fn read_ts_req(row: &Row, i: usize) -> rusqlite::Result<DateTime<Utc>> {
+    read_ts(row, i)?.ok_or(rusqlite::Error::InvalidColumnType(
+        i,
+        "timestamp".into(),
+        rusqlite::types::Type::Null,
+    ))
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Other(format!("stored {what} is unreadable: {e}"))
+}
+
+/// A token row in `TOKEN_COLS` order.
+fn token_of(row: &Row) -> rusqlite::Result<std::result::Result<Token, StoreError>> {
+    let role: String = row.get(8)?;
+    let scopes: String = row.get(9)?;
+    let ips: String = row.get(10)?;
+    let status: String = row.get(16)?;
+    let parsed = (|| {
+        Ok::<_, StoreError>((
+            role.parse().map_err(|e| corrupt("token role", e))?,
+            serde_json::from_str(&scopes).map_err(|e| corrupt("token scopes", e))?,
+            serde_json::from_str(&ips).map_err(|e| corrupt("token allowed_ips", e))?,
+            status.parse().map_err(|e| corrupt("token status", e))?,
+        ))
+    })();
+    let (role, scopes, allowed_ips, status) = match parsed {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(Ok(Token {
+        id: row.get(0)?,
+        account_id: row.get(1)?,
+        user_id: row.get(2)?,
+        issued_by: row.get(3)?,
+        policy_name: row.get(4)?,
+        policy_period: row.get(5)?,
+        name: row.get(6)?,
+        description: row.get(7)?,
+        role,
+        scopes,
+        allowed_ips,
+        usage_limit: row.get(11)?,
+        remaining: row.get(12)?,
+        refill_monthly: row.get(13)?,
+        refill_period: row.get(14)?,
+        expires_at: read_ts(row, 15)?,
+        status,
+        jwt_enabled: row.get(17)?,
+        sealed_secret: row.get(18)?,
+        secret_hash: row.get(19)?,
+        prev_secret_hash: row.get(20)?,
+        prev_secret_valid_until: read_ts(row, 21)?,
+        calls_month: row.get(22)?,
+        calls_month_period: row.get(23)?,
+        calls_total: row.get(24)?,
+        last_used_at: read_ts(row, 25)?,
+        last_used_ip: row.get(26)?,
+        created_at: read_ts_req(row, 27)?,
+        updated_at: read_ts_req(row, 28)?,
+        revoked_at: read_ts(row, 29)?,
+    }))
+}
+
+/// An account row in `ACCOUNT_COLS` order.
+fn account_of(row: &Row) -> rusqlite::Result<std::result::Result<Account, StoreError>> {
+    let status: String = row.get(2)?;
+    let status = match status.parse() {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(corrupt("account status", e))),
+    };
+    Ok(Ok(Account {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        status,
+        max_tokens: row.get(3)?,
+        monthly_quota: row.get(4)?,
+        quota_used: row.get(5)?,
+        quota_period: row.get(6)?,
+        created_at: read_ts_req(row, 7)?,
+        updated_at: read_ts_req(row, 8)?,
+    }))
+}
+
+const STATS_UPSERT: &str = "INSERT INTO token_stats_daily (token_id, day, account_id, valid, cost, \
+     revoked, expired, account_inactive, ip_not_allowed, scope_denied, account_quota_exceeded, \
+     usage_exceeded, bad_jwt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+     ON CONFLICT (token_id, day) DO UPDATE SET \
+     valid = valid + excluded.valid, cost = cost + excluded.cost, \
+     revoked = revoked + excluded.revoked, expired = expired + excluded.expired, \
+     account_inactive = account_inactive + excluded.account_inactive, \
+     ip_not_allowed = ip_not_allowed + excluded.ip_not_allowed, \
+     scope_denied = scope_denied + excluded.scope_denied, \
+     account_quota_exceeded = account_quota_exceeded + excluded.account_quota_exceeded, \
+     usage_exceeded = usage_exceeded + excluded.usage_exceeded, \
+     bad_jwt = bad_jwt + excluded.bad_jwt";
+
+/// The meter's own SQLite connection.
+pub struct UsageConn {
+    conn: Connection,
+}
+
+impl UsageConn {
+    /// Opens the database file (which the pool has created and migrated) with the pool's
+    /// durability settings: WAL, `synchronous=FULL` (a commit is fsync'd before it returns).
+    pub fn open(path: &Path) -> Result<UsageConn> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        // The hot rows of a large store stay in this connection's page cache (64 MiB).
+        conn.pragma_update(None, "cache_size", -65536)?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(UsageConn { conn })
+    }
+
+    /// Decides `reqs` in order, consumes the valid ones, and counts them and `denials` in the
+    /// daily statistics, in one transaction holding the database's write lock: one durable
+    /// commit for the whole batch. Nothing is written when it fails.
+    pub fn consume_batch(&mut self, reqs: &[Consume], denials: &[Denial]) -> Result<Vec<Decided>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut state = BatchState::default();
+        {
+            let mut st = tx.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"))?;
+            for id in batch_token_ids(reqs) {
+                if let Some(t) = st.query_row([&id], token_of).optional()? {
+                    let t = t?;
+                    state.tokens.insert(t.id.clone(), t);
+                }
+            }
+            let mut st =
+                tx.prepare_cached(&format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1"))?;
+            let mut account_ids: Vec<&String> = state.tokens.values().map(|t| &t.account_id).collect();
+            account_ids.sort();
+            account_ids.dedup();
+            for id in account_ids {
+                if let Some(a) = st.query_row([id], account_of).optional()? {
+                    let a = a?;
+                    state.accounts.insert(a.id.clone(), a);
+                }
+            }
+            let mut st =
+                tx.prepare_cached("SELECT uses FROM jwt_uses WHERE token_id = ?1 AND jwt_id = ?2")?;
+            for key in batch_jwt_keys(reqs) {
+                if let Some(uses) = st
+                    .query_row([&key.0, &key.1], |r| r.get::<_, i64>(0))
+                    .optional()?
+                {
+                    state.jwt_uses.insert(key, uses);
+                }
+            }
+        }
+        let Plan {
+            decided,
+            tokens,
+            accounts,
+            archives,
+            stats,
+            jwt_uses,
+        } = plan(reqs, denials, state);
+        {
+            let mut st = tx.prepare_cached(
+                "UPDATE tokens SET status = ?2, remaining = ?3, calls_month = ?4, \
+                 calls_month_period = ?5, calls_total = ?6, last_used_at = ?7, last_used_ip = ?8, \
+                 refill_period = ?9 WHERE id = ?1",
+            )?;
+            for t in &tokens {
+                st.execute(params![
+                    t.id,
+                    t.status.as_str(),
+                    t.remaining,
+                    t.calls_month,
+                    t.calls_month_period,
+                    t.calls_total,
+                    ts_opt(t.last_used_at),
+                    t.last_used_ip,
+                    t.refill_period,
+                ])?;
+            }
+            let mut st = tx.prepare_cached(
+                "UPDATE accounts SET quota_used = ?2, quota_period = ?3 WHERE id = ?1",
+            )?;
+            for a in &accounts {
+                st.execute(params![a.id, a.quota_used, a.quota_period])?;
+            }
+            for (kind, id, period, calls) in &archives {
+                let mut st = tx.prepare_cached(&format!(
+                    "{} VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    kind.insert()
+                ))?;
+                st.execute(params![id, period, calls])?;
+            }
+            let mut st = tx.prepare_cached(STATS_UPSERT)?;
+            for s in &stats {
+                let c = s.counts();
+                st.execute(params![
+                    s.token_id, s.day, s.account_id, c[0], c[1], c[2], c[3], c[4], c[5], c[6],
+                    c[7], c[8], c[9],
+                ])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO jwt_uses (token_id, jwt_id, uses, expires_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (token_id, jwt_id) DO UPDATE SET uses = excluded.uses",
+            )?;
+            for j in &jwt_uses {
+                st.execute(params![j.token_id, j.jwt_id, j.uses, ts(j.expires_at)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(decided)
+    }
+}
