@@ -207,7 +207,11 @@ pub(super) fn batch_token_ids(reqs: &[Consume]) -> Vec<String> {
 pub(super) fn batch_jwt_keys(reqs: &[Consume]) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = reqs
         .iter()
-        .filter_map(|r| r.jwt.as_ref().map(|j| (r.token_id.clone(), j.jwt_id.clone())))
+        .filter_map(|r| {
+            r.jwt
+                .as_ref()
+                .map(|j| (r.token_id.clone(), j.jwt_id.clone()))
+        })
         .collect();
     v.sort();
     v.dedup();
@@ -434,7 +438,8 @@ impl Store {
             let a = Account::try_from(row)?;
             state.accounts.insert(a.id.clone(), a);
         }
-        let q = format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+        let q =
+            format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE");
         for row in sqlx::query_as::<_, TokenRow>(sql(q))
             .bind(&ids)
             .fetch_all(&mut *tx)
@@ -476,17 +481,42 @@ impl Store {
         let (aa_id, aa_p, aa_n) = arch(Archive::Account);
         sqlx::query(PG_WRITE)
             .bind(tokens.iter().map(|t| t.id.clone()).collect::<Vec<_>>())
-            .bind(tokens.iter().map(|t| t.status.as_str().to_string()).collect::<Vec<_>>())
+            .bind(
+                tokens
+                    .iter()
+                    .map(|t| t.status.as_str().to_string())
+                    .collect::<Vec<_>>(),
+            )
             .bind(tokens.iter().map(|t| t.remaining).collect::<Vec<_>>())
             .bind(tokens.iter().map(|t| t.calls_month).collect::<Vec<_>>())
-            .bind(tokens.iter().map(|t| t.calls_month_period.clone()).collect::<Vec<_>>())
+            .bind(
+                tokens
+                    .iter()
+                    .map(|t| t.calls_month_period.clone())
+                    .collect::<Vec<_>>(),
+            )
             .bind(tokens.iter().map(|t| t.calls_total).collect::<Vec<_>>())
             .bind(tokens.iter().map(|t| t.last_used_at).collect::<Vec<_>>())
-            .bind(tokens.iter().map(|t| t.last_used_ip.clone()).collect::<Vec<_>>())
-            .bind(tokens.iter().map(|t| t.refill_period.clone()).collect::<Vec<_>>())
+            .bind(
+                tokens
+                    .iter()
+                    .map(|t| t.last_used_ip.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                tokens
+                    .iter()
+                    .map(|t| t.refill_period.clone())
+                    .collect::<Vec<_>>(),
+            )
             .bind(accounts.iter().map(|a| a.id.clone()).collect::<Vec<_>>())
             .bind(accounts.iter().map(|a| a.quota_used).collect::<Vec<_>>())
-            .bind(accounts.iter().map(|a| a.quota_period.clone()).collect::<Vec<_>>())
+            .bind(
+                accounts
+                    .iter()
+                    .map(|a| a.quota_period.clone())
+                    .collect::<Vec<_>>(),
+            )
             .bind(ta_id)
             .bind(ta_p)
             .bind(ta_n)
@@ -495,7 +525,12 @@ impl Store {
             .bind(aa_n)
             .bind(stats.iter().map(|s| s.token_id.clone()).collect::<Vec<_>>())
             .bind(stats.iter().map(|s| s.day.clone()).collect::<Vec<_>>())
-            .bind(stats.iter().map(|s| s.account_id.clone()).collect::<Vec<_>>())
+            .bind(
+                stats
+                    .iter()
+                    .map(|s| s.account_id.clone())
+                    .collect::<Vec<_>>(),
+            )
             .bind(col(&|s| s.valid))
             .bind(col(&|s| s.cost))
             .bind(col(&|s| s.revoked))
@@ -506,8 +541,18 @@ impl Store {
             .bind(col(&|s| s.account_quota_exceeded))
             .bind(col(&|s| s.usage_exceeded))
             .bind(col(&|s| s.bad_jwt))
-            .bind(jwt_uses.iter().map(|j| j.token_id.clone()).collect::<Vec<_>>())
-            .bind(jwt_uses.iter().map(|j| j.jwt_id.clone()).collect::<Vec<_>>())
+            .bind(
+                jwt_uses
+                    .iter()
+                    .map(|j| j.token_id.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                jwt_uses
+                    .iter()
+                    .map(|j| j.jwt_id.clone())
+                    .collect::<Vec<_>>(),
+            )
             .bind(jwt_uses.iter().map(|j| j.uses).collect::<Vec<_>>())
             .bind(jwt_uses.iter().map(|j| j.expires_at).collect::<Vec<_>>())
             .execute(&mut *tx)

@@ -49,7 +49,9 @@ fn read_ts(row: &Row, i: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
     }
     NaiveDateTime::parse_from_str(&s, "%Y-%m-%d %H:%M:%S%.f")
         .map(|t| Some(t.and_utc()))
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into()))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+        })
 }
 
 fn read_ts_req(row: &Row, i: usize) -> rusqlite::Result<DateTime<Utc>> {
@@ -136,7 +138,8 @@ fn account_of(row: &Row) -> rusqlite::Result<std::result::Result<Account, StoreE
     }))
 }
 
-const STATS_UPSERT: &str = "INSERT INTO token_stats_daily (token_id, day, account_id, valid, cost, \
+const STATS_UPSERT: &str =
+    "INSERT INTO token_stats_daily (token_id, day, account_id, valid, cost, \
      revoked, expired, account_inactive, ip_not_allowed, scope_denied, account_quota_exceeded, \
      usage_exceeded, bad_jwt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
      ON CONFLICT (token_id, day) DO UPDATE SET \
@@ -181,16 +184,19 @@ impl UsageConn {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut state = BatchState::default();
         {
-            let mut st = tx.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"))?;
+            let mut st =
+                tx.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"))?;
             for id in batch_token_ids(reqs) {
                 if let Some(t) = st.query_row([&id], token_of).optional()? {
                     let t = t?;
                     state.tokens.insert(t.id.clone(), t);
                 }
             }
-            let mut st =
-                tx.prepare_cached(&format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1"))?;
-            let mut account_ids: Vec<&String> = state.tokens.values().map(|t| &t.account_id).collect();
+            let mut st = tx.prepare_cached(&format!(
+                "SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1"
+            ))?;
+            let mut account_ids: Vec<&String> =
+                state.tokens.values().map(|t| &t.account_id).collect();
             account_ids.sort();
             account_ids.dedup();
             for id in account_ids {
@@ -254,8 +260,19 @@ impl UsageConn {
             for s in &stats {
                 let c = s.counts();
                 st.execute(params![
-                    s.token_id, s.day, s.account_id, c[0], c[1], c[2], c[3], c[4], c[5], c[6],
-                    c[7], c[8], c[9],
+                    s.token_id,
+                    s.day,
+                    s.account_id,
+                    c[0],
+                    c[1],
+                    c[2],
+                    c[3],
+                    c[4],
+                    c[5],
+                    c[6],
+                    c[7],
+                    c[8],
+                    c[9],
                 ])?;
             }
             let mut st = tx.prepare_cached(
