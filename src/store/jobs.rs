@@ -352,7 +352,14 @@ impl Store {
         let out = with_pool!(self, p => {
             let jwt = sqlx::query("DELETE FROM jwt_uses WHERE expires_at < $1")
                 .bind(now).execute(p).await?.rows_affected();
-            let stats = sqlx::query("DELETE FROM token_stats_daily WHERE day < $1")
+            let mut stats = sqlx::query("DELETE FROM token_stats_daily WHERE day < $1")
+                .bind(stats_before).execute(p).await?.rows_affected();
+            // A token unused since then still holds that old day in its row.
+            stats += sqlx::query(
+                "UPDATE tokens SET stats_day = NULL, day_valid = 0, day_cost = 0, day_revoked = 0, \
+                 day_expired = 0, day_account_inactive = 0, day_ip_not_allowed = 0, \
+                 day_scope_denied = 0, day_account_quota_exceeded = 0, day_usage_exceeded = 0, \
+                 day_bad_jwt = 0 WHERE stats_day < $1")
                 .bind(stats_before).execute(p).await?.rows_affected();
             let mut tx = p.begin().await?;
             sqlx::query(

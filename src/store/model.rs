@@ -126,6 +126,19 @@ pub struct Token {
     pub updated_at: DateTime<Utc>,
     /// When it was revoked.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Its statistics for the latest UTC day it was presented.
+    pub today: DayCounts,
+}
+
+/// A token's statistics for one UTC day, kept in the token's own row: a counted call then
+/// rewrites one row, not two. When a call on a later day arrives the counters move to the
+/// `token_stats_daily` archive and start again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DayCounts {
+    /// The `YYYY-MM-DD` day the counters belong to; `None` before the first call.
+    pub day: Option<String>,
+    /// The counters, in `usage::STAT_COLUMNS` order.
+    pub counts: [i64; 10],
 }
 
 impl Token {

@@ -13,7 +13,9 @@ pub(super) const TOKEN_COLS: &str = "id, account_id, user_id, issued_by, policy_
      policy_period, name, description, role, scopes, allowed_ips, usage_limit, remaining, \
      refill_monthly, refill_period, expires_at, status, jwt_enabled, sealed_secret, secret_hash, \
      prev_secret_hash, prev_secret_valid_until, calls_month, calls_month_period, calls_total, \
-     last_used_at, last_used_ip, created_at, updated_at, revoked_at";
+     last_used_at, last_used_ip, created_at, updated_at, revoked_at, stats_day, day_valid, \
+     day_cost, day_revoked, day_expired, day_account_inactive, day_ip_not_allowed, \
+     day_scope_denied, day_account_quota_exceeded, day_usage_exceeded, day_bad_jwt";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Other(format!("stored {what} is unreadable: {e}"))
@@ -107,6 +109,17 @@ pub(super) struct TokenRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     revoked_at: Option<DateTime<Utc>>,
+    stats_day: Option<String>,
+    day_valid: i64,
+    day_cost: i64,
+    day_revoked: i64,
+    day_expired: i64,
+    day_account_inactive: i64,
+    day_ip_not_allowed: i64,
+    day_scope_denied: i64,
+    day_account_quota_exceeded: i64,
+    day_usage_exceeded: i64,
+    day_bad_jwt: i64,
 }
 
 impl TryFrom<TokenRow> for Token {
@@ -144,6 +157,21 @@ impl TryFrom<TokenRow> for Token {
             created_at: r.created_at,
             updated_at: r.updated_at,
             revoked_at: r.revoked_at,
+            today: DayCounts {
+                day: r.stats_day,
+                counts: [
+                    r.day_valid,
+                    r.day_cost,
+                    r.day_revoked,
+                    r.day_expired,
+                    r.day_account_inactive,
+                    r.day_ip_not_allowed,
+                    r.day_scope_denied,
+                    r.day_account_quota_exceeded,
+                    r.day_usage_exceeded,
+                    r.day_bad_jwt,
+                ],
+            },
         })
     }
 }

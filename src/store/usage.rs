@@ -1,7 +1,7 @@
 //! Usage: consuming verified calls in batches (one transaction, one durable commit, for many
 //! requests), per-day statistics, and JWT use records.
 
-use super::model::{Account, Token};
+use super::model::{Account, DayCounts, Token};
 use super::rows::{AccountRow, TokenRow, ACCOUNT_COLS, TOKEN_COLS};
 use super::{sql, Arg, Backend, Result, Store, StoreError};
 use crate::domain::period::{day_key, month_key};
@@ -195,9 +195,14 @@ pub(super) struct Plan {
     pub jwt_uses: Vec<JwtCount>,
 }
 
-/// The ids of the tokens a batch touches, sorted and unique (the lock order).
-pub(super) fn batch_token_ids(reqs: &[Consume]) -> Vec<String> {
-    let mut v: Vec<String> = reqs.iter().map(|r| r.token_id.clone()).collect();
+/// The ids of the tokens a batch touches (its calls and its denials), sorted and unique: the
+/// lock order.
+pub(super) fn batch_token_ids(reqs: &[Consume], denials: &[Denial]) -> Vec<String> {
+    let mut v: Vec<String> = reqs
+        .iter()
+        .map(|r| r.token_id.clone())
+        .chain(denials.iter().map(|d| d.token_id.clone()))
+        .collect();
     v.sort();
     v.dedup();
     v
@@ -232,6 +237,61 @@ fn secret_matches(t: &Token, r: &Consume) -> bool {
     hashes_match(h, &t.secret_hash) || in_grace
 }
 
+fn archive_count(
+    stats: &mut HashMap<(String, String), StatRow>,
+    token: &str,
+    account: &str,
+    day: &str,
+    col: &str,
+    n: i64,
+) {
+    stats
+        .entry((token.to_string(), day.to_string()))
+        .or_insert_with(|| StatRow {
+            day: day.to_string(),
+            token_id: token.to_string(),
+            account_id: account.to_string(),
+            ..StatRow::default()
+        })
+        .add(col, n);
+}
+
+/// Adds `n` to the `col` statistic of `t` for the UTC day of `at`, in the token's own row. A
+/// later day first hands the row's counters to the archive; an earlier one (a clock stepped
+/// back) is counted in the archive directly.
+fn count(
+    t: &mut Token,
+    at: DateTime<Utc>,
+    col: &str,
+    n: i64,
+    stats: &mut HashMap<(String, String), StatRow>,
+) {
+    let day = day_key(at);
+    match t.today.day.as_deref() {
+        Some(d) if d == day => {}
+        Some(d) if d > day.as_str() => {
+            return archive_count(stats, &t.id, &t.account_id, &day, col, n);
+        }
+        held => {
+            if let Some(held) = held {
+                let held = held.to_string();
+                for (c, v) in STAT_COLUMNS.iter().zip(t.today.counts) {
+                    if v != 0 {
+                        archive_count(stats, &t.id, &t.account_id, &held, c, v);
+                    }
+                }
+            }
+            t.today = DayCounts {
+                day: Some(day),
+                counts: [0; 10],
+            };
+        }
+    }
+    if let Some(i) = STAT_COLUMNS.iter().position(|c| *c == col) {
+        t.today.counts[i] += n;
+    }
+}
+
 /// Decides `reqs` in order against `state` as the batch's earlier calls leave it, and collects
 /// the writes: consumed uses and quota, rolled months, statistics (with `denials`) and JWT
 /// counts. A refused call spends nothing. Pure: no I/O, so both drivers share it.
@@ -241,25 +301,29 @@ pub(super) fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> P
         mut accounts,
         mut jwt_uses,
     } = state;
+    // Rows for the archive: counters a token's row hands over when a later day starts, and
+    // counts that belong to no loaded row (a day before the row's, or a vanished token).
     let mut stats: HashMap<(String, String), StatRow> = HashMap::new();
-    let mut count = |token: &str, account: &str, at: DateTime<Utc>, col: &str, n: i64| {
-        let day = day_key(at);
-        let row = stats
-            .entry((token.to_string(), day.clone()))
-            .or_insert_with(|| StatRow {
-                day,
-                token_id: token.to_string(),
-                account_id: account.to_string(),
-                ..StatRow::default()
-            });
-        row.add(col, n);
-    };
+    let mut dirty_tokens: Vec<String> = Vec::new();
     for d in denials {
-        if let Some(col) = d.outcome.stat_column() {
-            count(&d.token_id, &d.account_id, d.at, col, 1);
+        let Some(col) = d.outcome.stat_column() else {
+            continue;
+        };
+        match tokens.get_mut(&d.token_id) {
+            Some(t) => {
+                count(t, d.at, col, 1, &mut stats);
+                dirty_tokens.push(t.id.clone());
+            }
+            None => archive_count(
+                &mut stats,
+                &d.token_id,
+                &d.account_id,
+                &day_key(d.at),
+                col,
+                1,
+            ),
         }
     }
-    let mut dirty_tokens: Vec<String> = Vec::new();
     let mut dirty_accounts: Vec<String> = Vec::new();
     let mut dirty_jwts: HashMap<(String, String), DateTime<Utc>> = HashMap::new();
     let mut archives = Vec::new();
@@ -322,11 +386,12 @@ pub(super) fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> P
             if let Some(ip) = r.check.client_ip {
                 t.last_used_ip = Some(ip.to_string());
             }
+            count(t, r.now, "valid", 1, &mut stats);
+            count(t, r.now, "cost", cost, &mut stats);
             dirty_tokens.push(t.id.clone());
-            count(&r.token_id, &account_id, r.now, "valid", 1);
-            count(&r.token_id, &account_id, r.now, "cost", cost);
         } else if let Some(col) = outcome.stat_column() {
-            count(&r.token_id, &account_id, r.now, col, 1);
+            count(t, r.now, col, 1, &mut stats);
+            dirty_tokens.push(t.id.clone());
         }
         decided.push(Decided {
             outcome,
@@ -375,11 +440,21 @@ const PG_JWT_USES: &str = "SELECT j.token_id, j.jwt_id, j.uses FROM jwt_uses j \
 const PG_WRITE: &str = "WITH \
  t AS (UPDATE tokens SET status = v.status, remaining = v.remaining, calls_month = v.calls_month, \
        calls_month_period = v.calls_month_period, calls_total = v.calls_total, \
-       last_used_at = v.last_used_at, last_used_ip = v.last_used_ip, refill_period = v.refill_period \
+       last_used_at = v.last_used_at, last_used_ip = v.last_used_ip, refill_period = v.refill_period, \
+       stats_day = v.stats_day, day_valid = v.day_valid, day_cost = v.day_cost, \
+       day_revoked = v.day_revoked, day_expired = v.day_expired, \
+       day_account_inactive = v.day_account_inactive, day_ip_not_allowed = v.day_ip_not_allowed, \
+       day_scope_denied = v.day_scope_denied, \
+       day_account_quota_exceeded = v.day_account_quota_exceeded, \
+       day_usage_exceeded = v.day_usage_exceeded, day_bad_jwt = v.day_bad_jwt \
        FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], \
-                   $7::timestamptz[], $8::text[], $9::text[]) \
+                   $7::timestamptz[], $8::text[], $9::text[], $36::text[], $37::int8[], $38::int8[], \
+                   $39::int8[], $40::int8[], $41::int8[], $42::int8[], $43::int8[], $44::int8[], \
+                   $45::int8[], $46::int8[]) \
             AS v(id, status, remaining, calls_month, calls_month_period, calls_total, last_used_at, \
-                 last_used_ip, refill_period) \
+                 last_used_ip, refill_period, stats_day, day_valid, day_cost, day_revoked, \
+                 day_expired, day_account_inactive, day_ip_not_allowed, day_scope_denied, \
+                 day_account_quota_exceeded, day_usage_exceeded, day_bad_jwt) \
        WHERE tokens.id = v.id RETURNING 1), \
  a AS (UPDATE accounts SET quota_used = v.quota_used, quota_period = v.quota_period \
        FROM unnest($10::text[], $11::int8[], $12::text[]) AS v(id, quota_used, quota_period) \
@@ -422,7 +497,7 @@ impl Store {
                 "SQLite batches run on the meter's own connection".into(),
             ));
         };
-        let ids = batch_token_ids(reqs);
+        let ids = batch_token_ids(reqs, denials);
         let jwt_keys = batch_jwt_keys(reqs);
         let mut tx = p.begin().await?;
         let mut state = BatchState::default();
@@ -479,7 +554,7 @@ impl Store {
         };
         let (ta_id, ta_p, ta_n) = arch(Archive::Token);
         let (aa_id, aa_p, aa_n) = arch(Archive::Account);
-        sqlx::query(PG_WRITE)
+        let q = sqlx::query(PG_WRITE)
             .bind(tokens.iter().map(|t| t.id.clone()).collect::<Vec<_>>())
             .bind(
                 tokens
@@ -554,9 +629,17 @@ impl Store {
                     .collect::<Vec<_>>(),
             )
             .bind(jwt_uses.iter().map(|j| j.uses).collect::<Vec<_>>())
-            .bind(jwt_uses.iter().map(|j| j.expires_at).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
+            .bind(jwt_uses.iter().map(|j| j.expires_at).collect::<Vec<_>>());
+        let mut q = q.bind(
+            tokens
+                .iter()
+                .map(|t| t.today.day.clone())
+                .collect::<Vec<_>>(),
+        );
+        for i in 0..STAT_COLUMNS.len() {
+            q = q.bind(tokens.iter().map(|t| t.today.counts[i]).collect::<Vec<_>>());
+        }
+        q.execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(decided)
     }
@@ -570,18 +653,238 @@ impl Store {
         account: Option<&str>,
     ) -> Result<Vec<StatRow>> {
         let mut args = vec![Arg::Str(from.to_string()), Arg::Str(to.to_string())];
+        // The archive, plus each token's latest day still held in its own row.
+        let sums: Vec<String> = STAT_COLUMNS
+            .iter()
+            .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
+            .collect();
+        let row_cols: Vec<String> = STAT_COLUMNS
+            .iter()
+            .map(|c| format!("day_{c} AS {c}"))
+            .collect();
         let mut q = format!(
-            "SELECT day, token_id, account_id, {} FROM token_stats_daily WHERE day >= $1 AND day <= $2",
-            STAT_COLUMNS.join(", ")
+            "SELECT day, token_id, account_id, {} FROM (\
+             SELECT day, token_id, account_id, {} FROM token_stats_daily WHERE day >= $1 AND day <= $2 \
+             UNION ALL \
+             SELECT stats_day AS day, id AS token_id, account_id, {} FROM tokens \
+             WHERE stats_day >= $1 AND stats_day <= $2) s",
+            sums.join(", "),
+            STAT_COLUMNS.join(", "),
+            row_cols.join(", ")
         );
         if let Some(a) = account {
             args.push(Arg::Str(a.to_string()));
-            q.push_str(" AND account_id = $3");
+            q.push_str(" WHERE account_id = $3");
         }
-        q.push_str(" ORDER BY day, token_id");
+        q.push_str(" GROUP BY day, token_id, account_id ORDER BY day, token_id");
         let rows = with_pool!(self, p => {
             bind_args!(sqlx::query_as::<_, StatRow>(sql(q)), args).fetch_all(p).await?
         });
         Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{role::Role, status::AccountStatus};
+    use chrono::TimeZone;
+
+    fn at(d: u32, h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, d, h, 0, 0).unwrap()
+    }
+
+    fn token(id: &str, remaining: Option<i64>) -> Token {
+        Token {
+            id: id.into(),
+            account_id: "acct".into(),
+            user_id: None,
+            issued_by: "account".into(),
+            policy_name: None,
+            policy_period: None,
+            name: "t".into(),
+            description: None,
+            role: Role::User,
+            scopes: vec![],
+            allowed_ips: vec![],
+            usage_limit: remaining,
+            remaining,
+            refill_monthly: None,
+            refill_period: None,
+            expires_at: None,
+            status: TokenStatus::Active,
+            jwt_enabled: true,
+            sealed_secret: None,
+            secret_hash: vec![7; 32],
+            prev_secret_hash: None,
+            prev_secret_valid_until: None,
+            calls_month: 4,
+            calls_month_period: Some("2026-10".into()),
+            calls_total: 4,
+            last_used_at: None,
+            last_used_ip: None,
+            created_at: at(1, 0),
+            updated_at: at(1, 0),
+            revoked_at: None,
+            today: Default::default(),
+        }
+    }
+
+    fn state(tokens: Vec<Token>, quota: Option<i64>) -> BatchState {
+        let account = Account {
+            id: "acct".into(),
+            name: "acme".into(),
+            status: AccountStatus::Active,
+            max_tokens: 10,
+            monthly_quota: quota,
+            quota_used: 0,
+            quota_period: None,
+            created_at: at(1, 0),
+            updated_at: at(1, 0),
+        };
+        BatchState {
+            tokens: tokens.into_iter().map(|t| (t.id.clone(), t)).collect(),
+            accounts: HashMap::from([("acct".to_string(), account)]),
+            jwt_uses: HashMap::new(),
+        }
+    }
+
+    fn call(id: &str, hash: u8, now: DateTime<Utc>) -> Consume {
+        Consume {
+            token_id: id.into(),
+            secret_hash: Some(vec![hash; 32]),
+            check: Check {
+                call: None,
+                client_ip: None,
+                cost: 1,
+            },
+            now,
+            jwt: None,
+        }
+    }
+
+    fn outcomes(p: &Plan) -> Vec<Outcome> {
+        p.decided.iter().map(|d| d.outcome).collect()
+    }
+
+    #[test]
+    fn a_batch_spends_in_order_and_never_past_the_limit() {
+        let reqs: Vec<Consume> = (0..3).map(|_| call("AAAA", 7, at(27, 12))).collect();
+        let p = plan(&reqs, &[], state(vec![token("AAAA", Some(2))], None));
+        assert_eq!(
+            outcomes(&p),
+            [Outcome::Valid, Outcome::Valid, Outcome::UsageExceeded]
+        );
+        let t = &p.tokens[0];
+        assert_eq!(t.remaining, Some(0));
+        assert_eq!(t.status, TokenStatus::Exhausted);
+        assert_eq!(t.calls_total, 6);
+        // Last month's 4 calls are archived and this month counts from zero.
+        assert_eq!(t.calls_month, 2);
+        assert!(p
+            .archives
+            .contains(&(Archive::Token, "AAAA".into(), "2026-10".into(), 4)));
+        assert!(
+            p.stats.is_empty(),
+            "today's statistics stay in the token's row"
+        );
+        let c = t.today.counts;
+        assert_eq!(t.today.day.as_deref(), Some("2026-11-27"));
+        assert_eq!((c[0], c[1], c[8]), (2, 2, 1), "valid, cost, usage_exceeded");
+        assert_eq!(p.accounts[0].quota_used, 2);
+    }
+
+    #[test]
+    fn a_wrong_secret_or_unknown_token_spends_nothing() {
+        let reqs = vec![call("AAAA", 9, at(27, 12)), call("ZZZZ", 7, at(27, 12))];
+        let p = plan(&reqs, &[], state(vec![token("AAAA", Some(2))], None));
+        assert_eq!(outcomes(&p), [Outcome::NotFound, Outcome::NotFound]);
+        assert!(p.decided.iter().all(|d| d.token.is_none()));
+        assert!(p.tokens.is_empty() || p.tokens[0].remaining == Some(2));
+        assert!(p.stats.is_empty());
+    }
+
+    #[test]
+    fn the_account_quota_is_shared_by_its_tokens() {
+        let reqs = vec![
+            call("AAAA", 7, at(27, 12)),
+            call("BBBB", 7, at(27, 12)),
+            call("AAAA", 7, at(27, 12)),
+        ];
+        let p = plan(
+            &reqs,
+            &[],
+            state(vec![token("AAAA", None), token("BBBB", None)], Some(2)),
+        );
+        assert_eq!(
+            outcomes(&p),
+            [
+                Outcome::Valid,
+                Outcome::Valid,
+                Outcome::AccountQuotaExceeded
+            ]
+        );
+        assert_eq!(p.accounts[0].quota_used, 2);
+        assert_eq!(p.accounts[0].quota_period.as_deref(), Some("2026-11"));
+    }
+
+    #[test]
+    fn a_jwt_count_is_kept_across_the_batch_and_the_store() {
+        let mut st = state(vec![token("AAAA", Some(100))], None);
+        st.jwt_uses.insert(("AAAA".into(), "j1".into()), 1);
+        let jwt = |id: &str| JwtUse {
+            jwt_id: id.into(),
+            limit: 2,
+            expires_at: at(27, 13),
+        };
+        let mut reqs = Vec::new();
+        for id in ["j1", "j1", "j2"] {
+            let mut c = call("AAAA", 0, at(27, 12));
+            c.secret_hash = None;
+            c.jwt = Some(jwt(id));
+            reqs.push(c);
+        }
+        let p = plan(&reqs, &[], st);
+        assert_eq!(
+            outcomes(&p),
+            [Outcome::Valid, Outcome::UsageExceeded, Outcome::Valid]
+        );
+        let counts: Vec<(&str, i64)> = p
+            .jwt_uses
+            .iter()
+            .map(|j| (j.jwt_id.as_str(), j.uses))
+            .collect();
+        assert_eq!(counts, [("j1", 2), ("j2", 1)]);
+        assert_eq!(
+            p.tokens[0].remaining,
+            Some(98),
+            "the signer's uses are spent too"
+        );
+    }
+
+    #[test]
+    fn denials_and_calls_are_counted_per_token_and_utc_day() {
+        let denial = Denial {
+            token_id: "AAAA".into(),
+            account_id: "acct".into(),
+            outcome: Outcome::BadJwt,
+            at: at(26, 23),
+        };
+        let reqs = vec![call("AAAA", 7, at(26, 23)), call("AAAA", 7, at(27, 0))];
+        let mut late = call("AAAA", 7, at(25, 10));
+        late.check.cost = 5;
+        let reqs = [reqs, vec![late]].concat();
+        let p = plan(&reqs, &[denial], state(vec![token("AAAA", None)], None));
+        // The 26th moved to the archive when the 27th began; a call stamped before the day the
+        // row holds (a clock stepped back) goes to the archive directly.
+        let days: Vec<(&str, i64, i64, i64)> = p
+            .stats
+            .iter()
+            .map(|s| (s.day.as_str(), s.valid, s.cost, s.bad_jwt))
+            .collect();
+        assert_eq!(days, [("2026-11-25", 1, 5, 0), ("2026-11-26", 1, 1, 1)]);
+        let t = &p.tokens[0];
+        assert_eq!(t.today.day.as_deref(), Some("2026-11-27"));
+        assert_eq!(t.today.counts[..3], [1, 1, 0]);
     }
 }

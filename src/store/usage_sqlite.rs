@@ -8,7 +8,7 @@
 //! fsync'd `COMMIT`. Everything else keeps using the sqlx pool; the two share the database file
 //! and its write lock like any two connections.
 
-use super::model::{Account, Token};
+use super::model::{Account, DayCounts, Token};
 use super::rows::{ACCOUNT_COLS, TOKEN_COLS};
 use super::usage::{batch_jwt_keys, batch_token_ids, plan, BatchState, Plan};
 use super::{Consume, Decided, Denial, Result, StoreError};
@@ -115,6 +115,21 @@ fn token_of(row: &Row) -> rusqlite::Result<std::result::Result<Token, StoreError
         created_at: read_ts_req(row, 27)?,
         updated_at: read_ts_req(row, 28)?,
         revoked_at: read_ts(row, 29)?,
+        today: DayCounts {
+            day: row.get(30)?,
+            counts: [
+                row.get(31)?,
+                row.get(32)?,
+                row.get(33)?,
+                row.get(34)?,
+                row.get(35)?,
+                row.get(36)?,
+                row.get(37)?,
+                row.get(38)?,
+                row.get(39)?,
+                row.get(40)?,
+            ],
+        },
     }))
 }
 
@@ -186,7 +201,7 @@ impl UsageConn {
         {
             let mut st =
                 tx.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"))?;
-            for id in batch_token_ids(reqs) {
+            for id in batch_token_ids(reqs, denials) {
                 if let Some(t) = st.query_row([&id], token_of).optional()? {
                     let t = t?;
                     state.tokens.insert(t.id.clone(), t);
@@ -228,9 +243,14 @@ impl UsageConn {
             let mut st = tx.prepare_cached(
                 "UPDATE tokens SET status = ?2, remaining = ?3, calls_month = ?4, \
                  calls_month_period = ?5, calls_total = ?6, last_used_at = ?7, last_used_ip = ?8, \
-                 refill_period = ?9 WHERE id = ?1",
+                 refill_period = ?9, stats_day = ?10, day_valid = ?11, day_cost = ?12, \
+                 day_revoked = ?13, day_expired = ?14, day_account_inactive = ?15, \
+                 day_ip_not_allowed = ?16, day_scope_denied = ?17, \
+                 day_account_quota_exceeded = ?18, day_usage_exceeded = ?19, day_bad_jwt = ?20 \
+                 WHERE id = ?1",
             )?;
             for t in &tokens {
+                let c = &t.today.counts;
                 st.execute(params![
                     t.id,
                     t.status.as_str(),
@@ -241,6 +261,17 @@ impl UsageConn {
                     ts_opt(t.last_used_at),
                     t.last_used_ip,
                     t.refill_period,
+                    t.today.day,
+                    c[0],
+                    c[1],
+                    c[2],
+                    c[3],
+                    c[4],
+                    c[5],
+                    c[6],
+                    c[7],
+                    c[8],
+                    c[9],
                 ])?;
             }
             let mut st = tx.prepare_cached(

@@ -264,6 +264,7 @@ mod tests {
             created_at: now(),
             updated_at: now(),
             revoked_at: None,
+            today: Default::default(),
         }
     }
 
