@@ -170,6 +170,38 @@ const STATS_UPSERT: &str =
 /// The meter's own SQLite connection.
 pub struct UsageConn {
     conn: Connection,
+    /// Wakes the checkpointer after a commit; dropping it ends that thread.
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+}
+
+/// WAL pages after which the writer checkpoints by itself, when the checkpointer falls behind
+/// (16 MiB at 4 KiB pages; SQLite's default is 1000).
+const WRITER_CHECKPOINT_PAGES: i64 = 4000;
+
+/// Copies committed WAL pages back into the database file on a connection and thread of its
+/// own, woken after each commit. A checkpoint in the writer's commit path (SQLite's automatic
+/// one, every 1000 pages) stalls every waiting call behind a burst of page writes and an fsync;
+/// here it runs beside the writer (PASSIVE never blocks it). Once it has caught up, the writer's
+/// next transaction starts the WAL from the beginning, so the file stays small.
+fn spawn_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; the writer will checkpoint");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Other(format!("cannot start the checkpoint thread: {e}")))?;
+    Ok(tx)
 }
 
 impl UsageConn {
@@ -187,7 +219,11 @@ impl UsageConn {
         // The hot rows of a large store stay in this connection's page cache (64 MiB).
         conn.pragma_update(None, "cache_size", -65536)?;
         conn.set_prepared_statement_cache_capacity(32);
-        Ok(UsageConn { conn })
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        // A burst can leave a large WAL file behind; trim it when the log restarts.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        let checkpoint = spawn_checkpointer(path)?;
+        Ok(UsageConn { conn, checkpoint })
     }
 
     /// Decides `reqs` in order, consumes the valid ones, and counts them and `denials` in the
@@ -315,6 +351,8 @@ impl UsageConn {
             }
         }
         tx.commit()?;
+        // A signal already pending covers this commit too.
+        let _ = self.checkpoint.try_send(());
         Ok(decided)
     }
 }
