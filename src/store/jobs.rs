@@ -172,15 +172,16 @@ impl Store {
     pub async fn roll_month_batch(&self, period: &str, limit: i64) -> Result<(usize, usize)> {
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            let accounts = sqlx::query_as::<_, AccountRow>(sql(format!(
-                "SELECT {ACCOUNT_COLS} FROM accounts WHERE quota_period < $1 ORDER BY id LIMIT $2{}",
-                p.for_update())))
-                .bind(period).bind(limit).fetch_all(&mut *tx).await?;
+            // Tokens before accounts: the usage writer's lock order.
             let tokens = sqlx::query_as::<_, TokenRow>(sql(format!(
                 "SELECT {TOKEN_COLS} FROM tokens WHERE calls_month_period < $1 \
                  OR (refill_monthly IS NOT NULL AND status <> 'revoked' \
                      AND (refill_period IS NULL OR refill_period < $1)) \
                  ORDER BY id LIMIT $2{}", p.for_update())))
+                .bind(period).bind(limit).fetch_all(&mut *tx).await?;
+            let accounts = sqlx::query_as::<_, AccountRow>(sql(format!(
+                "SELECT {ACCOUNT_COLS} FROM accounts WHERE quota_period < $1 ORDER BY id LIMIT $2{}",
+                p.for_update())))
                 .bind(period).bind(limit).fetch_all(&mut *tx).await?;
             let (na, nt) = (accounts.len(), tokens.len());
             for row in accounts {
@@ -352,15 +353,17 @@ impl Store {
         let out = with_pool!(self, p => {
             let jwt = sqlx::query("DELETE FROM jwt_uses WHERE expires_at < $1")
                 .bind(now).execute(p).await?.rows_affected();
-            let mut stats = sqlx::query("DELETE FROM token_stats_daily WHERE day < $1")
+            let stats = sqlx::query("DELETE FROM token_stats_daily WHERE day < $1")
                 .bind(stats_before).execute(p).await?.rows_affected();
-            // A token unused since then still holds that old day in its row.
-            stats += sqlx::query(
+            // A token unused since then still holds that old day in its row. Its rows are
+            // locked in id order, as the usage writer locks them, so the two never deadlock.
+            sqlx::query(sql(format!(
                 "UPDATE tokens SET stats_day = NULL, day_valid = 0, day_cost = 0, day_revoked = 0, \
                  day_expired = 0, day_account_inactive = 0, day_ip_not_allowed = 0, \
                  day_scope_denied = 0, day_account_quota_exceeded = 0, day_usage_exceeded = 0, \
-                 day_bad_jwt = 0 WHERE stats_day < $1")
-                .bind(stats_before).execute(p).await?.rows_affected();
+                 day_bad_jwt = 0 WHERE id IN \
+                 (SELECT id FROM tokens WHERE stats_day < $1 ORDER BY id{})", p.for_update())))
+                .bind(stats_before).execute(p).await?;
             let mut tx = p.begin().await?;
             sqlx::query(
                 "DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT id FROM outbox \

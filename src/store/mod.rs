@@ -517,15 +517,16 @@ impl Store {
         );
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            let max: i64 = sqlx::query_scalar(sql(format!(
-                "SELECT max_tokens FROM accounts WHERE id = $1{}", p.for_update())))
-                .bind(account_id).fetch_optional(&mut *tx).await?.ok_or(StoreError::NotFound)?;
+            // Tokens before the account: the usage writer's lock order.
             if let Some((name, period)) = revoke_policy {
                 sqlx::query(
                     "UPDATE tokens SET status = 'revoked', revoked_at = $3, updated_at = $3 \
                      WHERE policy_name = $1 AND policy_period < $2 AND status <> 'revoked'")
                     .bind(name).bind(period).bind(now).execute(&mut *tx).await?;
             }
+            let max: i64 = sqlx::query_scalar(sql(format!(
+                "SELECT max_tokens FROM accounts WHERE id = $1{}", p.for_update())))
+                .bind(account_id).fetch_optional(&mut *tx).await?.ok_or(StoreError::NotFound)?;
             let active: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM tokens WHERE account_id = $1 AND status <> 'revoked' \
                  AND (expires_at IS NULL OR expires_at > $2)")
@@ -669,17 +670,16 @@ impl Store {
             |t: &Token| t.status != TokenStatus::Revoked && t.expires_at.is_none_or(|e| e > now);
         with_pool!(self, p => {
             let mut tx = p.begin_write().await.map_err(StoreError::from)?;
-            // Lock the account before the token, the order the usage writer takes them in, so
+            // Lock the token before its account, the order the usage writer takes them in, so
             // the two never deadlock.
-            let max: i64 = sqlx::query_scalar(sql(format!(
-                "SELECT max_tokens FROM accounts WHERE id = (SELECT account_id FROM tokens WHERE id = $1){}",
-                p.for_update())))
-                .bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?
-                .ok_or(StoreError::NotFound)?;
             let row = sqlx::query_as::<_, TokenRow>(sql(format!("{select}{}", p.for_update())))
                 .bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?
                 .ok_or(StoreError::NotFound)?;
             let old = Token::try_from(row)?;
+            let max: i64 = sqlx::query_scalar(sql(format!(
+                "SELECT max_tokens FROM accounts WHERE id = $1{}", p.for_update())))
+                .bind(&old.account_id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?
+                .ok_or(StoreError::NotFound)?;
             let was_counted = counted(&old);
             let account_id = old.account_id.clone();
             let t = f(old)?;

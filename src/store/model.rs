@@ -171,10 +171,11 @@ impl Token {
             })
     }
 
-    /// Calls this month at `now`: a counter from an earlier month counts as zero.
+    /// Calls this month at `now`: a counter from an earlier month counts as zero (one from a
+    /// later month, met by a call stamped just before a month's end, counts in full).
     pub fn calls_this_month(&self, now: DateTime<Utc>) -> i64 {
         match &self.calls_month_period {
-            Some(p) if *p == crate::domain::period::month_key(now) => self.calls_month,
+            Some(p) if *p >= crate::domain::period::month_key(now) => self.calls_month,
             _ => 0,
         }
     }

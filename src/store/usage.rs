@@ -373,10 +373,13 @@ pub(super) fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> P
         if outcome == Outcome::Valid {
             let cost = r.check.cost;
             a.quota_used = AccountState::of(a).used_this_month(r.now) + cost;
-            a.quota_period = Some(period.clone());
+            // A call stamped in an earlier month than the counter holds (queued behind a later
+            // one, or from a daemon whose clock lags) counts in the newer month: a counter
+            // never moves back.
+            a.quota_period = a.quota_period.take().max(Some(period.clone()));
             dirty_accounts.push(account_id.clone());
             t.calls_month = t.calls_this_month(r.now) + cost;
-            t.calls_month_period = Some(period);
+            t.calls_month_period = t.calls_month_period.take().max(Some(period));
             t.calls_total += cost;
             t.remaining = t.remaining.map(|x| x - cost);
             if t.status == TokenStatus::Active && t.remaining.is_some_and(|x| x <= 0) {
@@ -483,10 +486,176 @@ const PG_WRITE: &str = "WITH \
        ON CONFLICT (token_id, jwt_id) DO UPDATE SET uses = excluded.uses RETURNING 1) \
  SELECT 1";
 
+/// One attempt at a PostgreSQL batch (see `Store::consume_batch`).
+async fn pg_batch(
+    p: &sqlx::PgPool,
+    reqs: &[Consume],
+    denials: &[Denial],
+) -> std::result::Result<Vec<Decided>, sqlx::Error> {
+    let ids = batch_token_ids(reqs, denials);
+    let jwt_keys = batch_jwt_keys(reqs);
+    let mut tx = p.begin().await?;
+    let mut state = BatchState::default();
+    // Tokens, then their accounts, each in id order: the order every transaction that locks
+    // both takes them in. Two batches (the meter runs two) then overlap: the second locks
+    // and reads its tokens while the first writes and commits, and waits only for the
+    // shared account row.
+    let q = format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+    for row in sqlx::query_as::<_, TokenRow>(sql(q))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        let t = Token::try_from(row).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        state.tokens.insert(t.id.clone(), t);
+    }
+    let account_ids = {
+        let mut v: Vec<String> = state
+            .tokens
+            .values()
+            .map(|t| t.account_id.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let q =
+        format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+    for row in sqlx::query_as::<_, AccountRow>(sql(q))
+        .bind(&account_ids)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        let a = Account::try_from(row).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        state.accounts.insert(a.id.clone(), a);
+    }
+    if !jwt_keys.is_empty() {
+        let (tids, jids): (Vec<String>, Vec<String>) = jwt_keys.into_iter().unzip();
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(PG_JWT_USES)
+            .bind(&tids)
+            .bind(&jids)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (t, j, uses) in rows {
+            state.jwt_uses.insert((t, j), uses);
+        }
+    }
+    let plan = plan(reqs, denials, state);
+    let Plan {
+        decided,
+        tokens,
+        accounts,
+        archives,
+        stats,
+        jwt_uses,
+    } = plan;
+    let col = |f: &dyn Fn(&StatRow) -> i64| stats.iter().map(f).collect::<Vec<i64>>();
+    let arch = |kind: Archive| {
+        let rows: Vec<_> = archives.iter().filter(|a| a.0 == kind).collect();
+        (
+            rows.iter().map(|a| a.1.clone()).collect::<Vec<_>>(),
+            rows.iter().map(|a| a.2.clone()).collect::<Vec<_>>(),
+            rows.iter().map(|a| a.3).collect::<Vec<_>>(),
+        )
+    };
+    let (ta_id, ta_p, ta_n) = arch(Archive::Token);
+    let (aa_id, aa_p, aa_n) = arch(Archive::Account);
+    let q = sqlx::query(PG_WRITE)
+        .bind(tokens.iter().map(|t| t.id.clone()).collect::<Vec<_>>())
+        .bind(
+            tokens
+                .iter()
+                .map(|t| t.status.as_str().to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(tokens.iter().map(|t| t.remaining).collect::<Vec<_>>())
+        .bind(tokens.iter().map(|t| t.calls_month).collect::<Vec<_>>())
+        .bind(
+            tokens
+                .iter()
+                .map(|t| t.calls_month_period.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(tokens.iter().map(|t| t.calls_total).collect::<Vec<_>>())
+        .bind(tokens.iter().map(|t| t.last_used_at).collect::<Vec<_>>())
+        .bind(
+            tokens
+                .iter()
+                .map(|t| t.last_used_ip.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            tokens
+                .iter()
+                .map(|t| t.refill_period.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(accounts.iter().map(|a| a.id.clone()).collect::<Vec<_>>())
+        .bind(accounts.iter().map(|a| a.quota_used).collect::<Vec<_>>())
+        .bind(
+            accounts
+                .iter()
+                .map(|a| a.quota_period.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(ta_id)
+        .bind(ta_p)
+        .bind(ta_n)
+        .bind(aa_id)
+        .bind(aa_p)
+        .bind(aa_n)
+        .bind(stats.iter().map(|s| s.token_id.clone()).collect::<Vec<_>>())
+        .bind(stats.iter().map(|s| s.day.clone()).collect::<Vec<_>>())
+        .bind(
+            stats
+                .iter()
+                .map(|s| s.account_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(&|s| s.valid))
+        .bind(col(&|s| s.cost))
+        .bind(col(&|s| s.revoked))
+        .bind(col(&|s| s.expired))
+        .bind(col(&|s| s.account_inactive))
+        .bind(col(&|s| s.ip_not_allowed))
+        .bind(col(&|s| s.scope_denied))
+        .bind(col(&|s| s.account_quota_exceeded))
+        .bind(col(&|s| s.usage_exceeded))
+        .bind(col(&|s| s.bad_jwt))
+        .bind(
+            jwt_uses
+                .iter()
+                .map(|j| j.token_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jwt_uses
+                .iter()
+                .map(|j| j.jwt_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(jwt_uses.iter().map(|j| j.uses).collect::<Vec<_>>())
+        .bind(jwt_uses.iter().map(|j| j.expires_at).collect::<Vec<_>>());
+    let mut q = q.bind(
+        tokens
+            .iter()
+            .map(|t| t.today.day.clone())
+            .collect::<Vec<_>>(),
+    );
+    for i in 0..STAT_COLUMNS.len() {
+        q = q.bind(tokens.iter().map(|t| t.today.counts[i]).collect::<Vec<_>>());
+    }
+    q.execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(decided)
+}
+
 impl Store {
     /// Decides `reqs` in order, consumes the valid ones, and counts them and `denials` in the
     /// daily statistics, in one PostgreSQL transaction: one durable commit for the whole batch.
-    /// (SQLite batches run on the meter's own connection: `usage_sqlite::UsageConn`.)
+    /// A batch PostgreSQL picks as a deadlock victim (another transaction locked the same rows
+    /// in another order) rolled back whole, so it is run again. (SQLite batches run on the
+    /// meter's own connection: `usage_sqlite::UsageConn`.)
     pub async fn consume_batch(
         &self,
         reqs: &[Consume],
@@ -497,151 +666,18 @@ impl Store {
                 "SQLite batches run on the meter's own connection".into(),
             ));
         };
-        let ids = batch_token_ids(reqs, denials);
-        let jwt_keys = batch_jwt_keys(reqs);
-        let mut tx = p.begin().await?;
-        let mut state = BatchState::default();
-        let q = format!(
-            "SELECT {ACCOUNT_COLS} FROM accounts \
-             WHERE id IN (SELECT account_id FROM tokens WHERE id = ANY($1)) ORDER BY id FOR UPDATE"
-        );
-        for row in sqlx::query_as::<_, AccountRow>(sql(q))
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            let a = Account::try_from(row)?;
-            state.accounts.insert(a.id.clone(), a);
-        }
-        let q =
-            format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE");
-        for row in sqlx::query_as::<_, TokenRow>(sql(q))
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            let t = Token::try_from(row)?;
-            state.tokens.insert(t.id.clone(), t);
-        }
-        if !jwt_keys.is_empty() {
-            let (tids, jids): (Vec<String>, Vec<String>) = jwt_keys.into_iter().unzip();
-            let rows: Vec<(String, String, i64)> = sqlx::query_as(PG_JWT_USES)
-                .bind(&tids)
-                .bind(&jids)
-                .fetch_all(&mut *tx)
-                .await?;
-            for (t, j, uses) in rows {
-                state.jwt_uses.insert((t, j), uses);
+        let mut attempt = 1;
+        loop {
+            match pg_batch(p, reqs, denials).await {
+                Err(sqlx::Error::Database(db))
+                    if attempt < 3 && matches!(db.code().as_deref(), Some("40P01" | "40001")) =>
+                {
+                    tracing::warn!(attempt, error = %db, "usage batch rolled back; running it again");
+                    attempt += 1;
+                }
+                r => return r.map_err(StoreError::from),
             }
         }
-        let plan = plan(reqs, denials, state);
-        let Plan {
-            decided,
-            tokens,
-            accounts,
-            archives,
-            stats,
-            jwt_uses,
-        } = plan;
-        let col = |f: &dyn Fn(&StatRow) -> i64| stats.iter().map(f).collect::<Vec<i64>>();
-        let arch = |kind: Archive| {
-            let rows: Vec<_> = archives.iter().filter(|a| a.0 == kind).collect();
-            (
-                rows.iter().map(|a| a.1.clone()).collect::<Vec<_>>(),
-                rows.iter().map(|a| a.2.clone()).collect::<Vec<_>>(),
-                rows.iter().map(|a| a.3).collect::<Vec<_>>(),
-            )
-        };
-        let (ta_id, ta_p, ta_n) = arch(Archive::Token);
-        let (aa_id, aa_p, aa_n) = arch(Archive::Account);
-        let q = sqlx::query(PG_WRITE)
-            .bind(tokens.iter().map(|t| t.id.clone()).collect::<Vec<_>>())
-            .bind(
-                tokens
-                    .iter()
-                    .map(|t| t.status.as_str().to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(tokens.iter().map(|t| t.remaining).collect::<Vec<_>>())
-            .bind(tokens.iter().map(|t| t.calls_month).collect::<Vec<_>>())
-            .bind(
-                tokens
-                    .iter()
-                    .map(|t| t.calls_month_period.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(tokens.iter().map(|t| t.calls_total).collect::<Vec<_>>())
-            .bind(tokens.iter().map(|t| t.last_used_at).collect::<Vec<_>>())
-            .bind(
-                tokens
-                    .iter()
-                    .map(|t| t.last_used_ip.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                tokens
-                    .iter()
-                    .map(|t| t.refill_period.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(accounts.iter().map(|a| a.id.clone()).collect::<Vec<_>>())
-            .bind(accounts.iter().map(|a| a.quota_used).collect::<Vec<_>>())
-            .bind(
-                accounts
-                    .iter()
-                    .map(|a| a.quota_period.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(ta_id)
-            .bind(ta_p)
-            .bind(ta_n)
-            .bind(aa_id)
-            .bind(aa_p)
-            .bind(aa_n)
-            .bind(stats.iter().map(|s| s.token_id.clone()).collect::<Vec<_>>())
-            .bind(stats.iter().map(|s| s.day.clone()).collect::<Vec<_>>())
-            .bind(
-                stats
-                    .iter()
-                    .map(|s| s.account_id.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(col(&|s| s.valid))
-            .bind(col(&|s| s.cost))
-            .bind(col(&|s| s.revoked))
-            .bind(col(&|s| s.expired))
-            .bind(col(&|s| s.account_inactive))
-            .bind(col(&|s| s.ip_not_allowed))
-            .bind(col(&|s| s.scope_denied))
-            .bind(col(&|s| s.account_quota_exceeded))
-            .bind(col(&|s| s.usage_exceeded))
-            .bind(col(&|s| s.bad_jwt))
-            .bind(
-                jwt_uses
-                    .iter()
-                    .map(|j| j.token_id.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                jwt_uses
-                    .iter()
-                    .map(|j| j.jwt_id.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(jwt_uses.iter().map(|j| j.uses).collect::<Vec<_>>())
-            .bind(jwt_uses.iter().map(|j| j.expires_at).collect::<Vec<_>>());
-        let mut q = q.bind(
-            tokens
-                .iter()
-                .map(|t| t.today.day.clone())
-                .collect::<Vec<_>>(),
-        );
-        for i in 0..STAT_COLUMNS.len() {
-            q = q.bind(tokens.iter().map(|t| t.today.counts[i]).collect::<Vec<_>>());
-        }
-        q.execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(decided)
     }
 
     /// Daily statistics rows for days `from..=to`, by day then token; `account` limits them to
@@ -826,6 +862,31 @@ mod tests {
         );
         assert_eq!(p.accounts[0].quota_used, 2);
         assert_eq!(p.accounts[0].quota_period.as_deref(), Some("2026-11"));
+    }
+
+    #[test]
+    fn a_call_stamped_before_the_month_the_counters_hold_counts_in_that_month() {
+        let dec = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 1).unwrap();
+        let nov = Utc.with_ymd_and_hms(2026, 11, 30, 23, 59, 59).unwrap();
+        let reqs = vec![call("AAAA", 7, dec), call("AAAA", 7, nov)];
+        let p = plan(&reqs, &[], state(vec![token("AAAA", None)], Some(1)));
+        assert_eq!(
+            outcomes(&p),
+            [Outcome::Valid, Outcome::AccountQuotaExceeded],
+            "December's use is not forgotten by a late November call"
+        );
+        assert_eq!(p.accounts[0].quota_period.as_deref(), Some("2026-12"));
+        assert_eq!(p.accounts[0].quota_used, 1);
+        let reqs = vec![call("AAAA", 7, dec), call("AAAA", 7, nov)];
+        let p = plan(&reqs, &[], state(vec![token("AAAA", None)], None));
+        assert_eq!(outcomes(&p), [Outcome::Valid, Outcome::Valid]);
+        let t = &p.tokens[0];
+        assert_eq!(t.calls_month_period.as_deref(), Some("2026-12"));
+        assert_eq!(
+            t.calls_month, 2,
+            "both count in the month the counter holds"
+        );
+        assert_eq!(p.accounts[0].quota_period.as_deref(), Some("2026-12"));
     }
 
     #[test]

@@ -27,13 +27,18 @@ pub struct Meter {
 
 impl Meter {
     /// Starts the writer task.
-    pub fn start(store: Store) -> (Meter, JoinHandle<()>) {
+    /// Starts the writer. On SQLite it opens its own connection here, so a file it cannot
+    /// open stops the start instead of failing every verification.
+    pub fn start(store: Store) -> Result<(Meter, JoinHandle<()>), StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = match store.sqlite_file() {
-            Some(path) => tokio::task::spawn_blocking(move || run_sqlite(store, &path, rx)),
+            Some(path) => {
+                let conn = UsageConn::open(&path)?;
+                tokio::task::spawn_blocking(move || run_sqlite(store, &path, conn, rx))
+            }
             None => tokio::spawn(run(store, rx)),
         };
-        (Meter { tx }, task)
+        Ok((Meter { tx }, task))
     }
 
     /// Decides one call and consumes it when valid; resolves once its batch is committed.
@@ -102,18 +107,29 @@ fn answer(
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Msg>) {
-    let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (consumes, replies, denials) = split(&mut batch);
-        answer(replies, store.consume_batch(&consumes, &denials).await);
-    }
+async fn run(store: Store, rx: mpsc::Receiver<Msg>) {
+    let rx = tokio::sync::Mutex::new(rx);
+    let writer = || async {
+        let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
+        loop {
+            // Whoever holds the receiver takes everything queued; the other is committing.
+            if rx.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return;
+            }
+            let (consumes, replies, denials) = split(&mut batch);
+            answer(replies, store.consume_batch(&consumes, &denials).await);
+        }
+    };
+    // Two batches at once on PostgreSQL: the second locks and reads its tokens while the first
+    // writes and commits (see `Store::consume_batch`), so their round trips overlap.
+    tokio::join!(writer(), writer());
 }
 
 /// The SQLite writer: takes everything queued, runs it as one batch on its own connection, and
-/// repeats; a connection that fails to open is retried with the next batch.
-fn run_sqlite(store: Store, path: &std::path::Path, mut rx: mpsc::Receiver<Msg>) {
-    let mut conn: Option<UsageConn> = None;
+/// repeats. A batch that fails drops the connection (it may be stuck in a transaction, or the
+/// file may have been replaced); the next batch opens a new one.
+fn run_sqlite(store: Store, path: &std::path::Path, conn: UsageConn, mut rx: mpsc::Receiver<Msg>) {
+    let mut conn = Some(conn);
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -133,7 +149,9 @@ fn run_sqlite(store: Store, path: &std::path::Path, mut rx: mpsc::Receiver<Msg>)
             };
             opened.and_then(|mut c| {
                 let r = c.consume_batch(&consumes, &denials);
-                conn = Some(c);
+                if r.is_ok() {
+                    conn = Some(c);
+                }
                 r
             })
         };

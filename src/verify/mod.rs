@@ -184,10 +184,11 @@ impl AccountState {
         }
     }
 
-    /// Quota used this month at `now` (an earlier month counts as zero).
+    /// Quota used this month at `now` (an earlier month counts as zero; a later one, which a
+    /// call stamped just before a month's end can meet, counts in full).
     pub fn used_this_month(&self, now: DateTime<Utc>) -> i64 {
         match &self.quota_period {
-            Some(p) if *p == month_key(now) => self.quota_used,
+            Some(p) if *p >= month_key(now) => self.quota_used,
             _ => 0,
         }
     }
