@@ -497,9 +497,7 @@ async fn pg_batch(
     let mut tx = p.begin().await?;
     let mut state = BatchState::default();
     // Tokens, then their accounts, each in id order: the order every transaction that locks
-    // both takes them in. Two batches (the meter runs two) then overlap: the second locks
-    // and reads its tokens while the first writes and commits, and waits only for the
-    // shared account row.
+    // both takes them in, so daemons sharing the database never deadlock on them.
     let q = format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE");
     for row in sqlx::query_as::<_, TokenRow>(sql(q))
         .bind(&ids)

@@ -107,22 +107,12 @@ fn answer(
     }
 }
 
-async fn run(store: Store, rx: mpsc::Receiver<Msg>) {
-    let rx = tokio::sync::Mutex::new(rx);
-    let writer = || async {
-        let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
-        loop {
-            // Whoever holds the receiver takes everything queued; the other is committing.
-            if rx.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                return;
-            }
-            let (consumes, replies, denials) = split(&mut batch);
-            answer(replies, store.consume_batch(&consumes, &denials).await);
-        }
-    };
-    // Two batches at once on PostgreSQL: the second locks and reads its tokens while the first
-    // writes and commits (see `Store::consume_batch`), so their round trips overlap.
-    tokio::join!(writer(), writer());
+async fn run(store: Store, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (consumes, replies, denials) = split(&mut batch);
+        answer(replies, store.consume_batch(&consumes, &denials).await);
+    }
 }
 
 /// The SQLite writer: takes everything queued, runs it as one batch on its own connection, and
