@@ -302,26 +302,18 @@ pub(super) fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> P
         mut jwt_uses,
     } = state;
     // Rows for the archive: counters a token's row hands over when a later day starts, and
-    // counts that belong to no loaded row (a day before the row's, or a vanished token).
+    // counts for a day before the one the row holds.
     let mut stats: HashMap<(String, String), StatRow> = HashMap::new();
     let mut dirty_tokens: Vec<String> = Vec::new();
     for d in denials {
         let Some(col) = d.outcome.stat_column() else {
             continue;
         };
-        match tokens.get_mut(&d.token_id) {
-            Some(t) => {
-                count(t, d.at, col, 1, &mut stats);
-                dirty_tokens.push(t.id.clone());
-            }
-            None => archive_count(
-                &mut stats,
-                &d.token_id,
-                &d.account_id,
-                &day_key(d.at),
-                col,
-                1,
-            ),
+        // A token with no row any more has nothing to count against (an archive row would
+        // break its foreign key and fail the whole batch).
+        if let Some(t) = tokens.get_mut(&d.token_id) {
+            count(t, d.at, col, 1, &mut stats);
+            dirty_tokens.push(t.id.clone());
         }
     }
     let mut dirty_accounts: Vec<String> = Vec::new();

@@ -3,14 +3,7 @@
 use crate::both_backends;
 use crate::helpers::*;
 use serde_json::{json, Value};
-use std::{
-    process::Stdio,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{process::Stdio, sync::Arc};
 use tokenwarden::{app::App, clock::ManualClock, config::Config};
 
 /// Two daemons in this process on one store (SQLite file or PostgreSQL database), sharing the
@@ -135,50 +128,12 @@ async fn no_valid_answer_is_lost_to_sigkill(b: Backend) {
 
     // 32 clients verify in a loop; each VALID answer fully received is counted.
     const CLIENTS: u64 = 32;
-    let valid = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let (valid, stop, client, url, token) = (
-            valid.clone(),
-            stop.clone(),
-            client.clone(),
-            format!("{}/v1/verify", d.base),
-            token.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(r) = client
-                    .post(&url)
-                    .json(&json!({"token": token}))
-                    .send()
-                    .await
-                else {
-                    break;
-                };
-                let Ok(v) = r.json::<Value>().await else {
-                    break;
-                };
-                if v["result"] == "VALID" {
-                    valid.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }));
-    }
+    let load = VerifyLoad::start(&d.base, &token, CLIENTS as usize);
     // Kill it mid-load, once a fair number of calls went through.
-    for _ in 0..200 {
-        if valid.load(Ordering::SeqCst) >= 300 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    load.reach(300, 200).await;
     d.child.kill().unwrap(); // SIGKILL
     d.child.wait().unwrap();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let answered = valid.load(Ordering::SeqCst);
+    let answered = load.stop().await;
     assert!(answered >= 300, "the load ran: {answered}");
 
     let d2 = start(&data, port, pg_url.as_deref());

@@ -372,3 +372,70 @@ pub async fn wait_for(url: &str) {
     }
     panic!("nothing answered {url}");
 }
+
+/// Clients verifying one token in a loop until stopped, counting every VALID answer they
+/// received in full: what a crash or a stop must not lose.
+pub struct VerifyLoad {
+    valid: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl VerifyLoad {
+    /// Starts `clients` clients against `{base}/v1/verify`.
+    pub fn start(base: &str, token: &str, clients: usize) -> VerifyLoad {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let valid = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = reqwest::Client::new();
+        let tasks = (0..clients)
+            .map(|_| {
+                let (valid, stop, client, url, token) = (
+                    valid.clone(),
+                    stop.clone(),
+                    client.clone(),
+                    format!("{base}/v1/verify"),
+                    token.to_string(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(r) = client
+                            .post(&url)
+                            .json(&json!({"token": token}))
+                            .send()
+                            .await
+                        else {
+                            break;
+                        };
+                        let Ok(v) = r.json::<Value>().await else {
+                            break;
+                        };
+                        if v["result"] == "VALID" {
+                            valid.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        VerifyLoad { valid, stop, tasks }
+    }
+
+    /// Waits (at most `tries` × 10 ms) until `n` calls were answered VALID.
+    pub async fn reach(&self, n: u64, tries: u32) {
+        for _ in 0..tries {
+            if self.valid.load(std::sync::atomic::Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the clients and returns the VALID answers they received.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.valid.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

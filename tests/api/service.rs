@@ -2,16 +2,12 @@
 //! sd_notify protocol, TLS on the admin port, slow clients, and the request log.
 
 use crate::both_backends;
-use crate::helpers::{binary, free_port, wait_for, Backend, PgDb};
+use crate::helpers::{binary, free_port, wait_for, Backend, PgDb, VerifyLoad};
 use serde_json::{json, Value};
 use std::{
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Stdio},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
     time::{Duration, Instant},
 };
 
@@ -143,56 +139,18 @@ async fn sigterm_under_load_loses_no_counted_call_and_exits_0(b: Backend) {
     let token = tok["tokens"][0]["token"].as_str().unwrap().to_string();
     let id = tok["tokens"][0]["id"].as_str().unwrap().to_string();
 
-    let valid = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = reqwest::Client::new();
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let (valid, stop, client, url, token) = (
-            valid.clone(),
-            stop.clone(),
-            client.clone(),
-            format!("{}/v1/verify", d.base),
-            token.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(r) = client
-                    .post(&url)
-                    .json(&json!({"token": token}))
-                    .send()
-                    .await
-                else {
-                    break;
-                };
-                let Ok(v) = r.json::<Value>().await else {
-                    break;
-                };
-                if v["result"] == "VALID" {
-                    valid.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }));
-    }
-    for _ in 0..300 {
-        if valid.load(Ordering::SeqCst) >= 300 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let load = VerifyLoad::start(&d.base, &token, 32);
+    load.reach(300, 300).await;
     d.signal("TERM");
     let code = d.exited(Duration::from_secs(40)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let answered = load.stop().await;
     assert_eq!(code, Some(0), "exit code; log:\n{}", d.log());
-    let answered = valid.load(Ordering::SeqCst);
     assert!(answered >= 300, "the load ran: {answered}");
     assert!(d.log().contains("tokenwarden stopped"), "{}", d.log());
 
     let log = d.log();
     // Every call answered VALID was counted, and nothing else was.
+    let client = reqwest::Client::new();
     let d2 = Proc::start(&data, port, &env, None);
     wait_for(&format!("{}/readyz", d2.base)).await;
     let v: Value = client
