@@ -142,6 +142,44 @@ pub struct DayCounts {
 }
 
 impl Token {
+    /// A plain active token of account `acct` for unit tests: no limits, rules or uses.
+    #[cfg(test)]
+    pub fn sample(id: &str, created_at: DateTime<Utc>) -> Token {
+        Token {
+            id: id.into(),
+            account_id: "acct".into(),
+            user_id: None,
+            issued_by: "account".into(),
+            policy_name: None,
+            policy_period: None,
+            name: "t".into(),
+            description: None,
+            role: crate::domain::role::Role::User,
+            scopes: vec![],
+            allowed_ips: vec![],
+            usage_limit: None,
+            remaining: None,
+            refill_monthly: None,
+            refill_period: None,
+            expires_at: None,
+            status: TokenStatus::Active,
+            jwt_enabled: false,
+            sealed_secret: None,
+            secret_hash: vec![],
+            prev_secret_hash: None,
+            prev_secret_valid_until: None,
+            calls_month: 0,
+            calls_month_period: None,
+            calls_total: 0,
+            last_used_at: None,
+            last_used_ip: None,
+            created_at,
+            updated_at: created_at,
+            revoked_at: None,
+            today: DayCounts::default(),
+        }
+    }
+
     /// Its status at `now`.
     pub fn status_at(&self, now: DateTime<Utc>) -> TokenStatus {
         TokenStatus::effective(self.status, self.expires_at, self.remaining, now)

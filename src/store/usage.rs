@@ -713,7 +713,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{role::Role, status::AccountStatus};
+    use crate::domain::status::AccountStatus;
     use chrono::TimeZone;
 
     fn at(d: u32, h: u32) -> DateTime<Utc> {
@@ -722,37 +722,14 @@ mod tests {
 
     fn token(id: &str, remaining: Option<i64>) -> Token {
         Token {
-            id: id.into(),
-            account_id: "acct".into(),
-            user_id: None,
-            issued_by: "account".into(),
-            policy_name: None,
-            policy_period: None,
-            name: "t".into(),
-            description: None,
-            role: Role::User,
-            scopes: vec![],
-            allowed_ips: vec![],
             usage_limit: remaining,
             remaining,
-            refill_monthly: None,
-            refill_period: None,
-            expires_at: None,
-            status: TokenStatus::Active,
             jwt_enabled: true,
-            sealed_secret: None,
             secret_hash: vec![7; 32],
-            prev_secret_hash: None,
-            prev_secret_valid_until: None,
             calls_month: 4,
             calls_month_period: Some("2026-10".into()),
             calls_total: 4,
-            last_used_at: None,
-            last_used_ip: None,
-            created_at: at(1, 0),
-            updated_at: at(1, 0),
-            revoked_at: None,
-            today: Default::default(),
+            ..Token::sample(id, at(1, 0))
         }
     }
 

@@ -13,7 +13,10 @@ use super::rows::{ACCOUNT_COLS, TOKEN_COLS};
 use super::usage::{batch_jwt_keys, batch_token_ids, plan, BatchState, Plan};
 use super::{Consume, Decided, Denial, Result, StoreError};
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::types::Value;
+use rusqlite::{
+    params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior,
+};
 use std::path::Path;
 use std::time::Duration;
 
@@ -167,6 +170,15 @@ const STATS_UPSERT: &str =
      usage_exceeded = usage_exceeded + excluded.usage_exceeded, \
      bad_jwt = bad_jwt + excluded.bad_jwt";
 
+/// `head` followed by the ten statistics counters, as one statement's parameters.
+fn with_counts<const N: usize>(
+    head: [Value; N],
+    counts: &[i64; 10],
+) -> impl Iterator<Item = Value> + '_ {
+    head.into_iter()
+        .chain(counts.iter().map(|&n| Value::Integer(n)))
+}
+
 /// The meter's own SQLite connection.
 pub struct UsageConn {
     conn: Connection,
@@ -286,29 +298,19 @@ impl UsageConn {
                  WHERE id = ?1",
             )?;
             for t in &tokens {
-                let c = &t.today.counts;
-                st.execute(params![
-                    t.id,
-                    t.status.as_str(),
-                    t.remaining,
-                    t.calls_month,
-                    t.calls_month_period,
-                    t.calls_total,
-                    ts_opt(t.last_used_at),
-                    t.last_used_ip,
-                    t.refill_period,
-                    t.today.day,
-                    c[0],
-                    c[1],
-                    c[2],
-                    c[3],
-                    c[4],
-                    c[5],
-                    c[6],
-                    c[7],
-                    c[8],
-                    c[9],
-                ])?;
+                let head: [Value; 10] = [
+                    t.id.clone().into(),
+                    t.status.as_str().to_string().into(),
+                    t.remaining.into(),
+                    t.calls_month.into(),
+                    t.calls_month_period.clone().into(),
+                    t.calls_total.into(),
+                    ts_opt(t.last_used_at).into(),
+                    t.last_used_ip.clone().into(),
+                    t.refill_period.clone().into(),
+                    t.today.day.clone().into(),
+                ];
+                st.execute(params_from_iter(with_counts(head, &t.today.counts)))?;
             }
             let mut st = tx.prepare_cached(
                 "UPDATE accounts SET quota_used = ?2, quota_period = ?3 WHERE id = ?1",
@@ -325,22 +327,12 @@ impl UsageConn {
             }
             let mut st = tx.prepare_cached(STATS_UPSERT)?;
             for s in &stats {
-                let c = s.counts();
-                st.execute(params![
-                    s.token_id,
-                    s.day,
-                    s.account_id,
-                    c[0],
-                    c[1],
-                    c[2],
-                    c[3],
-                    c[4],
-                    c[5],
-                    c[6],
-                    c[7],
-                    c[8],
-                    c[9],
-                ])?;
+                let head: [Value; 3] = [
+                    s.token_id.clone().into(),
+                    s.day.clone().into(),
+                    s.account_id.clone().into(),
+                ];
+                st.execute(params_from_iter(with_counts(head, &s.counts())))?;
             }
             let mut st = tx.prepare_cached(
                 "INSERT INTO jwt_uses (token_id, jwt_id, uses, expires_at) VALUES (?1, ?2, ?3, ?4) \

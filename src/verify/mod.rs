@@ -226,7 +226,6 @@ pub fn decide(token: &Token, account: &AccountState, check: &Check, now: DateTim
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::role::Role;
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {
@@ -235,37 +234,9 @@ mod tests {
 
     fn token() -> Token {
         Token {
-            id: "AAAAAAAA".into(),
-            account_id: "acct".into(),
-            user_id: None,
-            issued_by: "account".into(),
-            policy_name: None,
-            policy_period: None,
-            name: "t".into(),
-            description: None,
-            role: Role::User,
-            scopes: vec![],
-            allowed_ips: vec![],
             usage_limit: Some(10),
             remaining: Some(10),
-            refill_monthly: None,
-            refill_period: None,
-            expires_at: None,
-            status: TokenStatus::Active,
-            jwt_enabled: false,
-            sealed_secret: None,
-            secret_hash: vec![],
-            prev_secret_hash: None,
-            prev_secret_valid_until: None,
-            calls_month: 0,
-            calls_month_period: None,
-            calls_total: 0,
-            last_used_at: None,
-            last_used_ip: None,
-            created_at: now(),
-            updated_at: now(),
-            revoked_at: None,
-            today: Default::default(),
+            ..Token::sample("AAAAAAAA", now())
         }
     }
 
