@@ -4,13 +4,18 @@
 # Everything runs on this machine over loopback. Results: bench/out/results.jsonl and a Markdown
 # table on stdout (paste it into BENCHMARKS.md).
 #
+# Each backend runs in each durability mode (`[database] durability`): power-loss (the default:
+# flushed to disk before the answer) and process-crash (committed, not flushed), on the same
+# store, each beside its own /healthz ceiling.
+#
 #   bash bench/run.sh                      # defaults: DURATION=15s TOKENS=100000
-#   DURATION=30s BACKENDS=sqlite bash bench/run.sh
+#   DURATION=30s BACKENDS=sqlite MODES=power-loss bash bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15s}
 TOKENS=${TOKENS:-100000}
 BACKENDS=${BACKENDS:-"sqlite postgres"}
+MODES=${MODES:-"power-loss process-crash"}
 PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 cargo build --release -q
@@ -34,9 +39,14 @@ for backend in $BACKENDS; do
         psql "$PG_ADMIN/postgres" -qc "CREATE DATABASE $db" >/dev/null
         envs+=(TOKENWARDEN_DATABASE__URL="$PG_ADMIN/$db" TOKENWARDEN_DATABASE__MAX_CONNECTIONS=16)
     fi
-    env "${envs[@]}" "$BIN" serve --data-dir "$data" --listen "127.0.0.1:$port" 2> "$OUT/daemon-$backend.log" &
-    daemon=$!
-    for _ in $(seq 1 100); do curl -fs "$base/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+    serve() {
+        env "${envs[@]}" TOKENWARDEN_DATABASE__DURABILITY="$1" "$BIN" serve --data-dir "$data" --listen "127.0.0.1:$port" 2>> "$OUT/daemon-$backend.log" &
+        daemon=$!
+        for _ in $(seq 1 100); do curl -fs "$base/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+    }
+    first=${MODES%% *}
+    : > "$OUT/daemon-$backend.log"
+    serve "$first"
     op=$(cat "$data/operator.token")
     secret=$(curl -s -X POST "$base/v1/accounts" -H "Authorization: Bearer $op" -H 'Content-Type: application/json' \
         -d "{\"name\":\"bench\",\"max_tokens\":$((TOKENS + 10))}" | jq -r .secret)
@@ -46,15 +56,21 @@ for backend in $BACKENDS; do
             -d '{"name":"bench","usage_limit":999999999,"count":1000}' | jq -r '.tokens[].token' >> "$OUT/tokens.txt"
     done
     echo "$backend: $(wc -l < "$OUT/tokens.txt") tokens" >&2
-    # Warm up both paths (connections, caches, JIT-free but page cache matters).
-    wrk -t2 -c16 -d3s -s bench/healthz.lua "$base/healthz" >/dev/null
-    TOKENS_FILE=$OUT/tokens.txt wrk -t2 -c16 -d3s -s bench/verify.lua "$base/v1/verify" >/dev/null
-    for conns in 16 64; do
-        for target in healthz verify; do
-            valid_before=$(metric "$base" 'tokenwarden_verifications_total{result="VALID"}')
-            line=$(TOKENS_FILE=$OUT/tokens.txt wrk -t2 -c"$conns" -d"$DURATION" -s "bench/$target.lua" "$base/$([ $target = verify ] && echo v1/verify || echo healthz)" | grep '^JSON ' | cut -c6-)
-            valid_after=$(metric "$base" 'tokenwarden_verifications_total{result="VALID"}')
-            echo "{\"backend\":\"$backend\",\"target\":\"$target\",\"conns\":$conns,\"valid\":$(( ${valid_after%.*} - ${valid_before%.*} )),\"wrk\":$line}" | tee -a "$RESULTS" >&2
+    for mode in $MODES; do
+        if [ "$mode" != "$first" ]; then
+            kill "$daemon"; wait "$daemon" || true
+            serve "$mode"
+        fi
+        # Warm up both paths (connections, caches, JIT-free but page cache matters).
+        wrk -t2 -c16 -d3s -s bench/healthz.lua "$base/healthz" >/dev/null
+        TOKENS_FILE=$OUT/tokens.txt wrk -t2 -c16 -d3s -s bench/verify.lua "$base/v1/verify" >/dev/null
+        for conns in 16 64; do
+            for target in healthz verify; do
+                valid_before=$(metric "$base" 'tokenwarden_verifications_total{result="VALID"}')
+                line=$(TOKENS_FILE=$OUT/tokens.txt wrk -t2 -c"$conns" -d"$DURATION" -s "bench/$target.lua" "$base/$([ $target = verify ] && echo v1/verify || echo healthz)" | grep '^JSON ' | cut -c6-)
+                valid_after=$(metric "$base" 'tokenwarden_verifications_total{result="VALID"}')
+                echo "{\"backend\":\"$backend\",\"mode\":\"$mode\",\"target\":\"$target\",\"conns\":$conns,\"valid\":$(( ${valid_after%.*} - ${valid_before%.*} )),\"wrk\":$line}" | tee -a "$RESULTS" >&2
+            done
         done
     done
     kill "$daemon"; wait "$daemon" || true
@@ -65,12 +81,12 @@ done
 python3 - "$RESULTS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-ceil = {(r["backend"], r["conns"]): r["wrk"] for r in rows if r["target"] == "healthz"}
-print("| backend | conns | /healthz req/s | /healthz p50 / p99 ms | verify req/s | verify p50 / p99 ms | verify / ceiling | p99 / ceiling p99 | VALID answers | errors |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+ceil = {(r["backend"], r["mode"], r["conns"]): r["wrk"] for r in rows if r["target"] == "healthz"}
+print("| backend | durability | conns | /healthz req/s | /healthz p50 / p99 ms | verify req/s | verify p50 / p99 ms | verify / ceiling | p99 / ceiling p99 | VALID answers | errors |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
     if r["target"] != "verify":
         continue
-    c, v = ceil[(r["backend"], r["conns"])], r["wrk"]
-    print(f"| {r['backend']} | {r['conns']} | {c['rps']:.0f} | {c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {v['rps']:.0f} | {v['p50_ms']:.2f} / {v['p99_ms']:.2f} | {v['rps']/c['rps']:.0%} | {v['p99_ms']/c['p99_ms']:.1f}x | {r['valid']} of {v['requests']} | {v['errors']} |")
+    c, v = ceil[(r["backend"], r["mode"], r["conns"])], r["wrk"]
+    print(f"| {r['backend']} | {r['mode']} | {r['conns']} | {c['rps']:.0f} | {c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {v['rps']:.0f} | {v['p50_ms']:.2f} / {v['p99_ms']:.2f} | {v['rps']/c['rps']:.0%} | {v['p99_ms']/c['p99_ms']:.1f}x | {r['valid']} of {v['requests']} | {v['errors']} |")
 PY

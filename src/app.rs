@@ -193,7 +193,7 @@ impl App {
         let addr = self.local_addr();
         let config = self.ctx.config.clone();
         let store = self.ctx.store.clone();
-        let (meter, writer) = crate::verify::meter::Meter::start(store.clone())
+        let (meter, writer) = crate::verify::meter::Meter::start(store.clone(), config.durability)
             .context("cannot open the usage writer's connection to the store")?;
         let mut scheduler = crate::jobs::start_scheduler(self.runner.clone())
             .await

@@ -90,6 +90,8 @@ pub struct RawDatabase {
     pub url: String,
     /// Connections in the pool.
     pub max_connections: u32,
+    /// What an answered VALID survives: `power-loss` or `process-crash`.
+    pub durability: String,
 }
 
 /// `[tokens]`
@@ -170,6 +172,7 @@ impl Default for RawDatabase {
         Self {
             url: String::new(),
             max_connections: 8,
+            durability: "power-loss".into(),
         }
     }
 }
@@ -204,6 +207,16 @@ impl Default for RawLog {
             format: "human".into(),
         }
     }
+}
+
+/// What a call answered VALID survives: how long the meter waits before answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Its consumption is on disk (flushed) before the answer: survives power loss.
+    PowerLoss,
+    /// Its consumption is committed, and handed to the operating system, before the answer, but
+    /// not flushed: survives the daemon being killed, not a power loss or kernel crash.
+    ProcessCrash,
 }
 
 /// Log output format.
@@ -259,6 +272,8 @@ pub struct Config {
     pub store: StoreLocation,
     /// Pool size.
     pub db_max_connections: u32,
+    /// What an answered VALID survives.
+    pub durability: Durability,
     /// Token settings.
     pub tokens: TokenSettings,
     /// Default `max_tokens` of new accounts.
@@ -514,6 +529,17 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
     if !(1..=1000).contains(&raw.database.max_connections) {
         bad("database.max_connections", "must be 1 to 1000".into());
     }
+    let durability = match raw.database.durability.as_str() {
+        "power-loss" => Durability::PowerLoss,
+        "process-crash" => Durability::ProcessCrash,
+        _ => {
+            bad(
+                "database.durability",
+                "must be power-loss or process-crash".into(),
+            );
+            Durability::PowerLoss
+        }
+    };
     let t = &raw.tokens;
     let prefix_ok = !t.prefix.is_empty()
         && t.prefix.len() <= 12
@@ -596,6 +622,7 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             shutdown_grace: std::time::Duration::from_secs(raw.server.shutdown_grace_seconds),
             store,
             db_max_connections: raw.database.max_connections,
+            durability,
             tokens: TokenSettings {
                 prefix: t.prefix.clone(),
                 default_usage_limit: t.default_usage_limit,
@@ -677,6 +704,19 @@ mod tests {
         );
         assert_eq!(c.default_max_tokens, 50);
         assert_eq!(c.tokens.prefix, "tw");
+        assert_eq!(c.durability, Durability::PowerLoss);
+    }
+
+    #[test]
+    fn durability_is_one_of_two_words() {
+        let f = file("[database]\ndurability = \"process-crash\"\n");
+        let c = load(Some(f.path()), &Overrides::default()).unwrap();
+        assert_eq!(c.durability, Durability::ProcessCrash);
+        let f = file("[database]\ndurability = \"fast\"\n");
+        let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "database.durability");
+        assert!(errs[0].reason.contains("power-loss or process-crash"));
     }
 
     #[test]

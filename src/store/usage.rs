@@ -483,10 +483,17 @@ async fn pg_batch(
     p: &sqlx::PgPool,
     reqs: &[Consume],
     denials: &[Denial],
+    flush: bool,
 ) -> std::result::Result<Vec<Decided>, sqlx::Error> {
     let ids = batch_token_ids(reqs, denials);
     let jwt_keys = batch_jwt_keys(reqs);
     let mut tx = p.begin().await?;
+    if !flush {
+        // `durability = "process-crash"`: COMMIT returns before the server flushes its log.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+    }
     let mut state = BatchState::default();
     // Tokens, then their accounts, each in id order: the order every transaction that locks
     // both takes them in, so daemons sharing the database never deadlock on them.
@@ -642,7 +649,8 @@ async fn pg_batch(
 
 impl Store {
     /// Decides `reqs` in order, consumes the valid ones, and counts them and `denials` in the
-    /// daily statistics, in one PostgreSQL transaction: one durable commit for the whole batch.
+    /// daily statistics, in one PostgreSQL transaction: one commit for the whole batch, flushed
+    /// to disk before it returns unless `flush` is off (`durability = "process-crash"`).
     /// A batch PostgreSQL picks as a deadlock victim (another transaction locked the same rows
     /// in another order) rolled back whole, so it is run again. (SQLite batches run on the
     /// meter's own connection: `usage_sqlite::UsageConn`.)
@@ -650,6 +658,7 @@ impl Store {
         &self,
         reqs: &[Consume],
         denials: &[Denial],
+        flush: bool,
     ) -> Result<Vec<Decided>> {
         let Backend::Postgres(p) = &*self.backend else {
             return Err(StoreError::Other(
@@ -658,7 +667,7 @@ impl Store {
         };
         let mut attempt = 1;
         loop {
-            match pg_batch(p, reqs, denials).await {
+            match pg_batch(p, reqs, denials, flush).await {
                 Err(sqlx::Error::Database(db))
                     if attempt < 3 && matches!(db.code().as_deref(), Some("40P01" | "40001")) =>
                 {

@@ -184,6 +184,32 @@ pub struct UsageConn {
     conn: Connection,
     /// Wakes the checkpointer after a commit; dropping it ends that thread.
     checkpoint: std::sync::mpsc::SyncSender<()>,
+    /// The database's write-ahead log, which `WalFile::sync` makes durable.
+    wal: WalFile,
+}
+
+/// The write-ahead log of the meter's database, opened beside its connection.
+///
+/// The meter's connection commits without waiting for the disk (`synchronous=NORMAL`: the
+/// commit's frames are written to the log, not flushed), and a second thread flushes the log
+/// before anyone is answered. The writer thus decides and writes the next batch while the
+/// previous one's flush is in flight, and one flush often covers several batches. A commit is
+/// durable once the log holding its frames is flushed: the log is append-only between
+/// checkpoints, and recovery replays every committed frame it finds. Flushing any descriptor
+/// of the file flushes the file, so this one covers the connection's writes.
+#[derive(Clone)]
+pub struct WalFile(std::sync::Arc<std::fs::File>);
+
+impl WalFile {
+    /// Flushes everything written to the log so far (`fdatasync`).
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+
+    /// Whether `other` is the same open log.
+    pub fn same(&self, other: &WalFile) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// WAL pages after which the writer checkpoints by itself, when the checkpointer falls behind
@@ -217,8 +243,8 @@ fn spawn_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>> {
 }
 
 impl UsageConn {
-    /// Opens the database file (which the pool has created and migrated) with the pool's
-    /// durability settings: WAL, `synchronous=FULL` (a commit is fsync'd before it returns).
+    /// Opens the database file (which the pool has created and migrated) in WAL mode, with its
+    /// log (see `WalFile`: commits are made durable by the caller, through `wal()`).
     pub fn open(path: &Path) -> Result<UsageConn> {
         let conn = Connection::open_with_flags(
             path,
@@ -226,7 +252,9 @@ impl UsageConn {
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // The log is flushed by the meter's sync thread before any answer (`WalFile`); a
+        // checkpoint still flushes the log before copying it and the database after.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // The hot rows of a large store stay in this connection's page cache (64 MiB).
         conn.pragma_update(None, "cache_size", -65536)?;
@@ -234,13 +262,35 @@ impl UsageConn {
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
         // A burst can leave a large WAL file behind; trim it when the log restarts.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        // Reading the schema makes sure the log exists; it lives as long as this connection.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let wal = std::fs::OpenOptions::new()
+            .read(true)
+            .open(&wal_path)
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot open {}: {e}",
+                    Path::new(&wal_path).display()
+                ))
+            })?;
         let checkpoint = spawn_checkpointer(path)?;
-        Ok(UsageConn { conn, checkpoint })
+        Ok(UsageConn {
+            conn,
+            checkpoint,
+            wal: WalFile(std::sync::Arc::new(wal)),
+        })
+    }
+
+    /// The log this connection commits to.
+    pub fn wal(&self) -> WalFile {
+        self.wal.clone()
     }
 
     /// Decides `reqs` in order, consumes the valid ones, and counts them and `denials` in the
-    /// daily statistics, in one transaction holding the database's write lock: one durable
-    /// commit for the whole batch. Nothing is written when it fails.
+    /// daily statistics, in one transaction holding the database's write lock: one commit for
+    /// the whole batch, durable once `wal()` is synced. Nothing is written when it fails.
     pub fn consume_batch(&mut self, reqs: &[Consume], denials: &[Denial]) -> Result<Vec<Decided>> {
         let tx = self
             .conn

@@ -56,6 +56,7 @@ impl Drop for TwoDaemons {
 
 both_backends!(
     no_valid_answer_is_lost_to_sigkill,
+    no_valid_answer_is_lost_to_sigkill_without_flushing,
     two_daemons_on_one_store_never_overspend,
     revocation_and_regeneration_on_another_daemon_apply_at_once,
 );
@@ -65,7 +66,7 @@ struct Daemon {
     base: String,
 }
 
-fn start(data: &std::path::Path, port: u16, pg: Option<&str>) -> Daemon {
+fn start(data: &std::path::Path, port: u16, pg: Option<&str>, durability: &str) -> Daemon {
     let mut c = binary();
     c.args([
         "serve",
@@ -75,6 +76,7 @@ fn start(data: &std::path::Path, port: u16, pg: Option<&str>) -> Daemon {
     ])
     .arg(data)
     .env("RUST_LOG", "warn")
+    .env("TOKENWARDEN_DATABASE__DURABILITY", durability)
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     if let Some(u) = pg {
@@ -87,6 +89,16 @@ fn start(data: &std::path::Path, port: u16, pg: Option<&str>) -> Daemon {
 }
 
 async fn no_valid_answer_is_lost_to_sigkill(b: Backend) {
+    sigkill_under_load(b, "power-loss").await
+}
+
+/// `durability = "process-crash"` answers once the batch is committed, before it is flushed:
+/// a killed daemon still loses nothing.
+async fn no_valid_answer_is_lost_to_sigkill_without_flushing(b: Backend) {
+    sigkill_under_load(b, "process-crash").await
+}
+
+async fn sigkill_under_load(b: Backend, durability: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let pg = match b {
@@ -95,7 +107,7 @@ async fn no_valid_answer_is_lost_to_sigkill(b: Backend) {
     };
     let pg_url = pg.as_ref().map(|p| p.url.clone());
     let port = free_port();
-    let mut d = start(&data, port, pg_url.as_deref());
+    let mut d = start(&data, port, pg_url.as_deref(), durability);
     wait_for(&format!("{}/readyz", d.base)).await;
     let client = reqwest::Client::new();
     let op = std::fs::read_to_string(data.join("operator.token"))
@@ -136,7 +148,7 @@ async fn no_valid_answer_is_lost_to_sigkill(b: Backend) {
     let answered = load.stop().await;
     assert!(answered >= 300, "the load ran: {answered}");
 
-    let d2 = start(&data, port, pg_url.as_deref());
+    let d2 = start(&data, port, pg_url.as_deref(), durability);
     wait_for(&format!("{}/readyz", d2.base)).await;
     let v: Value = client
         .get(format!("{}/v1/tokens/{id}", d2.base))
