@@ -10,8 +10,9 @@
 
 use super::model::{Account, DayCounts, Token};
 use super::rows::{ACCOUNT_COLS, TOKEN_COLS};
-use super::usage::{batch_jwt_keys, batch_token_ids, plan, BatchState, Plan};
+use super::usage::{batch_jwt_keys, batch_token_ids, plan, BatchState, Plan, STAT_COLUMNS};
 use super::{Consume, Decided, Denial, Result, StoreError};
+use crate::domain::status::TokenStatus;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use rusqlite::types::Value;
 use rusqlite::{
@@ -169,6 +170,43 @@ const STATS_UPSERT: &str =
      account_quota_exceeded = account_quota_exceeded + excluded.account_quota_exceeded, \
      usage_exceeded = usage_exceeded + excluded.usage_exceeded, \
      bad_jwt = bad_jwt + excluded.bad_jwt";
+
+/// The token columns a batch writes, from `?2` on (`?1` is the id), before the ten `day_*`
+/// statistics counters.
+const TOKEN_WRITE_COLS: [&str; 8] = [
+    "remaining",
+    "calls_month",
+    "calls_month_period",
+    "calls_total",
+    "last_used_at",
+    "last_used_ip",
+    "refill_period",
+    "stats_day",
+];
+
+fn token_write(with_status: bool) -> String {
+    let day_cols = STAT_COLUMNS.iter().map(|c| format!("day_{c}"));
+    let mut cols: Vec<String> = TOKEN_WRITE_COLS.iter().map(|c| c.to_string()).collect();
+    cols.extend(day_cols);
+    if with_status {
+        cols.push("status".into());
+    }
+    let sets: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} = ?{}", i + 2))
+        .collect();
+    format!("UPDATE tokens SET {} WHERE id = ?1", sets.join(", "))
+}
+
+/// A batch's write of a token's counters. `status` is left out unless it changed: SQLite
+/// rewrites the entry of every index that involves a column the statement sets, whether or not
+/// its value changed, and `tokens_by_expiry`'s condition reads `status`, so setting it to the
+/// same value dirtied a page of that index per token besides the row's own.
+static TOKEN_WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| token_write(false));
+/// The same, also setting `status` (last parameter).
+static TOKEN_WRITE_WITH_STATUS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| token_write(true));
 
 /// `head` followed by the ten statistics counters, as one statement's parameters.
 fn with_counts<const N: usize>(
@@ -329,6 +367,12 @@ impl UsageConn {
                 }
             }
         }
+        // A token's status seldom changes in a batch; see `TOKEN_WRITE`.
+        let statuses: std::collections::HashMap<String, TokenStatus> = state
+            .tokens
+            .iter()
+            .map(|(id, t)| (id.clone(), t.status))
+            .collect();
         let Plan {
             decided,
             tokens,
@@ -338,19 +382,9 @@ impl UsageConn {
             jwt_uses,
         } = plan(reqs, denials, state);
         {
-            let mut st = tx.prepare_cached(
-                "UPDATE tokens SET status = ?2, remaining = ?3, calls_month = ?4, \
-                 calls_month_period = ?5, calls_total = ?6, last_used_at = ?7, last_used_ip = ?8, \
-                 refill_period = ?9, stats_day = ?10, day_valid = ?11, day_cost = ?12, \
-                 day_revoked = ?13, day_expired = ?14, day_account_inactive = ?15, \
-                 day_ip_not_allowed = ?16, day_scope_denied = ?17, \
-                 day_account_quota_exceeded = ?18, day_usage_exceeded = ?19, day_bad_jwt = ?20 \
-                 WHERE id = ?1",
-            )?;
             for t in &tokens {
-                let head: [Value; 10] = [
+                let head = [
                     t.id.clone().into(),
-                    t.status.as_str().to_string().into(),
                     t.remaining.into(),
                     t.calls_month.into(),
                     t.calls_month_period.clone().into(),
@@ -360,7 +394,15 @@ impl UsageConn {
                     t.refill_period.clone().into(),
                     t.today.day.clone().into(),
                 ];
-                st.execute(params_from_iter(with_counts(head, &t.today.counts)))?;
+                let values = with_counts(head, &t.today.counts);
+                if statuses.get(&t.id) == Some(&t.status) {
+                    tx.prepare_cached(&TOKEN_WRITE)?
+                        .execute(params_from_iter(values))?;
+                } else {
+                    let status = Value::Text(t.status.as_str().to_string());
+                    tx.prepare_cached(&TOKEN_WRITE_WITH_STATUS)?
+                        .execute(params_from_iter(values.chain([status])))?;
+                }
             }
             let mut st = tx.prepare_cached(
                 "UPDATE accounts SET quota_used = ?2, quota_period = ?3 WHERE id = ?1",
