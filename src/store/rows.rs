@@ -51,6 +51,45 @@ impl TryFrom<AccountRow> for Account {
     }
 }
 
+/// A token row with its account's columns (`a_id`, `a_name`, …, in `ACCOUNT_COLS` order): the
+/// PostgreSQL usage batch locks and reads both in one statement.
+#[derive(sqlx::FromRow)]
+pub(super) struct TokenAccountRow {
+    #[sqlx(flatten)]
+    pub token: TokenRow,
+    a_id: String,
+    a_name: String,
+    a_status: String,
+    a_max_tokens: i64,
+    a_monthly_quota: Option<i64>,
+    a_quota_used: i64,
+    a_quota_period: Option<String>,
+    a_created_at: DateTime<Utc>,
+    a_updated_at: DateTime<Utc>,
+}
+
+impl TokenAccountRow {
+    /// The account's id.
+    pub fn a_id(&self) -> &str {
+        &self.a_id
+    }
+
+    /// The account's part.
+    pub fn account(&self) -> AccountRow {
+        AccountRow {
+            id: self.a_id.clone(),
+            name: self.a_name.clone(),
+            status: self.a_status.clone(),
+            max_tokens: self.a_max_tokens,
+            monthly_quota: self.a_monthly_quota,
+            quota_used: self.a_quota_used,
+            quota_period: self.a_quota_period.clone(),
+            created_at: self.a_created_at,
+            updated_at: self.a_updated_at,
+        }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 pub(super) struct UserRow {
     id: String,

@@ -2,7 +2,7 @@
 //! requests), per-day statistics, and JWT use records.
 
 use super::model::{Account, DayCounts, Token};
-use super::rows::{AccountRow, TokenRow, ACCOUNT_COLS, TOKEN_COLS};
+use super::rows::{TokenAccountRow, ACCOUNT_COLS, TOKEN_COLS};
 use super::{sql, Arg, Backend, Result, Store, StoreError};
 use crate::domain::period::{day_key, month_key};
 use crate::domain::status::TokenStatus;
@@ -429,6 +429,21 @@ pub(super) fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> P
 /// sharing the database never deadlock), decide in memory, then every write in one statement of
 /// data-modifying CTEs over arrays. Prepared once per connection, so a batch of any size is five
 /// round trips (BEGIN, two locking reads, the write, COMMIT) with no planning.
+/// Locks a batch's tokens, then their accounts, and reads both (`TokenAccountRow`).
+static PG_LOCK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let account: Vec<String> = ACCOUNT_COLS
+        .split(',')
+        .map(|c| format!("a.{0} AS a_{0}", c.trim()))
+        .collect();
+    format!(
+        "WITH t AS MATERIALIZED (SELECT {TOKEN_COLS} FROM tokens WHERE id = ANY($1) \
+         ORDER BY id FOR UPDATE), \
+         a AS MATERIALIZED (SELECT {ACCOUNT_COLS} FROM accounts \
+         WHERE id = ANY(ARRAY(SELECT account_id FROM t)) ORDER BY id FOR UPDATE) \
+         SELECT t.*, {} FROM t JOIN a ON a.id = t.account_id",
+        account.join(", ")
+    )
+});
 const PG_JWT_USES: &str = "SELECT j.token_id, j.jwt_id, j.uses FROM jwt_uses j \
      JOIN unnest($1::text[], $2::text[]) AS k(token_id, jwt_id) \
      ON j.token_id = k.token_id AND j.jwt_id = k.jwt_id";
@@ -496,35 +511,20 @@ async fn pg_batch(
     }
     let mut state = BatchState::default();
     // Tokens, then their accounts, each in id order: the order every transaction that locks
-    // both takes them in, so daemons sharing the database never deadlock on them.
-    let q = format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE");
-    for row in sqlx::query_as::<_, TokenRow>(sql(q))
+    // both takes them in, so daemons sharing the database never deadlock on them. One
+    // statement (`PG_LOCK`): the account ids are an `ARRAY(…)` subquery, which PostgreSQL
+    // evaluates whole, locking every token, before `a` scans (and locks) any account.
+    for row in sqlx::query_as::<_, TokenAccountRow>(sql(PG_LOCK.clone()))
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?
     {
-        let t = Token::try_from(row).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        if !state.accounts.contains_key(row.a_id()) {
+            let a = Account::try_from(row.account()).map_err(|e| sqlx::Error::Decode(e.into()))?;
+            state.accounts.insert(a.id.clone(), a);
+        }
+        let t = Token::try_from(row.token).map_err(|e| sqlx::Error::Decode(e.into()))?;
         state.tokens.insert(t.id.clone(), t);
-    }
-    let account_ids = {
-        let mut v: Vec<String> = state
-            .tokens
-            .values()
-            .map(|t| t.account_id.clone())
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    };
-    let q =
-        format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE");
-    for row in sqlx::query_as::<_, AccountRow>(sql(q))
-        .bind(&account_ids)
-        .fetch_all(&mut *tx)
-        .await?
-    {
-        let a = Account::try_from(row).map_err(|e| sqlx::Error::Decode(e.into()))?;
-        state.accounts.insert(a.id.clone(), a);
     }
     if !jwt_keys.is_empty() {
         let (tids, jids): (Vec<String>, Vec<String>) = jwt_keys.into_iter().unzip();
