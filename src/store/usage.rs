@@ -425,11 +425,12 @@ pub(super) fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> P
     }
 }
 
-/// The PostgreSQL batch: lock and read (accounts, then tokens, each in id order, so daemons
-/// sharing the database never deadlock), decide in memory, then every write in one statement of
-/// data-modifying CTEs over arrays. Prepared once per connection, so a batch of any size is five
-/// round trips (BEGIN, two locking reads, the write, COMMIT) with no planning.
-/// Locks a batch's tokens, then their accounts, and reads both (`TokenAccountRow`).
+/// The PostgreSQL batch: lock and read the batch's tokens, then their accounts (each in id order,
+/// so daemons sharing the database never deadlock), decide in memory, then every write in one
+/// statement of data-modifying CTEs over arrays. Prepared once per connection, so a batch of any
+/// size is four round trips (BEGIN, the locking read, the write, COMMIT) with no planning.
+///
+/// `PG_LOCK` locks and reads tokens and accounts in one statement (`TokenAccountRow`).
 static PG_LOCK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let account: Vec<String> = ACCOUNT_COLS
         .split(',')
