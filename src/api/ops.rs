@@ -28,10 +28,20 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: the store answers. 503 when it does not.
+/// Readiness: the store answers and the meter can count calls. 503 when not.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(s): State<AppState>) -> Result<Json<Health>, ApiError> {
+    if let Some(why) = s.meter.failure() {
+        tracing::warn!(
+            error = why,
+            "readiness check failed: the meter refuses every call"
+        );
+        return Err(ApiError::new(
+            Code::StoreUnavailable,
+            "the token store is unavailable",
+        ));
+    }
     s.ctx.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
         ApiError::new(Code::StoreUnavailable, "the token store is unavailable")

@@ -431,20 +431,34 @@ pub(super) fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> P
 /// size is four round trips (BEGIN, the locking read, the write, COMMIT) with no planning.
 ///
 /// `PG_LOCK` locks and reads tokens and accounts in one statement (`TokenAccountRow`).
-static PG_LOCK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+fn pg_lock(flush: bool) -> String {
     let account: Vec<String> = ACCOUNT_COLS
         .split(',')
         .map(|c| format!("a.{0} AS a_{0}", c.trim()))
         .collect();
+    // `durability = "process-crash"`: COMMIT returns before the server flushes its log, set
+    // here rather than in a round trip of its own.
+    let (cte, join) = if flush {
+        ("", "")
+    } else {
+        (
+            ", c AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))",
+            " CROSS JOIN c",
+        )
+    };
+    // The account ids are an `ARRAY(…)` subquery, which PostgreSQL evaluates whole, locking
+    // every token, before `a` scans (and locks) any account: tokens first.
     format!(
         "WITH t AS MATERIALIZED (SELECT {TOKEN_COLS} FROM tokens WHERE id = ANY($1) \
          ORDER BY id FOR UPDATE), \
          a AS MATERIALIZED (SELECT {ACCOUNT_COLS} FROM accounts \
-         WHERE id = ANY(ARRAY(SELECT account_id FROM t)) ORDER BY id FOR UPDATE) \
-         SELECT t.*, {} FROM t JOIN a ON a.id = t.account_id",
+         WHERE id = ANY(ARRAY(SELECT account_id FROM t)) ORDER BY id FOR UPDATE){cte} \
+         SELECT t.*, {} FROM t JOIN a ON a.id = t.account_id{join}",
         account.join(", ")
     )
-});
+}
+static PG_LOCK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| pg_lock(true));
+static PG_LOCK_NO_FLUSH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| pg_lock(false));
 const PG_JWT_USES: &str = "SELECT j.token_id, j.jwt_id, j.uses FROM jwt_uses j \
      JOIN unnest($1::text[], $2::text[]) AS k(token_id, jwt_id) \
      ON j.token_id = k.token_id AND j.jwt_id = k.jwt_id";
@@ -504,18 +518,11 @@ async fn pg_batch(
     let ids = batch_token_ids(reqs, denials);
     let jwt_keys = batch_jwt_keys(reqs);
     let mut tx = p.begin().await?;
-    if !flush {
-        // `durability = "process-crash"`: COMMIT returns before the server flushes its log.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-    }
     let mut state = BatchState::default();
     // Tokens, then their accounts, each in id order: the order every transaction that locks
-    // both takes them in, so daemons sharing the database never deadlock on them. One
-    // statement (`PG_LOCK`): the account ids are an `ARRAY(…)` subquery, which PostgreSQL
-    // evaluates whole, locking every token, before `a` scans (and locks) any account.
-    for row in sqlx::query_as::<_, TokenAccountRow>(sql(PG_LOCK.clone()))
+    // both takes them in, so daemons sharing the database never deadlock on them.
+    let lock = if flush { &*PG_LOCK } else { &*PG_LOCK_NO_FLUSH };
+    for row in sqlx::query_as::<_, TokenAccountRow>(sql(lock.clone()))
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?

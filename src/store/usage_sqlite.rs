@@ -4,9 +4,9 @@
 //! channels, two thread switches per statement; a batch of a few dozen calls spent most of its
 //! time in those switches. The meter's thread instead owns this rusqlite connection (the same
 //! bundled SQLite library, `libsqlite3-sys`, as sqlx) and runs the whole batch in place with
-//! cached prepared statements: `BEGIN IMMEDIATE`, read, decide (`usage::plan`), write, one
-//! fsync'd `COMMIT`. Everything else keeps using the sqlx pool; the two share the database file
-//! and its write lock like any two connections.
+//! cached prepared statements: `BEGIN IMMEDIATE`, read, decide (`usage::plan`), write, `COMMIT`
+//! (flushed to disk by the meter's sync thread, see `WalFile`). Everything else keeps using the
+//! sqlx pool; the two share the database file and its write lock like any two connections.
 
 use super::model::{Account, DayCounts, Token};
 use super::rows::{ACCOUNT_COLS, TOKEN_COLS};
@@ -236,12 +236,44 @@ pub struct UsageConn {
 /// checkpoints, and recovery replays every committed frame it finds. Flushing any descriptor
 /// of the file flushes the file, so this one covers the connection's writes.
 #[derive(Clone)]
-pub struct WalFile(std::sync::Arc<std::fs::File>);
+pub struct WalFile(std::sync::Arc<Log>);
+
+enum Log {
+    File(std::fs::File),
+    /// A stand-in whose flush the tests control.
+    #[cfg(test)]
+    Fake(Box<dyn Fn() -> std::io::Result<()> + Send + Sync>),
+}
 
 impl WalFile {
+    /// Opens the log of the database `db` (as SQLite names it: symbolic links resolved).
+    fn open(db: &Path) -> Result<WalFile> {
+        let mut path = db.as_os_str().to_owned();
+        path.push("-wal");
+        // Write access: some systems flush only files open for writing. Nothing is written.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map(|f| WalFile(std::sync::Arc::new(Log::File(f))))
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot open {}: {e}", Path::new(&path).display()))
+            })
+    }
+
+    /// A log whose flush runs `sync`.
+    #[cfg(test)]
+    pub fn fake(sync: impl Fn() -> std::io::Result<()> + Send + Sync + 'static) -> WalFile {
+        WalFile(std::sync::Arc::new(Log::Fake(Box::new(sync))))
+    }
+
     /// Flushes everything written to the log so far (`fdatasync`).
     pub fn sync(&self) -> std::io::Result<()> {
-        self.0.sync_data()
+        match &*self.0 {
+            Log::File(f) => f.sync_data(),
+            #[cfg(test)]
+            Log::Fake(sync) => sync(),
+        }
     }
 
     /// Whether `other` is the same open log.
@@ -302,22 +334,15 @@ impl UsageConn {
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         // Reading the schema makes sure the log exists; it lives as long as this connection.
         conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
-        let mut wal_path = path.as_os_str().to_owned();
-        wal_path.push("-wal");
-        let wal = std::fs::OpenOptions::new()
-            .read(true)
-            .open(&wal_path)
-            .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot open {}: {e}",
-                    Path::new(&wal_path).display()
-                ))
-            })?;
+        // SQLite keeps the log beside the file a symbolic link points to; its own name for the
+        // database has the links resolved.
+        let db = conn.path().map(Path::new).unwrap_or(path).to_path_buf();
+        let wal = WalFile::open(&db)?;
         let checkpoint = spawn_checkpointer(path)?;
         Ok(UsageConn {
             conn,
             checkpoint,
-            wal: WalFile(std::sync::Arc::new(wal)),
+            wal,
         })
     }
 
@@ -438,5 +463,38 @@ impl UsageConn {
         // A signal already pending covers this commit too.
         let _ = self.checkpoint.try_send(());
         Ok(decided)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database reached through a symbolic link keeps its log beside the real file; the
+    /// meter flushes that one.
+    #[cfg(unix)]
+    #[test]
+    fn the_log_flushed_is_the_one_sqlite_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.db");
+        let link = dir.path().join("link.db");
+        Connection::open(&real)
+            .unwrap()
+            .pragma_update(None, "journal_mode", "WAL")
+            .unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let c = UsageConn::open(&link).unwrap();
+        c.conn
+            .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")
+            .unwrap();
+        assert!(dir.path().join("real.db-wal").exists());
+        assert!(!dir.path().join("link.db-wal").exists());
+        let Log::File(f) = &*c.wal().0 else {
+            panic!("a real log")
+        };
+        let real_wal = std::fs::metadata(dir.path().join("real.db-wal")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(f.metadata().unwrap().ino(), real_wal.ino());
+        c.wal().sync().unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! The meter: consumes verified calls with group commit. Concurrent requests queue here; one
 //! writer task takes everything waiting (up to a batch limit), consumes it in one transaction
-//! and answers each request only after that transaction is durably committed. Under load a batch
+//! and answers each request only after that transaction is committed and (with the default
+//! `durability = "power-loss"`) flushed to disk. Under load a batch
 //! fills while the previous one commits, so one fsync serves many calls. On SQLite the writer
 //! is a blocking thread with a connection of its own (no per-statement thread hop), and a second
 //! thread flushes the log and answers, so the next batch is written while the last one's flush
@@ -9,6 +10,7 @@
 use crate::config::Durability;
 use crate::store::usage_sqlite::{UsageConn, WalFile};
 use crate::store::{Consume, Decided, Denial, Store, StoreError};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -26,7 +28,13 @@ enum Msg {
 #[derive(Clone)]
 pub struct Meter {
     tx: mpsc::Sender<Msg>,
+    failed: Failure,
 }
+
+/// Set once the SQLite log could not be flushed: its state on disk is then unknown, so the
+/// meter consumes nothing more (every call is answered 503, `/readyz` fails) until a restart,
+/// when SQLite recovers the log.
+type Failure = Arc<OnceLock<String>>;
 
 impl Meter {
     /// Starts the writer. On SQLite it opens its own connection here, so a file it cannot
@@ -37,15 +45,29 @@ impl Meter {
         durability: Durability,
     ) -> Result<(Meter, JoinHandle<()>), StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let failed = Failure::default();
         let flush = durability == Durability::PowerLoss;
         let task = match store.sqlite_file() {
             Some(path) => {
                 let conn = UsageConn::open(&path)?;
-                tokio::task::spawn_blocking(move || run_sqlite(store, &path, conn, rx, flush))
+                let syncer = if flush {
+                    Some(Syncer::start(failed.clone())?)
+                } else {
+                    None
+                };
+                let failed = failed.clone();
+                tokio::task::spawn_blocking(move || {
+                    run_sqlite(store, &path, conn, rx, syncer, &failed)
+                })
             }
             None => tokio::spawn(run(store, rx, flush)),
         };
-        Ok((Meter { tx }, task))
+        Ok((Meter { tx, failed }, task))
+    }
+
+    /// Why the meter refuses every call, if it does (see `Failure`).
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
     }
 
     /// Decides one call and consumes it when valid; resolves once its batch is committed.
@@ -127,34 +149,36 @@ struct Committed {
     decided: Vec<Decided>,
 }
 
+/// The thread that flushes the SQLite log and answers (`run_syncer`).
+struct Syncer {
+    tx: std::sync::mpsc::Sender<Committed>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Syncer {
+    fn start(failed: Failure) -> Result<Syncer, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<Committed>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-sync".into())
+            .spawn(move || run_syncer(rx, &failed))
+            .map_err(|e| StoreError::Other(format!("cannot start the log sync thread: {e}")))?;
+        Ok(Syncer { tx, thread })
+    }
+}
+
 /// The SQLite writer: takes everything queued, runs it as one batch on its own connection, and
-/// hands the committed batch to the sync thread, which answers it (or, with `flush` off, answers
-/// it at once: the commit is in the operating system's hands). A batch that fails drops the
-/// connection (it may be stuck in a transaction, or the file may have been replaced); the next
-/// batch opens a new one.
+/// hands the committed batch to the sync thread, which answers it (with no `syncer`, in
+/// `durability = "process-crash"`, it answers at once: the commit is in the operating system's
+/// hands). A batch that fails drops the connection (it may be stuck in a transaction, or the
+/// file may have been replaced); the next batch opens a new one.
 fn run_sqlite(
     store: Store,
     path: &std::path::Path,
     conn: UsageConn,
     mut rx: mpsc::Receiver<Msg>,
-    flush: bool,
+    syncer: Option<Syncer>,
+    failed: &Failure,
 ) {
-    let (sync_tx, sync_rx) = std::sync::mpsc::channel::<Committed>();
-    let syncer = std::thread::Builder::new()
-        .name("sqlite-sync".into())
-        .spawn(move || run_syncer(sync_rx));
-    let syncer = match syncer {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the log sync thread; verification is unavailable");
-            while let Some(m) = rx.blocking_recv() {
-                if let Msg::Consume(_, r) = m {
-                    let _ = r.send(Err(StoreError::Unavailable("the meter cannot sync".into())));
-                }
-            }
-            return;
-        }
-    };
     let mut conn = Some(conn);
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -166,7 +190,9 @@ fn run_sqlite(
             }
         }
         let (consumes, replies, denials) = split(&mut batch);
-        let result = if store.is_closed() {
+        let result = if let Some(why) = failed.get() {
+            Err(StoreError::Unavailable(why.clone()))
+        } else if store.is_closed() {
             Err(StoreError::Unavailable("the store is closed".into()))
         } else {
             let opened = match conn.take() {
@@ -181,32 +207,32 @@ fn run_sqlite(
                 r
             })
         };
-        match result {
-            Ok((decided, _)) if !flush => answer(replies, Ok(decided)),
-            Ok((decided, wal)) => {
-                let _ = sync_tx.send(Committed {
+        match (result, &syncer) {
+            (Ok((decided, wal)), Some(s)) => {
+                let _ = s.tx.send(Committed {
                     wal,
                     replies,
                     decided,
                 });
             }
-            Err(e) => answer(replies, Err(e)),
+            (Ok((decided, _)), None) => answer(replies, Ok(decided)),
+            (Err(e), _) => answer(replies, Err(e)),
         }
     }
     // Everything committed is flushed and answered before the meter reports it has stopped.
-    drop(sync_tx);
-    let _ = syncer.join();
+    if let Some(Syncer { tx, thread }) = syncer {
+        drop(tx);
+        let _ = thread.join();
+    }
 }
 
 /// Flushes the log under everything committed so far, then answers those batches. A flush that
-/// fails leaves the log's state on disk unknown, so every later call is refused (503) until the
-/// daemon restarts and SQLite recovers the log.
-fn run_syncer(rx: std::sync::mpsc::Receiver<Committed>) {
-    let mut failed: Option<String> = None;
+/// fails sets `failed` and answers 503 (see `Failure`).
+fn run_syncer(rx: std::sync::mpsc::Receiver<Committed>, failed: &Failure) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         group.extend(rx.try_iter());
-        if failed.is_none() {
+        if failed.get().is_none() {
             let mut synced: Vec<&WalFile> = Vec::new();
             for c in &group {
                 if synced.iter().any(|w| w.same(&c.wal)) {
@@ -214,17 +240,86 @@ fn run_syncer(rx: std::sync::mpsc::Receiver<Committed>) {
                 }
                 if let Err(e) = c.wal.sync() {
                     tracing::error!(error = %e, "flushing the SQLite log failed; verification is unavailable until restart");
-                    failed = Some(format!("flushing the store's log failed: {e}"));
+                    let _ = failed.set(format!("flushing the store's log failed: {e}"));
                     break;
                 }
                 synced.push(&c.wal);
             }
         }
         for c in group {
-            match &failed {
+            match failed.get() {
                 None => answer(c.replies, Ok(c.decided)),
-                Some(m) => answer(c.replies, Err(StoreError::Unavailable(m.clone()))),
+                Some(why) => answer(c.replies, Err(StoreError::Unavailable(why.clone()))),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::Outcome;
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    fn committed(wal: &WalFile) -> (Committed, oneshot::Receiver<Result<Decided, StoreError>>) {
+        let (reply, answer) = oneshot::channel();
+        let decided = Decided {
+            outcome: Outcome::Valid,
+            token: None,
+        };
+        let c = Committed {
+            wal: wal.clone(),
+            replies: vec![reply],
+            decided: vec![decided],
+        };
+        (c, answer)
+    }
+
+    #[test]
+    fn no_call_is_answered_before_its_log_is_flushed() {
+        let (flushed, flush) = channel::<()>();
+        let flush = std::sync::Mutex::new(flush);
+        // The flush returns only when the test lets it.
+        let wal = WalFile::fake(move || {
+            flush.lock().unwrap().recv().unwrap();
+            Ok(())
+        });
+        let s = Syncer::start(Failure::default()).unwrap();
+        let (c, mut answer) = committed(&wal);
+        s.tx.send(c).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(answer.try_recv().is_err(), "answered before the flush");
+        flushed.send(()).unwrap();
+        drop(s.tx);
+        s.thread.join().unwrap();
+        let got = answer.try_recv().unwrap().unwrap();
+        assert_eq!(got.outcome, Outcome::Valid);
+    }
+
+    #[test]
+    fn a_failed_flush_refuses_that_batch_and_every_later_one() {
+        let failed = Failure::default();
+        let wal = WalFile::fake(|| Err(std::io::Error::other("EIO")));
+        let good = WalFile::fake(|| Ok(()));
+        let s = Syncer::start(failed.clone()).unwrap();
+        let (first, a1) = committed(&wal);
+        s.tx.send(first).unwrap();
+        let a1 = a1.blocking_recv().unwrap();
+        assert!(
+            matches!(&a1, Err(StoreError::Unavailable(m)) if m.contains("EIO")),
+            "{a1:?}"
+        );
+        // A later batch on a log that flushes fine is refused too: the first log's state on
+        // disk is unknown.
+        let (second, a2) = committed(&good);
+        s.tx.send(second).unwrap();
+        assert!(matches!(
+            a2.blocking_recv().unwrap(),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(failed.get().unwrap().contains("EIO"));
+        drop(s.tx);
+        s.thread.join().unwrap();
     }
 }
