@@ -32,19 +32,17 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(s): State<AppState>) -> Result<Json<Health>, ApiError> {
+    let unavailable = || ApiError::new(Code::StoreUnavailable, "the token store is unavailable");
     if let Some(why) = s.meter.failure() {
         tracing::warn!(
             error = why,
             "readiness check failed: the meter refuses every call"
         );
-        return Err(ApiError::new(
-            Code::StoreUnavailable,
-            "the token store is unavailable",
-        ));
+        return Err(unavailable());
     }
     s.ctx.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
-        ApiError::new(Code::StoreUnavailable, "the token store is unavailable")
+        unavailable()
     })?;
     Ok(Json(Health {
         code: Code::Ok.number(),

@@ -56,7 +56,7 @@ impl TryFrom<AccountRow> for Account {
 #[derive(sqlx::FromRow)]
 pub(super) struct TokenAccountRow {
     #[sqlx(flatten)]
-    pub token: TokenRow,
+    token: TokenRow,
     a_id: String,
     a_name: String,
     a_status: String,
@@ -69,24 +69,20 @@ pub(super) struct TokenAccountRow {
 }
 
 impl TokenAccountRow {
-    /// The account's id.
-    pub fn a_id(&self) -> &str {
-        &self.a_id
-    }
-
-    /// The account's part.
-    pub fn account(&self) -> AccountRow {
-        AccountRow {
-            id: self.a_id.clone(),
-            name: self.a_name.clone(),
-            status: self.a_status.clone(),
+    /// The token's row and its account's.
+    pub fn into_parts(self) -> (TokenRow, AccountRow) {
+        let account = AccountRow {
+            id: self.a_id,
+            name: self.a_name,
+            status: self.a_status,
             max_tokens: self.a_max_tokens,
             monthly_quota: self.a_monthly_quota,
             quota_used: self.a_quota_used,
-            quota_period: self.a_quota_period.clone(),
+            quota_period: self.a_quota_period,
             created_at: self.a_created_at,
             updated_at: self.a_updated_at,
-        }
+        };
+        (self.token, account)
     }
 }
 

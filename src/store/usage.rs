@@ -527,11 +527,11 @@ async fn pg_batch(
         .fetch_all(&mut *tx)
         .await?
     {
-        if !state.accounts.contains_key(row.a_id()) {
-            let a = Account::try_from(row.account()).map_err(|e| sqlx::Error::Decode(e.into()))?;
-            state.accounts.insert(a.id.clone(), a);
-        }
-        let t = Token::try_from(row.token).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        // Each of an account's tokens brings the same copy of its row.
+        let (token, account) = row.into_parts();
+        let a = Account::try_from(account).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        state.accounts.insert(a.id.clone(), a);
+        let t = Token::try_from(token).map_err(|e| sqlx::Error::Decode(e.into()))?;
         state.tokens.insert(t.id.clone(), t);
     }
     if !jwt_keys.is_empty() {

@@ -282,6 +282,17 @@ impl WalFile {
     }
 }
 
+/// A connection to the existing database file (never creating one), owned by one thread, that
+/// waits up to the pool's 10 s for the write lock.
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(conn)
+}
+
 /// WAL pages after which the writer checkpoints by itself, when the checkpointer falls behind
 /// (16 MiB at 4 KiB pages; SQLite's default is 1000).
 const WRITER_CHECKPOINT_PAGES: i64 = 4000;
@@ -292,11 +303,7 @@ const WRITER_CHECKPOINT_PAGES: i64 = 4000;
 /// here it runs beside the writer (PASSIVE never blocks it). Once it has caught up, the writer's
 /// next transaction starts the WAL from the beginning, so the file stays small.
 fn spawn_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    let conn = connect(path)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
     std::thread::Builder::new()
@@ -316,11 +323,7 @@ impl UsageConn {
     /// Opens the database file (which the pool has created and migrated) in WAL mode, with its
     /// log (see `WalFile`: commits are made durable by the caller, through `wal()`).
     pub fn open(path: &Path) -> Result<UsageConn> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        let conn = connect(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // The log is flushed by the meter's sync thread before any answer (`WalFile`); a
         // checkpoint still flushes the log before copying it and the database after.
@@ -407,6 +410,8 @@ impl UsageConn {
             jwt_uses,
         } = plan(reqs, denials, state);
         {
+            let mut write = tx.prepare_cached(&TOKEN_WRITE)?;
+            let mut write_with_status = tx.prepare_cached(&TOKEN_WRITE_WITH_STATUS)?;
             for t in &tokens {
                 let head = [
                     t.id.clone().into(),
@@ -421,12 +426,10 @@ impl UsageConn {
                 ];
                 let values = with_counts(head, &t.today.counts);
                 if statuses.get(&t.id) == Some(&t.status) {
-                    tx.prepare_cached(&TOKEN_WRITE)?
-                        .execute(params_from_iter(values))?;
+                    write.execute(params_from_iter(values))?;
                 } else {
                     let status = Value::Text(t.status.as_str().to_string());
-                    tx.prepare_cached(&TOKEN_WRITE_WITH_STATUS)?
-                        .execute(params_from_iter(values.chain([status])))?;
+                    write_with_status.execute(params_from_iter(values.chain([status])))?;
                 }
             }
             let mut st = tx.prepare_cached(
