@@ -205,6 +205,11 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// The URL of the test's PostgreSQL database, when it runs on one.
+    pub fn pg_url(&self) -> Option<String> {
+        self._pg.as_ref().map(|p| p.url.clone())
+    }
+
     /// Stops the daemon the way SIGTERM does and waits until it has finished.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {

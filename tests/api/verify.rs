@@ -238,6 +238,50 @@ async fn concurrent_verifies_never_overspend(b: Backend) {
     assert_eq!(stored.calls_total, 50);
 }
 
+/// A usage batch on PostgreSQL that meets a row an operator is changing waits for the change and
+/// is decided on the changed row: the change is never overwritten by counters read before it.
+#[tokio::test]
+#[cfg_attr(
+    not(tw_pg_tests),
+    ignore = "PostgreSQL: set TOKENWARDEN_TEST_PG_URL to run"
+)]
+async fn a_row_changed_under_a_batch_is_never_overwritten() {
+    if !postgres_enabled("verify::a_row_changed_under_a_batch_is_never_overwritten") {
+        return;
+    }
+    let app = spawn_app(Backend::Postgres).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, t) = app
+        .token(&secret, json!({"name": "svc", "usage_limit": 10}))
+        .await;
+    assert_eq!(verify(&app, json!({"token": t})).await["remaining"], 9);
+    let pg = sqlx::PgPool::connect(&app.pg_url().unwrap()).await.unwrap();
+    let mut tx = pg.begin().await.unwrap();
+    sqlx::query("UPDATE tokens SET remaining = 7 WHERE id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let call = tokio::spawn({
+        let (client, url) = (app.client.clone(), app.url("/v1/verify"));
+        async move {
+            let r = client.post(url).json(&json!({"token": t})).send().await;
+            r.unwrap().json::<Value>().await.unwrap()
+        }
+    });
+    // The batch waits for the operator's lock.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!call.is_finished(), "the batch waits for the locked row");
+    tx.commit().await.unwrap();
+    let v = call.await.unwrap();
+    assert_eq!(
+        (v["result"].as_str(), v["remaining"].as_i64()),
+        (Some("VALID"), Some(6))
+    );
+    let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
+    assert_eq!((stored.remaining, stored.calls_total), (Some(6), 2));
+}
+
 async fn counters_from_an_earlier_month_count_as_zero(b: Backend) {
     let app = spawn_app(b).await;
     app.clock
