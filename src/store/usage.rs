@@ -522,7 +522,7 @@ async fn pg_batch(
     // Tokens, then their accounts, each in id order: the order every transaction that locks
     // both takes them in, so daemons sharing the database never deadlock on them.
     let lock = if flush { &*PG_LOCK } else { &*PG_LOCK_NO_FLUSH };
-    for row in sqlx::query_as::<_, TokenAccountRow>(sql(lock.clone()))
+    for row in sqlx::query_as::<_, TokenAccountRow>(lock.as_str())
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?

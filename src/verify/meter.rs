@@ -1,11 +1,11 @@
 //! The meter: consumes verified calls with group commit. Concurrent requests queue here; one
 //! writer task takes everything waiting (up to a batch limit), consumes it in one transaction
 //! and answers each request only after that transaction is committed and (with the default
-//! `durability = "power-loss"`) flushed to disk. Under load a batch
-//! fills while the previous one commits, so one fsync serves many calls. On SQLite the writer
-//! is a blocking thread with a connection of its own (no per-statement thread hop), and a second
-//! thread flushes the log and answers, so the next batch is written while the last one's flush
-//! is in flight; on PostgreSQL it is a task using the pool.
+//! `durability = "power-loss"`) flushed to disk. Under load a batch fills while the previous one
+//! commits, so one fsync serves many calls. On SQLite the writer is a blocking thread with a
+//! connection of its own (no per-statement thread hop), and a second thread flushes the log and
+//! answers, so the next batch is written while the last one's flush is in flight; on PostgreSQL
+//! it is a task using the pool.
 
 use crate::config::Durability;
 use crate::store::usage_sqlite::{UsageConn, WalFile};
