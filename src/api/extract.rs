@@ -179,37 +179,51 @@ pub fn presented_credential(parts: &Parts) -> Option<String> {
 }
 
 /// The end client's address: the peer, unless the peer is a trusted proxy, in which case the
-/// nearest untrusted address of `X-Forwarded-For` (or `X-Real-IP`).
+/// nearest untrusted address of `X-Forwarded-For` (or `X-Real-IP`). A hop that is not an
+/// address (`unknown`, an obfuscated name) ends the walk: the client is then unknown and gets
+/// the unspecified address, which no allowed-IP list names short of allowing everything.
 pub fn client_ip(
     peer: std::net::IpAddr,
     headers: &axum::http::HeaderMap,
     trusted: &[ipnet::IpNet],
 ) -> std::net::IpAddr {
-    if !crate::domain::net::allows_nonempty(trusted, peer) {
+    use crate::domain::net::allows_nonempty;
+    if !allows_nonempty(trusted, peer) {
         return peer;
     }
     if let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        let hops: Vec<std::net::IpAddr> = xff
-            .split(',')
-            .filter_map(|h| h.trim().parse().ok())
-            .collect();
+        let hops: Vec<&str> = xff.split(',').map(str::trim).collect();
         // Walk from the nearest hop; the first one we do not trust is the client.
-        if let Some(ip) = hops
-            .iter()
-            .rev()
-            .find(|ip| !crate::domain::net::allows_nonempty(trusted, **ip))
-        {
-            return *ip;
+        for hop in hops.iter().rev() {
+            match hop_address(hop) {
+                Some(ip) if allows_nonempty(trusted, ip) => continue,
+                Some(ip) => return ip,
+                None => return std::net::Ipv4Addr::UNSPECIFIED.into(),
+            }
         }
-        if let Some(first) = hops.first() {
-            return *first;
+        // Every hop is a trusted proxy: the farthest one is the client.
+        if let Some(first) = hops.first().and_then(|h| hop_address(h)) {
+            return first;
         }
     }
     headers
         .get("x-real-ip")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| hop_address(v.trim()))
         .unwrap_or(peer)
+}
+
+/// One `X-Forwarded-For` entry: an address, possibly with a port (`203.0.113.9:5555`,
+/// `[2001:db8::1]:443`) or in brackets (`[2001:db8::1]`), as some proxies write them.
+fn hop_address(hop: &str) -> Option<std::net::IpAddr> {
+    hop.parse()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            hop.strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .and_then(|h| h.parse().ok())
+        })
 }
 
 /// Who is calling, checked against the store.

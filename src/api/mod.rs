@@ -65,7 +65,7 @@ impl Modify for CredentialScheme {
 
 /// The routes and their OpenAPI document.
 pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(accounts::create, accounts::list))
         .routes(routes!(accounts::show, accounts::update))
         .routes(routes!(accounts::reset_secret))
@@ -87,7 +87,21 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::openapi))
         .routes(routes!(ops::metrics))
-        .split_for_parts()
+        .split_for_parts();
+    // Envoy's ext_authz HTTP service sends the original method, and the original path after
+    // `/v1/auth` (`path_prefix`); GET is routed above.
+    use axum::routing::{any, post};
+    let router = router
+        .route(
+            "/v1/auth",
+            post(verify::forward_auth)
+                .put(verify::forward_auth)
+                .patch(verify::forward_auth)
+                .delete(verify::forward_auth)
+                .options(verify::forward_auth),
+        )
+        .route("/v1/auth/{*path}", any(verify::forward_auth_path));
+    (router, doc)
 }
 
 /// The complete service.

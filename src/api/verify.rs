@@ -126,7 +126,7 @@ async fn measured(
 
 /// The token of a forwarded request: `Authorization: Bearer|APIKey <t>`, HTTP Basic (the
 /// password, or the user name when the password is empty), or `Token=` in the original URI.
-pub fn forwarded_token(headers: &HeaderMap) -> Option<String> {
+pub fn forwarded_token(headers: &HeaderMap, original: Option<&str>) -> Option<String> {
     if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         if let Some((scheme, rest)) = v.trim().split_once(' ') {
             let rest = rest.trim();
@@ -144,20 +144,44 @@ pub fn forwarded_token(headers: &HeaderMap) -> Option<String> {
             }
         }
     }
-    let uri = original_uri(headers)?;
-    let query = uri.split_once('?')?.1;
+    let query = original?.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or("");
     url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "Token")
         .map(|(_, v)| v.into_owned())
 }
 
-fn original_uri(headers: &HeaderMap) -> Option<String> {
-    ["x-original-uri", "x-forwarded-uri"].iter().find_map(|h| {
+/// The original request's URI as the proxy forwarded it: `X-Original-URI` (nginx) or
+/// `X-Forwarded-Uri` (Traefik). Proxies pass a client's own headers on, so when both are
+/// present and differ, one of them is the client's and neither can be believed.
+fn original_uri(headers: &HeaderMap) -> Result<Option<String>, crate::domain::ParseError> {
+    let get = |h: &str| {
         headers
-            .get(*h)
+            .get(h)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
-    })
+    };
+    match (get("x-original-uri"), get("x-forwarded-uri")) {
+        (Some(a), Some(b)) if a != b => Err(crate::domain::ParseError::new(
+            "X-Original-URI",
+            "differs from X-Forwarded-Uri, so one of them came from the client: have the proxy \
+             set one and clear the other",
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// The path of an original request URI as the protected service will resolve it: dot segments
+/// (`/convert/../admin`, also percent-encoded) removed, so a scope cannot be met by a path that
+/// leads elsewhere.
+fn normalized_path(uri: &str) -> String {
+    let path = uri.split(['?', '#']).next().unwrap_or("");
+    if !path.starts_with('/') {
+        return path.to_string();
+    }
+    url::Url::parse(&format!("http://host{path}"))
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|_| path.to_string())
 }
 
 fn header(name: &'static str, v: &str) -> Option<(HeaderName, HeaderValue)> {
@@ -167,8 +191,10 @@ fn header(name: &'static str, v: &str) -> Option<(HeaderName, HeaderValue)> {
 }
 
 /// Forward auth: 200 with identity headers when the forwarded request may proceed, else 401,
-/// 403 or 429 with the outcome. The call checked against scopes is `X-Tokenwarden-Call`, or
-/// else the original URI's path; the cost is `X-Tokenwarden-Cost` (default 1).
+/// 403 or 429 with the outcome. The call checked against scopes is the original URI's path
+/// (dot segments resolved), or `X-Tokenwarden-Call` when `server.trust_call_header` is on; the
+/// cost is `X-Tokenwarden-Cost` (default 1). Any method is answered, so is a path after
+/// `/v1/auth` (Envoy ext_authz); the OpenAPI document shows the plain GET.
 #[utoipa::path(get, path = "/v1/auth", tag = "verification",
     responses((status = 200, description = "valid; identity in X-Tokenwarden-* headers"),
               (status = 401, body = VerifyAnswer), (status = 403, body = VerifyAnswer),
@@ -178,13 +204,37 @@ pub async fn forward_auth(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let ip = super::extract::client_ip(peer.ip(), &headers, &s.ctx.config.trusted_proxies);
-    let call = headers
+    let original = original_uri(&headers)?;
+    forwarded(&s, peer, &headers, original).await
+}
+
+/// Forward auth with the original request's path and query after `/v1/auth`, for any method:
+/// Envoy's ext_authz HTTP service (`path_prefix: /v1/auth`) sends the original method and URI
+/// that way. The path is the proxy's, so it is believed before any URI header.
+pub async fn forward_auth_path(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let pq = uri.path_and_query().map_or("", |p| p.as_str());
+    let original = pq.strip_prefix("/v1/auth").unwrap_or(pq).to_string();
+    forwarded(&s, peer, &headers, Some(original)).await
+}
+
+/// The check behind both forward-auth routes; `original` is the original request's URI.
+async fn forwarded(
+    s: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    original: Option<String>,
+) -> Result<Response, ApiError> {
+    let ip = super::extract::client_ip(peer.ip(), headers, &s.ctx.config.trusted_proxies);
+    let named = headers
         .get("x-tokenwarden-call")
+        .filter(|_| s.ctx.config.trust_call_header)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| original_uri(&headers).map(|u| u.split('?').next().unwrap_or("").to_string()))
-        .filter(|c| !c.is_empty());
+        .map(str::to_string);
     let cost = match headers
         .get("x-tokenwarden-cost")
         .and_then(|v| v.to_str().ok())
@@ -194,17 +244,27 @@ pub async fn forward_auth(
         })?),
         None => None,
     };
-    let check = Check::parse(call, None, cost).map_err(|mut e| {
-        if e.field == "cost" {
-            e.field = "X-Tokenwarden-Cost".into();
+    let check = Check::parse(named.clone(), None, cost).map_err(|mut e| {
+        e.field = match e.field.as_str() {
+            "cost" => "X-Tokenwarden-Cost",
+            _ => "X-Tokenwarden-Call",
         }
+        .into();
         e
     })?;
+    // A path taken from the URI has no length limit of its own: the proxy accepted it.
+    let call = named.or_else(|| {
+        original
+            .as_deref()
+            .map(normalized_path)
+            .filter(|c| !c.is_empty())
+    });
     let check = Check {
+        call,
         client_ip: Some(ip),
         ..check
     };
-    let verdict = match forwarded_token(&headers) {
+    let verdict = match forwarded_token(headers, original.as_deref()) {
         Some(t) => measured(service::verify(&s.ctx, &s.meter, &t, &check)).await?,
         None => Verdict::bare(Outcome::Malformed, s.ctx.clock.now()),
     };

@@ -68,6 +68,8 @@ pub struct RawServer {
     pub listen: String,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<String>,
+    /// Whether forward auth takes the call from `X-Tokenwarden-Call`.
+    pub trust_call_header: bool,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
     /// PEM certificate chain for TLS on the admin port; empty = plain HTTP.
@@ -157,6 +159,7 @@ impl Default for RawServer {
         Self {
             listen: "127.0.0.1:8470".into(),
             trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            trust_call_header: false,
             body_limit_bytes: 64 * 1024,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
@@ -258,6 +261,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Trusted proxies.
     pub trusted_proxies: Vec<IpNet>,
+    /// Forward auth takes the call from `X-Tokenwarden-Call` (the proxy sets or clears it).
+    pub trust_call_header: bool,
     /// Request body limit in bytes.
     pub body_limit_bytes: usize,
     /// TLS certificate and key files for the admin port.
@@ -615,6 +620,7 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             data_dir: raw.data_dir.clone(),
             listen,
             trusted_proxies,
+            trust_call_header: raw.server.trust_call_header,
             body_limit_bytes: raw.server.body_limit_bytes,
             tls,
             header_timeout: std::time::Duration::from_secs(raw.server.header_timeout_seconds),

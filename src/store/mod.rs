@@ -56,12 +56,68 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::Conflict(db.constraint().unwrap_or("unique key").to_string())
             }
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    let postgres = db
+                        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                        .is_some();
+                    unavailable_code(&c, postgres)
+                }) =>
+            {
+                StoreError::Unavailable(e.to_string())
+            }
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
             _ => StoreError::Other(e.to_string()),
+        }
+    }
+}
+
+/// Whether a database error code says the database cannot serve now (busy, locked, out of
+/// space, shutting down, out of connections) rather than that the statement or data is wrong.
+/// PostgreSQL reports a SQLSTATE, SQLite its (extended) result code as a number.
+fn unavailable_code(code: &str, postgres: bool) -> bool {
+    if postgres {
+        // Connection exception, insufficient resources, operator intervention (shutdown,
+        // cannot connect now).
+        return code.starts_with("08") || code.starts_with("53") || code.starts_with("57P");
+    }
+    // SQLITE_BUSY, _LOCKED, _IOERR, _FULL, _CANTOPEN (the low byte of an extended code).
+    code.parse::<i32>()
+        .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 10 | 13 | 14))
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::unavailable_code;
+
+    #[test]
+    fn busy_locked_and_shutting_down_databases_are_unavailable_not_broken() {
+        for (code, postgres) in [
+            ("5", false),
+            ("517", false),
+            ("6", false),
+            ("14", false),
+            ("57P01", true),
+            ("57P03", true),
+            ("08006", true),
+            ("53300", true),
+        ] {
+            assert!(unavailable_code(code, postgres), "{code}");
+        }
+        for (code, postgres) in [
+            ("19", false),
+            ("2067", false),
+            ("1", false),
+            ("23505", true),
+            ("42P01", true),
+            ("22012", true),
+            ("40001", true),
+        ] {
+            assert!(!unavailable_code(code, postgres), "{code}");
         }
     }
 }

@@ -774,9 +774,8 @@ mod tests {
             token_id: id.into(),
             secret_hash: Some(vec![hash; 32]),
             check: Check {
-                call: None,
-                client_ip: None,
                 cost: 1,
+                ..Check::default()
             },
             now,
             jwt: None,

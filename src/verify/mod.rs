@@ -126,6 +126,8 @@ pub struct Check {
     pub client_ip: Option<IpAddr>,
     /// Uses this call consumes.
     pub cost: i64,
+    /// The address a JWT is bound to (its `UserIp`): the call must come from it.
+    pub bound_ip: Option<IpAddr>,
 }
 
 impl Check {
@@ -156,6 +158,7 @@ impl Check {
             call,
             client_ip,
             cost,
+            bound_ip: None,
         })
     }
 }
@@ -209,6 +212,12 @@ pub fn decide(token: &Token, account: &AccountState, check: &Check, now: DateTim
     if !token.allows_ip(check.client_ip) {
         return Outcome::IpNotAllowed;
     }
+    if let Some(bound) = check.bound_ip {
+        // `::ffff:a.b.c.d` is the IPv4 client a.b.c.d, as in the allowed-IP check.
+        if check.client_ip.map(|ip| ip.to_canonical()) != Some(bound.to_canonical()) {
+            return Outcome::IpNotAllowed;
+        }
+    }
     if !token.allows_call(check.call.as_deref()) {
         return Outcome::ScopeDenied;
     }
@@ -251,10 +260,34 @@ mod tests {
 
     fn check() -> Check {
         Check {
-            call: None,
-            client_ip: None,
             cost: 1,
+            ..Check::default()
         }
+    }
+
+    #[test]
+    fn a_jwt_bound_to_an_address_is_refused_elsewhere_after_the_token_checks() {
+        let mut t = token();
+        let a = account();
+        let mut c = check();
+        c.bound_ip = Some("10.0.0.1".parse().unwrap());
+        // Revoked, expired and inactive are told before the JWT's address.
+        t.status = TokenStatus::Revoked;
+        assert_eq!(decide(&t, &a, &c, now()), Outcome::Revoked);
+        t.status = TokenStatus::Active;
+        assert_eq!(
+            decide(&t, &a, &c, now()),
+            Outcome::IpNotAllowed,
+            "no client IP"
+        );
+        c.client_ip = Some("10.0.0.2".parse().unwrap());
+        assert_eq!(decide(&t, &a, &c, now()), Outcome::IpNotAllowed);
+        c.client_ip = Some("::ffff:10.0.0.1".parse().unwrap());
+        assert_eq!(decide(&t, &a, &c, now()), Outcome::Valid, "IPv4-mapped");
+        // Before the scope check.
+        t.scopes = vec!["convert:*".into()];
+        c.client_ip = Some("10.0.0.2".parse().unwrap());
+        assert_eq!(decide(&t, &a, &c, now()), Outcome::IpNotAllowed);
     }
 
     #[test]

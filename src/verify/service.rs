@@ -85,22 +85,26 @@ async fn verify_jwt(
     let claims = match signature_check(ctx, &token, presented, now) {
         Ok(c) => c,
         // A known signer: count the refusal against it.
-        Err(_) if token.jwt_enabled => {
-            return Ok(refuse(meter, token, Outcome::BadJwt, now, false))
-        }
+        Err(_) if token.jwt_enabled => return Ok(refuse_bad_jwt(meter, &token, now)),
         Err(_) => return Ok(Verdict::bare(Outcome::BadJwt, now)),
     };
-    if !claims.user_ip.is_empty() {
-        let bound: Option<IpAddr> = claims.user_ip.parse().ok();
-        if check.client_ip.is_none() || check.client_ip != bound {
-            return Ok(refuse(meter, token, Outcome::IpNotAllowed, now, true));
-        }
-    }
+    // The address is checked in the batch, after revoked, expired and inactive account.
+    let bound_ip = match claims.user_ip.trim() {
+        "" => None,
+        ip => match ip.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            // Signed, but not an address: a malformed JWT.
+            Err(_) => return Ok(refuse_bad_jwt(meter, &token, now)),
+        },
+    };
     let decided = meter
         .consume(Consume {
             token_id: token.id.clone(),
             secret_hash: None,
-            check: check.clone(),
+            check: Check {
+                bound_ip,
+                ..check.clone()
+            },
             now,
             jwt: Some(JwtUse {
                 jwt_id: claims.id,
@@ -116,26 +120,16 @@ async fn verify_jwt(
     })
 }
 
-/// A refusal decided before the batch, counted in the statistics with the next one; `identify`
-/// says whether the answer may name the token.
-fn refuse(
-    meter: &Meter,
-    token: Token,
-    outcome: Outcome,
-    now: DateTime<Utc>,
-    identify: bool,
-) -> Verdict {
+/// A bad JWT of a known signer, refused before the batch and counted in the statistics with the
+/// next one. The answer does not name the token: the JWT's signature or claims are not good.
+fn refuse_bad_jwt(meter: &Meter, token: &Token, now: DateTime<Utc>) -> Verdict {
     meter.record_denial(Denial {
         token_id: token.id.clone(),
         account_id: token.account_id.clone(),
-        outcome,
+        outcome: Outcome::BadJwt,
         at: now,
     });
-    Verdict {
-        outcome,
-        token: identify.then_some(token),
-        at: now,
-    }
+    Verdict::bare(Outcome::BadJwt, now)
 }
 
 /// Opens the signer's sealed secret and checks the JWT with it.

@@ -16,6 +16,7 @@ both_backends!(
     bad_jwts_are_refused,
     minted_jwts_work_and_minting_checks_its_input,
     regeneration_retires_jwts_signed_with_the_old_secret,
+    a_jwts_address_is_checked_after_the_tokens_state,
 );
 
 fn b64(b: &[u8]) -> String {
@@ -237,5 +238,42 @@ async fn regeneration_retires_jwts_signed_with_the_old_secret(b: Backend) {
     assert_eq!(
         verify(&app, json!({"token": sign(&claims(&id, 1, 60, ""), &new)})).await["result"],
         "VALID"
+    );
+}
+
+async fn a_jwts_address_is_checked_after_the_tokens_state(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, t) = app
+        .token(
+            &secret,
+            json!({"name": "spa", "jwt": true, "usage_limit": 10}),
+        )
+        .await;
+    let bound = sign(&claims(&id, 5, 60, "10.0.0.1"), &t);
+    let from = |ip: &str| json!({"token": bound, "client_ip": ip});
+    // The same IPv4 client written as an IPv4-mapped IPv6 address.
+    assert_eq!(
+        verify(&app, from("::ffff:10.0.0.1")).await["result"],
+        "VALID"
+    );
+    let v = verify(&app, from("10.0.0.2")).await;
+    assert_eq!(
+        (v["result"].as_str(), v["code"].as_u64()),
+        (Some("IP_NOT_ALLOWED"), Some(4032))
+    );
+    // A UserIp that is not an address makes the JWT malformed.
+    let odd = sign(&claims(&id, 5, 60, "office"), &t);
+    let v = verify(&app, json!({"token": odd, "client_ip": "10.0.0.1"})).await;
+    assert_eq!(v["result"], "BAD_JWT");
+    // Once the signer is revoked, that is what every caller hears, wherever it calls from.
+    let (s, v) = app.delete(&format!("/v1/tokens/{id}"), &secret).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = verify(&app, from("10.0.0.2")).await;
+    assert_eq!(v["result"], "REVOKED", "{v}");
+    assert_eq!(
+        app.ctx.store.token(&id).await.unwrap().unwrap().remaining,
+        Some(9),
+        "only the first call was counted"
     );
 }

@@ -16,6 +16,8 @@ both_backends!(
     an_unreachable_store_never_answers_valid,
     forward_auth_reads_every_token_form,
     forward_auth_trusts_forwarded_for_only_from_proxies,
+    forward_auth_checks_the_path_the_upstream_will_serve,
+    forward_auth_answers_envoy_ext_authz_requests,
     statistics_per_token_and_day_as_csv,
 );
 
@@ -493,6 +495,17 @@ async fn forward_auth_trusts_forwarded_for_only_from_proxies(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // Hops written with a port are addresses too; a hop that is not an address ends the walk
+    // (the client is unknown) instead of being skipped to reach one the client wrote.
+    for (xff, status) in [
+        ("198.51.100.1, 203.0.113.7:443", 200),
+        ("203.0.113.7, 198.51.100.1:5555", 403),
+        ("203.0.113.7, [2001:db8::1]:443", 403),
+        ("203.0.113.7, unknown", 403),
+        ("203.0.113.7, _hidden", 403),
+    ] {
+        assert_eq!(call(xff).send().await.unwrap().status(), status, "{xff}");
+    }
 
     // With no trusted proxies, forwarded headers are ignored and the peer (127.0.0.1) counts.
     let app = spawn_app_with(b, |c| c.trusted_proxies.clear()).await;
@@ -527,6 +540,144 @@ async fn forward_auth_trusts_forwarded_for_only_from_proxies(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+async fn forward_auth_checks_the_path_the_upstream_will_serve(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, t) = app
+        .token(
+            &secret,
+            json!({"name": "svc", "usage_limit": 10, "scopes": ["/convert/*"]}),
+        )
+        .await;
+    let auth = |uri: &str| {
+        app.client
+            .get(app.url("/v1/auth"))
+            .bearer_auth(&t)
+            .header("X-Original-URI", uri)
+    };
+    for (uri, status) in [
+        ("/convert/../admin", 403),
+        ("/convert/%2e%2e/admin?x=1", 403),
+        ("/convert/.%2E/admin", 403),
+        ("/convert/./pdf", 200),
+    ] {
+        let r = auth(uri).send().await.unwrap();
+        assert_eq!(r.status(), status, "{uri}");
+    }
+    // A path longer than a JSON `call` may be is still checked, not refused as bad input.
+    let long = format!("/convert/{}", "a".repeat(400));
+    assert_eq!(auth(&long).send().await.unwrap().status(), 200);
+    // X-Tokenwarden-Call is the client's own unless the operator says the proxy sets it.
+    let r = auth("/admin")
+        .header("X-Tokenwarden-Call", "/convert/x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-tokenwarden-result"], "SCOPE_DENIED");
+    // Two URI headers that disagree: one came from the client. Refused, nothing spent.
+    let r = auth("/convert/x")
+        .header("X-Forwarded-Uri", "/admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["field"], "X-Original-URI", "{body}");
+    let r = auth("/convert/x")
+        .header("X-Forwarded-Uri", "/convert/x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the same URI twice is fine");
+    let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
+    assert_eq!(stored.remaining, Some(7), "three VALID, nothing else spent");
+
+    // With the proxy trusted to set it, X-Tokenwarden-Call names the call.
+    let app = spawn_app_with(b, |c| c.trust_call_header = true).await;
+    let (_, secret) = app.account("acme").await;
+    let (_, t) = app
+        .token(&secret, json!({"name": "svc", "scopes": ["convert:*"]}))
+        .await;
+    let r = app
+        .client
+        .get(app.url("/v1/auth"))
+        .bearer_auth(&t)
+        .header("X-Original-URI", "/api/v2/convert")
+        .header("X-Tokenwarden-Call", "convert:pdf")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .client
+        .get(app.url("/v1/auth"))
+        .bearer_auth(&t)
+        .header("X-Tokenwarden-Call", &"x".repeat(300))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["field"], "X-Tokenwarden-Call", "{body}");
+}
+
+async fn forward_auth_answers_envoy_ext_authz_requests(b: Backend) {
+    // Envoy's HTTP ext_authz with `path_prefix: /v1/auth` sends the original method and the
+    // original path and query after the prefix.
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, t) = app
+        .token(
+            &secret,
+            json!({"name": "svc", "usage_limit": 10, "scopes": ["/convert/*"]}),
+        )
+        .await;
+    let send =
+        |method: Method, path: &str| app.client.request(method, app.url(path)).bearer_auth(&t);
+    let r = send(Method::POST, "/v1/auth/convert/pdf")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tokenwarden-token-id"], id.as_str());
+    let r = send(Method::DELETE, "/v1/auth/admin/users/7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-tokenwarden-result"], "SCOPE_DENIED");
+    // The proxy's path is believed before a URI header the client could have sent.
+    let r = send(Method::GET, "/v1/auth/admin")
+        .header("X-Original-URI", "/convert/x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = send(Method::PATCH, "/v1/auth/convert/../admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The token in the original query.
+    let r = app
+        .client
+        .get(app.url(&format!("/v1/auth/convert/doc?Token={t}&page=2")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Plain /v1/auth with another method, the URI in a header.
+    let r = send(Method::PUT, "/v1/auth")
+        .header("X-Original-URI", "/convert/x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
+    assert_eq!(stored.remaining, Some(7));
 }
 
 async fn statistics_per_token_and_day_as_csv(b: Backend) {
