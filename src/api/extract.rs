@@ -180,37 +180,40 @@ pub fn presented_credential(parts: &Parts) -> Option<String> {
 
 /// The end client's address: the peer, unless the peer is a trusted proxy, in which case the
 /// nearest untrusted address of `X-Forwarded-For` (or `X-Real-IP`). A hop that is not an
-/// address (`unknown`, an obfuscated name) ends the walk: the client is then unknown and gets
-/// the unspecified address, which no allowed-IP list names short of allowing everything.
+/// address (`unknown`, an obfuscated name) ends the walk: the client is then unknown (`None`),
+/// which no allowed-IP list admits.
 pub fn client_ip(
     peer: std::net::IpAddr,
     headers: &axum::http::HeaderMap,
     trusted: &[ipnet::IpNet],
-) -> std::net::IpAddr {
+) -> Option<std::net::IpAddr> {
     use crate::domain::net::allows_nonempty;
     if !allows_nonempty(trusted, peer) {
-        return peer;
+        return Some(peer);
     }
     if let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        let hops: Vec<&str> = xff.split(',').map(str::trim).collect();
+        let hops: Vec<&str> = xff
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .collect();
         // Walk from the nearest hop; the first one we do not trust is the client.
         for hop in hops.iter().rev() {
             match hop_address(hop) {
                 Some(ip) if allows_nonempty(trusted, ip) => continue,
-                Some(ip) => return ip,
-                None => return std::net::Ipv4Addr::UNSPECIFIED.into(),
+                found => return found,
             }
         }
         // Every hop is a trusted proxy: the farthest one is the client.
-        if let Some(first) = hops.first().and_then(|h| hop_address(h)) {
-            return first;
+        if let Some(first) = hops.first() {
+            return hop_address(first);
         }
     }
     headers
         .get("x-real-ip")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| hop_address(v.trim()))
-        .unwrap_or(peer)
+        .or(Some(peer))
 }
 
 /// One `X-Forwarded-For` entry: an address, possibly with a port (`203.0.113.9:5555`,
@@ -237,7 +240,7 @@ impl FromRequestParts<AppState> for Auth {
         let ip = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|ci| client_ip(ci.0.ip(), &parts.headers, &state.ctx.config.trusted_proxies));
+            .and_then(|ci| client_ip(ci.0.ip(), &parts.headers, &state.ctx.config.trusted_proxies));
         let p = admin::authenticate(&state.ctx, &c, ip).await?;
         let span = tracing::Span::current();
         span.record("principal", tracing::field::display(p.label()));

@@ -90,16 +90,13 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts();
     // Envoy's ext_authz HTTP service sends the original method, and the original path after
     // `/v1/auth` (`path_prefix`); GET is routed above.
-    use axum::routing::{any, post};
+    use axum::routing::{any, MethodRouter};
     let router = router
         .route(
             "/v1/auth",
-            post(verify::forward_auth)
-                .put(verify::forward_auth)
-                .patch(verify::forward_auth)
-                .delete(verify::forward_auth)
-                .options(verify::forward_auth),
+            MethodRouter::new().fallback(verify::forward_auth),
         )
+        .route("/v1/auth/", any(verify::forward_auth_path))
         .route("/v1/auth/{*path}", any(verify::forward_auth_path));
     (router, doc)
 }

@@ -153,35 +153,63 @@ pub fn forwarded_token(headers: &HeaderMap, original: Option<&str>) -> Option<St
 
 /// The original request's URI as the proxy forwarded it: `X-Original-URI` (nginx) or
 /// `X-Forwarded-Uri` (Traefik). Proxies pass a client's own headers on, so when both are
-/// present and differ, one of them is the client's and neither can be believed.
+/// present and differ (byte for byte), one of them is the client's and neither is believed.
 fn original_uri(headers: &HeaderMap) -> Result<Option<String>, crate::domain::ParseError> {
-    let get = |h: &str| {
-        headers
-            .get(h)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+    let get = |h: &str| headers.get(h).map(HeaderValue::as_bytes);
+    let uri = match (get("x-original-uri"), get("x-forwarded-uri")) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(crate::domain::ParseError::new(
+                "X-Original-URI",
+                "differs from X-Forwarded-Uri, so one of them came from the client: have the \
+                 proxy set one and clear the other",
+            ))
+        }
+        (a, b) => a.or(b),
     };
-    match (get("x-original-uri"), get("x-forwarded-uri")) {
-        (Some(a), Some(b)) if a != b => Err(crate::domain::ParseError::new(
-            "X-Original-URI",
-            "differs from X-Forwarded-Uri, so one of them came from the client: have the proxy \
-             set one and clear the other",
-        )),
-        (a, b) => Ok(a.or(b)),
-    }
+    // A raw byte above 0x7F (nginx passes them through) cannot be in a scope; keep the rest.
+    Ok(uri.map(|u| String::from_utf8_lossy(u).into_owned()))
 }
 
-/// The path of an original request URI as the protected service will resolve it: dot segments
-/// (`/convert/../admin`, also percent-encoded) removed, so a scope cannot be met by a path that
-/// leads elsewhere.
-fn normalized_path(uri: &str) -> String {
+/// The call of an original request URI, as two readings of its path that the token's scopes
+/// must both allow: the path with dot segments resolved (`/convert/../admin` and its
+/// `%2e%2e` form are `/admin`), and the path as a server that decodes every escape (`%2F`
+/// included), takes `\` for `/` and drops `;parameters` from segments reads it
+/// (`/convert/..%2fadmin` and `/convert/..;/admin` are `/admin` to some upstreams).
+fn call_of(uri: &str) -> (String, Option<String>) {
     let path = uri.split(['?', '#']).next().unwrap_or("");
     if !path.starts_with('/') {
-        return path.to_string();
+        return (path.to_string(), None);
     }
-    url::Url::parse(&format!("http://host{path}"))
+    let resolved = url::Url::parse(&format!("http://host{path}"))
         .map(|u| u.path().to_string())
-        .unwrap_or_else(|_| path.to_string())
+        .unwrap_or_else(|_| path.to_string());
+    let decoded = decoded_path(&resolved);
+    let other = (decoded != resolved).then_some(decoded);
+    (resolved, other)
+}
+
+/// `path` as read by a server that decodes escapes, takes `\` for `/`, drops `;parameters`,
+/// collapses empty segments and resolves dot segments.
+fn decoded_path(path: &str) -> String {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in decoded.split(['/', '\\']) {
+        let segment = segment.split(';').next().unwrap_or("");
+        trailing_slash = matches!(segment, "" | "." | "..");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = format!("/{}", segments.join("/"));
+    if trailing_slash && !segments.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 fn header(name: &'static str, v: &str) -> Option<(HeaderName, HeaderValue)> {
@@ -253,15 +281,15 @@ async fn forwarded(
         e
     })?;
     // A path taken from the URI has no length limit of its own: the proxy accepted it.
-    let call = named.or_else(|| {
-        original
-            .as_deref()
-            .map(normalized_path)
-            .filter(|c| !c.is_empty())
-    });
+    let (call, call_decoded) = match (named, original.as_deref().map(call_of)) {
+        (Some(named), _) => (Some(named), None),
+        (None, Some((path, other))) if !path.is_empty() => (Some(path), other),
+        (None, _) => (None, None),
+    };
     let check = Check {
         call,
-        client_ip: Some(ip),
+        call_decoded,
+        client_ip: ip,
         ..check
     };
     let verdict = match forwarded_token(headers, original.as_deref()) {

@@ -128,6 +128,9 @@ pub struct Check {
     pub cost: i64,
     /// The address a JWT is bound to (its `UserIp`): the call must come from it.
     pub bound_ip: Option<IpAddr>,
+    /// Another reading of `call` (a forwarded path as a server that decodes `%2F` reads it),
+    /// which the scopes must allow too.
+    pub call_decoded: Option<String>,
 }
 
 impl Check {
@@ -159,6 +162,7 @@ impl Check {
             client_ip,
             cost,
             bound_ip: None,
+            call_decoded: None,
         })
     }
 }
@@ -218,7 +222,11 @@ pub fn decide(token: &Token, account: &AccountState, check: &Check, now: DateTim
             return Outcome::IpNotAllowed;
         }
     }
-    if !token.allows_call(check.call.as_deref()) {
+    let other_reading_denied = check
+        .call_decoded
+        .as_deref()
+        .is_some_and(|c| !token.allows_call(Some(c)));
+    if !token.allows_call(check.call.as_deref()) || other_reading_denied {
         return Outcome::ScopeDenied;
     }
     if let Some(q) = account.monthly_quota {

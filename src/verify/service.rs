@@ -88,15 +88,9 @@ async fn verify_jwt(
         Err(_) if token.jwt_enabled => return Ok(refuse_bad_jwt(meter, &token, now)),
         Err(_) => return Ok(Verdict::bare(Outcome::BadJwt, now)),
     };
-    // The address is checked in the batch, after revoked, expired and inactive account.
-    let bound_ip = match claims.user_ip.trim() {
-        "" => None,
-        ip => match ip.parse::<IpAddr>() {
-            Ok(ip) => Some(ip),
-            // Signed, but not an address: a malformed JWT.
-            Err(_) => return Ok(refuse_bad_jwt(meter, &token, now)),
-        },
-    };
+    // The address is checked in the batch, after revoked, expired and inactive account
+    // (`jwt::check` refused a UserIp that is not an address).
+    let bound_ip = claims.user_ip.trim().parse::<IpAddr>().ok();
     let decided = meter
         .consume(Consume {
             token_id: token.id.clone(),
