@@ -272,7 +272,7 @@ async fn forwarded(
         })?),
         None => None,
     };
-    let check = Check::parse(named.clone(), None, cost).map_err(|mut e| {
+    let parsed = Check::parse(named, None, cost).map_err(|mut e| {
         e.field = match e.field.as_str() {
             "cost" => "X-Tokenwarden-Cost",
             _ => "X-Tokenwarden-Call",
@@ -281,7 +281,7 @@ async fn forwarded(
         e
     })?;
     // A path taken from the URI has no length limit of its own: the proxy accepted it.
-    let (call, call_decoded) = match (named, original.as_deref().map(call_of)) {
+    let (call, call_decoded) = match (parsed.call, original.as_deref().map(call_of)) {
         (Some(named), _) => (Some(named), None),
         (None, Some((path, other))) if !path.is_empty() => (Some(path), other),
         (None, _) => (None, None),
@@ -290,7 +290,8 @@ async fn forwarded(
         call,
         call_decoded,
         client_ip: ip,
-        ..check
+        cost: parsed.cost,
+        bound_ip: None,
     };
     let verdict = match forwarded_token(headers, original.as_deref()) {
         Some(t) => measured(service::verify(&s.ctx, &s.meter, &t, &check)).await?,

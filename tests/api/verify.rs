@@ -543,15 +543,19 @@ async fn forward_auth_trusts_forwarded_for_only_from_proxies(b: Backend) {
     assert_eq!(r.status(), 200);
 }
 
+/// A token with 10 uses, allowed the paths under `/convert/`: (id, token).
+async fn convert_token(app: &TestApp) -> (String, String) {
+    let (_, secret) = app.account("acme").await;
+    app.token(
+        &secret,
+        json!({"name": "svc", "usage_limit": 10, "scopes": ["/convert/*"]}),
+    )
+    .await
+}
+
 async fn forward_auth_checks_the_path_the_upstream_will_serve(b: Backend) {
     let app = spawn_app(b).await;
-    let (_, secret) = app.account("acme").await;
-    let (id, t) = app
-        .token(
-            &secret,
-            json!({"name": "svc", "usage_limit": 10, "scopes": ["/convert/*"]}),
-        )
-        .await;
+    let (id, t) = convert_token(&app).await;
     let auth = |uri: &str| {
         app.client
             .get(app.url("/v1/auth"))
@@ -636,13 +640,7 @@ async fn forward_auth_answers_envoy_ext_authz_requests(b: Backend) {
     // Envoy's HTTP ext_authz with `path_prefix: /v1/auth` sends the original method and the
     // original path and query after the prefix.
     let app = spawn_app(b).await;
-    let (_, secret) = app.account("acme").await;
-    let (id, t) = app
-        .token(
-            &secret,
-            json!({"name": "svc", "usage_limit": 10, "scopes": ["/convert/*"]}),
-        )
-        .await;
+    let (id, t) = convert_token(&app).await;
     let send =
         |method: Method, path: &str| app.client.request(method, app.url(path)).bearer_auth(&t);
     let r = send(Method::POST, "/v1/auth/convert/pdf")
