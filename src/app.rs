@@ -24,9 +24,13 @@ pub async fn open_ctx(config: Config, clock: SharedClock) -> anyhow::Result<Ctx>
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
     }
-    let store = Store::connect(&config.store, config.db_max_connections)
-        .await
-        .with_context(|| format!("cannot open the {} store", kind(&config)))?;
+    let store = Store::connect(
+        &config.store,
+        config.db_max_connections,
+        config.db_lock_timeout,
+    )
+    .await
+    .with_context(|| format!("cannot open the {} store", kind(&config)))?;
     store.migrate().await.context("cannot migrate the store")?;
     let master_key = crate::seal::MasterKey::load_or_create(&config.master_key_file)?;
     let stored = store

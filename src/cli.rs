@@ -250,7 +250,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::notify::Live::new(Arc::new(c.clone()))?;
             // Policies name accounts: check them against the store when it can be opened.
             if !c.policies.is_empty() {
-                match crate::store::Store::connect(&c.store, 1).await {
+                match crate::store::Store::connect(&c.store, 1, c.db_lock_timeout).await {
                     Ok(store) => {
                         let checked = match store.migrate().await {
                             Ok(()) => crate::jobs::check_policy_accounts(&store, &c.policies).await,

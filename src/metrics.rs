@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 pub const VERIFICATIONS: &str = "tokenwarden_verifications_total";
 /// Verification latency in seconds, from request to answer.
 pub const VERIFY_SECONDS: &str = "tokenwarden_verify_duration_seconds";
-/// Store errors seen while serving (`op` label).
+/// Store errors seen while serving (`op` label: `verify`, or `api` for every other route).
 pub const STORE_ERRORS: &str = "tokenwarden_store_errors_total";
 /// Calls consumed per usage transaction.
 pub const BATCH_SIZE: &str = "tokenwarden_meter_batch_size";
@@ -22,6 +22,9 @@ pub const DELIVERIES: &str = "tokenwarden_deliveries_total";
 pub const OUTBOX: &str = "tokenwarden_outbox_messages";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the recorder on first use and returns the handle that renders it.
 pub fn handle() -> PrometheusHandle {
@@ -39,6 +42,15 @@ pub fn handle() -> PrometheusHandle {
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
+            // Histogram samples are held raw until folded into buckets by a render or by
+            // upkeep; with nobody scraping they would pile up with every verification.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                });
             // Fails only if another recorder is already installed; then ours just stays empty.
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed");
@@ -46,7 +58,9 @@ pub fn handle() -> PrometheusHandle {
             for o in crate::verify::Outcome::ALL {
                 metrics::counter!(VERIFICATIONS, "result" => o.word()).absolute(0);
             }
-            metrics::counter!(STORE_ERRORS, "op" => "verify").absolute(0);
+            for op in ["verify", "api"] {
+                metrics::counter!(STORE_ERRORS, "op" => op).absolute(0);
+            }
             handle
         })
         .clone()

@@ -192,6 +192,15 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer to a store error, counted in the metrics under `op` (`verify`, or `api` for
+    /// every other route).
+    pub fn from_store(e: &StoreError, op: &'static str) -> ApiError {
+        metrics::counter!(crate::metrics::STORE_ERRORS, "op" => op).increment(1);
+        store_error(e)
+    }
+}
+
 fn store_error(e: &StoreError) -> ApiError {
     match e {
         StoreError::Unavailable(detail) => {
@@ -213,7 +222,7 @@ impl From<admin::Error> for ApiError {
         use admin::Error as E;
         let code = match &e {
             E::Invalid(p) => return ApiError::field(Code::InvalidField, &p.field, &p.reason),
-            E::Store(s) => return store_error(s),
+            E::Store(s) => return ApiError::from_store(s, "api"),
             E::RoleTooHigh { .. } => {
                 return ApiError::field(Code::RoleTooHigh, "role", e.to_string())
             }

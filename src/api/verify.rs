@@ -117,10 +117,7 @@ async fn measured(
                 .record(start.elapsed().as_secs_f64());
             Ok(v)
         }
-        Err(e) => {
-            metrics::counter!(crate::metrics::STORE_ERRORS, "op" => "verify").increment(1);
-            Err(ApiError::from(crate::admin::Error::from(e)))
-        }
+        Err(e) => Err(ApiError::from_store(&e, "verify")),
     }
 }
 
@@ -295,7 +292,11 @@ async fn forwarded(
     };
     let verdict = match forwarded_token(headers, original.as_deref()) {
         Some(t) => measured(service::verify(&s.ctx, &s.meter, &t, &check)).await?,
-        None => Verdict::bare(Outcome::Malformed, s.ctx.clock.now()),
+        // Counted like any verification: behind a proxy this is the commonest refusal.
+        None => {
+            let bare = Verdict::bare(Outcome::Malformed, s.ctx.clock.now());
+            measured(std::future::ready(Ok(bare))).await?
+        }
     };
     let answer = VerifyAnswer::from(&verdict);
     let status =

@@ -94,6 +94,8 @@ pub struct RawDatabase {
     pub max_connections: u32,
     /// What an answered VALID survives: `power-loss` or `process-crash`.
     pub durability: String,
+    /// How long a write waits for a lock another connection holds before it is answered 503.
+    pub lock_timeout_seconds: u64,
 }
 
 /// `[tokens]`
@@ -176,6 +178,7 @@ impl Default for RawDatabase {
             url: String::new(),
             max_connections: 8,
             durability: "power-loss".into(),
+            lock_timeout_seconds: 10,
         }
     }
 }
@@ -279,6 +282,9 @@ pub struct Config {
     pub db_max_connections: u32,
     /// What an answered VALID survives.
     pub durability: Durability,
+    /// How long a write waits for another connection's lock (SQLite's busy timeout,
+    /// PostgreSQL's `lock_timeout`).
+    pub db_lock_timeout: std::time::Duration,
     /// Token settings.
     pub tokens: TokenSettings,
     /// Default `max_tokens` of new accounts.
@@ -534,6 +540,9 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
     if !(1..=1000).contains(&raw.database.max_connections) {
         bad("database.max_connections", "must be 1 to 1000".into());
     }
+    if !(1..=300).contains(&raw.database.lock_timeout_seconds) {
+        bad("database.lock_timeout_seconds", "must be 1 to 300".into());
+    }
     let durability = match raw.database.durability.as_str() {
         "power-loss" => Durability::PowerLoss,
         "process-crash" => Durability::ProcessCrash,
@@ -629,6 +638,7 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             store,
             db_max_connections: raw.database.max_connections,
             durability,
+            db_lock_timeout: std::time::Duration::from_secs(raw.database.lock_timeout_seconds),
             tokens: TokenSettings {
                 prefix: t.prefix.clone(),
                 default_usage_limit: t.default_usage_limit,
@@ -711,6 +721,19 @@ mod tests {
         assert_eq!(c.default_max_tokens, 50);
         assert_eq!(c.tokens.prefix, "tw");
         assert_eq!(c.durability, Durability::PowerLoss);
+    }
+
+    #[test]
+    fn lock_timeout_is_checked() {
+        let f = file("[database]\nlock_timeout_seconds = 3\n");
+        let c = load(Some(f.path()), &Overrides::default()).unwrap();
+        assert_eq!(c.db_lock_timeout, std::time::Duration::from_secs(3));
+        for bad in ["0", "301"] {
+            let f = file(&format!("[database]\nlock_timeout_seconds = {bad}\n"));
+            let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].key, "database.lock_timeout_seconds");
+        }
     }
 
     #[test]

@@ -565,9 +565,14 @@ pub(super) fn check(
         if let Err(e) = scope::parse_list(&p.scopes, &k("scopes")) {
             bad(&e.field, e.reason);
         }
-        if let Err(e) = net::parse_list(&p.allowed_ips, &k("allowed_ips")) {
-            bad(&e.field, e.reason);
-        }
+        // Stored as the API stores them (`203.0.113.7/32`), whatever the file's spelling.
+        let allowed_ips = match net::parse_list(&p.allowed_ips, &k("allowed_ips")) {
+            Ok(rules) => rules.iter().map(ToString::to_string).collect(),
+            Err(e) => {
+                bad(&e.field, e.reason);
+                Vec::new()
+            }
+        };
         let description = match limits::text(&p.description, 1000, false, &k("description")) {
             Ok(d) => (!d.is_empty()).then_some(d),
             Err(e) => {
@@ -621,7 +626,7 @@ pub(super) fn check(
                 usage_limit: p.usage_limit,
                 role,
                 scopes: p.scopes.clone(),
-                allowed_ips: p.allowed_ips.clone(),
+                allowed_ips,
                 description,
                 revoke_previous: p.revoke_previous,
                 webhook,

@@ -82,8 +82,11 @@ impl From<sqlx::Error> for StoreError {
 fn unavailable_code(code: &str, postgres: bool) -> bool {
     if postgres {
         // Connection exception, insufficient resources, operator intervention (shutdown,
-        // cannot connect now).
-        return code.starts_with("08") || code.starts_with("53") || code.starts_with("57P");
+        // cannot connect now), a lock not granted within lock_timeout.
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || code.starts_with("57P")
+            || code == "55P03";
     }
     // SQLITE_BUSY, _LOCKED, _IOERR, _FULL, _CANTOPEN (the low byte of an extended code).
     code.parse::<i32>()
@@ -105,6 +108,7 @@ mod error_tests {
             ("57P03", true),
             ("08006", true),
             ("53300", true),
+            ("55P03", true),
         ] {
             assert!(unavailable_code(code, postgres), "{code}");
         }
@@ -173,6 +177,8 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: std::sync::Arc<Backend>,
+    /// How long a write waits for another connection's lock.
+    lock_timeout: Duration,
 }
 
 /// Runs `$body` with `$pool` bound to whichever pool this store has.
@@ -266,7 +272,13 @@ fn sql(s: String) -> AssertSqlSafe<String> {
 
 impl Store {
     /// Opens the store (creating a SQLite file and its folder if needed). Does not migrate.
-    pub async fn connect(loc: &StoreLocation, max_connections: u32) -> Result<Store> {
+    /// A write waits up to `lock_timeout` for a lock another connection holds, then fails as
+    /// unavailable (503) instead of hanging until the request times out.
+    pub async fn connect(
+        loc: &StoreLocation,
+        max_connections: u32,
+        lock_timeout: Duration,
+    ) -> Result<Store> {
         let backend = match loc {
             StoreLocation::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -280,7 +292,7 @@ impl Store {
                     // FULL: a committed write survives power loss, not only a process crash.
                     .synchronous(SqliteSynchronous::Full)
                     .foreign_keys(true)
-                    .busy_timeout(Duration::from_secs(10));
+                    .busy_timeout(lock_timeout);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(10))
@@ -290,7 +302,8 @@ impl Store {
             }
             StoreLocation::Postgres(url) => {
                 let opts = PgConnectOptions::from_str(url)
-                    .map_err(|e| StoreError::Other(format!("bad PostgreSQL URL: {e}")))?;
+                    .map_err(|e| StoreError::Other(format!("bad PostgreSQL URL: {e}")))?
+                    .options([("lock_timeout", format!("{}ms", lock_timeout.as_millis()))]);
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(5))
@@ -301,6 +314,7 @@ impl Store {
         };
         Ok(Store {
             backend: std::sync::Arc::new(backend),
+            lock_timeout,
         })
     }
 
@@ -320,6 +334,11 @@ impl Store {
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres(_) => "postgres",
         }
+    }
+
+    /// How long a write waits for another connection's lock.
+    pub fn lock_timeout(&self) -> Duration {
+        self.lock_timeout
     }
 
     /// The database file, when the store is SQLite (the meter opens its own connection to it).

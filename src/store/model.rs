@@ -192,7 +192,9 @@ impl Token {
             || ip.is_some_and(|ip| {
                 self.allowed_ips
                     .iter()
-                    .filter_map(|r| r.parse::<ipnet::IpNet>().ok())
+                    // Tolerant of a bare address: policy tokens stored one before it was
+                    // normalised to CIDR form.
+                    .filter_map(|r| crate::domain::net::parse_rule(r, "allowed_ips").ok())
                     .any(|rule| crate::domain::net::rule_allows(&rule, ip))
             })
     }

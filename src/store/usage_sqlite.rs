@@ -283,13 +283,13 @@ impl WalFile {
 }
 
 /// A connection to the existing database file (never creating one), owned by one thread, that
-/// waits up to the pool's 10 s for the write lock.
-fn connect(path: &Path) -> Result<Connection> {
+/// waits up to `lock_timeout` (the pool's too) for the write lock.
+fn connect(path: &Path, lock_timeout: Duration) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(lock_timeout)?;
     Ok(conn)
 }
 
@@ -302,8 +302,11 @@ const WRITER_CHECKPOINT_PAGES: i64 = 4000;
 /// one, every 1000 pages) stalls every waiting call behind a burst of page writes and an fsync;
 /// here it runs beside the writer (PASSIVE never blocks it). Once it has caught up, the writer's
 /// next transaction starts the WAL from the beginning, so the file stays small.
-fn spawn_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>> {
-    let conn = connect(path)?;
+fn spawn_checkpointer(
+    path: &Path,
+    lock_timeout: Duration,
+) -> Result<std::sync::mpsc::SyncSender<()>> {
+    let conn = connect(path, lock_timeout)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
     std::thread::Builder::new()
@@ -322,8 +325,9 @@ fn spawn_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>> {
 impl UsageConn {
     /// Opens the database file (which the pool has created and migrated) in WAL mode, with its
     /// log (see `WalFile`: commits are made durable by the caller, through `wal()`).
-    pub fn open(path: &Path) -> Result<UsageConn> {
-        let conn = connect(path)?;
+    /// Its writes wait up to `lock_timeout` for another connection's lock.
+    pub fn open(path: &Path, lock_timeout: Duration) -> Result<UsageConn> {
+        let conn = connect(path, lock_timeout)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // The log is flushed by the meter's sync thread before any answer (`WalFile`); a
         // checkpoint still flushes the log before copying it and the database after.
@@ -341,7 +345,7 @@ impl UsageConn {
         // database has the links resolved.
         let db = conn.path().map(Path::new).unwrap_or(path).to_path_buf();
         let wal = WalFile::open(&db)?;
-        let checkpoint = spawn_checkpointer(path)?;
+        let checkpoint = spawn_checkpointer(path, lock_timeout)?;
         Ok(UsageConn {
             conn,
             checkpoint,
@@ -486,7 +490,7 @@ mod tests {
             .pragma_update(None, "journal_mode", "WAL")
             .unwrap();
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        let c = UsageConn::open(&link).unwrap();
+        let c = UsageConn::open(&link, Duration::from_secs(10)).unwrap();
         c.conn
             .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")
             .unwrap();

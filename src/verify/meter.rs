@@ -49,7 +49,7 @@ impl Meter {
         let flush = durability == Durability::PowerLoss;
         let task = match store.sqlite_file() {
             Some(path) => {
-                let conn = UsageConn::open(&path)?;
+                let conn = UsageConn::open(&path, store.lock_timeout())?;
                 let syncer = if flush {
                     Some(Syncer::start(failed.clone())?)
                 } else {
@@ -197,7 +197,7 @@ fn run_sqlite(
         } else {
             let opened = match conn.take() {
                 Some(c) => Ok(c),
-                None => UsageConn::open(path),
+                None => UsageConn::open(path, store.lock_timeout()),
             };
             opened.and_then(|mut c| {
                 let r = c.consume_batch(&consumes, &denials).map(|d| (d, c.wal()));

@@ -254,6 +254,13 @@ impl TestApp {
         (status, v)
     }
 
+    /// The Prometheus text `/metrics` answers.
+    pub async fn metrics(&self) -> String {
+        let r = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.text().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str, cred: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path, Some(cred), None).await
     }

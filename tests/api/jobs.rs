@@ -80,7 +80,50 @@ both_backends!(
     housekeeping_drops_spent_jwt_records_and_old_statistics,
     bad_policies_stop_the_start_with_file_key_and_reason,
     jobs_api_lists_and_runs_on_demand_idempotently,
+    a_policy_tokens_ip_rules_may_be_written_as_plain_addresses,
 );
+
+/// A policy's `allowed_ips` may name single addresses, as the API's may: the issued token
+/// admits them (and nothing else).
+async fn a_policy_tokens_ip_rules_may_be_written_as_plain_addresses(b: Backend) {
+    let env = Env::new(b, at(2026, 11, 27, 12, 0)).await;
+    let app = env.start("").await;
+    acme(&app, None).await;
+    app.stop().await;
+    let file = env.dir.path().join("acme.token");
+    let policy = format!(
+        "[[policy]]\nname = \"p\"\naccount = \"acme\"\nscopes = [\"convert:*\"]\n\
+         allowed_ips = [\"203.0.113.7\", \" 2001:db8::1\"]\ndeliver_file = \"{}\"\n",
+        file.display()
+    );
+    let app = env.start(&policy).await;
+    app.runner.sender().pass().await.unwrap();
+    let id = policy_tokens(&app, "p", &["2026-11"]).await[0]
+        .clone()
+        .expect("issued at start");
+    let t = app.ctx.store.token(&id).await.unwrap().unwrap();
+    assert_eq!(t.allowed_ips, ["203.0.113.7/32", "2001:db8::1/128"]);
+    let plain = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    for (ip, want) in [
+        ("203.0.113.7", "VALID"),
+        ("2001:db8::1", "VALID"),
+        ("203.0.113.8", "IP_NOT_ALLOWED"),
+    ] {
+        let (s, v) = app
+            .call(
+                reqwest::Method::POST,
+                "/v1/verify",
+                None,
+                Some(json!({"token": plain, "call": "convert:pdf", "client_ip": ip})),
+            )
+            .await;
+        assert_eq!(
+            (s, v["result"].as_str()),
+            (StatusCode::OK, Some(want)),
+            "{ip}: {v}"
+        );
+    }
+}
 
 async fn month_boundary_issues_resets_and_refills(b: Backend) {
     let env = Env::new(b, at(2026, 11, 30, 23, 0)).await;
@@ -601,15 +644,7 @@ async fn webhook_deliveries_are_signed_and_retried_with_backoff(b: Backend) {
     let attempts = app.ctx.store.message_attempts(id).await.unwrap();
     assert_eq!(attempts.len(), 3);
     assert!(attempts[0].2.is_some() && attempts[2].2.is_none());
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     for line in [
         "tokenwarden_deliveries_total{kind=\"webhook\",outcome=\"retrying\"} 2",
         "tokenwarden_deliveries_total{kind=\"webhook\",outcome=\"sent\"} 1",

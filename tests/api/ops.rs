@@ -10,6 +10,7 @@ both_backends!(
     openapi_covers_every_route,
     oversized_bodies_are_refused,
     an_unreachable_store_answers_503,
+    a_lock_held_elsewhere_answers_503_and_spends_nothing,
     metrics_count_verifications_by_outcome,
 );
 
@@ -164,6 +165,80 @@ async fn an_unreachable_store_answers_503(b: Backend) {
     );
 }
 
+/// What another connection holding the store's write lock (another daemon's long transaction,
+/// an operator's open `psql` session, the CLI) looks like to a verification: a 503 after
+/// `database.lock_timeout_seconds`, not a request left hanging until it times out.
+async fn a_lock_held_elsewhere_answers_503_and_spends_nothing(b: Backend) {
+    let app = spawn_app_with(b, |c| {
+        c.db_lock_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let (_, secret) = app.account("acme").await;
+    let (id, t) = app
+        .token(&secret, json!({"name": "svc", "usage_limit": 5}))
+        .await;
+    let verify = || app.call(Method::POST, "/v1/verify", None, Some(json!({"token": t})));
+    // Hold the lock a usage batch needs, from a connection of the test's own.
+    let mut pg = None;
+    let mut lite = None;
+    match app.pg_url() {
+        Some(url) => {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql("BEGIN; LOCK TABLE tokens IN EXCLUSIVE MODE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            pg = Some(c);
+        }
+        None => {
+            let file = app.ctx.store.sqlite_file().unwrap();
+            let c = rusqlite::Connection::open(file).unwrap();
+            c.execute_batch("BEGIN IMMEDIATE").unwrap();
+            lite = Some(c);
+        }
+    }
+    let start = std::time::Instant::now();
+    assert_error(&verify().await, 503, 5030, None);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(8),
+        "answered after {:?}, not after the 1 s lock timeout",
+        start.elapsed()
+    );
+    // An admin write waits the same way.
+    let renamed = app
+        .patch(
+            &format!("/v1/tokens/{id}"),
+            &secret,
+            json!({"name": "other"}),
+        )
+        .await;
+    assert_error(&renamed, 503, 5030, None);
+    drop(lite);
+    if let Some(c) = pg {
+        sqlx::Connection::close(c).await.unwrap();
+    }
+    // The refused call spent nothing.
+    let (s, v) = verify().await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("VALID")),
+        "{v}"
+    );
+    assert_eq!(v["remaining"], 4, "{v}");
+    let (_, v) = app.get(&format!("/v1/tokens/{id}"), &secret).await;
+    assert_eq!(v["token"]["name"], "svc", "{v}");
+    let text = app.metrics().await;
+    assert!(
+        text.contains("tokenwarden_store_errors_total{op=\"verify\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tokenwarden_store_errors_total{op=\"api\"} 1"),
+        "{text}"
+    );
+}
+
 async fn metrics_count_verifications_by_outcome(b: Backend) {
     let app = spawn_app(b).await;
     let (_, secret) = app.account("acme").await;
@@ -181,9 +256,12 @@ async fn metrics_count_verifications_by_outcome(b: Backend) {
         Some(json!({"token": "junk"})),
     )
     .await;
-    let r = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let text = r.text().await.unwrap();
+    // A forwarded request without any credential is a MALFORMED verification too.
+    assert_eq!(
+        app.call(Method::GET, "/v1/auth", None, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let text = app.metrics().await;
     let value = |needle: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(needle))
@@ -204,14 +282,15 @@ async fn metrics_count_verifications_by_outcome(b: Backend) {
     );
     assert_eq!(
         value("tokenwarden_verifications_total{result=\"MALFORMED\"}"),
-        1.0
+        2.0
     );
     assert_eq!(
         value("tokenwarden_verifications_total{result=\"REVOKED\"}"),
         0.0
     );
-    assert_eq!(value("tokenwarden_verify_duration_seconds_count"), 4.0);
+    assert_eq!(value("tokenwarden_verify_duration_seconds_count"), 5.0);
     assert_eq!(value("tokenwarden_store_errors_total{op=\"verify\"}"), 0.0);
+    assert_eq!(value("tokenwarden_store_errors_total{op=\"api\"}"), 0.0);
     assert!(
         !text.contains(&t) && !text.contains(&t[3..11]),
         "no token or token id in metrics"
@@ -219,15 +298,7 @@ async fn metrics_count_verifications_by_outcome(b: Backend) {
     app.ctx.store.close().await;
     app.call(Method::POST, "/v1/verify", None, Some(json!({"token": t})))
         .await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains("tokenwarden_store_errors_total{op=\"verify\"} 1"),
         "{text}"
