@@ -9,23 +9,35 @@ use chrono::{Datelike, NaiveDate};
 /// Longest range one export may span, in days.
 pub const MAX_DAYS: i64 = 3660;
 
-/// Parses `from`/`to` (UTC dates, inclusive); by default the current month up to today.
+/// A query value, trimmed; empty is absent.
+fn given(v: Option<&str>) -> Option<&str> {
+    v.map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// Parses `from`/`to` (UTC dates, inclusive; an empty value is an absent one). By default `to`
+/// is today and `from` the 1st of `to`'s month.
 pub fn range(
     from: Option<&str>,
     to: Option<&str>,
     today: NaiveDate,
 ) -> Result<(NaiveDate, NaiveDate), ParseError> {
-    let from = match from {
-        Some(f) => limits::parse_date(f, "from")?,
-        None => today.with_day(1).unwrap_or(today),
-    };
-    let to = match to {
+    let (from, to) = (given(from), given(to));
+    let end = match to {
         Some(t) => limits::parse_date(t, "to")?,
         None => today,
     };
-    if to < from {
-        return Err(ParseError::new("to", "must not be before from"));
+    let start = match from {
+        Some(f) => limits::parse_date(f, "from")?,
+        None => end.with_day(1).unwrap_or(end),
+    };
+    if end < start {
+        // Blame the value the caller wrote: `from` alone after today is its fault.
+        return Err(match to {
+            Some(_) => ParseError::new("to", "must not be before from"),
+            None => ParseError::new("from", "must not be after today when to is not given"),
+        });
     }
+    let (from, to) = (start, end);
     if (to - from).num_days() >= MAX_DAYS {
         return Err(ParseError::new(
             "to",
@@ -58,7 +70,15 @@ pub async fn rows(
         }
         _ => p.account_id().map(str::to_string),
     };
-    Ok(ctx.store.stats(from, to, account.as_deref()).await?)
+    // An account the operator names must exist: a typo is an error, not an empty export.
+    let account = match (p, account) {
+        (Principal::Operator, Some(a)) => Some(admin::find_account(ctx, &a).await?.id),
+        (_, a) => a,
+    };
+    let mut rows = ctx.store.stats(from, to, account.as_deref()).await?;
+    // Byte order, not the database's collation, so both backends list a day's tokens alike.
+    rows.sort_by(|a, b| (&a.day, &a.token_id).cmp(&(&b.day, &b.token_id)));
+    Ok(rows)
 }
 
 /// The CSV text: a header row, then one row per token and day.
@@ -100,6 +120,20 @@ mod tests {
             range(Some("yesterday"), None, today).unwrap_err().field,
             "from"
         );
+        let day = |m, d| NaiveDate::from_ymd_opt(2026, m, d).unwrap();
+        // `to` alone: from the 1st of its month.
+        assert_eq!(
+            range(None, Some("2026-10-31"), today).unwrap(),
+            (day(10, 1), day(10, 31))
+        );
+        // Empty values are absent ones (`?from=&to=`).
+        assert_eq!(
+            range(Some(""), Some(" "), today).unwrap(),
+            (day(11, 1), today)
+        );
+        // A future `from` with no `to` names `from`.
+        let e = range(Some("2026-12-05"), None, today).unwrap_err();
+        assert_eq!(e.field, "from", "{e:?}");
     }
 
     #[test]

@@ -353,7 +353,7 @@ async fn forwarded(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
-    /// First UTC day (`YYYY-MM-DD` or `dd/MM/yyyy`); default the 1st of this month.
+    /// First UTC day (`YYYY-MM-DD` or `dd/MM/yyyy`); default the 1st of `to`'s month.
     pub from: Option<String>,
     /// Last UTC day, inclusive; default today.
     pub to: Option<String>,

@@ -774,6 +774,11 @@ async fn statistics_per_token_and_day_as_csv(b: Backend) {
     // The default range is the current month; last month's rows are kept, not reset.
     let (_, _, body) = get("").await;
     assert_eq!(body.lines().count(), 2);
+    let (_, _, body) = get("from=&to=").await;
+    assert_eq!(body.lines().count(), 2, "empty values are the defaults");
+    // `to` alone reaches back to the 1st of its month.
+    let (s, _, body) = get("to=2026-11-30").await;
+    assert_eq!((s.as_u16(), body.lines().count()), (200, 2), "{body}");
     let (_, _, body) = get("from=30/11/2026&to=2026-11-30").await;
     assert_eq!(body.lines().count(), 2);
     // Another account sees none of them; bad ranges name the field.
@@ -786,9 +791,42 @@ async fn statistics_per_token_and_day_as_csv(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap().lines().count(), 1);
+    // A day's rows are in byte order of token id on both backends (ids mix upper and lower case).
+    for n in 0..6 {
+        let (_, other) = app.token(&secret, json!({"name": format!("t{n}")})).await;
+        assert_eq!(result(&app, json!({"token": other})).await, "VALID");
+    }
+    let (_, _, body) = get("from=2026-12-01").await;
+    let ids: Vec<&str> = body
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(ids.len(), 7, "{body}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    // The operator naming an account that does not exist gets 404, not an empty export.
+    let r = app
+        .client
+        .get(app.url("/v1/stats.csv?account_id=nosuchacct"))
+        .bearer_auth(&app.operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = app
+        .client
+        .get(app.url(&format!(
+            "/v1/stats.csv?from=2026-11-30&to=2026-11-30&account_id={acct}"
+        )))
+        .bearer_auth(&app.operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap().lines().count(), 2);
     for (q, field) in [
         ("from=2026-02-30", "from"),
         ("from=2026-12-02&to=2026-12-01", "to"),
+        ("from=2026-12-02", "from"),
         ("day=1", "day"),
     ] {
         let r = app
