@@ -1152,6 +1152,11 @@ pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken
                         ParseError::new("refill_monthly", "needs a usage_limit to refill").into(),
                     );
                 }
+                // A refill added now starts with next month, as on a token created now; the
+                // month it was created in would otherwise refill it at once.
+                if t.refill_monthly.is_none() && r.is_some() {
+                    t.refill_period = Some(crate::domain::period::month_key(now));
+                }
                 t.refill_monthly = r;
             }
             t.status = t.status_at(now);

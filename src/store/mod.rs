@@ -738,7 +738,7 @@ impl Store {
         let update = format!(
             "UPDATE tokens SET name = $2, description = $3, role = $4, scopes = $5, allowed_ips = $6, \
              usage_limit = $7, remaining = $8, refill_monthly = $9, expires_at = $10, status = $11, \
-             updated_at = $12, revoked_at = $13 WHERE id = $1 RETURNING {TOKEN_COLS}"
+             updated_at = $12, revoked_at = $13, refill_period = $14 WHERE id = $1 RETURNING {TOKEN_COLS}"
         );
         // Counted against max_tokens: not revoked and not past its expiry.
         let counted =
@@ -772,7 +772,7 @@ impl Store {
                 .bind(id).bind(&t.name).bind(&t.description).bind(t.role.as_str())
                 .bind(rows::json_list(&t.scopes)).bind(rows::json_list(&t.allowed_ips))
                 .bind(t.usage_limit).bind(t.remaining).bind(t.refill_monthly).bind(t.expires_at)
-                .bind(t.status.as_str()).bind(now).bind(t.revoked_at)
+                .bind(t.status.as_str()).bind(now).bind(t.revoked_at).bind(&t.refill_period)
                 .fetch_one(&mut *tx).await.map_err(StoreError::from)?;
             tx.commit().await.map_err(StoreError::from)?;
             Ok(Token::try_from(row)?)

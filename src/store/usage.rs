@@ -377,10 +377,12 @@ pub(super) fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> P
             if t.status == TokenStatus::Active && t.remaining.is_some_and(|x| x <= 0) {
                 t.status = TokenStatus::Exhausted;
             }
-            t.last_used_at = Some(t.last_used_at.map_or(r.now, |l| l.max(r.now)));
-            if let Some(ip) = r.check.client_ip {
-                t.last_used_ip = Some(ip.to_string());
+            // The address goes with the latest use: none when that use named none, and not
+            // replaced by a call stamped earlier than the one recorded.
+            if t.last_used_at.is_none_or(|l| r.now >= l) {
+                t.last_used_ip = r.check.client_ip.map(|ip| ip.to_string());
             }
+            t.last_used_at = Some(t.last_used_at.map_or(r.now, |l| l.max(r.now)));
             count(t, r.now, "valid", 1, &mut stats);
             count(t, r.now, "cost", cost, &mut stats);
             dirty_tokens.push(t.id.clone());
@@ -505,7 +507,8 @@ const PG_WRITE: &str = "WITH \
        bad_jwt = token_stats_daily.bad_jwt + excluded.bad_jwt RETURNING 1), \
  j AS (INSERT INTO jwt_uses (token_id, jwt_id, uses, expires_at) \
        SELECT * FROM unnest($32::text[], $33::text[], $34::int8[], $35::timestamptz[]) \
-       ON CONFLICT (token_id, jwt_id) DO UPDATE SET uses = excluded.uses RETURNING 1) \
+       ON CONFLICT (token_id, jwt_id) DO UPDATE SET uses = excluded.uses, \
+       expires_at = GREATEST(jwt_uses.expires_at, excluded.expires_at) RETURNING 1) \
  SELECT 1";
 
 /// One attempt at a PostgreSQL batch (see `Store::consume_batch`).

@@ -460,7 +460,8 @@ impl UsageConn {
             }
             let mut st = tx.prepare_cached(
                 "INSERT INTO jwt_uses (token_id, jwt_id, uses, expires_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (token_id, jwt_id) DO UPDATE SET uses = excluded.uses",
+                 ON CONFLICT (token_id, jwt_id) DO UPDATE SET uses = excluded.uses, \
+                 expires_at = max(expires_at, excluded.expires_at)",
             )?;
             for j in &jwt_uses {
                 st.execute(params![j.token_id, j.jwt_id, j.uses, ts(j.expires_at)])?;

@@ -94,7 +94,9 @@ async fn verify_jwt(
     let decided = meter
         .consume(Consume {
             token_id: token.id.clone(),
-            secret_hash: None,
+            // Checked again under the batch's lock: a regeneration that commits after the
+            // signature check above retires this JWT (within a grace period it still passes).
+            secret_hash: Some(token.secret_hash.clone()),
             check: Check {
                 bound_ip,
                 ..check.clone()
@@ -107,6 +109,10 @@ async fn verify_jwt(
             }),
         })
         .await?;
+    // The signer's secret changed under it: the JWT's signature is no longer good.
+    if decided.outcome == Outcome::NotFound {
+        return Ok(Verdict::bare(Outcome::BadJwt, now));
+    }
     Ok(Verdict {
         outcome: decided.outcome,
         token: decided.token,

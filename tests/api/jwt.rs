@@ -17,7 +17,44 @@ both_backends!(
     minted_jwts_work_and_minting_checks_its_input,
     regeneration_retires_jwts_signed_with_the_old_secret,
     a_jwts_address_is_checked_after_the_tokens_state,
+    a_reused_jwt_id_keeps_its_count_until_its_latest_expiry,
 );
+
+/// Two JWTs with one `Id` share a count; its record lives until the later one expires, so the
+/// daily housekeeping does not hand the later JWT a fresh count.
+async fn a_reused_jwt_id_keeps_its_count_until_its_latest_expiry(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, t) = app
+        .token(&secret, json!({"name": "spa", "jwt": true}))
+        .await;
+    let first = sign(&claims(&id, 1, 60, ""), &t);
+    assert_eq!(
+        verify(&app, json!({"token": first})).await["result"],
+        "VALID"
+    );
+    // Valid until 01:00 the next day.
+    let later = sign(&claims(&id, 2, 13 * 3600, ""), &t);
+    assert_eq!(
+        verify(&app, json!({"token": later})).await["result"],
+        "VALID"
+    );
+    // The next UTC day: housekeeping drops records past their expiry.
+    app.clock.set(
+        t0().date_naive()
+            .succ_opt()
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc(),
+    );
+    app.tick().await;
+    assert_eq!(
+        verify(&app, json!({"token": later})).await["result"],
+        "USAGE_EXCEEDED",
+        "the shared count (2) is spent"
+    );
+}
 
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)

@@ -19,7 +19,71 @@ both_backends!(
     forward_auth_checks_the_path_the_upstream_will_serve,
     forward_auth_answers_envoy_ext_authz_requests,
     statistics_per_token_and_day_as_csv,
+    the_last_use_records_its_own_address_or_none,
+    a_refill_added_mid_month_starts_with_the_next_month,
 );
+
+/// A monthly refill added to an older token behaves as on a token created that day: the first
+/// refill comes on the 1st, not at the next call.
+async fn a_refill_added_mid_month_starts_with_the_next_month(b: Backend) {
+    let app = spawn_app(b).await;
+    app.clock
+        .set(Utc.with_ymd_and_hms(2026, 10, 15, 9, 0, 0).unwrap());
+    let (_, secret) = app.account("acme").await;
+    let (id, t) = app
+        .token(&secret, json!({"name": "svc", "usage_limit": 2}))
+        .await;
+    for want in ["VALID", "VALID", "USAGE_EXCEEDED"] {
+        assert_eq!(result(&app, json!({"token": t})).await, want);
+    }
+    app.clock
+        .set(Utc.with_ymd_and_hms(2026, 11, 20, 9, 0, 0).unwrap());
+    let (s, v) = app
+        .patch(
+            &format!("/v1/tokens/{id}"),
+            &secret,
+            json!({"refill_monthly": 2}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(result(&app, json!({"token": t})).await, "USAGE_EXCEEDED");
+    app.clock
+        .set(Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap());
+    let v = verify(&app, json!({"token": t})).await;
+    assert_eq!(
+        (v["result"].as_str(), v["remaining"].as_i64()),
+        (Some("VALID"), Some(1)),
+        "{v}"
+    );
+}
+
+async fn the_last_use_records_its_own_address_or_none(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, t) = app.token(&secret, json!({"name": "svc"})).await;
+    let last = || async {
+        let (_, v) = app.get(&format!("/v1/tokens/{id}"), &secret).await;
+        (
+            v["token"]["last_used_at"].clone(),
+            v["token"]["last_used_ip"].clone(),
+        )
+    };
+    assert_eq!(
+        result(&app, json!({"token": t, "client_ip": "192.0.2.1"})).await,
+        "VALID"
+    );
+    assert_eq!(
+        last().await,
+        (json!("2026-11-27T12:00:00Z"), json!("192.0.2.1"))
+    );
+    app.clock.advance(TimeDelta::minutes(1));
+    assert_eq!(result(&app, json!({"token": t})).await, "VALID");
+    assert_eq!(
+        last().await,
+        (json!("2026-11-27T12:01:00Z"), Value::Null),
+        "the last use named no address"
+    );
+}
 
 async fn verify(app: &TestApp, body: Value) -> Value {
     let (s, v) = app.call(Method::POST, "/v1/verify", None, Some(body)).await;
