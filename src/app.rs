@@ -61,6 +61,43 @@ fn kind(c: &Config) -> &'static str {
 /// new one, never half).
 pub fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
+    write_private(&tmp, contents)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    sync_dir(path)
+}
+
+/// Writes a secret to `path` with mode 0600 only if no file is there yet, atomically: of two
+/// processes creating it at once, one wins and the other gets `false` (and should read the
+/// winner's). Durable once it returns.
+pub fn create_secret_file(path: &Path, contents: &str) -> anyhow::Result<bool> {
+    // A name of this attempt's own: another process or thread may be writing its own.
+    static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
+    write_private(&tmp, contents)?;
+    // A hard link, unlike a rename, never replaces a file another process published first.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => sync_dir(path).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
+    }
+}
+
+/// Flushes the directory entry of `path`, so a new name survives a power loss.
+fn sync_dir(path: &Path) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot flush the directory {}", dir.display()))
+}
+
+/// Writes `contents` and a newline to `tmp` with mode 0600 and flushes it.
+fn write_private(tmp: &Path, contents: &str) -> anyhow::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -69,7 +106,7 @@ pub fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
         opts.mode(0o600);
     }
     let mut f = opts
-        .open(&tmp)
+        .open(tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     #[cfg(unix)]
     {
@@ -80,7 +117,6 @@ pub fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     f.write_all(contents.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

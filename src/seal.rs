@@ -47,7 +47,10 @@ impl MasterKey {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
                 }
-                crate::app::write_secret_file(path, &hex(&key))?;
+                if !crate::app::create_secret_file(path, &hex(&key))? {
+                    // Another process (a second daemon on this data directory) made it first.
+                    return Self::load_or_create(path);
+                }
                 tracing::info!(path = %path.display(), "master key generated (mode 0600); back it up with the store");
                 Ok(MasterKey(key))
             }
@@ -59,6 +62,7 @@ impl MasterKey {
 
     fn from_hex(s: &str) -> anyhow::Result<MasterKey> {
         anyhow::ensure!(s.len() == 64, "wrong length");
+        anyhow::ensure!(s.bytes().all(|b| b.is_ascii_hexdigit()), "not hex digits");
         let mut key = [0u8; 32];
         for (i, byte) in key.iter_mut().enumerate() {
             *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)?;
@@ -123,6 +127,33 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::domain::credential::new_token;
+
+    #[test]
+    fn daemons_starting_together_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let keys: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| MasterKey::load_or_create(&path).unwrap().fingerprint()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.windows(2).all(|w| w[0] == w[1]), "{keys:?}");
+        let on_disk = MasterKey::load_or_create(&path).unwrap().fingerprint();
+        assert_eq!(on_disk, keys[0]);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn a_key_file_of_other_text_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        // 64 bytes, but "é" is two of them: slicing by byte would split it.
+        std::fs::write(&path, format!("é{}", "0".repeat(62))).unwrap();
+        let e = MasterKey::load_or_create(&path).unwrap_err();
+        assert!(format!("{e:#}").contains("not a master key"), "{e:#}");
+    }
 
     #[test]
     fn sealed_values_open_only_with_the_same_key_and_context() {

@@ -15,8 +15,9 @@ use std::collections::HashMap;
 pub struct Consume {
     /// The token's public id.
     pub token_id: String,
-    /// SHA-256 of the presented token, checked under the lock; `None` for a JWT, whose
-    /// signature was checked against the token already.
+    /// SHA-256 of the presented token, checked under the lock (for a JWT, the signer's hash
+    /// when its signature was checked, so a regeneration since then retires the JWT); `None`
+    /// skips the check.
     pub secret_hash: Option<Vec<u8>>,
     /// The call, client IP and cost.
     pub check: Check,
@@ -438,16 +439,16 @@ fn pg_lock(flush: bool) -> String {
         .split(',')
         .map(|c| format!("a.{0} AS a_{0}", c.trim()))
         .collect();
-    // `durability = "process-crash"`: COMMIT returns before the server flushes its log, set
-    // here rather than in a round trip of its own.
-    let (cte, join) = if flush {
-        ("", "")
+    // Set here rather than in a round trip of its own. `durability = "process-crash"`: COMMIT
+    // returns before the server flushes its log. "power-loss": a server or role default of
+    // `off` is overridden (`local` and stronger are durable already and kept).
+    let cte = if flush {
+        ", c AS MATERIALIZED (SELECT CASE WHEN current_setting('synchronous_commit') = 'off' \
+         THEN set_config('synchronous_commit', 'on', true) END)"
     } else {
-        (
-            ", c AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))",
-            " CROSS JOIN c",
-        )
+        ", c AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))"
     };
+    let join = " CROSS JOIN c";
     // The account ids are an `ARRAY(…)` subquery, which PostgreSQL evaluates whole, locking
     // every token, before `a` scans (and locks) any account: tokens first.
     format!(

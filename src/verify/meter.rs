@@ -99,6 +99,9 @@ fn split(batch: &mut Vec<Msg>) -> Split {
     let mut denials = Vec::new();
     for m in batch.drain(..) {
         match m {
+            // Its caller has gone (disconnected, timed out, cut off at shutdown): nobody
+            // would learn of the use, so it is not spent.
+            Msg::Consume(_, r) if r.is_closed() => {}
             Msg::Consume(c, r) => {
                 consumes.push(c);
                 replies.push(r);
@@ -274,6 +277,28 @@ mod tests {
             decided: vec![decided],
         };
         (c, answer)
+    }
+
+    #[test]
+    fn a_call_whose_caller_has_gone_is_not_consumed() {
+        let call = |id: &str| Consume {
+            token_id: id.into(),
+            secret_hash: None,
+            check: crate::verify::Check::default(),
+            now: chrono::Utc::now(),
+            jwt: None,
+        };
+        let (kept, _waiting) = oneshot::channel();
+        let (gone, dropped) = oneshot::channel();
+        drop(dropped);
+        let mut batch = vec![
+            Msg::Consume(call("gone"), gone),
+            Msg::Consume(call("kept"), kept),
+        ];
+        let (consumes, replies, _) = split(&mut batch);
+        let ids: Vec<&str> = consumes.iter().map(|c| c.token_id.as_str()).collect();
+        assert_eq!(ids, ["kept"]);
+        assert_eq!(replies.len(), 1);
     }
 
     #[test]
