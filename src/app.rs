@@ -74,13 +74,22 @@ pub fn create_secret_file(path: &Path, contents: &str) -> anyhow::Result<bool> {
     static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-    write_private(&tmp, contents)?;
+    if let Err(e) = write_private(&tmp, contents) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     // A hard link, unlike a rename, never replaces a file another process published first.
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => sync_dir(path).map(|()| true),
+    let published = match std::fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        // A filesystem without hard links: the rename, which closes the race less tightly.
+        Err(_) if path.exists() => Ok(false),
+        Err(_) => std::fs::rename(&tmp, path).map(|()| true),
+    };
+    let _ = std::fs::remove_file(&tmp);
+    match published {
+        Ok(true) => sync_dir(path).map(|()| true),
+        Ok(false) => Ok(false),
         Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
     }
 }

@@ -638,7 +638,10 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             store,
             db_max_connections: raw.database.max_connections,
             durability,
-            db_lock_timeout: std::time::Duration::from_secs(raw.database.lock_timeout_seconds),
+            // Within four fifths of the request timeout, so a call that waits out a lock is
+            // answered 503 before the request timeout answers 408.
+            db_lock_timeout: std::time::Duration::from_secs(raw.database.lock_timeout_seconds)
+                .min(std::time::Duration::from_secs(raw.server.request_timeout_seconds) * 4 / 5),
             tokens: TokenSettings {
                 prefix: t.prefix.clone(),
                 default_usage_limit: t.default_usage_limit,
@@ -728,6 +731,9 @@ mod tests {
         let f = file("[database]\nlock_timeout_seconds = 3\n");
         let c = load(Some(f.path()), &Overrides::default()).unwrap();
         assert_eq!(c.db_lock_timeout, std::time::Duration::from_secs(3));
+        let f = file("[server]\nrequest_timeout_seconds = 5\n");
+        let c = load(Some(f.path()), &Overrides::default()).unwrap();
+        assert_eq!(c.db_lock_timeout, std::time::Duration::from_secs(4));
         for bad in ["0", "301"] {
             let f = file(&format!("[database]\nlock_timeout_seconds = {bad}\n"));
             let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;

@@ -323,7 +323,15 @@ impl Store {
     pub async fn migrate(&self) -> Result<()> {
         match &*self.backend {
             Backend::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
-            Backend::Postgres(p) => sqlx::migrate!("migrations/postgres").run(p).await?,
+            Backend::Postgres(p) => {
+                // A daemon starting beside another waits for its migration (sqlx's advisory
+                // lock) however long it takes, not only `lock_timeout`.
+                let mut c = p.acquire().await?;
+                sqlx::query("SET lock_timeout = 0").execute(&mut *c).await?;
+                sqlx::migrate!("migrations/postgres").run(&mut *c).await?;
+                let back = format!("SET lock_timeout = '{}ms'", self.lock_timeout.as_millis());
+                sqlx::query(sql(back)).execute(&mut *c).await?;
+            }
         }
         Ok(())
     }

@@ -192,9 +192,13 @@ impl Token {
             || ip.is_some_and(|ip| {
                 self.allowed_ips
                     .iter()
-                    // Tolerant of a bare address: policy tokens stored one before it was
-                    // normalised to CIDR form.
-                    .filter_map(|r| crate::domain::net::parse_rule(r, "allowed_ips").ok())
+                    // Stored in CIDR form; a bare address is a policy token stored before
+                    // policies were normalised.
+                    .filter_map(|r| {
+                        r.parse::<ipnet::IpNet>()
+                            .ok()
+                            .or_else(|| crate::domain::net::parse_rule(r, "allowed_ips").ok())
+                    })
                     .any(|rule| crate::domain::net::rule_allows(&rule, ip))
             })
     }

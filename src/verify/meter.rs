@@ -138,6 +138,9 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Msg>, flush: bool) {
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (consumes, replies, denials) = split(&mut batch);
+        if consumes.is_empty() && denials.is_empty() {
+            continue;
+        }
         answer(
             replies,
             store.consume_batch(&consumes, &denials, flush).await,
@@ -193,6 +196,9 @@ fn run_sqlite(
             }
         }
         let (consumes, replies, denials) = split(&mut batch);
+        if consumes.is_empty() && denials.is_empty() {
+            continue;
+        }
         let result = if let Some(why) = failed.get() {
             Err(StoreError::Unavailable(why.clone()))
         } else if store.is_closed() {

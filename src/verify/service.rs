@@ -94,8 +94,9 @@ async fn verify_jwt(
     let decided = meter
         .consume(Consume {
             token_id: token.id.clone(),
-            // Checked again under the batch's lock: a regeneration that commits after the
-            // signature check above retires this JWT (within a grace period it still passes).
+            // Checked again under the batch's lock, so a regeneration that commits after the
+            // signature check above retires this JWT too (its grace period, when it has one,
+            // still admits it for those milliseconds).
             secret_hash: Some(token.secret_hash.clone()),
             check: Check {
                 bound_ip,
@@ -111,7 +112,7 @@ async fn verify_jwt(
         .await?;
     // The signer's secret changed under it: the JWT's signature is no longer good.
     if decided.outcome == Outcome::NotFound {
-        return Ok(Verdict::bare(Outcome::BadJwt, now));
+        return Ok(refuse_bad_jwt(meter, &token, now));
     }
     Ok(Verdict {
         outcome: decided.outcome,
