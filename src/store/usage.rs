@@ -818,6 +818,25 @@ mod tests {
     }
 
     #[test]
+    fn the_last_use_keeps_its_own_address_whatever_the_order_of_the_batch() {
+        let from = |ip: &str, now| Consume {
+            check: Check {
+                cost: 1,
+                client_ip: Some(ip.parse().unwrap()),
+                ..Check::default()
+            },
+            ..call("AAAA", 7, now)
+        };
+        // A later call first, then one stamped earlier (queued behind it).
+        let reqs = vec![from("192.0.2.2", at(27, 13)), from("192.0.2.1", at(27, 12))];
+        let p = plan(&reqs, &[], state(vec![token("AAAA", None)], None));
+        assert_eq!(outcomes(&p), [Outcome::Valid, Outcome::Valid]);
+        let t = &p.tokens[0];
+        assert_eq!(t.last_used_at, Some(at(27, 13)));
+        assert_eq!(t.last_used_ip.as_deref(), Some("192.0.2.2"));
+    }
+
+    #[test]
     fn a_wrong_secret_or_unknown_token_spends_nothing() {
         let reqs = vec![call("AAAA", 9, at(27, 12)), call("ZZZZ", 7, at(27, 12))];
         let p = plan(&reqs, &[], state(vec![token("AAAA", Some(2))], None));
