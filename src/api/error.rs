@@ -172,6 +172,13 @@ impl ApiError {
         }
     }
 
+    /// The answer to a store error, counted in the metrics under `op` (`verify`, or `api` for
+    /// every other route).
+    pub fn from_store(e: &StoreError, op: &'static str) -> ApiError {
+        metrics::counter!(crate::metrics::STORE_ERRORS, "op" => op).increment(1);
+        store_error(e)
+    }
+
     /// An error about `field`.
     pub fn field(code: Code, field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
@@ -189,15 +196,6 @@ impl ApiError {
             message: self.message.clone(),
             field: self.field.clone(),
         }
-    }
-}
-
-impl ApiError {
-    /// The answer to a store error, counted in the metrics under `op` (`verify`, or `api` for
-    /// every other route).
-    pub fn from_store(e: &StoreError, op: &'static str) -> ApiError {
-        metrics::counter!(crate::metrics::STORE_ERRORS, "op" => op).increment(1);
-        store_error(e)
     }
 }
 

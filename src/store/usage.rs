@@ -442,21 +442,21 @@ fn pg_lock(flush: bool) -> String {
     // Set here rather than in a round trip of its own. `durability = "process-crash"`: COMMIT
     // returns before the server flushes its log. "power-loss": a server or role default of
     // `off` is overridden (`local` and stronger are durable already and kept).
-    let cte = if flush {
-        ", c AS MATERIALIZED (SELECT CASE WHEN current_setting('synchronous_commit') = 'off' \
-         THEN set_config('synchronous_commit', 'on', true) END)"
+    let commit = if flush {
+        "CASE WHEN current_setting('synchronous_commit') = 'off' \
+         THEN set_config('synchronous_commit', 'on', true) END"
     } else {
-        ", c AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))"
+        "set_config('synchronous_commit', 'off', true)"
     };
-    let join = " CROSS JOIN c";
     // The account ids are an `ARRAY(…)` subquery, which PostgreSQL evaluates whole, locking
     // every token, before `a` scans (and locks) any account: tokens first.
     format!(
         "WITH t AS MATERIALIZED (SELECT {TOKEN_COLS} FROM tokens WHERE id = ANY($1) \
          ORDER BY id FOR UPDATE), \
          a AS MATERIALIZED (SELECT {ACCOUNT_COLS} FROM accounts \
-         WHERE id = ANY(ARRAY(SELECT account_id FROM t)) ORDER BY id FOR UPDATE){cte} \
-         SELECT t.*, {} FROM t JOIN a ON a.id = t.account_id{join}",
+         WHERE id = ANY(ARRAY(SELECT account_id FROM t)) ORDER BY id FOR UPDATE), \
+         c AS MATERIALIZED (SELECT {commit}) \
+         SELECT t.*, {} FROM t JOIN a ON a.id = t.account_id CROSS JOIN c",
         account.join(", ")
     )
 }
@@ -723,10 +723,13 @@ impl Store {
             args.push(Arg::Str(a.to_string()));
             q.push_str(" WHERE account_id = $3");
         }
-        q.push_str(" GROUP BY day, token_id, account_id ORDER BY day, token_id");
-        let rows = with_pool!(self, p => {
+        q.push_str(" GROUP BY day, token_id, account_id");
+        let mut rows = with_pool!(self, p => {
             bind_args!(sqlx::query_as::<_, StatRow>(sql(q)), args).fetch_all(p).await?
         });
+        // Sorted here in byte order, not by the database's collation, so both backends list a
+        // day's tokens alike.
+        rows.sort_by(|a, b| (&a.day, &a.token_id).cmp(&(&b.day, &b.token_id)));
         Ok(rows)
     }
 }

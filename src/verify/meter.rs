@@ -90,10 +90,11 @@ impl Meter {
     }
 }
 
-/// Splits a drained batch into calls to consume (with their reply slots) and denials to count.
+/// Splits a drained batch into calls to consume (with their reply slots) and denials to count;
+/// `None` when nothing is left to write.
 type Split = (Vec<Consume>, Replies, Vec<Denial>);
 
-fn split(batch: &mut Vec<Msg>) -> Split {
+fn split(batch: &mut Vec<Msg>) -> Option<Split> {
     let mut consumes = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     let mut denials = Vec::new();
@@ -109,8 +110,11 @@ fn split(batch: &mut Vec<Msg>) -> Split {
             Msg::Deny(d) => denials.push(d),
         }
     }
+    if consumes.is_empty() && denials.is_empty() {
+        return None;
+    }
     metrics::histogram!(crate::metrics::BATCH_SIZE).record(consumes.len() as f64);
-    (consumes, replies, denials)
+    Some((consumes, replies, denials))
 }
 
 type Replies = Vec<oneshot::Sender<Result<Decided, StoreError>>>;
@@ -137,10 +141,9 @@ fn answer(replies: Replies, result: Result<Vec<Decided>, StoreError>) {
 async fn run(store: Store, mut rx: mpsc::Receiver<Msg>, flush: bool) {
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (consumes, replies, denials) = split(&mut batch);
-        if consumes.is_empty() && denials.is_empty() {
+        let Some((consumes, replies, denials)) = split(&mut batch) else {
             continue;
-        }
+        };
         answer(
             replies,
             store.consume_batch(&consumes, &denials, flush).await,
@@ -195,10 +198,9 @@ fn run_sqlite(
                 Err(_) => break,
             }
         }
-        let (consumes, replies, denials) = split(&mut batch);
-        if consumes.is_empty() && denials.is_empty() {
+        let Some((consumes, replies, denials)) = split(&mut batch) else {
             continue;
-        }
+        };
         let result = if let Some(why) = failed.get() {
             Err(StoreError::Unavailable(why.clone()))
         } else if store.is_closed() {
@@ -301,10 +303,14 @@ mod tests {
             Msg::Consume(call("gone"), gone),
             Msg::Consume(call("kept"), kept),
         ];
-        let (consumes, replies, _) = split(&mut batch);
+        let (consumes, replies, _) = split(&mut batch).unwrap();
         let ids: Vec<&str> = consumes.iter().map(|c| c.token_id.as_str()).collect();
         assert_eq!(ids, ["kept"]);
         assert_eq!(replies.len(), 1);
+        // Nothing left: no transaction at all.
+        let (gone, dropped) = oneshot::channel();
+        drop(dropped);
+        assert!(split(&mut vec![Msg::Consume(call("gone"), gone)]).is_none());
     }
 
     #[test]

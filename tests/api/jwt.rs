@@ -25,9 +25,7 @@ both_backends!(
 async fn a_reused_jwt_id_keeps_its_count_until_its_latest_expiry(b: Backend) {
     let app = spawn_app(b).await;
     let (_, secret) = app.account("acme").await;
-    let (id, t) = app
-        .token(&secret, json!({"name": "spa", "jwt": true}))
-        .await;
+    let (id, t) = signer(&app, &secret, None).await;
     let first = sign(&claims(&id, 1, 60, ""), &t);
     assert_eq!(
         verify(&app, json!({"token": first})).await["result"],
@@ -54,6 +52,15 @@ async fn a_reused_jwt_id_keeps_its_count_until_its_latest_expiry(b: Backend) {
         "USAGE_EXCEEDED",
         "the shared count (2) is spent"
     );
+}
+
+/// A JWT-enabled token of the account `secret` administers: (id, plain token).
+async fn signer(app: &TestApp, secret: &str, usage_limit: Option<i64>) -> (String, String) {
+    app.token(
+        secret,
+        json!({"name": "spa", "jwt": true, "usage_limit": usage_limit}),
+    )
+    .await
 }
 
 fn b64(b: &[u8]) -> String {
@@ -85,12 +92,7 @@ async fn verify(app: &TestApp, body: Value) -> Value {
 async fn independently_signed_jwts_verify_and_count(b: Backend) {
     let app = spawn_app(b).await;
     let (_, secret) = app.account("acme").await;
-    let (id, t) = app
-        .token(
-            &secret,
-            json!({"name": "spa", "jwt": true, "usage_limit": 10}),
-        )
-        .await;
+    let (id, t) = signer(&app, &secret, Some(10)).await;
     let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
     assert!(stored.jwt_enabled);
     let sealed = stored.sealed_secret.expect("sealed secret");
@@ -138,12 +140,7 @@ async fn independently_signed_jwts_verify_and_count(b: Backend) {
 async fn bad_jwts_are_refused(b: Backend) {
     let app = spawn_app(b).await;
     let (_, secret) = app.account("acme").await;
-    let (id, t) = app
-        .token(
-            &secret,
-            json!({"name": "spa", "jwt": true, "usage_limit": 10}),
-        )
-        .await;
+    let (id, t) = signer(&app, &secret, Some(10)).await;
     let (plain_id, plain_t) = app.token(&secret, json!({"name": "plain"})).await;
     let good = sign(&claims(&id, 5, 60, "10.0.0.1"), &t);
 
@@ -203,9 +200,7 @@ async fn bad_jwts_are_refused(b: Backend) {
 async fn minted_jwts_work_and_minting_checks_its_input(b: Backend) {
     let app = spawn_app(b).await;
     let (_, secret) = app.account("acme").await;
-    let (id, t) = app
-        .token(&secret, json!({"name": "spa", "jwt": true}))
-        .await;
+    let (id, t) = signer(&app, &secret, None).await;
     let (_, plain) = app.token(&secret, json!({"name": "plain"})).await;
     let (s, v) = app
         .call(Method::POST, "/v1/jwt", None, Some(json!({"token": t, "request_count": 3, "lifetime_seconds": 120, "user_ip": "10.1.1.1"})))
@@ -261,9 +256,7 @@ async fn minted_jwts_work_and_minting_checks_its_input(b: Backend) {
 async fn regeneration_retires_jwts_signed_with_the_old_secret(b: Backend) {
     let app = spawn_app(b).await;
     let (_, secret) = app.account("acme").await;
-    let (id, old) = app
-        .token(&secret, json!({"name": "spa", "jwt": true}))
-        .await;
+    let (id, old) = signer(&app, &secret, None).await;
     let (_, v) = app
         .post(&format!("/v1/tokens/{id}/regenerate"), &secret, json!({}))
         .await;
@@ -281,12 +274,7 @@ async fn regeneration_retires_jwts_signed_with_the_old_secret(b: Backend) {
 async fn a_jwts_address_is_checked_after_the_tokens_state(b: Backend) {
     let app = spawn_app(b).await;
     let (_, secret) = app.account("acme").await;
-    let (id, t) = app
-        .token(
-            &secret,
-            json!({"name": "spa", "jwt": true, "usage_limit": 10}),
-        )
-        .await;
+    let (id, t) = signer(&app, &secret, Some(10)).await;
     let bound = sign(&claims(&id, 5, 60, "10.0.0.1"), &t);
     let from = |ip: &str| json!({"token": bound, "client_ip": ip});
     // The same IPv4 client written as an IPv4-mapped IPv6 address.
