@@ -21,7 +21,41 @@ both_backends!(
     statistics_per_token_and_day_as_csv,
     the_last_use_records_its_own_address_or_none,
     a_refill_added_mid_month_starts_with_the_next_month,
+    a_change_between_counted_calls_builds_on_every_call_before_it,
 );
+
+/// An operator's change made between counted calls starts from every call counted before it
+/// (raising the limit keeps the calls made), and the calls after it count from the change.
+async fn a_change_between_counted_calls_builds_on_every_call_before_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, t) = app
+        .token(&secret, json!({"name": "svc", "usage_limit": 10}))
+        .await;
+    for _ in 0..3 {
+        assert_eq!(result(&app, json!({"token": t})).await, "VALID");
+    }
+    // 3 used of 10; raising the limit to 20 leaves 17.
+    let (s, v) = app
+        .patch(
+            &format!("/v1/tokens/{id}"),
+            &secret,
+            json!({"usage_limit": 20}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = verify(&app, json!({"token": t})).await;
+    assert_eq!(v["remaining"].as_i64(), Some(16), "{v}");
+    let (_, v) = app.get(&format!("/v1/tokens/{id}"), &secret).await;
+    assert_eq!(
+        (
+            v["token"]["remaining"].as_i64(),
+            v["token"]["calls_total"].as_i64()
+        ),
+        (Some(16), Some(4)),
+        "{v}"
+    );
+}
 
 /// A monthly refill added to an older token behaves as on a token created that day: the first
 /// refill comes on the 1st, not at the next call.
