@@ -99,7 +99,11 @@ impl Sender {
             let mut took_any = false;
             for m in due {
                 let lease = Utc::now() + LEASE;
-                if !self.store.lease_message(&m.id, wall, lease).await? {
+                if !self
+                    .store
+                    .lease_message(&m, self.clock.now(), wall, lease)
+                    .await?
+                {
                     continue;
                 }
                 took_any = true;

@@ -81,6 +81,7 @@ both_backends!(
     bad_policies_stop_the_start_with_file_key_and_reason,
     jobs_api_lists_and_runs_on_demand_idempotently,
     a_policy_tokens_ip_rules_may_be_written_as_plain_addresses,
+    a_message_tried_elsewhere_since_it_was_read_is_not_taken_again,
 );
 
 /// A policy's `allowed_ips` may name single addresses, as the API's may: the issued token
@@ -873,4 +874,55 @@ async fn housekeeping_drops_spent_jwt_records_and_old_statistics(b: Backend) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// Two daemons' senders read the same due message; one tries it, fails and schedules the retry.
+/// The other's reading is stale: it does not take the message again at once (skipping the
+/// backoff, and recording one attempt too few), only when the retry is due.
+async fn a_message_tried_elsewhere_since_it_was_read_is_not_taken_again(b: Backend) {
+    use tokenwarden::clock::Clock;
+    use tokenwarden::store::{MessageKind, NewMessage};
+    let app = crate::helpers::spawn_app(b).await;
+    let store = &app.ctx.store;
+    // Queued for tomorrow, so the daemon's own sender (on the test clock) leaves it alone.
+    let now = app.clock.now() + TimeDelta::days(1);
+    let message = NewMessage {
+        id: "msg1".into(),
+        kind: MessageKind::Webhook,
+        topic: "expired".into(),
+        target: "http://127.0.0.1:9/hook".into(),
+        signer: None,
+        account_id: None,
+        token_id: None,
+        context: json!({}),
+        sealed_secret: None,
+    };
+    store.enqueue(&[message], now).await.unwrap();
+    let wall = Utc::now();
+    let lease = wall + TimeDelta::seconds(60);
+    let read_by_a = store.due_messages(now, wall, 10).await.unwrap();
+    let read_by_b = store.due_messages(now, wall, 10).await.unwrap();
+    assert_eq!(read_by_a.len(), 1);
+    // B takes it, fails, and schedules the retry an hour on.
+    assert!(store
+        .lease_message(&read_by_b[0], now, wall, lease)
+        .await
+        .unwrap());
+    let retry = now + TimeDelta::hours(1);
+    assert!(store
+        .record_attempt("msg1", lease, now, Some("refused"), Some(retry))
+        .await
+        .unwrap());
+    // A's reading is stale.
+    assert!(!store
+        .lease_message(&read_by_a[0], now, wall, lease)
+        .await
+        .unwrap());
+    assert!(store.due_messages(now, wall, 10).await.unwrap().is_empty());
+    let fresh = store.due_messages(retry, wall, 10).await.unwrap();
+    assert_eq!(fresh[0].attempts, 1);
+    assert!(store
+        .lease_message(&fresh[0], retry, wall, lease)
+        .await
+        .unwrap());
 }
