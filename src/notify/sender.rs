@@ -188,10 +188,14 @@ impl Sender {
         }
     }
 
-    /// Why a warning or notice queued earlier must not go out any more: its token was revoked,
-    /// expired (for a warning) or given another expiry since.
+    /// Why a message queued earlier must not go out any more: its token was revoked, expired
+    /// (for a warning, or a new token whose delivery kept failing: a late retry must not put a
+    /// dead token where its successor was delivered) or given another expiry since.
     async fn stale(&self, m: &Message) -> anyhow::Result<Option<String>> {
-        if !matches!(m.topic.as_str(), "expiry_warning" | "expired") {
+        if !matches!(
+            m.topic.as_str(),
+            "expiry_warning" | "expired" | "token_issued"
+        ) {
             return Ok(None);
         }
         let Some(id) = &m.token_id else {
@@ -200,6 +204,16 @@ impl Sender {
         let Some(t) = self.store.token(id).await? else {
             return Ok(Some("the token no longer exists".into()));
         };
+        if m.topic == "token_issued" {
+            use crate::domain::status::TokenStatus;
+            return Ok(match t.status_at(self.clock.now()) {
+                TokenStatus::Revoked => {
+                    Some("the token was revoked before it was delivered".into())
+                }
+                TokenStatus::Expired => Some("the token expired before it was delivered".into()),
+                TokenStatus::Active | TokenStatus::Exhausted => None,
+            });
+        }
         let queued_expiry = m.context["token"]["expires_at"].as_str();
         let expiry = t
             .expires_at

@@ -82,6 +82,7 @@ both_backends!(
     jobs_api_lists_and_runs_on_demand_idempotently,
     a_policy_tokens_ip_rules_may_be_written_as_plain_addresses,
     a_message_tried_elsewhere_since_it_was_read_is_not_taken_again,
+    a_new_tokens_delivery_retried_after_its_revocation_is_cancelled,
 );
 
 /// A policy's `allowed_ips` may name single addresses, as the API's may: the issued token
@@ -925,4 +926,58 @@ async fn a_message_tried_elsewhere_since_it_was_read_is_not_taken_again(b: Backe
         .lease_message(&fresh[0], retry, wall, lease)
         .await
         .unwrap());
+}
+
+/// A policy token's file delivery keeps failing; the token is revoked meanwhile (as
+/// `revoke_previous` does when the next month's token is issued). The late retry is cancelled:
+/// it must not write a dead token where its successor was (or will be) delivered.
+async fn a_new_tokens_delivery_retried_after_its_revocation_is_cancelled(b: Backend) {
+    let env = Env::new(b, at(2026, 11, 27, 12, 0)).await;
+    let app = env.start("").await;
+    acme(&app, None).await;
+    app.stop().await;
+    // A folder stands where the file goes for now: every write fails.
+    let file = env.dir.path().join("acme.token");
+    std::fs::create_dir(&file).unwrap();
+    let policy = format!(
+        "[[policy]]\nname = \"p\"\naccount = \"acme\"\nscopes = [\"convert:*\"]\n\
+         deliver_file = \"{}\"\n",
+        file.display()
+    );
+    let app = env.start(&policy).await;
+    app.runner.sender().pass().await.unwrap();
+    let id = policy_tokens(&app, "p", &["2026-11"]).await[0]
+        .clone()
+        .expect("issued at start");
+    let messages = |app: &TestApp| {
+        let store = app.ctx.store.clone();
+        let id = id.clone();
+        async move {
+            store
+                .list_messages(&tokenwarden::store::outbox::MessageFilter {
+                    token_id: Some(id),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let queued = messages(&app).await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        (queued[0].status.as_str(), queued[0].attempts),
+        ("pending", 1)
+    );
+    let (s, v) = app
+        .delete(&format!("/v1/tokens/{id}"), &app.operator.clone())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // The file can be written now, and the retry is due.
+    std::fs::remove_dir(&file).unwrap();
+    app.clock.advance(TimeDelta::hours(1));
+    app.runner.sender().pass().await.unwrap();
+    assert!(!file.exists(), "the revoked token was written");
+    let done = messages(&app).await;
+    assert_eq!(done[0].status, "cancelled", "{:?}", done[0]);
 }
