@@ -149,6 +149,20 @@ pub fn sample(topic: &str, secret: bool) -> serde_json::Value {
         "token_url": "http://127.0.0.1:8470/v1/tokens/AbCdEf12",
         "secret": null,
     });
+    // Only the fields the daemon gives this topic (`notify::expiry_messages` and
+    // `issued_messages`), so a template naming another topic's field fails here, at start,
+    // not at every send.
+    let fields = v.as_object_mut().expect("an object");
+    if topic == "token_issued" {
+        fields.remove("days_left");
+        fields.remove("threshold_days");
+    } else {
+        fields.remove("policy");
+        fields.remove("period");
+        if topic == "expired" {
+            fields.insert("threshold_days".into(), serde_json::Value::Null);
+        }
+    }
     if secret && topic == "token_issued" {
         v["secret"] = json!("tw_AbCdEf12xxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
     }
@@ -186,6 +200,28 @@ mod tests {
             .render("token_issued", &sample("token_issued", true))
             .unwrap();
         assert!(issued.text.contains("tw_AbCdEf12xxx"));
+    }
+
+    /// A template naming a field its topic's messages do not carry is refused at load, not
+    /// accepted and then failed at every send.
+    #[test]
+    fn a_template_naming_another_topics_field_is_refused() {
+        for (file, src) in [
+            ("token_issued.txt", "{{ days_left }} days\n"),
+            ("expiry_warning.txt", "policy {{ policy }}\n"),
+            ("expired.txt", "issued for {{ period }}\n"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            for (name, built_in) in BUILT_IN {
+                std::fs::write(dir.path().join(name), built_in).unwrap();
+            }
+            std::fs::write(dir.path().join(file), src).unwrap();
+            let e = Templates::load(Some(dir.path())).err();
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains(file)),
+                "{file}: {e:?}"
+            );
+        }
     }
 
     #[test]
