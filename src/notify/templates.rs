@@ -152,15 +152,16 @@ pub fn sample(topic: &str, secret: bool) -> serde_json::Value {
     // Only the fields the daemon gives this topic (`notify::expiry_messages` and
     // `issued_messages`), so a template naming another topic's field fails here, at start,
     // not at every send.
-    let fields = v.as_object_mut().expect("an object");
-    if topic == "token_issued" {
-        fields.remove("days_left");
-        fields.remove("threshold_days");
-    } else {
-        fields.remove("policy");
-        fields.remove("period");
-        if topic == "expired" {
-            fields.insert("threshold_days".into(), serde_json::Value::Null);
+    if let Some(fields) = v.as_object_mut() {
+        if topic == "token_issued" {
+            fields.remove("days_left");
+            fields.remove("threshold_days");
+        } else {
+            fields.remove("policy");
+            fields.remove("period");
+            if topic == "expired" {
+                fields.insert("threshold_days".into(), serde_json::Value::Null);
+            }
         }
     }
     if secret && topic == "token_issued" {
