@@ -610,14 +610,17 @@ fn expiry_request(
     default: Option<i64>,
 ) -> Result<Option<ExpiryRequest>, ParseError> {
     match (lifetime, on) {
-        (Patch::Value(_), Patch::Value(_)) => Err(ParseError::new(
+        (Patch::Absent, Patch::Absent) => Ok(default.map(ExpiryRequest::Lifetime)),
+        (Patch::Value(s), Patch::Absent) => Ok(Some(ExpiryRequest::Lifetime(s))),
+        (Patch::Absent, Patch::Value(d)) => Ok(Some(ExpiryRequest::On(d))),
+        (Patch::Null, Patch::Absent) | (Patch::Absent, Patch::Null) => {
+            Ok(Some(ExpiryRequest::Never))
+        }
+        // Both given, even one as null ("never") and the other as a date: which one was meant?
+        _ => Err(ParseError::new(
             "expires_on",
             "give lifetime_seconds or expires_on, not both",
         )),
-        (Patch::Value(s), _) => Ok(Some(ExpiryRequest::Lifetime(s))),
-        (_, Patch::Value(d)) => Ok(Some(ExpiryRequest::On(d))),
-        (Patch::Null, _) | (_, Patch::Null) => Ok(Some(ExpiryRequest::Never)),
-        (Patch::Absent, Patch::Absent) => Ok(default.map(ExpiryRequest::Lifetime)),
     }
 }
 
@@ -1225,11 +1228,19 @@ pub async fn regenerate_token(
     let sealed = token
         .jwt_enabled
         .then(|| ctx.master_key.seal(&plain, &token.id));
-    let token = ctx
+    let token = match ctx
         .store
         .regenerate_token(id, &plain.hash(), sealed.as_deref(), grace, now)
         .await
-        .map_err(|e| not_found_as("token")(e.into()))?;
+    {
+        // Revoked since it was read (the store regenerates only a token not revoked).
+        Err(StoreError::NotFound) => {
+            return Err(Error::Conflict(
+                "the token is revoked; create a new one instead".into(),
+            ))
+        }
+        r => r.map_err(|e| not_found_as("token")(e.into()))?,
+    };
     Ok((token, plain))
 }
 

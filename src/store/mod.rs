@@ -788,7 +788,8 @@ impl Store {
     }
 
     /// Gives a token a new secret. With `grace_until`, the old secret keeps working until then;
-    /// without, it stops at once. Settings and counters stay.
+    /// without, it stops at once. Settings and counters stay. A revoked token is left alone
+    /// (`NotFound`), even one revoked after the caller read it.
     pub async fn regenerate_token(
         &self,
         id: &str,
@@ -801,7 +802,7 @@ impl Store {
             "UPDATE tokens SET prev_secret_hash = CASE WHEN $4 IS NULL THEN NULL ELSE secret_hash END, \
              prev_secret_valid_until = $4, secret_hash = $2, \
              sealed_secret = CASE WHEN jwt_enabled THEN $3 ELSE NULL END, updated_at = $5 \
-             WHERE id = $1 RETURNING {TOKEN_COLS}"
+             WHERE id = $1 AND status <> 'revoked' RETURNING {TOKEN_COLS}"
         );
         let row = with_pool!(self, p => sqlx::query_as::<_, TokenRow>(sql(q))
             .bind(id).bind(new_hash).bind(sealed_secret).bind(grace_until).bind(now)

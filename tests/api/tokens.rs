@@ -5,6 +5,7 @@ use crate::helpers::*;
 use chrono::TimeDelta;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokenwarden::clock::Clock;
 
 both_backends!(
     create_returns_the_plain_token_once,
@@ -191,6 +192,17 @@ async fn create_bad_input_names_the_field_and_creates_nothing(b: Backend) {
         ),
         (
             json!({"name": "x", "expires_on": "2026-13-01"}),
+            "expires_on",
+            4220,
+        ),
+        // "Never" and a date at once: neither wins silently.
+        (
+            json!({"name": "x", "lifetime_seconds": null, "expires_on": "2027-01-01"}),
+            "expires_on",
+            4220,
+        ),
+        (
+            json!({"name": "x", "lifetime_seconds": 3600, "expires_on": null}),
             "expires_on",
             4220,
         ),
@@ -850,6 +862,20 @@ async fn revoke_keeps_the_token_for_audit(b: Backend) {
         4090,
         None,
     );
+    // Nor by a regeneration that read the token before it was revoked (a race with the
+    // revocation): the store's own write refuses it, and the revoked secret stays.
+    let before = app.ctx.store.token(&id).await.unwrap().unwrap();
+    let late = app
+        .ctx
+        .store
+        .regenerate_token(&id, &[7; 32], None, None, app.clock.now())
+        .await;
+    assert!(
+        matches!(late, Err(tokenwarden::store::StoreError::NotFound)),
+        "{late:?}"
+    );
+    let after = app.ctx.store.token(&id).await.unwrap().unwrap();
+    assert_eq!(after.secret_hash, before.secret_hash);
     assert_error(
         &app.delete("/v1/tokens/AAAAAAAA", &secret).await,
         404,
