@@ -85,24 +85,33 @@ both_backends!(
     a_new_tokens_delivery_retried_after_its_revocation_is_cancelled,
 );
 
-/// A policy's `allowed_ips` may name single addresses, as the API's may: the issued token
-/// admits them (and nothing else).
-async fn a_policy_tokens_ip_rules_may_be_written_as_plain_addresses(b: Backend) {
-    let env = Env::new(b, at(2026, 11, 27, 12, 0)).await;
+/// Starts a daemon with account `acme` and policy `p` (`convert:*`, plus the `extra` lines),
+/// delivering to `acme.token` in the test's folder; returns it (after one delivery pass) and
+/// the id of the token it issued at start.
+async fn start_with_policy(env: &Env, extra: &str) -> (TestApp, String) {
     let app = env.start("").await;
     acme(&app, None).await;
     app.stop().await;
-    let file = env.dir.path().join("acme.token");
     let policy = format!(
-        "[[policy]]\nname = \"p\"\naccount = \"acme\"\nscopes = [\"convert:*\"]\n\
-         allowed_ips = [\"203.0.113.7\", \" 2001:db8::1\"]\ndeliver_file = \"{}\"\n",
-        file.display()
+        "[[policy]]\nname = \"p\"\naccount = \"acme\"\nscopes = [\"convert:*\"]\n{extra}\
+         deliver_file = \"{}\"\n",
+        env.dir.path().join("acme.token").display()
     );
     let app = env.start(&policy).await;
     app.runner.sender().pass().await.unwrap();
     let id = policy_tokens(&app, "p", &["2026-11"]).await[0]
         .clone()
         .expect("issued at start");
+    (app, id)
+}
+
+/// A policy's `allowed_ips` may name single addresses, as the API's may: the issued token
+/// admits them (and nothing else).
+async fn a_policy_tokens_ip_rules_may_be_written_as_plain_addresses(b: Backend) {
+    let env = Env::new(b, at(2026, 11, 27, 12, 0)).await;
+    let file = env.dir.path().join("acme.token");
+    let (app, id) =
+        start_with_policy(&env, "allowed_ips = [\"203.0.113.7\", \" 2001:db8::1\"]\n").await;
     let t = app.ctx.store.token(&id).await.unwrap().unwrap();
     assert_eq!(t.allowed_ips, ["203.0.113.7/32", "2001:db8::1/128"]);
     let plain = std::fs::read_to_string(&file).unwrap().trim().to_string();
@@ -933,22 +942,10 @@ async fn a_message_tried_elsewhere_since_it_was_read_is_not_taken_again(b: Backe
 /// it must not write a dead token where its successor was (or will be) delivered.
 async fn a_new_tokens_delivery_retried_after_its_revocation_is_cancelled(b: Backend) {
     let env = Env::new(b, at(2026, 11, 27, 12, 0)).await;
-    let app = env.start("").await;
-    acme(&app, None).await;
-    app.stop().await;
     // A folder stands where the file goes for now: every write fails.
     let file = env.dir.path().join("acme.token");
     std::fs::create_dir(&file).unwrap();
-    let policy = format!(
-        "[[policy]]\nname = \"p\"\naccount = \"acme\"\nscopes = [\"convert:*\"]\n\
-         deliver_file = \"{}\"\n",
-        file.display()
-    );
-    let app = env.start(&policy).await;
-    app.runner.sender().pass().await.unwrap();
-    let id = policy_tokens(&app, "p", &["2026-11"]).await[0]
-        .clone()
-        .expect("issued at start");
+    let (app, id) = start_with_policy(&env, "").await;
     let messages = |app: &TestApp| {
         let store = app.ctx.store.clone();
         let id = id.clone();
