@@ -1219,11 +1219,6 @@ pub async fn regenerate_token(
         }
     };
     let token = load_token(ctx, p, id, Access::Manage).await?;
-    if token.status == TokenStatus::Revoked {
-        return Err(Error::Conflict(
-            "the token is revoked; create a new one instead".into(),
-        ));
-    }
     let plain = credential::new_token(&ctx.config.tokens.prefix, &token.id);
     let sealed = token
         .jwt_enabled
@@ -1233,7 +1228,7 @@ pub async fn regenerate_token(
         .regenerate_token(id, &plain.hash(), sealed.as_deref(), grace, now)
         .await
     {
-        // Revoked since it was read (the store regenerates only a token not revoked).
+        // Revoked, even since it was read: the store regenerates only a token not revoked.
         Err(StoreError::NotFound) => {
             return Err(Error::Conflict(
                 "the token is revoked; create a new one instead".into(),

@@ -99,11 +99,7 @@ impl Sender {
             let mut took_any = false;
             for m in due {
                 let lease = Utc::now() + LEASE;
-                if !self
-                    .store
-                    .lease_message(&m, self.clock.now(), wall, lease)
-                    .await?
-                {
+                if !self.store.lease_message(&m, wall, lease).await? {
                     continue;
                 }
                 took_any = true;

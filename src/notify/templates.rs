@@ -132,7 +132,9 @@ impl Templates {
     }
 }
 
-/// A message of `topic` as the daemon builds it, for checking templates at start.
+/// A message of `topic` as the daemon builds it, for checking templates at start: with only the
+/// fields the daemon gives that topic (`notify::expiry_messages`, `notify::issued_messages`), so
+/// a template naming another topic's field fails at start, not at every send.
 pub fn sample(topic: &str, secret: bool) -> serde_json::Value {
     let mut v = json!({
         "token": {
@@ -140,32 +142,27 @@ pub fn sample(topic: &str, secret: bool) -> serde_json::Value {
             "account_id": "Acct000001", "expires_at": "2027-01-01T00:00:00Z", "usage_limit": 1000,
         },
         "account": {"id": "Acct000001", "name": "acme"},
-        "days_left": 7,
-        "threshold_days": 7,
-        "policy": "acme-monthly",
-        "period": "2026-12",
         "regenerate_command": "tokenwarden token regenerate AbCdEf12",
         "regenerate_url": "http://127.0.0.1:8470/v1/tokens/AbCdEf12/regenerate",
         "token_url": "http://127.0.0.1:8470/v1/tokens/AbCdEf12",
         "secret": null,
     });
-    // Only the fields the daemon gives this topic (`notify::expiry_messages` and
-    // `issued_messages`), so a template naming another topic's field fails here, at start,
-    // not at every send.
-    if let Some(fields) = v.as_object_mut() {
-        if topic == "token_issued" {
-            fields.remove("days_left");
-            fields.remove("threshold_days");
-        } else {
-            fields.remove("policy");
-            fields.remove("period");
-            if topic == "expired" {
-                fields.insert("threshold_days".into(), serde_json::Value::Null);
+    match topic {
+        "token_issued" => {
+            v["policy"] = json!("acme-monthly");
+            v["period"] = json!("2026-12");
+            if secret {
+                v["secret"] = json!("tw_AbCdEf12xxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
             }
         }
-    }
-    if secret && topic == "token_issued" {
-        v["secret"] = json!("tw_AbCdEf12xxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+        _ => {
+            v["days_left"] = json!(7);
+            v["threshold_days"] = if topic == "expired" {
+                serde_json::Value::Null
+            } else {
+                json!(7)
+            };
+        }
     }
     v
 }

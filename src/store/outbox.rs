@@ -205,20 +205,18 @@ impl Store {
 
     /// Takes message `m`, as `due_messages` read it, for sending until `lease_until` (wall
     /// clock); `false` when another sender has it, it is no longer pending, or another sender
-    /// has made an attempt since it was read (it may not be due any more, and the attempt count
-    /// the caller would record is no longer the store's).
+    /// has made an attempt since it was read (only an attempt moves `next_attempt_at`, so an
+    /// unchanged count means it is still due, and the count the caller records is the store's).
     pub async fn lease_message(
         &self,
         m: &Message,
-        now: DateTime<Utc>,
         wall_now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<bool> {
         let n = with_pool!(self, p => sqlx::query(
             "UPDATE outbox SET lease_until = $3 WHERE id = $1 AND status = 'pending' \
-             AND (lease_until IS NULL OR lease_until < $2) AND attempts = $4 \
-             AND next_attempt_at <= $5")
-            .bind(&m.id).bind(wall_now).bind(lease_until).bind(m.attempts).bind(now)
+             AND (lease_until IS NULL OR lease_until < $2) AND attempts = $4")
+            .bind(&m.id).bind(wall_now).bind(lease_until).bind(m.attempts)
             .execute(p).await?.rows_affected());
         Ok(n == 1)
     }

@@ -915,7 +915,7 @@ async fn a_message_tried_elsewhere_since_it_was_read_is_not_taken_again(b: Backe
     assert_eq!(read_by_a.len(), 1);
     // B takes it, fails, and schedules the retry an hour on.
     assert!(store
-        .lease_message(&read_by_b[0], now, wall, lease)
+        .lease_message(&read_by_b[0], wall, lease)
         .await
         .unwrap());
     let retry = now + TimeDelta::hours(1);
@@ -925,16 +925,13 @@ async fn a_message_tried_elsewhere_since_it_was_read_is_not_taken_again(b: Backe
         .unwrap());
     // A's reading is stale.
     assert!(!store
-        .lease_message(&read_by_a[0], now, wall, lease)
+        .lease_message(&read_by_a[0], wall, lease)
         .await
         .unwrap());
     assert!(store.due_messages(now, wall, 10).await.unwrap().is_empty());
     let fresh = store.due_messages(retry, wall, 10).await.unwrap();
     assert_eq!(fresh[0].attempts, 1);
-    assert!(store
-        .lease_message(&fresh[0], retry, wall, lease)
-        .await
-        .unwrap());
+    assert!(store.lease_message(&fresh[0], wall, lease).await.unwrap());
 }
 
 /// A policy token's file delivery keeps failing; the token is revoked meanwhile (as
