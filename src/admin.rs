@@ -1239,13 +1239,17 @@ pub async fn regenerate_token(
     Ok((token, plain))
 }
 
-/// Makes a new operator credential, replacing any old one, and returns it once.
-pub async fn reset_operator(ctx: &Ctx) -> Result<Plain> {
-    let plain = credential::new_operator_credential(&ctx.config.tokens.prefix);
+/// A new operator credential, not yet valid anywhere (`replace_operator` makes it so).
+pub fn new_operator_credential(ctx: &Ctx) -> Plain {
+    credential::new_operator_credential(&ctx.config.tokens.prefix)
+}
+
+/// Makes `plain` the operator credential; the old one stops working.
+pub async fn replace_operator(ctx: &Ctx, plain: &Plain) -> Result<()> {
     ctx.store
         .operator_replace(&plain.hash(), ctx.clock.now())
         .await?;
-    Ok(plain)
+    Ok(())
 }
 
 /// On a store without an operator credential, makes one and returns it (once, to this caller

@@ -7,13 +7,25 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::jobs::{RunOutcome, Runner};
 use crate::notify::{sender::Sender, Live, SharedLive};
-use crate::store::Store;
+use crate::store::{Schema, Store};
 use anyhow::Context;
 use std::{future::Future, io::Write, net::SocketAddr, path::Path, sync::Arc};
 use tokio::net::TcpListener;
 
-/// Opens the store named by `config` and brings its schema up to date.
-pub async fn open_ctx(config: Config, clock: SharedClock) -> anyhow::Result<Ctx> {
+/// What opening the store may change in its schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    /// Bring it up to date (the daemon, `migrate`).
+    Always,
+    /// Set up a new store, but never upgrade one an older version set up: a command-line tool
+    /// run from a newer package would otherwise upgrade a store its daemons share (and older
+    /// daemons refuse an upgraded store).
+    OnlyEmpty,
+}
+
+/// Connects to the store named by `config` (creating the data directory) and sets its schema up
+/// as `upgrade` allows; a store migrated by a newer version is refused.
+pub async fn open_store(config: &Config, upgrade: Upgrade) -> anyhow::Result<Store> {
     if !config.data_dir.exists() {
         // The store, the master key and the operator credential live here: this user only.
         let mut b = std::fs::DirBuilder::new();
@@ -30,8 +42,39 @@ pub async fn open_ctx(config: Config, clock: SharedClock) -> anyhow::Result<Ctx>
         config.db_lock_timeout,
     )
     .await
-    .with_context(|| format!("cannot open the {} store", kind(&config)))?;
-    store.migrate().await.context("cannot migrate the store")?;
+    .with_context(|| format!("cannot open the {} store", kind(config)))?;
+    let schema = store
+        .schema()
+        .await
+        .context("cannot read the store's schema")?;
+    match (schema, upgrade) {
+        (Schema::Ahead(v), _) => anyhow::bail!(
+            "the store was migrated by a newer tokenwarden (migration {v} is unknown to this \
+             one): run that version"
+        ),
+        (Schema::Behind, Upgrade::OnlyEmpty) => anyhow::bail!(
+            "the store was set up by an older tokenwarden: upgrade it first with \
+             `tokenwarden migrate` (every daemon sharing it together)"
+        ),
+        (Schema::Current, _) => {}
+        _ => store.migrate().await.context("cannot migrate the store")?,
+    }
+    Ok(store)
+}
+
+/// Opens the store named by `config` (see `open_store`) with the master key the store was set
+/// up with: the first opening makes the key and records its fingerprint; later ones need that
+/// key's file and never make another.
+pub async fn open_ctx(config: Config, clock: SharedClock, upgrade: Upgrade) -> anyhow::Result<Ctx> {
+    let store = open_store(&config, upgrade).await?;
+    let recorded = store.setting("master_key_fingerprint").await?;
+    if recorded.is_some() && !config.master_key_file.exists() {
+        anyhow::bail!(
+            "{}: no master key here, but the store was set up with one: copy that key file \
+             here (every daemon sharing a store needs the same master key file)",
+            config.master_key_file.display()
+        );
+    }
     let master_key = crate::seal::MasterKey::load_or_create(&config.master_key_file)?;
     let stored = store
         .setting_init("master_key_fingerprint", &master_key.fingerprint())
@@ -60,10 +103,47 @@ fn kind(c: &Config) -> &'static str {
 /// Writes a secret to `path` with mode 0600, atomically (a reader sees the old file or the whole
 /// new one, never half).
 pub fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    stage_secret_file(path, contents)?.publish()
+}
+
+/// A secret written beside `path` (mode 0600) but not yet in its place: staging it first proves
+/// the file can be written before the secret is made valid anywhere. Removed unless published.
+pub struct Staged {
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+    published: bool,
+}
+
+/// Writes `contents` beside `path` for `Staged::publish` to put in place.
+pub fn stage_secret_file(path: &Path, contents: &str) -> anyhow::Result<Staged> {
     let tmp = path.with_extension("tmp");
-    write_private(&tmp, contents)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    sync_dir(path)
+    if let Err(e) = write_private(&tmp, contents) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(Staged {
+        tmp,
+        path: path.to_path_buf(),
+        published: false,
+    })
+}
+
+impl Staged {
+    /// Replaces the file at its path with the staged one, durably.
+    pub fn publish(mut self) -> anyhow::Result<()> {
+        std::fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.published = true;
+        sync_dir(&self.path)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Writes a secret to `path` with mode 0600 only if no file is there yet, atomically: of two
@@ -180,7 +260,7 @@ impl App {
             Some((cert, key)) => Some(crate::server::tls_acceptor(cert, key)?),
             None => None,
         };
-        let ctx = open_ctx(config, clock).await?;
+        let ctx = open_ctx(config, clock, Upgrade::Always).await?;
         ensure_operator(&ctx).await?;
         let runner = jobs_for(&ctx).await?;
         let listener = TcpListener::bind(listen)

@@ -248,24 +248,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = load_config(&cli, None)?;
             print!("{}", config::render_effective(&c));
             crate::notify::Live::new(Arc::new(c.clone()))?;
-            // Policies name accounts: check them against the store when it can be opened.
+            // Policies name accounts: check them against the store when it is there and up to
+            // date, changing nothing (no store is created, no schema upgraded).
             if !c.policies.is_empty() {
-                match crate::store::Store::connect(&c.store, 1, c.db_lock_timeout).await {
-                    Ok(store) => {
-                        let checked = match store.migrate().await {
-                            Ok(()) => crate::jobs::check_policy_accounts(&store, &c.policies).await,
-                            Err(_) => Ok(()),
-                        };
-                        store.close().await;
-                        checked?;
-                    }
-                    Err(e) => eprintln!(
-                        "note: the policies' accounts were not checked: cannot open the store: {e}"
-                    ),
-                }
+                check_policy_accounts(&c).await?;
             }
             eprintln!("configuration OK");
             return Ok(());
+        }
+        Command::Migrate => {
+            let config = load_config(&cli, None)?;
+            crate::telemetry::init("warn", config.log_format);
+            let store = app::open_store(&config, app::Upgrade::Always).await?;
+            eprintln!("store is up to date ({})", store.backend_name());
+            store.close().await;
+            return print(json!({ "store": store.backend_name(), "schema": "current" }));
         }
         Command::Serve { listen } => {
             let config = load_config(&cli, listen.clone())?;
@@ -286,10 +283,53 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = load_config(&cli, None)?;
     crate::telemetry::init("warn", config.log_format);
-    let ctx = app::open_ctx(config, clock).await?;
+    let ctx = app::open_ctx(config, clock, app::Upgrade::OnlyEmpty).await?;
     let result = run_store_command(&ctx, cli.command).await;
     ctx.store.close().await;
     result
+}
+
+/// `check-config`'s look at the store: the policies' accounts must exist. A store that is not
+/// there or not up to date is noted and left alone; one a newer version migrated is an error
+/// (`serve` would refuse it).
+async fn check_policy_accounts(c: &Config) -> anyhow::Result<()> {
+    if let crate::store::StoreLocation::Sqlite(path) = &c.store {
+        if !path.exists() {
+            eprintln!(
+                "note: the policies' accounts were not checked: no store at {} yet",
+                path.display()
+            );
+            return Ok(());
+        }
+    }
+    let store = match crate::store::Store::connect(&c.store, 1, c.db_lock_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("note: the policies' accounts were not checked: cannot open the store: {e}");
+            return Ok(());
+        }
+    };
+    let checked = match store.schema().await {
+        Ok(crate::store::Schema::Current) => {
+            crate::jobs::check_policy_accounts(&store, &c.policies)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        Ok(crate::store::Schema::Ahead(v)) => Err(anyhow::anyhow!(
+            "the store was migrated by a newer tokenwarden (migration {v} is unknown to this one): \
+             serve would refuse it"
+        )),
+        Ok(_) => {
+            eprintln!(
+                "note: the policies' accounts were not checked: the store is not set up by this \
+                 version yet (serve or migrate will do it)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    };
+    store.close().await;
+    checked
 }
 
 async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()> {
@@ -297,20 +337,20 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
     let now = ctx.clock.now();
     let soon = ctx.config.tokens.expires_soon_days;
     match cmd {
-        Command::Serve { .. } | Command::CheckConfig => Ok(()),
-        Command::Migrate => {
-            eprintln!("store is up to date ({})", ctx.store.backend_name());
-            Ok(())
-        }
+        Command::Serve { .. } | Command::CheckConfig | Command::Migrate => Ok(()),
         Command::Operator(OperatorCmd::Reset) => {
-            let plain = admin::reset_operator(ctx).await?;
+            // The new credential's file is written before the store takes it: a directory this
+            // user cannot write refuses the reset with the old credential still working.
+            let plain = admin::new_operator_credential(ctx);
             let path = ctx.config.operator_token_path();
-            app::write_secret_file(&path, plain.expose())?;
+            let staged = app::stage_secret_file(&path, plain.expose())?;
+            admin::replace_operator(ctx, &plain).await?;
+            staged.publish()?;
             eprintln!(
                 "new operator credential written to {} (mode 0600); the old one no longer works",
                 path.display()
             );
-            Ok(())
+            print(json!({ "operator_token_file": path }))
         }
         Command::Account(AccountCmd::Create {
             name,
@@ -450,18 +490,35 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
                 }
                 crate::jobs::RunError::Store(e) => admin::Error::Store(e).into(),
             })?;
-            let delivered = runner.sender().pass().await?;
             use crate::jobs::RunOutcome::*;
             let (outcome, result) = match report.outcome {
                 Ran(r) => ("ran", Some(r)),
                 AlreadyDone(r) => ("already_done", r.result),
-                Busy(r) => anyhow::bail!("{} {} is being run by {}; try again later", job.as_str(), r.period, r.owner),
+                // Someone else holds the period: a conflict to retry later, as the API's 409.
+                Busy(r) => {
+                    return Err(admin::Error::Conflict(format!(
+                        "{} {} is being run by {}; try again later",
+                        job.as_str(),
+                        r.period,
+                        r.owner
+                    ))
+                    .into())
+                }
                 Failed(e) => anyhow::bail!("{} {} failed: {e}", job.as_str(), report.period),
+            };
+            // The run is recorded whatever happens to the deliveries, so its report is printed
+            // either way (a rerun would only say already_done); a failed pass is the exit code.
+            let delivered = runner.sender().pass().await;
+            let (sent, failures) = match &delivered {
+                Ok(d) => (d.sent, d.retrying + d.failed),
+                Err(_) => (0, 0),
             };
             print(json!({
                 "job": job.as_str(), "period": report.period, "outcome": outcome, "result": result,
-                "delivered": delivered.sent, "delivery_failures": delivered.retrying + delivered.failed,
-            }))
+                "delivered": sent, "delivery_failures": failures,
+                "delivery_error": delivered.as_ref().err().map(|e| e.to_string()),
+            }))?;
+            delivered.map(|_| ())
         }
         Command::Token(TokenCmd::Regenerate { id, grace_seconds }) => {
             let (t, p) =

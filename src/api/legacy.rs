@@ -136,7 +136,12 @@ pub async fn create(
         account_id: q.AccountId,
         name: Some(q.Name.unwrap_or_else(|| "api token".into())),
         usage_limit: Patch::Value(q.RequestCount.unwrap_or(1)),
-        lifetime_seconds: Patch::Value(q.Lifetime.unwrap_or(3600)),
+        // The seeds' default hour, within what this daemon allows: a Lifetime the client
+        // never sent must not be refused.
+        lifetime_seconds: Patch::Value(
+            q.Lifetime
+                .unwrap_or_else(|| 3600.min(s.ctx.config.tokens.max_lifetime_seconds)),
+        ),
         count: q.Count,
         ..CreateTokens::default()
     };

@@ -606,7 +606,9 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
     if !(1..=1_000_000).contains(&raw.accounts.default_max_tokens) {
         bad("accounts.default_max_tokens", "must be 1 to 1000000".into());
     }
-    if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+    if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err()
+        || !every_directive_has_a_level(&raw.log.level)
+    {
         bad(
             "log.level",
             format!(
@@ -702,6 +704,17 @@ impl Config {
     }
 }
 
+/// Whether each comma-separated directive of a log filter names a level: a bare word that is
+/// not one (`warning`, `inf`) is read by the filter as a module name at TRACE, which would turn
+/// every other line off without a word.
+fn every_directive_has_a_level(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    filter.split(',').map(str::trim).all(|d| {
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
+        LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level.trim()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -774,6 +787,28 @@ mod tests {
         );
         let name = f.path().display().to_string();
         assert!(errs.iter().all(|e| e.source == name), "{errs:?}");
+    }
+
+    /// A level word mistyped would have been read as a module name, turning logging off.
+    #[test]
+    fn a_log_level_that_is_no_level_and_an_admin_url_without_a_host_are_refused() {
+        for level in ["warning", "inf", "tokenwarden=verbose", "info,hyper"] {
+            let f = file(&format!("[log]\nlevel = \"{level}\"\n"));
+            let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
+            assert_eq!(errs[0].key, "log.level", "{level}");
+        }
+        for level in ["warn", "info,hyper=warn", "tokenwarden=debug,sqlx=off"] {
+            let f = file(&format!("[log]\nlevel = \"{level}\"\n"));
+            let c = load(Some(f.path()), &Overrides::default()).unwrap();
+            assert_eq!(c.log_level, level);
+        }
+        for url in ["tokens.example.com:8470", "mailto:ops@example.com"] {
+            let f = file(&format!("[email]\nadmin_url = \"{url}\"\n"));
+            let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
+            assert_eq!(errs[0].key, "email.admin_url", "{url}");
+        }
+        let f = file("[email]\nadmin_url = \"https://tokens.example.com:8470/\"\n");
+        assert!(load(Some(f.path()), &Overrides::default()).is_ok());
     }
 
     #[test]

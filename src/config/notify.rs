@@ -366,8 +366,18 @@ pub(super) fn check(
         })
         .ok();
     let admin_url = e.admin_url.trim_end_matches('/').to_string();
-    if url::Url::parse(&admin_url).is_err() {
-        bad("email.admin_url", format!("`{}` is not a URL", e.admin_url));
+    // Links in the emails are built on it: a scheme other than http(s) or no host (a bare
+    // `host:port` parses as a URL with scheme `host`) would send broken links without a word.
+    let admin_ok = url::Url::parse(&admin_url)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+    if !admin_ok {
+        bad(
+            "email.admin_url",
+            format!(
+                "`{}` is not an http:// or https:// URL with a host",
+                e.admin_url
+            ),
+        );
     }
     let templates_dir =
         (!e.templates_dir.trim().is_empty()).then(|| PathBuf::from(&e.templates_dir));

@@ -270,6 +270,22 @@ fn sql(s: String) -> AssertSqlSafe<String> {
     AssertSqlSafe(s)
 }
 
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Where a store's schema stands against this binary's migrations (`Store::schema`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Nothing set up yet.
+    Empty,
+    /// Set up by an older version: migrations of this one are still to run.
+    Behind,
+    /// Up to date.
+    Current,
+    /// Migrated by a newer version (this migration is unknown here).
+    Ahead(i64),
+}
+
 impl Store {
     /// Opens the store (creating a SQLite file and its folder if needed). Does not migrate.
     /// A write waits up to `lock_timeout` for a lock another connection holds, then fails as
@@ -322,18 +338,61 @@ impl Store {
     /// advisory lock on PostgreSQL; SQLite serialises writers).
     pub async fn migrate(&self) -> Result<()> {
         match &*self.backend {
-            Backend::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
+            Backend::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
             Backend::Postgres(p) => {
                 // A daemon starting beside another waits for its migration (sqlx's advisory
                 // lock) however long it takes, not only `lock_timeout`.
                 let mut c = p.acquire().await?;
                 sqlx::query("SET lock_timeout = 0").execute(&mut *c).await?;
-                sqlx::migrate!("migrations/postgres").run(&mut *c).await?;
+                POSTGRES_MIGRATIONS.run(&mut *c).await?;
                 let back = format!("SET lock_timeout = '{}ms'", self.lock_timeout.as_millis());
                 sqlx::query(sql(back)).execute(&mut *c).await?;
             }
         }
         Ok(())
+    }
+
+    /// Where the store's schema stands against this binary's migrations, changing nothing.
+    pub async fn schema(&self) -> Result<Schema> {
+        let (exists, known) = match &*self.backend {
+            Backend::Sqlite(_) => (
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' \
+                 AND name = '_sqlx_migrations'",
+                &SQLITE_MIGRATIONS,
+            ),
+            Backend::Postgres(_) => (
+                "SELECT to_regclass('_sqlx_migrations') IS NOT NULL",
+                &POSTGRES_MIGRATIONS,
+            ),
+        };
+        let applied: Vec<i64> = with_pool!(self, p => {
+            if sqlx::query_scalar::<_, bool>(exists).fetch_one(p).await? {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                    .fetch_all(p).await?
+            } else {
+                Vec::new()
+            }
+        });
+        let known: Vec<i64> = known.iter().map(|m| m.version).collect();
+        Ok(
+            if let Some(v) = applied.iter().find(|v| !known.contains(v)) {
+                Schema::Ahead(*v)
+            } else if applied.is_empty() {
+                Schema::Empty
+            } else if known.iter().any(|v| !applied.contains(v)) {
+                Schema::Behind
+            } else {
+                Schema::Current
+            },
+        )
+    }
+
+    /// The setting stored under `key`, if any.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>> {
+        let v = with_pool!(self, p => sqlx::query_scalar::<_, String>(
+            "SELECT value FROM settings WHERE key = $1")
+            .bind(key).fetch_optional(p).await?);
+        Ok(v)
     }
 
     /// `sqlite` or `postgres`.

@@ -257,6 +257,42 @@ async fn store_subcommands_work_without_the_daemon(b: Backend) {
     assert_ne!(Some(after), before);
 }
 
+/// A reset whose new file cannot be written is refused before the store takes the new
+/// credential: the old one, in its file, keeps working.
+#[test]
+fn an_operator_reset_that_cannot_write_its_file_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let reset = || tw(dir.path()).args(["operator", "reset"]).output().unwrap();
+    let first = json_out(&reset());
+    let file = dir.path().join("data/operator.token");
+    assert_eq!(first["operator_token_file"], "./data/operator.token");
+    let stored = || -> Vec<u8> {
+        rusqlite::Connection::open(dir.path().join("data/tokenwarden.db"))
+            .unwrap()
+            .query_row(
+                "SELECT secret_hash FROM operator_credentials WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let (credential, hash) = (std::fs::read_to_string(&file).unwrap(), stored());
+    // The staging file's place is taken by a directory, so the new file cannot be written.
+    std::fs::create_dir(dir.path().join("data/operator.tmp")).unwrap();
+    let o = reset();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("operator.tmp"),
+        "{o:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), credential);
+    assert_eq!(stored(), hash);
+    std::fs::remove_dir(dir.path().join("data/operator.tmp")).unwrap();
+    json_out(&reset());
+    assert_ne!(std::fs::read_to_string(&file).unwrap(), credential);
+    assert_ne!(stored(), hash);
+}
+
 #[test]
 fn check_config_reports_every_error_with_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -445,6 +481,30 @@ fn jobs_run_on_the_store_directly_and_only_once_per_period() {
         (Some("ran"), Some("2026-01"))
     );
     assert_eq!(json_out(&run())["outcome"], "already_done");
+    // A period another process is running (its claim still leased) is a conflict to retry
+    // later (exit 4, as the API's 409), and is left to its owner.
+    let db = rusqlite::Connection::open(dir.path().join("data/tokenwarden.db")).unwrap();
+    db.execute(
+        "INSERT INTO job_runs (job, period, status, owner, lease_until, attempts, started_at) \
+         VALUES ('monthly_reset', '2026-02', 'running', 'other-daemon', '2999-01-01T00:00:00Z', 1, \
+         '2026-02-01T00:00:00Z')",
+        [],
+    )
+    .unwrap();
+    let o = tw(dir.path())
+        .args(["jobs", "run", "monthly_reset", "--period", "2026-02"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("other-daemon"));
+    let status: String = db
+        .query_row(
+            "SELECT status FROM job_runs WHERE job = 'monthly_reset' AND period = '2026-02'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, "running");
     let o = tw(dir.path())
         .args(["jobs", "run", "payroll"])
         .output()
@@ -471,12 +531,24 @@ fn check_config_refuses_a_policy_naming_an_unknown_account() {
         ),
     )
     .unwrap();
-    let o = tw(dir.path())
-        .arg("check-config")
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let check = || {
+        tw(dir.path())
+            .arg("check-config")
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    // No store yet: the accounts cannot be checked, and checking creates none.
+    let o = check();
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no store at"),
+        "{o:?}"
+    );
+    assert!(!dir.path().join("data/tokenwarden.db").exists());
+    json_out(&tw(dir.path()).args(["account", "list"]).output().unwrap());
+    let o = check();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
@@ -489,11 +561,82 @@ fn check_config_refuses_a_policy_naming_an_unknown_account() {
             .output()
             .unwrap(),
     );
-    let o = tw(dir.path())
-        .arg("check-config")
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let o = check();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Only `serve` and `migrate` upgrade a store; the other commands set up a new one but refuse
+/// one an older version set up, and every command refuses one a newer version migrated.
+/// `migrate` makes no master key; a store set up with one needs that key's file.
+#[test]
+fn only_serve_and_migrate_upgrade_a_store_and_a_set_up_store_keeps_its_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| tw(dir.path()).args(args).output().unwrap();
+    let key = dir.path().join("data/master.key");
+    json_out(&run(&["migrate"]));
+    assert!(!key.exists(), "migrate made a master key");
+    json_out(&run(&["account", "create", "acme"]));
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("data/tokenwarden.db")).unwrap();
+    let last: i64 = db
+        .query_row("SELECT max(version) FROM _sqlx_migrations", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let count = || -> i64 {
+        db.query_row("SELECT count(*) FROM _sqlx_migrations", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = count();
+
+    // As if set up by the version before the last migration.
+    db.execute("DELETE FROM _sqlx_migrations WHERE version = ?1", [last])
+        .unwrap();
+    let o = run(&["account", "list"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("tokenwarden migrate"),
+        "{o:?}"
+    );
+    assert_eq!(count(), before - 1, "a read command upgraded the store");
+
+    // As if migrated by a newer version.
+    db.execute(
+        "UPDATE _sqlx_migrations SET version = 99990101000000 \
+         WHERE version = (SELECT min(version) FROM _sqlx_migrations)",
+        [],
+    )
+    .unwrap();
+    for args in [&["account", "list"][..], &["migrate"][..]] {
+        let o = run(args);
+        assert_ne!(o.status.code(), Some(0), "{args:?}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("newer"),
+            "{args:?}: {o:?}"
+        );
+    }
+    drop(db);
+
+    // A fresh store of its own: the key file gone is refused, and no other key is made.
+    let dir2 = tempfile::tempdir().unwrap();
+    let run2 = |args: &[&str]| tw(dir2.path()).args(args).output().unwrap();
+    json_out(&run2(&["account", "create", "acme"]));
+    let key2 = dir2.path().join("data/master.key");
+    std::fs::remove_file(&key2).unwrap();
+    let o = run2(&["account", "list"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("master key"),
+        "{o:?}"
+    );
+    assert!(
+        !key2.exists(),
+        "a new master key was made for a store set up with another"
+    );
+    std::fs::write(&key2, &key_text).unwrap();
+    let o = run2(&["account", "list"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not the one"),
+        "{o:?}"
+    );
 }

@@ -85,6 +85,15 @@ async fn legacy_defaults_are_the_seeds(b: Backend) {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["Tokens"][0]["RequestCount"], 1);
     assert_eq!(v["Tokens"][0]["ValidUntil"], "2026-11-27T13:00:00Z");
+
+    // The default hour is cut to what the daemon allows; a longer Lifetime sent is refused.
+    let app = spawn_app_with(b, |c| c.tokens.max_lifetime_seconds = 600).await;
+    let (_, secret) = app.account("acme").await;
+    let (s, v) = post_query(&app, &format!("Secret={secret}")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["Tokens"][0]["ValidUntil"], "2026-11-27T12:10:00Z");
+    let (s, v) = post_query(&app, &format!("Secret={secret}&Lifetime=3600")).await;
+    assert_eq!((s, v["Field"].as_str()), (422, Some("Lifetime")), "{v}");
 }
 
 async fn legacy_bad_input_names_the_parameter(b: Backend) {
