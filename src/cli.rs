@@ -246,8 +246,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::CheckConfig => {
             let c = load_config(&cli, None)?;
+            check_email(&c, &cli)?;
             print!("{}", config::render_effective(&c));
-            crate::notify::Live::new(Arc::new(c.clone()))?;
             // Policies name accounts: check them against the store when it is there and up to
             // date, changing nothing (no store is created, no schema upgraded).
             if !c.policies.is_empty() {
@@ -287,6 +287,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let result = run_store_command(&ctx, cli.command).await;
     ctx.store.close().await;
     result
+}
+
+/// `check-config`'s look at what the email settings name: the templates, and the relay's CA
+/// file. Errors name the key, like the configuration's own; nothing is created (the file outbox
+/// is made by the daemon).
+fn check_email(c: &Config, cli: &Cli) -> anyhow::Result<()> {
+    let error = |key: &str, e: anyhow::Error| {
+        config::ConfigErrors(vec![config::ConfigError {
+            source: cli
+                .config
+                .as_ref()
+                .map_or("the configuration".into(), |p| p.display().to_string()),
+            key: key.into(),
+            reason: format!("{e:#}"),
+        }])
+    };
+    crate::notify::templates::Templates::load(c.email.templates_dir.as_deref())
+        .map_err(|e| error("email.templates_dir", anyhow::anyhow!("{e}")))?;
+    if c.email.smtp.is_some() {
+        crate::notify::mailer::Mailer::new(&c.email, &c.data_dir)
+            .map_err(|e| error("email.smtp", e))?;
+    }
+    Ok(())
 }
 
 /// `check-config`'s look at the store: the policies' accounts must exist. A store that is not

@@ -680,13 +680,29 @@ pub fn render_effective(c: &Config) -> String {
 }
 
 fn mask_url(u: &str) -> String {
-    match url::Url::parse(u) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => u.to_string(),
+    let Ok(mut parsed) = url::Url::parse(u) else {
+        return u.to_string();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
+    // PostgreSQL also takes the password as a parameter (`?password=`, `?sslpassword=`).
+    let secret = |k: &str| k.to_ascii_lowercase().contains("password");
+    if parsed.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 impl Config {
@@ -847,6 +863,15 @@ mod tests {
         let f = file("[database]\nurl = \"mysql://x/y\"\n");
         let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
         assert_eq!(errs[0].key, "database.url");
+    }
+
+    #[test]
+    fn database_passwords_given_as_parameters_are_masked() {
+        assert_eq!(
+            mask_url("postgres://tw@db/tw?sslmode=require&password=hunter2"),
+            "postgres://tw@db/tw?sslmode=require&password=***"
+        );
+        assert_eq!(mask_url("postgres://tw@db/tw"), "postgres://tw@db/tw");
     }
 
     #[test]

@@ -38,7 +38,13 @@ impl Mailer {
     pub fn new(email: &EmailSettings, data_dir: &Path) -> anyhow::Result<Mailer> {
         let Some(s) = &email.smtp else {
             let dir = data_dir.join("outbox");
-            std::fs::create_dir_all(&dir)
+            // Whatever this creates is this user's only: the data directory too, when the
+            // outbox is the first thing made in it.
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+            b.create(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             // A message may carry a token (email_includes_token): only this user reads them.
             #[cfg(unix)]

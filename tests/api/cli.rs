@@ -344,6 +344,35 @@ fn check_config_reports_every_error_with_file_and_key() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // A template that does not load is a configuration error naming its key, before anything
+    // is printed; checking creates nothing (no data directory, no outbox).
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).unwrap();
+    std::fs::write(templates.join("expired.txt"), "{{ token_name ").unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[email]\ntemplates_dir = \"{}\"\n", templates.display()),
+    )
+    .unwrap();
+    let check = || {
+        tw(dir.path())
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let o = check();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("email.templates_dir"), "{err}");
+    assert!(o.stdout.is_empty(), "the configuration was printed");
+    std::fs::write(&cfg, "").unwrap();
+    let o = check();
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "check-config created the data directory"
+    );
 }
 
 #[test]
