@@ -53,8 +53,8 @@ pub async fn open_store(config: &Config, upgrade: Upgrade) -> anyhow::Result<Sto
              one): run that version"
         ),
         (Schema::Behind, Upgrade::OnlyEmpty) => anyhow::bail!(
-            "the store was set up by an older tokenwarden: upgrade it first with \
-             `tokenwarden migrate` (every daemon sharing it together)"
+            "the store was set up by an older tokenwarden (or is being migrated right now): \
+             upgrade it first with `tokenwarden migrate` (every daemon sharing it together)"
         ),
         (Schema::Current, _) => {}
         _ => store.migrate().await.context("cannot migrate the store")?,
@@ -107,7 +107,9 @@ pub fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 /// A secret written beside `path` (mode 0600) but not yet in its place: staging it first proves
-/// the file can be written before the secret is made valid anywhere. Removed unless published.
+/// the file can be written before the secret is made valid anywhere. Removed if dropped
+/// unpublished; kept (and named in the error) if publishing it fails, since the secret may
+/// already be in force by then.
 pub struct Staged {
     tmp: std::path::PathBuf,
     path: std::path::PathBuf,
@@ -116,7 +118,10 @@ pub struct Staged {
 
 /// Writes `contents` beside `path` for `Staged::publish` to put in place.
 pub fn stage_secret_file(path: &Path, contents: &str) -> anyhow::Result<Staged> {
-    let tmp = path.with_extension("tmp");
+    // A name of this attempt's own: two resets at once must not publish each other's secret.
+    static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     if let Err(e) = write_private(&tmp, contents) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -131,9 +136,14 @@ pub fn stage_secret_file(path: &Path, contents: &str) -> anyhow::Result<Staged> 
 impl Staged {
     /// Replaces the file at its path with the staged one, durably.
     pub fn publish(mut self) -> anyhow::Result<()> {
-        std::fs::rename(&self.tmp, &self.path)
-            .with_context(|| format!("cannot write {}", self.path.display()))?;
         self.published = true;
+        std::fs::rename(&self.tmp, &self.path).with_context(|| {
+            format!(
+                "cannot write {}; the new secret is in {}",
+                self.path.display(),
+                self.tmp.display()
+            )
+        })?;
         sync_dir(&self.path)
     }
 }
@@ -527,5 +537,37 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
             let _ = tokio::signal::ctrl_c().await;
         }
         tracing::info!("shutdown signal received; finishing in-flight requests");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two attempts at once stage apart; one dropped leaves nothing; one that cannot be put in
+    /// place keeps its file (its secret may be in force already) and names it.
+    #[test]
+    fn staged_secrets_are_their_own_and_never_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("operator.token");
+        let (a, b) = (
+            stage_secret_file(&path, "a").unwrap(),
+            stage_secret_file(&path, "b").unwrap(),
+        );
+        assert_ne!(a.tmp, b.tmp);
+        let b_tmp = b.tmp.clone();
+        drop(b);
+        assert!(!b_tmp.exists());
+        a.publish().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), "a");
+
+        // The place is taken by a directory that is not empty: the rename fails.
+        let taken = dir.path().join("taken.token");
+        std::fs::create_dir_all(taken.join("inside")).unwrap();
+        let c = stage_secret_file(&taken, "c").unwrap();
+        let c_tmp = c.tmp.clone();
+        let err = format!("{:#}", c.publish().unwrap_err());
+        assert!(err.contains(&c_tmp.display().to_string()), "{err}");
+        assert_eq!(std::fs::read_to_string(&c_tmp).unwrap().trim(), "c");
     }
 }

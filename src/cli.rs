@@ -305,9 +305,13 @@ fn check_email(c: &Config, cli: &Cli) -> anyhow::Result<()> {
     };
     crate::notify::templates::Templates::load(c.email.templates_dir.as_deref())
         .map_err(|e| error("email.templates_dir", anyhow::anyhow!("{e}")))?;
-    if c.email.smtp.is_some() {
-        crate::notify::mailer::Mailer::new(&c.email, &c.data_dir)
-            .map_err(|e| error("email.smtp", e))?;
+    if let Some(smtp) = &c.email.smtp {
+        let key = if smtp.ca_file.is_some() {
+            "email.smtp.ca_file"
+        } else {
+            "email.smtp"
+        };
+        crate::notify::mailer::Mailer::new(&c.email, &c.data_dir).map_err(|e| error(key, e))?;
     }
     Ok(())
 }
@@ -333,7 +337,9 @@ async fn check_policy_accounts(c: &Config) -> anyhow::Result<()> {
         }
     };
     let checked = match store.schema().await {
-        Ok(crate::store::Schema::Current) => {
+        // An older version's store has the accounts too (the table is in the first migration):
+        // the usual moment to check a new package's configuration.
+        Ok(crate::store::Schema::Current | crate::store::Schema::Behind) => {
             crate::jobs::check_policy_accounts(&store, &c.policies)
                 .await
                 .map_err(anyhow::Error::from)
@@ -344,8 +350,8 @@ async fn check_policy_accounts(c: &Config) -> anyhow::Result<()> {
         )),
         Ok(_) => {
             eprintln!(
-                "note: the policies' accounts were not checked: the store is not set up by this \
-                 version yet (serve or migrate will do it)"
+                "note: the policies' accounts were not checked: the store is not set up yet \
+                 (serve or migrate will do it)"
             );
             Ok(())
         }
@@ -527,7 +533,13 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
                     ))
                     .into())
                 }
-                Failed(e) => anyhow::bail!("{} {} failed: {e}", job.as_str(), report.period),
+                Failed(e) => {
+                    // What it queued before failing still goes out now.
+                    if let Err(d) = runner.sender().pass().await {
+                        tracing::warn!(error = %format!("{d:#}"), "delivery pass failed");
+                    }
+                    anyhow::bail!("{} {} failed: {e}", job.as_str(), report.period)
+                }
             };
             // The run is recorded whatever happens to the deliveries, so its report is printed
             // either way (a rerun would only say already_done); a failed pass is the exit code.
@@ -539,7 +551,7 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
             print(json!({
                 "job": job.as_str(), "period": report.period, "outcome": outcome, "result": result,
                 "delivered": sent, "delivery_failures": failures,
-                "delivery_error": delivered.as_ref().err().map(|e| e.to_string()),
+                "delivery_error": delivered.as_ref().err().map(|e| format!("{e:#}")),
             }))?;
             delivered.map(|_| ())
         }

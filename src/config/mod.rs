@@ -724,11 +724,17 @@ impl Config {
 /// not one (`warning`, `inf`) is read by the filter as a module name at TRACE, which would turn
 /// every other line off without a word.
 fn every_directive_has_a_level(filter: &str) -> bool {
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    filter.split(',').map(str::trim).all(|d| {
+    const LEVELS: [&str; 12] = [
+        "off", "error", "warn", "info", "debug", "trace", "0", "1", "2", "3", "4", "5",
+    ];
+    let mut directives = filter.split(',').map(str::trim).filter(|d| !d.is_empty());
+    let mut any = false;
+    let all = directives.all(|d| {
+        any = true;
         let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
         LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level.trim()))
-    })
+    });
+    any && all
 }
 
 #[cfg(test)]
@@ -808,12 +814,27 @@ mod tests {
     /// A level word mistyped would have been read as a module name, turning logging off.
     #[test]
     fn a_log_level_that_is_no_level_and_an_admin_url_without_a_host_are_refused() {
-        for level in ["warning", "inf", "tokenwarden=verbose", "info,hyper"] {
+        for level in [
+            "warning",
+            "inf",
+            "tokenwarden=verbose",
+            "info,hyper",
+            "",
+            " , ",
+        ] {
             let f = file(&format!("[log]\nlevel = \"{level}\"\n"));
             let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
             assert_eq!(errs[0].key, "log.level", "{level}");
         }
-        for level in ["warn", "info,hyper=warn", "tokenwarden=debug,sqlx=off"] {
+        for level in [
+            "warn",
+            "info,hyper=warn",
+            "tokenwarden=debug,sqlx=off",
+            "info,",
+            "3,tokenwarden=5",
+            "tokenwarden[request]=debug",
+            "tokenwarden[{route=/v1/verify}]=trace",
+        ] {
             let f = file(&format!("[log]\nlevel = \"{level}\"\n"));
             let c = load(Some(f.path()), &Overrides::default()).unwrap();
             assert_eq!(c.log_level, level);

@@ -277,9 +277,30 @@ fn an_operator_reset_that_cannot_write_its_file_changes_nothing() {
             .unwrap()
     };
     let (credential, hash) = (std::fs::read_to_string(&file).unwrap(), stored());
-    // The staging file's place is taken by a directory, so the new file cannot be written.
-    std::fs::create_dir(dir.path().join("data/operator.tmp")).unwrap();
+    // No file can be made in the data directory (immutable: root is refused too), while the
+    // store, whose log files this connection holds open, still takes writes.
+    let keep = rusqlite::Connection::open(dir.path().join("data/tokenwarden.db")).unwrap();
+    keep.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .unwrap();
+    keep.query_row("SELECT count(*) FROM accounts", [], |_| Ok(()))
+        .unwrap();
+    let data = dir.path().join("data");
+    /// Makes the directory writable again however the test ends.
+    struct Mutable<'a>(&'a Path);
+    impl Drop for Mutable<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("chattr").arg("-i").arg(self.0).status();
+        }
+    }
+    let immutable = Command::new("chattr")
+        .arg("+i")
+        .arg(&data)
+        .status()
+        .unwrap();
+    let guard = Mutable(&data);
+    assert!(immutable.success(), "chattr +i");
     let o = reset();
+    drop(guard);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("operator.tmp"),
@@ -287,8 +308,14 @@ fn an_operator_reset_that_cannot_write_its_file_changes_nothing() {
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), credential);
     assert_eq!(stored(), hash);
-    std::fs::remove_dir(dir.path().join("data/operator.tmp")).unwrap();
+    drop(keep);
     json_out(&reset());
+    let left: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "staging files left behind: {left:?}");
     assert_ne!(std::fs::read_to_string(&file).unwrap(), credential);
     assert_ne!(stored(), hash);
 }
@@ -548,18 +575,24 @@ fn jobs_run_on_the_store_directly_and_only_once_per_period() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--period"));
 }
 
-#[test]
-fn check_config_refuses_a_policy_naming_an_unknown_account() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("tw.toml");
+/// A configuration file in `dir` with one policy for the account `ghost`.
+fn ghost_policy_config(dir: &Path) -> std::path::PathBuf {
+    let cfg = dir.join("tw.toml");
     std::fs::write(
         &cfg,
         format!(
             "[[policy]]\nname = \"p\"\naccount = \"ghost\"\ndeliver_file = \"{}\"\n",
-            dir.path().join("p.token").display()
+            dir.join("p.token").display()
         ),
     )
     .unwrap();
+    cfg
+}
+
+#[test]
+fn check_config_refuses_a_policy_naming_an_unknown_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ghost_policy_config(dir.path());
     let check = || {
         tw(dir.path())
             .arg("check-config")
@@ -628,6 +661,20 @@ fn only_serve_and_migrate_upgrade_a_store_and_a_set_up_store_keeps_its_master_ke
         "{o:?}"
     );
     assert_eq!(count(), before - 1, "a read command upgraded the store");
+    // check-config still checks the policies' accounts there, and upgrades nothing either.
+    let cfg = ghost_policy_config(dir.path());
+    let o = tw(dir.path())
+        .arg("check-config")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ghost"),
+        "{o:?}"
+    );
+    assert_eq!(count(), before - 1, "check-config upgraded the store");
 
     // As if migrated by a newer version.
     db.execute(
