@@ -118,7 +118,7 @@ pub struct Staged {
 
 /// Writes `contents` beside `path` for `Staged::publish` to put in place.
 pub fn stage_secret_file(path: &Path, contents: &str) -> anyhow::Result<Staged> {
-    // A name of this attempt's own: two resets at once must not publish each other's secret.
+    // A name of this attempt's own: another process or thread may be staging the same file.
     static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
@@ -160,23 +160,17 @@ impl Drop for Staged {
 /// processes creating it at once, one wins and the other gets `false` (and should read the
 /// winner's). Durable once it returns.
 pub fn create_secret_file(path: &Path, contents: &str) -> anyhow::Result<bool> {
-    // A name of this attempt's own: another process or thread may be writing its own.
-    static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-    if let Err(e) = write_private(&tmp, contents) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let staged = stage_secret_file(path, contents)?;
     // A hard link, unlike a rename, never replaces a file another process published first.
-    let published = match std::fs::hard_link(&tmp, path) {
+    let published = match std::fs::hard_link(&staged.tmp, path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         // A filesystem without hard links: the rename, which closes the race less tightly.
         Err(_) if path.exists() => Ok(false),
-        Err(_) => std::fs::rename(&tmp, path).map(|()| true),
+        Err(_) => std::fs::rename(&staged.tmp, path).map(|()| true),
     };
-    let _ = std::fs::remove_file(&tmp);
+    // Removes the staging name (already gone after a rename).
+    drop(staged);
     match published {
         Ok(true) => sync_dir(path).map(|()| true),
         Ok(false) => Ok(false),

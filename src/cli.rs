@@ -248,8 +248,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = load_config(&cli, None)?;
             check_email(&c, &cli)?;
             print!("{}", config::render_effective(&c));
-            // Policies name accounts: check them against the store when it is there and up to
-            // date, changing nothing (no store is created, no schema upgraded).
+            // Policies name accounts: check them against the store when it is there, changing
+            // nothing (no store is created, no schema upgraded).
             if !c.policies.is_empty() {
                 check_policy_accounts(&c).await?;
             }
@@ -317,7 +317,7 @@ fn check_email(c: &Config, cli: &Cli) -> anyhow::Result<()> {
 }
 
 /// `check-config`'s look at the store: the policies' accounts must exist. A store that is not
-/// there or not up to date is noted and left alone; one a newer version migrated is an error
+/// there (or not set up) is noted and left alone; one a newer version migrated is an error
 /// (`serve` would refuse it).
 async fn check_policy_accounts(c: &Config) -> anyhow::Result<()> {
     if let crate::store::StoreLocation::Sqlite(path) = &c.store {
@@ -348,7 +348,7 @@ async fn check_policy_accounts(c: &Config) -> anyhow::Result<()> {
             "the store was migrated by a newer tokenwarden (migration {v} is unknown to this one): \
              serve would refuse it"
         )),
-        Ok(_) => {
+        Ok(crate::store::Schema::Empty) => {
             eprintln!(
                 "note: the policies' accounts were not checked: the store is not set up yet \
                  (serve or migrate will do it)"
