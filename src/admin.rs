@@ -1255,7 +1255,7 @@ pub async fn replace_operator(ctx: &Ctx, plain: &Plain) -> Result<()> {
 /// On a store without an operator credential, makes one and returns it (once, to this caller
 /// only); on a store that has one, returns `None`.
 pub async fn init_operator(ctx: &Ctx) -> Result<Option<Plain>> {
-    let plain = credential::new_operator_credential(&ctx.config.tokens.prefix);
+    let plain = new_operator_credential(ctx);
     let created = ctx
         .store
         .operator_init(&plain.hash(), ctx.clock.now())

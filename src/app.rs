@@ -76,9 +76,15 @@ pub async fn open_ctx(config: Config, clock: SharedClock, upgrade: Upgrade) -> a
         );
     }
     let master_key = crate::seal::MasterKey::load_or_create(&config.master_key_file)?;
-    let stored = store
-        .setting_init("master_key_fingerprint", &master_key.fingerprint())
-        .await?;
+    // The first opening records the key; of two at once, the store keeps one fingerprint.
+    let stored = match recorded {
+        Some(fingerprint) => fingerprint,
+        None => {
+            store
+                .setting_init("master_key_fingerprint", &master_key.fingerprint())
+                .await?
+        }
+    };
     anyhow::ensure!(
         stored == master_key.fingerprint(),
         "{}: this master key is not the one the store was set up with; every daemon sharing a \

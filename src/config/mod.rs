@@ -727,14 +727,16 @@ fn every_directive_has_a_level(filter: &str) -> bool {
     const LEVELS: [&str; 12] = [
         "off", "error", "warn", "info", "debug", "trace", "0", "1", "2", "3", "4", "5",
     ];
-    let mut directives = filter.split(',').map(str::trim).filter(|d| !d.is_empty());
-    let mut any = false;
-    let all = directives.all(|d| {
-        any = true;
-        let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
-        LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level.trim()))
-    });
-    any && all
+    let directives: Vec<&str> = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    !directives.is_empty()
+        && directives.iter().all(|d| {
+            let level = d.rsplit_once('=').map_or(*d, |(_, l)| l);
+            LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level.trim()))
+        })
 }
 
 #[cfg(test)]
