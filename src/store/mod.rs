@@ -264,6 +264,7 @@ impl WritePool for PgPool {
 pub mod jobs;
 pub mod outbox;
 pub mod usage;
+pub mod usage_log;
 pub mod usage_sqlite;
 
 fn sql(s: String) -> AssertSqlSafe<String> {
