@@ -9,11 +9,15 @@
 //! Two files of a fixed size, made once (zero-filled and flushed, so a flush rewrites blocks
 //! that exist and the file's size never changes), are used in turn: records go into one from its
 //! start until the next would not fit, then into the other, which may be reused only once every
-//! record in it has been folded (`release`). A record is its header (magic, sequence number,
-//! length, CRC-32 of all three and the payload) and its payload; numbers run on by one across
-//! both files. `replay` reads each file from its start while records are whole and consecutive,
-//! so a torn write (never acknowledged: the flush after it did not return) and the older
-//! records a new round left behind are both where reading stops.
+//! record in it has been folded (`release`). A record is its header (magic, the run's epoch,
+//! sequence number, length, CRC-32 of all four and the payload) and its payload; numbers run on
+//! by one across both files. Each start of the daemon folds everything on disk and then writes
+//! under a new epoch, so a record of another epoch is either folded or was never acknowledged
+//! (written but not flushed when the machine stopped; blocks can reach the disk out of order).
+//! `replay` reads each file from its start while records are whole, of the epoch asked for and
+//! consecutive, and returns the run of numbers after the folded one up to the first gap:
+//! nothing after a missing record was acknowledged, since a record is acknowledged only once
+//! every record before it is flushed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -24,8 +28,11 @@ use tokio::sync::watch;
 /// A record's number: the first is 1, each next one more.
 pub type Seq = u64;
 
+/// A record read back: its number and payload.
+pub type Record = (Seq, Vec<u8>);
+
 const MAGIC: u32 = 0x5457_4c31; // "TWL1"
-const HEADER: usize = 4 + 8 + 4 + 4;
+const HEADER: usize = 4 + 8 + 8 + 4 + 4;
 /// The files' names in the data directory.
 const NAMES: [&str; 2] = ["usage-log.0", "usage-log.1"];
 
@@ -37,8 +44,11 @@ pub enum LogError {
     #[error("the usage log failed: {0}")]
     Failed(String),
     /// The record does not fit in one file.
-    #[error("a usage record of {0} bytes does not fit in the log")]
+    #[error("a usage record's payload of {0} bytes does not fit in one log file")]
     TooLarge(usize),
+    /// A file's worth of records waits for a fold to free the other file.
+    #[error("the usage log is waiting for a fold")]
+    Behind,
     /// The log was shut down.
     #[error("the usage log is closed")]
     Closed,
@@ -49,8 +59,16 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the writer (records appended, records released, shutdown).
     wake: Condvar,
-    /// The highest number durable (flushed, or written when not flushing), or why none will be.
-    durable: watch::Sender<Result<Seq, LogError>>,
+    /// What is durable, and why nothing more will be.
+    durable: watch::Sender<Durable>,
+}
+
+/// The highest number durable (flushed, or written when not flushing): a failure later does
+/// not take that back. `failed` says why nothing after it will be.
+#[derive(Debug, Clone)]
+struct Durable {
+    upto: Seq,
+    failed: Option<LogError>,
 }
 
 struct State {
@@ -70,17 +88,31 @@ struct State {
 pub struct UsageLog {
     shared: Arc<Shared>,
     size: u64,
+    epoch: u64,
 }
 
 /// The writer thread, to be joined at shutdown.
 pub struct Writer(std::thread::JoinHandle<()>);
 
 impl UsageLog {
-    /// Opens (making them when missing) the two files of `size` bytes each in `dir`, and starts
-    /// the writer. Every record numbered below `next` must have been folded: both files are free.
-    /// With `flush`, a record is durable once `fdatasync` returned after it; without, once
-    /// written (a killed process loses nothing, a power loss may).
-    pub fn open(dir: &Path, size: u64, flush: bool, next: Seq) -> io::Result<(UsageLog, Writer)> {
+    /// Opens the two files of `size` bytes each in `dir` (made, or remade at another size, as
+    /// zeros), and starts the writer, numbering from `next` (at least 1) under `epoch`, which
+    /// differs from every earlier run's. Every record on disk must have been replayed and folded
+    /// before: both files are free. With `flush`, a record is durable once `fdatasync` returned
+    /// after it; without, once written (a killed process loses nothing, a power loss may).
+    pub fn open(
+        dir: &Path,
+        size: u64,
+        flush: bool,
+        next: Seq,
+        epoch: u64,
+    ) -> io::Result<(UsageLog, Writer)> {
+        if next == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "usage log numbers start at 1",
+            ));
+        }
         let files = NAMES
             .iter()
             .map(|n| prepared(&dir.join(n), size))
@@ -90,14 +122,22 @@ impl UsageLog {
                 buf: Vec::new(),
                 ends: Vec::new(),
                 next,
-                released: next.saturating_sub(1),
+                released: next - 1,
                 failed: None,
                 closed: false,
             }),
             wake: Condvar::new(),
-            durable: watch::channel(Ok(next.saturating_sub(1))).0,
+            durable: watch::channel(Durable {
+                upto: next - 1,
+                failed: None,
+            })
+            .0,
         });
-        let log = UsageLog { shared, size };
+        let log = UsageLog {
+            shared,
+            size,
+            epoch,
+        };
         let writer = {
             let log = log.clone();
             std::thread::Builder::new()
@@ -107,7 +147,8 @@ impl UsageLog {
         Ok((log, Writer(writer)))
     }
 
-    /// Appends a record; it is durable once `wait` returns for its number.
+    /// Appends a record; it is durable once `wait` returns for its number. Refused while a
+    /// file's worth of records waits for a fold, so a stalled fold cannot grow memory.
     pub fn append(&self, payload: &[u8]) -> Result<Seq, LogError> {
         if (HEADER + payload.len()) as u64 > self.size {
             return Err(LogError::TooLarge(payload.len()));
@@ -119,9 +160,12 @@ impl UsageLog {
         if s.closed {
             return Err(LogError::Closed);
         }
+        if s.buf.len() as u64 >= self.size {
+            return Err(LogError::Behind);
+        }
         let seq = s.next;
         s.next += 1;
-        encode(&mut s.buf, seq, payload);
+        encode(&mut s.buf, self.epoch, seq, payload);
         let end = s.buf.len();
         s.ends.push(end);
         drop(s);
@@ -133,10 +177,13 @@ impl UsageLog {
     pub async fn wait(&self, seq: Seq) -> Result<(), LogError> {
         let mut rx = self.shared.durable.subscribe();
         let got = rx
-            .wait_for(|d| !matches!(d, Ok(n) if *n < seq))
+            .wait_for(|d| d.upto >= seq || d.failed.is_some())
             .await
             .map_err(|_| LogError::Closed)?;
-        got.clone().map(|_| ())
+        match &got.failed {
+            Some(e) if got.upto < seq => Err(e.clone()),
+            _ => Ok(()),
+        }
     }
 
     /// Every record up to `seq` is folded into the store: the space it takes may be reused.
@@ -147,7 +194,8 @@ impl UsageLog {
         self.shared.wake.notify_one();
     }
 
-    /// Takes no more records; the writer writes (and flushes) what it has, then ends.
+    /// Takes no more records; the writer writes (and flushes) what it has, then ends. The last
+    /// fold must release what the writer waits for (a full ring), or those records are refused.
     pub fn close(&self, writer: Writer) {
         self.shared
             .state
@@ -218,7 +266,9 @@ impl UsageLog {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .failed = Some(e.clone());
-                    let _ = self.shared.durable.send_replace(Err(e));
+                    self.shared
+                        .durable
+                        .send_modify(|d| d.failed = Some(e.clone()));
                     return;
                 }
             }
@@ -230,12 +280,10 @@ impl UsageLog {
         if flush {
             file.sync_data()?;
         }
-        self.shared.durable.send_if_modified(|d| match d {
-            Ok(n) if *n < seq => {
-                *d = Ok(seq);
-                true
-            }
-            _ => false,
+        self.shared.durable.send_if_modified(|d| {
+            let newer = d.upto < seq;
+            d.upto = d.upto.max(seq);
+            newer
         });
         Ok(())
     }
@@ -254,16 +302,15 @@ impl UsageLog {
     }
 }
 
-fn encode(buf: &mut Vec<u8>, seq: Seq, payload: &[u8]) {
-    let len = payload.len() as u32;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&MAGIC.to_le_bytes());
-    crc.update(&seq.to_le_bytes());
-    crc.update(&len.to_le_bytes());
-    crc.update(payload);
+fn encode(buf: &mut Vec<u8>, epoch: u64, seq: Seq, payload: &[u8]) {
+    let start = buf.len();
     buf.extend_from_slice(&MAGIC.to_le_bytes());
+    buf.extend_from_slice(&epoch.to_le_bytes());
     buf.extend_from_slice(&seq.to_le_bytes());
-    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&buf[start..]);
+    crc.update(payload);
     buf.extend_from_slice(&crc.finalize().to_le_bytes());
     buf.extend_from_slice(payload);
 }
@@ -274,7 +321,7 @@ fn write_at(f: &mut File, offset: u64, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Opens `path`, making it `size` bytes of zeros (flushed, with its directory) when it is
-/// missing or shorter.
+/// missing or of another size.
 fn prepared(path: &PathBuf, size: u64) -> io::Result<File> {
     let mut f = OpenOptions::new()
         .read(true)
@@ -282,7 +329,8 @@ fn prepared(path: &PathBuf, size: u64) -> io::Result<File> {
         .create(true)
         .truncate(false)
         .open(path)?;
-    if f.metadata()?.len() < size {
+    if f.metadata()?.len() != size {
+        f.set_len(0)?;
         let zeros = vec![0u8; 1 << 20];
         f.seek(SeekFrom::Start(0))?;
         let mut left = size;
@@ -299,32 +347,28 @@ fn prepared(path: &PathBuf, size: u64) -> io::Result<File> {
     Ok(f)
 }
 
-/// The records on disk numbered after `after`, in order: what a start must fold before
-/// serving. Refused when one is missing between `after` and the last found (a flushed record
-/// lost), which no crash of this process or the machine can cause.
-pub fn replay(dir: &Path, after: Seq) -> io::Result<Vec<(Seq, Vec<u8>)>> {
+/// What a start must fold before serving: the records of `epoch` (the last run's) numbered
+/// after `after`, in order, up to the first missing number; and how many records of that epoch
+/// were found beyond such a gap (never acknowledged, so not counted; worth a warning).
+pub fn replay(dir: &Path, after: Seq, epoch: u64) -> io::Result<(Vec<Record>, usize)> {
     let mut found = Vec::new();
     for name in NAMES {
         match File::open(dir.join(name)) {
-            Ok(f) => found.extend(scan(f)?),
+            Ok(f) => found.extend(scan(f, epoch)?),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
     found.retain(|(seq, _)| *seq > after);
     found.sort_by_key(|(seq, _)| *seq);
-    for (i, (seq, _)) in found.iter().enumerate() {
-        if *seq != after + 1 + i as Seq {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "the usage log lacks record {} (folded up to {after}, found {seq})",
-                    after + 1 + i as Seq
-                ),
-            ));
-        }
-    }
-    Ok(found)
+    let run = found
+        .iter()
+        .zip(after + 1..)
+        .take_while(|((seq, _), want)| seq == want)
+        .count();
+    let beyond = found.len() - run;
+    found.truncate(run);
+    Ok((found, beyond))
 }
 
 /// The first `N` bytes of `b` (which has at least that many).
@@ -334,25 +378,27 @@ fn array<const N: usize>(b: &[u8]) -> [u8; N] {
     a
 }
 
-/// The whole, consecutive records from the start of one file.
-fn scan(mut f: File) -> io::Result<Vec<(Seq, Vec<u8>)>> {
+/// The whole, consecutive records of `epoch` from the start of one file.
+fn scan(mut f: File, epoch: u64) -> io::Result<Vec<Record>> {
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes)?;
-    let mut out: Vec<(Seq, Vec<u8>)> = Vec::new();
+    let mut out: Vec<Record> = Vec::new();
     let mut at = 0usize;
     while at + HEADER <= bytes.len() {
         let h = &bytes[at..at + HEADER];
-        let word = |at: usize| u32::from_le_bytes(array(&h[at..]));
-        let seq = Seq::from_le_bytes(array(&h[4..]));
-        let (magic, len, crc) = (word(0), word(12) as usize, word(16));
+        let magic = u32::from_le_bytes(array(h));
+        let their_epoch = u64::from_le_bytes(array(&h[4..]));
+        let seq = Seq::from_le_bytes(array(&h[12..]));
+        let len = u32::from_le_bytes(array(&h[20..])) as usize;
+        let crc = u32::from_le_bytes(array(&h[24..]));
         let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
             break;
         };
         let mut c = crc32fast::Hasher::new();
-        c.update(&h[..16]);
+        c.update(&h[..24]);
         c.update(payload);
         let next_in_line = out.last().is_none_or(|(prev, _)| seq == prev + 1);
-        if magic != MAGIC || c.finalize() != crc || !next_in_line {
+        if magic != MAGIC || c.finalize() != crc || their_epoch != epoch || !next_in_line {
             break;
         }
         out.push((seq, payload.to_vec()));
@@ -370,11 +416,21 @@ mod tests {
         format!("token-{seq} counted {}", seq * 7).into_bytes()
     }
 
+    /// Records of one length, so an earlier round's records start exactly where a new round's
+    /// end and only their numbers and epoch tell them apart.
+    fn fixed(seq: Seq) -> Vec<u8> {
+        format!("token-{seq:04}").into_bytes()
+    }
+
+    fn numbered(seqs: std::ops::RangeInclusive<Seq>, f: fn(Seq) -> Vec<u8>) -> Vec<Record> {
+        seqs.map(|s| (s, f(s))).collect()
+    }
+
     #[tokio::test]
-    async fn records_flushed_in_groups_come_back_in_order_across_both_files() {
+    async fn records_come_back_in_order_across_both_files_and_rounds() {
         let dir = tempfile::tempdir().unwrap();
-        // Small files: a few dozen records each, so the log goes round several times.
-        let (log, writer) = UsageLog::open(dir.path(), 1024, true, 1).unwrap();
+        // Small files: about two dozen records each, so the log goes round several times.
+        let (log, writer) = UsageLog::open(dir.path(), 1024, true, 1, 1).unwrap();
         let mut folded = 0;
         for round in 0..20u64 {
             let seqs: Vec<Seq> = (0..10)
@@ -388,12 +444,12 @@ mod tests {
             folded = *seqs.last().unwrap();
         }
         log.close(writer);
-        let got = replay(dir.path(), 190).unwrap();
-        let want: Vec<(Seq, Vec<u8>)> = (191..=200).map(|s| (s, payload(s))).collect();
-        assert_eq!(got, want);
-        // Asked from further back than the files reach, the gap is named, not skipped.
-        let e = replay(dir.path(), 0).unwrap_err();
-        assert!(e.to_string().contains("lacks record 1"), "{e}");
+        assert_eq!(
+            replay(dir.path(), 190, 1).unwrap(),
+            (numbered(191..=200, payload), 0)
+        );
+        // From further back than the files reach: nothing is made up (record 1 is gone).
+        assert_eq!(replay(dir.path(), 0, 1).unwrap().0, vec![]);
     }
 
     #[tokio::test]
@@ -401,40 +457,49 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rec = vec![b'x'; 100];
         // Room for 8 records per file.
-        let (log, writer) = UsageLog::open(dir.path(), 8 * (HEADER + 100) as u64, true, 1).unwrap();
-        let mut last = 0;
-        for _ in 0..24 {
-            last = log.append(&rec).unwrap();
-        }
+        let size = 8 * (HEADER + 100) as u64;
+        let (log, writer) = UsageLog::open(dir.path(), size, true, 1, 1).unwrap();
         // Records 1–16 fill both files; 17 must wait for the first file's fold.
-        tokio::time::timeout(Duration::from_secs(5), log.wait(16))
-            .await
-            .unwrap()
-            .unwrap();
+        let mut last = 0;
+        for upto in [8, 16, 24] {
+            while last < upto {
+                last = log.append(&rec).unwrap();
+            }
+            if upto < 24 {
+                tokio::time::timeout(Duration::from_secs(5), log.wait(upto))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
         assert!(
             tokio::time::timeout(Duration::from_millis(300), log.wait(17))
                 .await
                 .is_err(),
-            "record 17 overwrote unfolded records"
+            "record 17 was acknowledged before its file was free"
         );
-        // Nothing folded is lost meanwhile: everything on disk is still there.
-        assert_eq!(replay(dir.path(), 0).unwrap().len(), 16);
+        // Nothing unfolded was overwritten meanwhile.
+        assert_eq!(replay(dir.path(), 0, 1).unwrap().0.len(), 16);
+        // Appends are refused once a file's worth waits, instead of piling up.
+        while log.append(&rec).is_ok() {}
+        assert_eq!(log.append(&rec), Err(LogError::Behind));
         log.release(8);
         tokio::time::timeout(Duration::from_secs(5), log.wait(last))
             .await
             .unwrap()
             .unwrap();
+        log.release(16);
         log.close(writer);
-        let got = replay(dir.path(), 8).unwrap();
-        assert_eq!(got.first().map(|r| r.0), Some(9));
-        assert_eq!(got.last().map(|r| r.0), Some(24));
+        let (got, _) = replay(dir.path(), 16, 1).unwrap();
+        assert_eq!(got.first().map(|r| r.0), Some(17));
+        assert!(got.len() >= 8, "{}", got.len());
     }
 
     #[test]
     fn a_torn_tail_ends_the_replay_at_the_last_whole_record_wherever_it_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let (log, writer) = UsageLog::open(dir.path(), 4096, false, 1).unwrap();
+        let (log, writer) = UsageLog::open(dir.path(), 4096, false, 1, 1).unwrap();
         for s in 1..=5 {
             let seq = log.append(&payload(s)).unwrap();
             rt.block_on(log.wait(seq)).unwrap();
@@ -454,53 +519,78 @@ mod tests {
             let mut torn = whole.clone();
             torn[cut..].iter_mut().for_each(|b| *b = 0);
             std::fs::write(&path, &torn).unwrap();
-            let n = replay(dir.path(), 0).unwrap().len();
+            let n = replay(dir.path(), 0, 1).unwrap().0.len();
             let want = ends.iter().filter(|&&e| e <= cut).count();
             assert_eq!(n, want, "cut at byte {cut}");
             if cut < ends[4] {
                 let mut flipped = whole.clone();
                 flipped[cut] ^= 0x40;
                 std::fs::write(&path, &flipped).unwrap();
-                let got = replay(dir.path(), 0).unwrap();
+                let (got, _) = replay(dir.path(), 0, 1).unwrap();
                 assert!(got.len() < 5, "a changed byte at {cut} went unnoticed");
-                assert_eq!(
-                    got,
-                    (1..=got.len() as u64)
-                        .map(|s| (s, payload(s)))
-                        .collect::<Vec<_>>()
-                );
+                assert_eq!(got, numbered(1..=got.len() as u64, payload));
             }
         }
     }
 
+    /// One run writing `fixed` records `seqs` (written, not flushed, unless `flush`) and closing.
+    async fn run(dir: &Path, epoch: u64, seqs: std::ops::RangeInclusive<Seq>, flush: bool) {
+        let (log, writer) = UsageLog::open(dir, 4096, flush, *seqs.start(), epoch).unwrap();
+        for s in seqs.clone() {
+            log.append(&fixed(s)).unwrap();
+        }
+        log.wait(*seqs.end()).await.unwrap();
+        log.close(writer);
+    }
+
+    /// Replaces each byte in `at` of the first file by `f` of it.
+    fn damage(dir: &Path, at: std::ops::Range<usize>, f: impl Fn(u8) -> u8) {
+        let path = dir.join(NAMES[0]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[at].iter_mut().for_each(|b| *b = f(*b));
+        std::fs::write(&path, &bytes).unwrap();
+    }
+
     #[tokio::test]
-    async fn records_left_from_an_earlier_round_are_not_replayed() {
-        // Records of one length, so the old round's records start exactly where the new round's
-        // end and only their numbers tell them apart.
-        let fixed = |seq: Seq| format!("token-{seq:04}").into_bytes();
+    async fn records_of_an_earlier_run_are_never_replayed_as_this_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, writer) = UsageLog::open(dir.path(), 4096, true, 1).unwrap();
-        for s in 1..=20 {
-            log.append(&fixed(s)).unwrap();
-        }
-        log.wait(20).await.unwrap();
-        log.close(writer);
-        // A restart after folding all 20 writes over the start of the same file.
-        let (log, writer) = UsageLog::open(dir.path(), 4096, true, 21).unwrap();
-        for s in 21..=23 {
-            log.append(&fixed(s)).unwrap();
-        }
-        log.wait(23).await.unwrap();
-        log.close(writer);
-        let got = replay(dir.path(), 20).unwrap();
-        assert_eq!(got, (21..=23).map(|s| (s, fixed(s))).collect::<Vec<_>>());
-        assert_eq!(replay(dir.path(), 22).unwrap().len(), 1);
+        // Run 1 writes 17–40; suppose the power failed before its flush and the block holding
+        // 17 never reached the disk, while 25–40 did (blocks land out of order).
+        run(dir.path(), 1, 17..=40, false).await;
+        damage(dir.path(), 0..HEADER + fixed(17).len(), |_| 0);
+        // Its start finds nothing to fold after 16 (25–40 were never acknowledged)...
+        assert_eq!(replay(dir.path(), 16, 1).unwrap(), (vec![], 0));
+        // ...and run 2 numbers from 17 again, writing 17–24 over run 1's first records.
+        run(dir.path(), 2, 17..=24, true).await;
+        // Run 1's 25–40 lie right after run 2's 24, whole and in line: they are not run 2's.
+        assert_eq!(
+            replay(dir.path(), 16, 2).unwrap(),
+            (numbered(17..=24, fixed), 0)
+        );
+        assert_eq!(replay(dir.path(), 22, 2).unwrap().0.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn records_after_a_damaged_one_are_not_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        run(dir.path(), 1, 1..=6, false).await;
+        // Record 3's payload damaged: 4–6 can only have been written, never acknowledged.
+        let third = 2 * (HEADER + fixed(1).len()) + HEADER;
+        damage(dir.path(), third..third + 1, |b| b ^ 1);
+        assert_eq!(
+            replay(dir.path(), 0, 1).unwrap(),
+            (numbered(1..=2, fixed), 0)
+        );
     }
 
     #[test]
-    fn a_record_larger_than_a_file_or_after_close_is_refused() {
+    fn bad_sizes_numbers_and_late_records_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, writer) = UsageLog::open(dir.path(), 256, true, 1).unwrap();
+        assert!(
+            UsageLog::open(dir.path(), 256, true, 0, 1).is_err(),
+            "next = 0"
+        );
+        let (log, writer) = UsageLog::open(dir.path(), 256, true, 1, 1).unwrap();
         assert_eq!(log.append(&[0u8; 300]), Err(LogError::TooLarge(300)));
         log.close(writer);
         assert_eq!(log.append(b"late"), Err(LogError::Closed));
