@@ -28,7 +28,8 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: the store answers and the meter can count calls. 503 when not.
+/// Readiness: the store answers, the lock a usage batch needs is granted (within the lock
+/// timeout), and the meter can count calls. 503 when not.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(s): State<AppState>) -> Result<Json<Health>, ApiError> {
@@ -40,7 +41,7 @@ pub async fn readyz(State(s): State<AppState>) -> Result<Json<Health>, ApiError>
         );
         return Err(unavailable());
     }
-    s.ctx.store.ping().await.map_err(|e| {
+    s.ctx.store.probe_usage_lock().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
         unavailable()
     })?;

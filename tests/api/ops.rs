@@ -205,6 +205,9 @@ async fn a_lock_held_elsewhere_answers_503_and_spends_nothing(b: Backend) {
         "answered after {:?}, not after the 1 s lock timeout",
         start.elapsed()
     );
+    // Readiness says so too (reads still work, but no call could be counted).
+    let (s, v) = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     // An admin write waits the same way.
     let renamed = app
         .patch(
@@ -218,6 +221,10 @@ async fn a_lock_held_elsewhere_answers_503_and_spends_nothing(b: Backend) {
     if let Some(c) = pg {
         sqlx::Connection::close(c).await.unwrap();
     }
+    assert_eq!(
+        app.call(Method::GET, "/readyz", None, None).await.0,
+        StatusCode::OK
+    );
     // The refused call spent nothing.
     let (s, v) = verify().await;
     assert_eq!(
