@@ -716,3 +716,75 @@ fn only_serve_and_migrate_upgrade_a_store_and_a_set_up_store_keeps_its_master_ke
         "{o:?}"
     );
 }
+
+/// A store an older version set up (every migration but the last, applied for real, holding
+/// an account) is upgraded by `migrate` and keeps its data; until then commands refuse it.
+#[test]
+fn migrate_upgrades_a_store_an_older_version_set_up_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let older = tempfile::tempdir().unwrap();
+    let mut files: Vec<_> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    files.sort();
+    let all = files.len();
+    for f in &files[..all - 1] {
+        std::fs::copy(f, older.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let db = data.join("tokenwarden.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&db)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        sqlx::migrate::Migrator::new(older.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO accounts (id, name, status, max_tokens, secret_hash, created_at, updated_at) \
+             VALUES ('acc_old', 'oldco', 'active', 50, x'00', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    });
+    let run = |args: &[&str]| tw(dir.path()).args(args).output().unwrap();
+    let o = run(&["account", "list"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("tokenwarden migrate"),
+        "{o:?}"
+    );
+    json_out(&run(&["migrate"]));
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let applied: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM _sqlx_migrations WHERE success",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(applied as usize, all);
+    drop(conn);
+    let listed = json_out(&run(&["account", "list"])).to_string();
+    assert!(listed.contains("oldco"), "{listed}");
+    // And it works as a store of this version: a token on the old account.
+    let v = json_out(&run(&[
+        "token",
+        "create",
+        "--account",
+        "oldco",
+        "--name",
+        "svc",
+    ]));
+    assert_eq!(v["tokens"][0]["account_id"], "acc_old", "{v}");
+}
