@@ -426,24 +426,12 @@ impl Store {
     /// write lock; on PostgreSQL, the tokens table's row-lock mode): `/readyz` asks this, so a
     /// store that answers reads but where no call could be counted is not ready.
     pub async fn probe_usage_lock(&self) -> Result<()> {
-        match &*self.backend {
-            Backend::Sqlite(p) => {
-                let mut c = p.acquire().await?;
-                sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *c).await?;
-                if let Err(e) = sqlx::raw_sql("ROLLBACK").execute(&mut *c).await {
-                    // Possibly still in the transaction: not handed to anyone else.
-                    c.close_on_drop();
-                    return Err(e.into());
-                }
-            }
-            Backend::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                sqlx::raw_sql("SELECT 1 FROM tokens LIMIT 0 FOR UPDATE")
-                    .execute(&mut *tx)
-                    .await?;
-                tx.rollback().await?;
-            }
-        }
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let q = format!("SELECT 1 FROM tokens LIMIT 0{}", p.for_update());
+            sqlx::query(sql(q)).execute(&mut *tx).await?;
+            tx.rollback().await?;
+        });
         Ok(())
     }
 

@@ -21,7 +21,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::watch;
 
@@ -79,7 +79,6 @@ struct State {
     next: Seq,
     /// Every record up to this one is folded: its space may be reused.
     released: Seq,
-    failed: Option<LogError>,
     closed: bool,
 }
 
@@ -123,7 +122,6 @@ impl UsageLog {
                 ends: Vec::new(),
                 next,
                 released: next - 1,
-                failed: None,
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -153,10 +151,10 @@ impl UsageLog {
         if (HEADER + payload.len()) as u64 > self.size {
             return Err(LogError::TooLarge(payload.len()));
         }
-        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = &s.failed {
+        if let Some(e) = &self.shared.durable.borrow().failed {
             return Err(e.clone());
         }
+        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.closed {
             return Err(LogError::Closed);
         }
@@ -256,21 +254,12 @@ impl UsageLog {
             }
             let written = written
                 .and_then(|()| self.settle(&files[cur], flush, first + ends.len() as Seq - 1));
-            match written {
-                Ok(()) => {}
-                Err(e) => {
-                    let e = LogError::Failed(e.to_string());
-                    tracing::error!(error = %e, "writing the usage log failed");
-                    self.shared
-                        .state
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .failed = Some(e.clone());
-                    self.shared
-                        .durable
-                        .send_modify(|d| d.failed = Some(e.clone()));
-                    return;
-                }
+            if let Err(e) = written {
+                let e = LogError::Failed(e.to_string());
+                tracing::error!(error = %e, "writing the usage log failed");
+                // Appends see it here too, and are refused from now on.
+                self.shared.durable.send_modify(|d| d.failed = Some(e));
+                return;
             }
         }
     }
@@ -322,7 +311,7 @@ fn write_at(f: &mut File, offset: u64, bytes: &[u8]) -> io::Result<()> {
 
 /// Opens `path`, making it `size` bytes of zeros (flushed, with its directory) when it is
 /// missing or of another size.
-fn prepared(path: &PathBuf, size: u64) -> io::Result<File> {
+fn prepared(path: &Path, size: u64) -> io::Result<File> {
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
