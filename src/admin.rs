@@ -35,6 +35,8 @@ pub struct Ctx {
     pub clock: SharedClock,
     /// Seals the secrets of JWT-signing tokens.
     pub master_key: Arc<crate::seal::MasterKey>,
+    /// Folds counted calls into the store before a read or change that depends on them.
+    pub usage: crate::verify::meter::Settle,
 }
 
 /// Why an operation did not happen. Mapped to HTTP status and numeric code in `api::error` and to

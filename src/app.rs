@@ -96,6 +96,7 @@ pub async fn open_ctx(config: Config, clock: SharedClock, upgrade: Upgrade) -> a
         store,
         clock,
         master_key: Arc::new(master_key),
+        usage: Default::default(),
     })
 }
 
@@ -332,8 +333,13 @@ impl App {
         let addr = self.local_addr();
         let config = self.ctx.config.clone();
         let store = self.ctx.store.clone();
-        let (meter, writer) = crate::verify::meter::Meter::start(store.clone(), config.durability)
-            .context("cannot open the usage writer's connection to the store")?;
+        let (meter, writer) = crate::verify::meter::Meter::start(
+            store.clone(),
+            config.durability,
+            config.usage_log_bytes,
+            &self.ctx.usage,
+        )
+        .context("cannot start counting calls")?;
         let mut scheduler = crate::jobs::start_scheduler(self.runner.clone())
             .await
             .context("cannot start the job scheduler")?;

@@ -10,7 +10,7 @@ pub const VERIFICATIONS: &str = "tokenwarden_verifications_total";
 pub const VERIFY_SECONDS: &str = "tokenwarden_verify_duration_seconds";
 /// Store errors seen while serving (`op` label: `verify`, or `api` for every other route).
 pub const STORE_ERRORS: &str = "tokenwarden_store_errors_total";
-/// Calls consumed per usage transaction.
+/// Calls consumed per usage transaction (a PostgreSQL batch; a SQLite fold).
 pub const BATCH_SIZE: &str = "tokenwarden_meter_batch_size";
 /// Job runs by job and outcome (`done`, `failed`).
 pub const JOB_RUNS: &str = "tokenwarden_job_runs_total";

@@ -96,6 +96,8 @@ pub struct RawDatabase {
     pub durability: String,
     /// How long a write waits for a lock another connection holds before it is answered 503.
     pub lock_timeout_seconds: u64,
+    /// Size of each of the two usage log files (SQLite), in MiB.
+    pub usage_log_mib: u64,
 }
 
 /// `[tokens]`
@@ -179,6 +181,7 @@ impl Default for RawDatabase {
             max_connections: 8,
             durability: "power-loss".into(),
             lock_timeout_seconds: 10,
+            usage_log_mib: 64,
         }
     }
 }
@@ -285,6 +288,8 @@ pub struct Config {
     /// How long a write waits for another connection's lock (SQLite's busy timeout,
     /// PostgreSQL's `lock_timeout`).
     pub db_lock_timeout: std::time::Duration,
+    /// Size of each usage log file in bytes (SQLite).
+    pub usage_log_bytes: u64,
     /// Token settings.
     pub tokens: TokenSettings,
     /// Default `max_tokens` of new accounts.
@@ -543,6 +548,9 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
     if !(1..=300).contains(&raw.database.lock_timeout_seconds) {
         bad("database.lock_timeout_seconds", "must be 1 to 300".into());
     }
+    if !(1..=4096).contains(&raw.database.usage_log_mib) {
+        bad("database.usage_log_mib", "must be 1 to 4096".into());
+    }
     let durability = match raw.database.durability.as_str() {
         "power-loss" => Durability::PowerLoss,
         "process-crash" => Durability::ProcessCrash,
@@ -644,6 +652,7 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             // answered 503 before the request timeout answers 408.
             db_lock_timeout: std::time::Duration::from_secs(raw.database.lock_timeout_seconds)
                 .min(std::time::Duration::from_secs(raw.server.request_timeout_seconds) * 4 / 5),
+            usage_log_bytes: raw.database.usage_log_mib << 20,
             tokens: TokenSettings {
                 prefix: t.prefix.clone(),
                 default_usage_limit: t.default_usage_limit,
@@ -761,6 +770,18 @@ mod tests {
         assert_eq!(c.default_max_tokens, 50);
         assert_eq!(c.tokens.prefix, "tw");
         assert_eq!(c.durability, Durability::PowerLoss);
+    }
+
+    #[test]
+    fn usage_log_size_is_checked() {
+        let f = file("[database]\nusage_log_mib = 2\n");
+        let c = load(Some(f.path()), &Overrides::default()).unwrap();
+        assert_eq!(c.usage_log_bytes, 2 << 20);
+        for bad in [0, 4097] {
+            let f = file(&format!("[database]\nusage_log_mib = {bad}\n"));
+            let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
+            assert_eq!(errs[0].key, "database.usage_log_mib");
+        }
     }
 
     #[test]

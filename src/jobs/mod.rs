@@ -359,6 +359,8 @@ impl Runner {
         reopen_done: bool,
     ) -> Result<RunReport, crate::store::StoreError> {
         let _one = self.lock.lock().await;
+        // Counters the job reads or rolls over include every call answered so far.
+        self.ctx.usage.settle().await?;
         let store = &self.ctx.store;
         let lease = self.live.get().config.jobs.lease;
         let lease_until = || Utc::now() + chrono::TimeDelta::from_std(lease).unwrap_or_default();

@@ -207,7 +207,9 @@ impl Store {
                     .bind(&t.id).bind(t.calls_month).bind(&t.calls_month_period).bind(t.remaining)
                     .bind(&t.refill_period).bind(t.status.as_str()).execute(&mut *tx).await?;
             }
+            let change = if nt + na > 0 { p.note_change(&mut tx).await? } else { 0 };
             tx.commit().await?;
+            self.observe_change(change);
             Ok((nt, na))
         })
     }
@@ -255,10 +257,13 @@ impl Store {
                 "UPDATE tokens SET status = 'expired', updated_at = $2 WHERE id = $1 \
                  AND status IN ('active', 'exhausted') AND expires_at IS NOT NULL AND expires_at <= $2")
                 .bind(id).bind(now).execute(&mut *tx).await?.rows_affected();
+            let mut change = 0;
             if n == 1 {
                 queue_messages!(tx, messages, now);
+                change = p.note_change(&mut tx).await?;
             }
             tx.commit().await?;
+            self.observe_change(change);
             Ok(n == 1)
         })
     }

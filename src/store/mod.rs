@@ -179,6 +179,8 @@ pub struct Store {
     backend: std::sync::Arc<Backend>,
     /// How long a write waits for another connection's lock.
     lock_timeout: Duration,
+    /// The highest change number seen (`change_no`).
+    changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Runs `$body` with `$pool` bound to whichever pool this store has.
@@ -239,7 +241,20 @@ trait WritePool {
     async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
     /// Suffix that locks the selected rows until commit (PostgreSQL); SQLite's lock is the database.
     fn for_update(&self) -> &'static str;
+    /// Counts a change to what verification decides on (a token's or an account's settings)
+    /// in `settings.change_no`, inside the transaction making it, and returns the new number
+    /// for `Store::observe_change` after the commit. SQLite only (its daemon keeps those rows
+    /// in memory, `verify::ledger`); 0 on PostgreSQL, where every verification reads the rows.
+    async fn note_change(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+    ) -> Result<u64, sqlx::Error>;
 }
+
+/// See `WritePool::note_change`.
+const NOTE_CHANGE: &str = "INSERT INTO settings (key, value) VALUES ('change_no', '1') \
+     ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) \
+     RETURNING CAST(value AS INTEGER)";
 
 impl WritePool for SqlitePool {
     type Db = Sqlite;
@@ -248,6 +263,10 @@ impl WritePool for SqlitePool {
     }
     fn for_update(&self) -> &'static str {
         ""
+    }
+    async fn note_change(&self, tx: &mut Transaction<'static, Sqlite>) -> Result<u64, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar(NOTE_CHANGE).fetch_one(&mut **tx).await?;
+        Ok(n as u64)
     }
 }
 
@@ -258,6 +277,12 @@ impl WritePool for PgPool {
     }
     fn for_update(&self) -> &'static str {
         " FOR UPDATE"
+    }
+    async fn note_change(
+        &self,
+        _: &mut Transaction<'static, Postgres>,
+    ) -> Result<u64, sqlx::Error> {
+        Ok(0)
     }
 }
 
@@ -332,6 +357,7 @@ impl Store {
         Ok(Store {
             backend: std::sync::Arc::new(backend),
             lock_timeout,
+            changes: Default::default(),
         })
     }
 
@@ -394,6 +420,19 @@ impl Store {
             "SELECT value FROM settings WHERE key = $1")
             .bind(key).fetch_optional(p).await?);
         Ok(v)
+    }
+
+    /// The highest change number this process has seen: raised by this process's changes to
+    /// tokens and accounts as they commit, and by `observe_change` for those of other processes
+    /// (the CLI). A verification cache is good only while this stays the same.
+    pub fn change_no(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Raises `change_no` to `n` (never lowers it).
+    pub fn observe_change(&self, n: u64) {
+        self.changes
+            .fetch_max(n, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// `sqlite` or `postgres`.
@@ -555,7 +594,9 @@ impl Store {
             let row = sqlx::query_as::<_, AccountRow>(sql(update))
                 .bind(id).bind(next.status.as_str()).bind(next.max_tokens).bind(next.monthly_quota)
                 .bind(now).fetch_one(&mut *tx).await.map_err(StoreError::from)?;
+            let n = p.note_change(&mut tx).await.map_err(StoreError::from)?;
             tx.commit().await.map_err(StoreError::from)?;
+            self.observe_change(n);
             Ok(Account::try_from(row)?)
         })
     }
@@ -667,12 +708,16 @@ impl Store {
         );
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
+            let mut change = 0;
             // Tokens before the account: the usage writer's lock order.
             if let Some((name, period)) = revoke_policy {
-                sqlx::query(
+                let revoked = sqlx::query(
                     "UPDATE tokens SET status = 'revoked', revoked_at = $3, updated_at = $3 \
                      WHERE policy_name = $1 AND policy_period < $2 AND status <> 'revoked'")
-                    .bind(name).bind(period).bind(now).execute(&mut *tx).await?;
+                    .bind(name).bind(period).bind(now).execute(&mut *tx).await?.rows_affected();
+                if revoked > 0 {
+                    change = p.note_change(&mut tx).await?;
+                }
             }
             let max: i64 = sqlx::query_scalar(sql(format!(
                 "SELECT max_tokens FROM accounts WHERE id = $1{}", p.for_update())))
@@ -700,6 +745,7 @@ impl Store {
             }
             queue_messages!(tx, messages, now);
             tx.commit().await?;
+            self.observe_change(change);
             Ok(out)
         })
     }
@@ -849,7 +895,9 @@ impl Store {
                 .bind(t.usage_limit).bind(t.remaining).bind(t.refill_monthly).bind(t.expires_at)
                 .bind(t.status.as_str()).bind(now).bind(t.revoked_at).bind(&t.refill_period)
                 .fetch_one(&mut *tx).await.map_err(StoreError::from)?;
+            let n = p.note_change(&mut tx).await.map_err(StoreError::from)?;
             tx.commit().await.map_err(StoreError::from)?;
+            self.observe_change(n);
             Ok(Token::try_from(row)?)
         })
     }
@@ -871,9 +919,16 @@ impl Store {
              sealed_secret = CASE WHEN jwt_enabled THEN $3 ELSE NULL END, updated_at = $5 \
              WHERE id = $1 AND status <> 'revoked' RETURNING {TOKEN_COLS}"
         );
-        let row = with_pool!(self, p => sqlx::query_as::<_, TokenRow>(sql(q))
-            .bind(id).bind(new_hash).bind(sealed_secret).bind(grace_until).bind(now)
-            .fetch_optional(p).await?)
+        let row = with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let row = sqlx::query_as::<_, TokenRow>(sql(q))
+                .bind(id).bind(new_hash).bind(sealed_secret).bind(grace_until).bind(now)
+                .fetch_optional(&mut *tx).await?;
+            let n = p.note_change(&mut tx).await?;
+            tx.commit().await?;
+            self.observe_change(n);
+            row
+        })
         .ok_or(StoreError::NotFound)?;
         row.try_into()
     }

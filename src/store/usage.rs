@@ -25,6 +25,9 @@ pub struct Consume {
     pub now: DateTime<Utc>,
     /// When the call came with a JWT: its own use count to enforce.
     pub jwt: Option<JwtUse>,
+    /// Decided VALID already (a usage-log record being folded into the store): consumed as it
+    /// was then, whatever the token's state is now, with no check.
+    pub decided: bool,
 }
 
 /// A JWT's own use limit.
@@ -143,8 +146,10 @@ impl StatRow {
 
 /// Which monthly archive a rolled counter goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Archive {
+pub enum Archive {
+    /// `token_monthly_usage`.
     Token,
+    /// `account_monthly_usage`.
     Account,
 }
 
@@ -160,16 +165,20 @@ impl Archive {
 
 /// A JWT's use count after a batch.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct JwtCount {
+pub struct JwtCount {
+    /// The signing token.
     pub token_id: String,
+    /// The JWT's `Id`.
     pub jwt_id: String,
+    /// Its uses so far.
     pub uses: i64,
+    /// Its `ValidUntil`.
     pub expires_at: DateTime<Utc>,
 }
 
 /// The state a batch is decided against, read under the write lock.
 #[derive(Debug, Default)]
-pub(super) struct BatchState {
+pub struct BatchState {
     /// The batch's tokens, by id (an unknown id is absent).
     pub tokens: HashMap<String, Token>,
     /// Their accounts, by id.
@@ -181,7 +190,7 @@ pub(super) struct BatchState {
 /// What a batch decided and what it must write: everything in memory, so each driver only
 /// reads the state and writes the plan, within one transaction.
 #[derive(Debug, Default)]
-pub(super) struct Plan {
+pub struct Plan {
     /// One decision per call, in order.
     pub decided: Vec<Decided>,
     /// Tokens whose counters, status or refill changed, in id order.
@@ -198,7 +207,7 @@ pub(super) struct Plan {
 
 /// The ids of the tokens a batch touches (its calls and its denials), sorted and unique: the
 /// lock order.
-pub(super) fn batch_token_ids(reqs: &[Consume], denials: &[Denial]) -> Vec<String> {
+pub fn batch_token_ids(reqs: &[Consume], denials: &[Denial]) -> Vec<String> {
     let mut v: Vec<String> = reqs
         .iter()
         .map(|r| r.token_id.clone())
@@ -210,7 +219,7 @@ pub(super) fn batch_token_ids(reqs: &[Consume], denials: &[Denial]) -> Vec<Strin
 }
 
 /// The (token, JWT) pairs a batch uses, sorted and unique.
-pub(super) fn batch_jwt_keys(reqs: &[Consume]) -> Vec<(String, String)> {
+pub fn batch_jwt_keys(reqs: &[Consume]) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = reqs
         .iter()
         .filter_map(|r| {
@@ -296,7 +305,7 @@ fn count(
 /// Decides `reqs` in order against `state` as the batch's earlier calls leave it, and collects
 /// the writes: consumed uses and quota, rolled months, statistics (with `denials`) and JWT
 /// counts. A refused call spends nothing. Pure: no I/O, so both drivers share it.
-pub(super) fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> Plan {
+pub fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> Plan {
     let BatchState {
         mut tokens,
         mut accounts,
@@ -325,7 +334,7 @@ pub(super) fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> P
         let period = month_key(r.now);
         let known = tokens
             .get(&r.token_id)
-            .filter(|t| secret_matches(t, r))
+            .filter(|t| r.decided || secret_matches(t, r))
             .map(|t| t.account_id.clone())
             .filter(|a| accounts.contains_key(a));
         let (Some(account_id), Some(t), Some(a)) = (
@@ -351,12 +360,16 @@ pub(super) fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> P
         }
         archives.extend(archived.map(|(p, n)| (Archive::Account, a.id.clone(), p, n)));
 
-        let mut outcome = decide(t, &AccountState::of(a), &r.check, r.now);
+        let mut outcome = if r.decided {
+            Outcome::Valid
+        } else {
+            decide(t, &AccountState::of(a), &r.check, r.now)
+        };
         if let (Outcome::Valid, Some(j)) = (outcome, &r.jwt) {
             // The JWT's own count: its signer's row is locked, so this read-decide-write holds.
             let key = (r.token_id.clone(), j.jwt_id.clone());
             let used = jwt_uses.get(&key).copied().unwrap_or(0);
-            if used + r.check.cost <= j.limit {
+            if r.decided || used + r.check.cost <= j.limit {
                 jwt_uses.insert(key.clone(), used + r.check.cost);
                 dirty_jwts.insert(key, j.expires_at);
             } else {
@@ -664,8 +677,8 @@ impl Store {
     /// daily statistics, in one PostgreSQL transaction: one commit for the whole batch, flushed
     /// to disk before it returns unless `flush` is off (`durability = "process-crash"`).
     /// A batch PostgreSQL picks as a deadlock victim (another transaction locked the same rows
-    /// in another order) rolled back whole, so it is run again. (SQLite batches run on the
-    /// meter's own connection: `usage_sqlite::UsageConn`.)
+    /// in another order) rolled back whole, so it is run again. (On SQLite the ledger decides in
+    /// memory and folds: `verify::ledger`, `usage_sqlite::UsageConn::fold`.)
     pub async fn consume_batch(
         &self,
         reqs: &[Consume],
@@ -674,7 +687,7 @@ impl Store {
     ) -> Result<Vec<Decided>> {
         let Backend::Postgres(p) = &*self.backend else {
             return Err(StoreError::Other(
-                "SQLite batches run on the meter's own connection".into(),
+                "SQLite calls are counted by the ledger".into(),
             ));
         };
         let mut attempt = 1;
@@ -786,6 +799,7 @@ mod tests {
             },
             now,
             jwt: None,
+            decided: false,
         }
     }
 
@@ -818,6 +832,49 @@ mod tests {
         assert_eq!(t.today.day.as_deref(), Some("2026-11-27"));
         assert_eq!((c[0], c[1], c[8]), (2, 2, 1), "valid, cost, usage_exceeded");
         assert_eq!(p.accounts[0].quota_used, 2);
+    }
+
+    /// A fold applies calls decided earlier as they were, on the rows as they are now: a
+    /// token revoked, refilled or with a new secret since is charged all the same, unchecked.
+    #[test]
+    fn a_call_decided_already_is_consumed_on_the_row_as_it_is_now() {
+        let mut t = token("AAAA", Some(100));
+        t.status = TokenStatus::Revoked;
+        t.secret_hash = vec![9; 32];
+        let decided = |cost| Consume {
+            secret_hash: None,
+            decided: true,
+            check: Check {
+                cost,
+                ..Check::default()
+            },
+            jwt: Some(JwtUse {
+                jwt_id: "j".into(),
+                limit: 1,
+                expires_at: at(28, 0),
+            }),
+            ..call("AAAA", 7, at(27, 12))
+        };
+        let p = plan(&[decided(2), decided(3)], &[], state(vec![t], None));
+        assert_eq!(outcomes(&p), [Outcome::Valid, Outcome::Valid]);
+        let t = &p.tokens[0];
+        assert_eq!((t.remaining, t.calls_total), (Some(95), 9));
+        assert_eq!(t.status, TokenStatus::Revoked, "the status is left alone");
+        assert_eq!(p.accounts[0].quota_used, 5);
+        assert_eq!(
+            p.jwt_uses[0].uses, 5,
+            "past the JWT's own count, as decided"
+        );
+        // The same calls undecided are refused, and spend nothing.
+        let undecided = Consume {
+            decided: false,
+            ..decided(2)
+        };
+        let mut t = token("AAAA", Some(100));
+        t.status = TokenStatus::Revoked;
+        let p = plan(&[undecided], &[], state(vec![t], None));
+        assert_eq!(outcomes(&p), [Outcome::Revoked]);
+        assert_eq!(p.tokens[0].remaining, Some(100));
     }
 
     #[test]

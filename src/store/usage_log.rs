@@ -3,8 +3,7 @@
 //!
 //! This is the durable half of the SQLite design measured in BENCHMARKS.md ("Next steps"):
 //! calls decided against counters in memory, each VALID call's record flushed here before it is
-//! answered, and the counters folded into SQLite in rare passes. It is not wired into the meter
-//! yet; what it guarantees is tested here on its own.
+//! answered, and the counters folded into SQLite in rare passes. `verify::ledger` drives it.
 //!
 //! Two files of a fixed size, made once (zero-filled and flushed, so a flush rewrites blocks
 //! that exist and the file's size never changes), are used in turn: records go into one from its
@@ -32,9 +31,19 @@ pub type Seq = u64;
 pub type Record = (Seq, Vec<u8>);
 
 const MAGIC: u32 = 0x5457_4c31; // "TWL1"
-const HEADER: usize = 4 + 8 + 8 + 4 + 4;
-/// The files' names in the data directory.
-const NAMES: [&str; 2] = ["usage-log.0", "usage-log.1"];
+/// A record's header in bytes (before its payload).
+pub const HEADER: usize = 4 + 8 + 8 + 4 + 4;
+/// The files' names: the base path (the database file's) with these suffixes.
+const SUFFIXES: [&str; 2] = ["-usage.0", "-usage.1"];
+
+/// The two files of the log at `base`.
+pub fn file_paths(base: &Path) -> [std::path::PathBuf; 2] {
+    SUFFIXES.map(|s| {
+        let mut p = base.as_os_str().to_owned();
+        p.push(s);
+        p.into()
+    })
+}
 
 /// Why the log refuses a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,13 +103,13 @@ pub struct UsageLog {
 pub struct Writer(std::thread::JoinHandle<()>);
 
 impl UsageLog {
-    /// Opens the two files of `size` bytes each in `dir` (made, or remade at another size, as
+    /// Opens the two files of `size` bytes each at `base` (`file_paths`; made, or remade at another size, as
     /// zeros), and starts the writer, numbering from `next` (at least 1) under `epoch`, which
     /// differs from every earlier run's. Every record on disk must have been replayed and folded
     /// before: both files are free. With `flush`, a record is durable once `fdatasync` returned
     /// after it; without, once written (a killed process loses nothing, a power loss may).
     pub fn open(
-        dir: &Path,
+        base: &Path,
         size: u64,
         flush: bool,
         next: Seq,
@@ -112,9 +121,9 @@ impl UsageLog {
                 "usage log numbers start at 1",
             ));
         }
-        let files = NAMES
+        let files = file_paths(base)
             .iter()
-            .map(|n| prepared(&dir.join(n), size))
+            .map(|p| prepared(p, size))
             .collect::<io::Result<Vec<File>>>()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -182,6 +191,11 @@ impl UsageLog {
             Some(e) if got.upto < seq => Err(e.clone()),
             _ => Ok(()),
         }
+    }
+
+    /// Why nothing more is taken, once writing failed.
+    pub fn failure(&self) -> Option<LogError> {
+        self.shared.durable.borrow().failed.clone()
     }
 
     /// Every record up to `seq` is folded into the store: the space it takes may be reused.
@@ -339,10 +353,10 @@ fn prepared(path: &Path, size: u64) -> io::Result<File> {
 /// What a start must fold before serving: the records of `epoch` (the last run's) numbered
 /// after `after`, in order, up to the first missing number; and how many records of that epoch
 /// were found beyond such a gap (never acknowledged, so not counted; worth a warning).
-pub fn replay(dir: &Path, after: Seq, epoch: u64) -> io::Result<(Vec<Record>, usize)> {
+pub fn replay(base: &Path, after: Seq, epoch: u64) -> io::Result<(Vec<Record>, usize)> {
     let mut found = Vec::new();
-    for name in NAMES {
-        match File::open(dir.join(name)) {
+    for path in file_paths(base) {
+        match File::open(&path) {
             Ok(f) => found.extend(scan(f, epoch)?),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -419,7 +433,7 @@ mod tests {
     async fn records_come_back_in_order_across_both_files_and_rounds() {
         let dir = tempfile::tempdir().unwrap();
         // Small files: about two dozen records each, so the log goes round several times.
-        let (log, writer) = UsageLog::open(dir.path(), 1024, true, 1, 1).unwrap();
+        let (log, writer) = UsageLog::open(&dir.path().join("db"), 1024, true, 1, 1).unwrap();
         let mut folded = 0;
         for round in 0..20u64 {
             let seqs: Vec<Seq> = (0..10)
@@ -434,11 +448,11 @@ mod tests {
         }
         log.close(writer);
         assert_eq!(
-            replay(dir.path(), 190, 1).unwrap(),
+            replay(&dir.path().join("db"), 190, 1).unwrap(),
             (numbered(191..=200, payload), 0)
         );
         // From further back than the files reach: nothing is made up (record 1 is gone).
-        assert_eq!(replay(dir.path(), 0, 1).unwrap().0, vec![]);
+        assert_eq!(replay(&dir.path().join("db"), 0, 1).unwrap().0, vec![]);
     }
 
     #[tokio::test]
@@ -447,7 +461,7 @@ mod tests {
         let rec = vec![b'x'; 100];
         // Room for 8 records per file.
         let size = 8 * (HEADER + 100) as u64;
-        let (log, writer) = UsageLog::open(dir.path(), size, true, 1, 1).unwrap();
+        let (log, writer) = UsageLog::open(&dir.path().join("db"), size, true, 1, 1).unwrap();
         // Records 1–16 fill both files; 17 must wait for the first file's fold.
         let mut last = 0;
         for upto in [8, 16, 24] {
@@ -468,7 +482,7 @@ mod tests {
             "record 17 was acknowledged before its file was free"
         );
         // Nothing unfolded was overwritten meanwhile.
-        assert_eq!(replay(dir.path(), 0, 1).unwrap().0.len(), 16);
+        assert_eq!(replay(&dir.path().join("db"), 0, 1).unwrap().0.len(), 16);
         // Appends are refused once a file's worth waits, instead of piling up.
         while log.append(&rec).is_ok() {}
         assert_eq!(log.append(&rec), Err(LogError::Behind));
@@ -479,7 +493,7 @@ mod tests {
             .unwrap();
         log.release(16);
         log.close(writer);
-        let (got, _) = replay(dir.path(), 16, 1).unwrap();
+        let (got, _) = replay(&dir.path().join("db"), 16, 1).unwrap();
         assert_eq!(got.first().map(|r| r.0), Some(17));
         assert!(got.len() >= 8, "{}", got.len());
     }
@@ -488,13 +502,13 @@ mod tests {
     fn a_torn_tail_ends_the_replay_at_the_last_whole_record_wherever_it_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let (log, writer) = UsageLog::open(dir.path(), 4096, false, 1, 1).unwrap();
+        let (log, writer) = UsageLog::open(&dir.path().join("db"), 4096, false, 1, 1).unwrap();
         for s in 1..=5 {
             let seq = log.append(&payload(s)).unwrap();
             rt.block_on(log.wait(seq)).unwrap();
         }
         log.close(writer);
-        let path = dir.path().join(NAMES[0]);
+        let path = file_paths(&dir.path().join("db"))[0].clone();
         let whole = std::fs::read(&path).unwrap();
         let ends: Vec<usize> = (1..=5u64)
             .scan(0, |at, s| {
@@ -508,14 +522,14 @@ mod tests {
             let mut torn = whole.clone();
             torn[cut..].iter_mut().for_each(|b| *b = 0);
             std::fs::write(&path, &torn).unwrap();
-            let n = replay(dir.path(), 0, 1).unwrap().0.len();
+            let n = replay(&dir.path().join("db"), 0, 1).unwrap().0.len();
             let want = ends.iter().filter(|&&e| e <= cut).count();
             assert_eq!(n, want, "cut at byte {cut}");
             if cut < ends[4] {
                 let mut flipped = whole.clone();
                 flipped[cut] ^= 0x40;
                 std::fs::write(&path, &flipped).unwrap();
-                let (got, _) = replay(dir.path(), 0, 1).unwrap();
+                let (got, _) = replay(&dir.path().join("db"), 0, 1).unwrap();
                 assert!(got.len() < 5, "a changed byte at {cut} went unnoticed");
                 assert_eq!(got, numbered(1..=got.len() as u64, payload));
             }
@@ -534,7 +548,7 @@ mod tests {
 
     /// Replaces each byte in `at` of the first file by `f` of it.
     fn damage(dir: &Path, at: std::ops::Range<usize>, f: impl Fn(u8) -> u8) {
-        let path = dir.join(NAMES[0]);
+        let path = file_paths(dir)[0].clone();
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[at].iter_mut().for_each(|b| *b = f(*b));
         std::fs::write(&path, &bytes).unwrap();
@@ -545,29 +559,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Run 1 writes 17–40; suppose the power failed before its flush and the block holding
         // 17 never reached the disk, while 25–40 did (blocks land out of order).
-        run(dir.path(), 1, 17..=40, false).await;
-        damage(dir.path(), 0..HEADER + fixed(17).len(), |_| 0);
+        run(&dir.path().join("db"), 1, 17..=40, false).await;
+        damage(&dir.path().join("db"), 0..HEADER + fixed(17).len(), |_| 0);
         // Its start finds nothing to fold after 16 (25–40 were never acknowledged)...
-        assert_eq!(replay(dir.path(), 16, 1).unwrap(), (vec![], 0));
+        assert_eq!(replay(&dir.path().join("db"), 16, 1).unwrap(), (vec![], 0));
         // ...and run 2 numbers from 17 again, writing 17–24 over run 1's first records.
-        run(dir.path(), 2, 17..=24, true).await;
+        run(&dir.path().join("db"), 2, 17..=24, true).await;
         // Run 1's 25–40 lie right after run 2's 24, whole and in line: they are not run 2's.
         assert_eq!(
-            replay(dir.path(), 16, 2).unwrap(),
+            replay(&dir.path().join("db"), 16, 2).unwrap(),
             (numbered(17..=24, fixed), 0)
         );
-        assert_eq!(replay(dir.path(), 22, 2).unwrap().0.len(), 2);
+        assert_eq!(replay(&dir.path().join("db"), 22, 2).unwrap().0.len(), 2);
     }
 
     #[tokio::test]
     async fn records_after_a_damaged_one_are_not_returned() {
         let dir = tempfile::tempdir().unwrap();
-        run(dir.path(), 1, 1..=6, false).await;
+        run(&dir.path().join("db"), 1, 1..=6, false).await;
         // Record 3's payload damaged: 4–6 can only have been written, never acknowledged.
         let third = 2 * (HEADER + fixed(1).len()) + HEADER;
-        damage(dir.path(), third..third + 1, |b| b ^ 1);
+        damage(&dir.path().join("db"), third..third + 1, |b| b ^ 1);
         assert_eq!(
-            replay(dir.path(), 0, 1).unwrap(),
+            replay(&dir.path().join("db"), 0, 1).unwrap(),
             (numbered(1..=2, fixed), 0)
         );
     }
@@ -576,10 +590,10 @@ mod tests {
     fn bad_sizes_numbers_and_late_records_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         assert!(
-            UsageLog::open(dir.path(), 256, true, 0, 1).is_err(),
+            UsageLog::open(&dir.path().join("db"), 256, true, 0, 1).is_err(),
             "next = 0"
         );
-        let (log, writer) = UsageLog::open(dir.path(), 256, true, 1, 1).unwrap();
+        let (log, writer) = UsageLog::open(&dir.path().join("db"), 256, true, 1, 1).unwrap();
         assert_eq!(log.append(&[0u8; 300]), Err(LogError::TooLarge(300)));
         log.close(writer);
         assert_eq!(log.append(b"late"), Err(LogError::Closed));

@@ -1,17 +1,16 @@
-//! The SQLite usage batch on a connection of its own, driven by one blocking thread.
+//! The SQLite side of the ledger (`verify::ledger`): folding usage records into the store, and
+//! reading the rows a verification decides on.
 //!
 //! sqlx runs each SQLite statement on a worker thread and hands the result back through
-//! channels, two thread switches per statement; a batch of a few dozen calls spent most of its
-//! time in those switches. The meter's thread instead owns this rusqlite connection (the same
-//! bundled SQLite library, `libsqlite3-sys`, as sqlx) and runs the whole batch in place with
-//! cached prepared statements: `BEGIN IMMEDIATE`, read, decide (`usage::plan`), write, `COMMIT`
-//! (flushed to disk by the meter's sync thread, see `WalFile`). Everything else keeps using the
-//! sqlx pool; the two share the database file and its write lock like any two connections.
+//! channels, two thread switches per statement. The ledger's threads instead own these rusqlite
+//! connections (the same bundled SQLite library, `libsqlite3-sys`, as sqlx) and run in place
+//! with cached prepared statements. Everything else keeps using the sqlx pool; they share the
+//! database file and its write lock like any connections.
 
 use super::model::{Account, DayCounts, Token};
 use super::rows::{ACCOUNT_COLS, TOKEN_COLS};
 use super::usage::{batch_jwt_keys, batch_token_ids, plan, BatchState, Plan, STAT_COLUMNS};
-use super::{Consume, Decided, Denial, Result, StoreError};
+use super::{Consume, Denial, Result, StoreError};
 use crate::domain::status::TokenStatus;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use rusqlite::types::Value;
@@ -217,71 +216,6 @@ fn with_counts<const N: usize>(
         .chain(counts.iter().map(|&n| Value::Integer(n)))
 }
 
-/// The meter's own SQLite connection.
-pub struct UsageConn {
-    conn: Connection,
-    /// Wakes the checkpointer after a commit; dropping it ends that thread.
-    checkpoint: std::sync::mpsc::SyncSender<()>,
-    /// The database's write-ahead log, which `WalFile::sync` makes durable.
-    wal: WalFile,
-}
-
-/// The write-ahead log of the meter's database, opened beside its connection.
-///
-/// The meter's connection commits without waiting for the disk (`synchronous=NORMAL`: the
-/// commit's frames are written to the log, not flushed), and a second thread flushes the log
-/// before anyone is answered. The writer thus decides and writes the next batch while the
-/// previous one's flush is in flight, and one flush often covers several batches. A commit is
-/// durable once the log holding its frames is flushed: the log is append-only between
-/// checkpoints, and recovery replays every committed frame it finds. Flushing any descriptor
-/// of the file flushes the file, so this one covers the connection's writes.
-#[derive(Clone)]
-pub struct WalFile(std::sync::Arc<Log>);
-
-enum Log {
-    File(std::fs::File),
-    /// A stand-in whose flush the tests control.
-    #[cfg(test)]
-    Fake(Box<dyn Fn() -> std::io::Result<()> + Send + Sync>),
-}
-
-impl WalFile {
-    /// Opens the log of the database `db` (as SQLite names it: symbolic links resolved).
-    fn open(db: &Path) -> Result<WalFile> {
-        let mut path = db.as_os_str().to_owned();
-        path.push("-wal");
-        // Write access: some systems flush only files open for writing. Nothing is written.
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map(|f| WalFile(std::sync::Arc::new(Log::File(f))))
-            .map_err(|e| {
-                StoreError::Unavailable(format!("cannot open {}: {e}", Path::new(&path).display()))
-            })
-    }
-
-    /// A log whose flush runs `sync`.
-    #[cfg(test)]
-    pub fn fake(sync: impl Fn() -> std::io::Result<()> + Send + Sync + 'static) -> WalFile {
-        WalFile(std::sync::Arc::new(Log::Fake(Box::new(sync))))
-    }
-
-    /// Flushes everything written to the log so far (`fdatasync`).
-    pub fn sync(&self) -> std::io::Result<()> {
-        match &*self.0 {
-            Log::File(f) => f.sync_data(),
-            #[cfg(test)]
-            Log::Fake(sync) => sync(),
-        }
-    }
-
-    /// Whether `other` is the same open log.
-    pub fn same(&self, other: &WalFile) -> bool {
-        std::sync::Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
 /// A connection to the existing database file (never creating one), owned by one thread, that
 /// waits up to `lock_timeout` (the pool's too) for the write lock.
 fn connect(path: &Path, lock_timeout: Duration) -> Result<Connection> {
@@ -299,9 +233,9 @@ const WRITER_CHECKPOINT_PAGES: i64 = 4000;
 
 /// Copies committed WAL pages back into the database file on a connection and thread of its
 /// own, woken after each commit. A checkpoint in the writer's commit path (SQLite's automatic
-/// one, every 1000 pages) stalls every waiting call behind a burst of page writes and an fsync;
-/// here it runs beside the writer (PASSIVE never blocks it). Once it has caught up, the writer's
-/// next transaction starts the WAL from the beginning, so the file stays small.
+/// one, every 1000 pages) stalls the fold behind a burst of page writes and an fsync; here it
+/// runs beside the writer (PASSIVE never blocks it). Once it has caught up, the writer's next
+/// transaction starts the WAL from the beginning, so the file stays small.
 fn spawn_checkpointer(
     path: &Path,
     lock_timeout: Duration,
@@ -322,46 +256,92 @@ fn spawn_checkpointer(
     Ok(tx)
 }
 
+/// The settings that say how far the usage log is folded (`UsageConn::log_position`).
+const LOG_EPOCH: &str = "usage_log_epoch";
+const LOG_FOLDED: &str = "usage_log_folded";
+
+/// Where the usage log stands in the store: the epoch of the run that wrote it, and the number
+/// of the last record folded into the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogPosition {
+    /// The run's epoch (`store::usage_log`).
+    pub epoch: u64,
+    /// The last record of that run folded.
+    pub folded: u64,
+}
+
+fn setting_u64(conn: &Connection, key: &str) -> Result<u64> {
+    let v: Option<String> = conn
+        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    v.map_or(Ok(0), |v| {
+        v.parse().map_err(|e| corrupt(&format!("setting {key}"), e))
+    })
+}
+
+fn set_setting(conn: &Connection, key: &str, value: u64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![key, value.to_string()])?;
+    Ok(())
+}
+
+/// The ledger's writing connection: folds usage records into the store (`fold`), and reads the
+/// settings that say how far that went and whether another connection changed tokens.
+pub struct UsageConn {
+    conn: Connection,
+    /// Wakes the checkpointer after a commit; dropping it ends that thread.
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+}
+
 impl UsageConn {
-    /// Opens the database file (which the pool has created and migrated) in WAL mode, with its
-    /// log (see `WalFile`: commits are made durable by the caller, through `wal()`).
-    /// Its writes wait up to `lock_timeout` for another connection's lock.
-    pub fn open(path: &Path, lock_timeout: Duration) -> Result<UsageConn> {
+    /// Opens the database file (which the pool has created and migrated) in WAL mode. With
+    /// `flush` (`durability = "power-loss"`), a fold's commit is flushed to disk before it
+    /// returns, since the usage log's records it covers may be overwritten after it. Its writes
+    /// wait up to `lock_timeout` for another connection's lock.
+    pub fn open(path: &Path, lock_timeout: Duration, flush: bool) -> Result<UsageConn> {
         let conn = connect(path, lock_timeout)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // The log is flushed by the meter's sync thread before any answer (`WalFile`); a
-        // checkpoint still flushes the log before copying it and the database after.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", if flush { "FULL" } else { "NORMAL" })?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // The hot rows of a large store stay in this connection's page cache (64 MiB).
+        // A fold touches many rows: keep them in this connection's page cache (64 MiB).
         conn.pragma_update(None, "cache_size", -65536)?;
         conn.set_prepared_statement_cache_capacity(32);
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
         // A burst can leave a large WAL file behind; trim it when the log restarts.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        // Reading the schema makes sure the log exists; it lives as long as this connection.
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
-        // SQLite keeps the log beside the file a symbolic link points to; its own name for the
-        // database has the links resolved.
-        let db = conn.path().map(Path::new).unwrap_or(path).to_path_buf();
-        let wal = WalFile::open(&db)?;
         let checkpoint = spawn_checkpointer(path, lock_timeout)?;
-        Ok(UsageConn {
-            conn,
-            checkpoint,
-            wal,
+        Ok(UsageConn { conn, checkpoint })
+    }
+
+    /// How far the usage log is folded.
+    pub fn log_position(&self) -> Result<LogPosition> {
+        Ok(LogPosition {
+            epoch: setting_u64(&self.conn, LOG_EPOCH)?,
+            folded: setting_u64(&self.conn, LOG_FOLDED)?,
         })
     }
 
-    /// The log this connection commits to.
-    pub fn wal(&self) -> WalFile {
-        self.wal.clone()
+    /// The change number another connection last wrote (`Store::change_no`).
+    pub fn change_no(&self) -> Result<u64> {
+        setting_u64(&self.conn, "change_no")
     }
 
-    /// Decides `reqs` in order, consumes the valid ones, and counts them and `denials` in the
-    /// daily statistics, in one transaction holding the database's write lock: one commit for
-    /// the whole batch, durable once `wal()` is synced. Nothing is written when it fails.
-    pub fn consume_batch(&mut self, reqs: &[Consume], denials: &[Denial]) -> Result<Vec<Decided>> {
+    /// Consumes `reqs` (decided VALID already: `Consume::decided`) and counts them and `denials`
+    /// in the daily statistics, in one transaction holding the database's write lock, which
+    /// also records `position` as folded. Each is applied to the rows as they are now, so what
+    /// another connection changed meanwhile (a new limit, a refill) is kept. Nothing is written
+    /// when it fails.
+    pub fn fold(
+        &mut self,
+        reqs: &[Consume],
+        denials: &[Denial],
+        position: LogPosition,
+    ) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -399,19 +379,19 @@ impl UsageConn {
                 }
             }
         }
-        // A token's status seldom changes in a batch; see `TOKEN_WRITE`.
+        // A token's status seldom changes in a fold; see `TOKEN_WRITE`.
         let statuses: std::collections::HashMap<String, TokenStatus> = state
             .tokens
             .iter()
             .map(|(id, t)| (id.clone(), t.status))
             .collect();
         let Plan {
-            decided,
             tokens,
             accounts,
             archives,
             stats,
             jwt_uses,
+            ..
         } = plan(reqs, denials, state);
         {
             let mut write = tx.prepare_cached(&TOKEN_WRITE)?;
@@ -466,43 +446,55 @@ impl UsageConn {
             for j in &jwt_uses {
                 st.execute(params![j.token_id, j.jwt_id, j.uses, ts(j.expires_at)])?;
             }
+            set_setting(&tx, LOG_EPOCH, position.epoch)?;
+            set_setting(&tx, LOG_FOLDED, position.folded)?;
         }
         tx.commit()?;
         // A signal already pending covers this commit too.
         let _ = self.checkpoint.try_send(());
-        Ok(decided)
+        Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Reads the rows a verification decides on, for the ledger's cache, on a connection of its
+/// own (in WAL mode a reader never waits for the writer).
+pub struct UsageReader {
+    conn: Connection,
+}
 
-    /// A database reached through a symbolic link keeps its log beside the real file; the
-    /// meter flushes that one.
-    #[cfg(unix)]
-    #[test]
-    fn the_log_flushed_is_the_one_sqlite_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let real = dir.path().join("real.db");
-        let link = dir.path().join("link.db");
-        Connection::open(&real)
-            .unwrap()
-            .pragma_update(None, "journal_mode", "WAL")
-            .unwrap();
-        std::os::unix::fs::symlink(&real, &link).unwrap();
-        let c = UsageConn::open(&link, Duration::from_secs(10)).unwrap();
-        c.conn
-            .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")
-            .unwrap();
-        assert!(dir.path().join("real.db-wal").exists());
-        assert!(!dir.path().join("link.db-wal").exists());
-        let Log::File(f) = &*c.wal().0 else {
-            panic!("a real log")
-        };
-        let real_wal = std::fs::metadata(dir.path().join("real.db-wal")).unwrap();
-        use std::os::unix::fs::MetadataExt;
-        assert_eq!(f.metadata().unwrap().ino(), real_wal.ino());
-        c.wal().sync().unwrap();
+impl UsageReader {
+    /// Opens the (existing) database file.
+    pub fn open(path: &Path, lock_timeout: Duration) -> Result<UsageReader> {
+        let conn = connect(path, lock_timeout)?;
+        conn.pragma_update(None, "cache_size", -65536)?;
+        conn.set_prepared_statement_cache_capacity(8);
+        Ok(UsageReader { conn })
+    }
+
+    /// A token by id.
+    pub fn token(&self, id: &str) -> Result<Option<Token>> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"))?;
+        st.query_row([id], token_of).optional()?.transpose()
+    }
+
+    /// An account by id.
+    pub fn account(&self, id: &str) -> Result<Option<Account>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1"
+        ))?;
+        st.query_row([id], account_of).optional()?.transpose()
+    }
+
+    /// The uses recorded for a JWT of a token (0 when none).
+    pub fn jwt_uses(&self, token_id: &str, jwt_id: &str) -> Result<i64> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT uses FROM jwt_uses WHERE token_id = ?1 AND jwt_id = ?2")?;
+        Ok(st
+            .query_row([token_id, jwt_id], |r| r.get::<_, i64>(0))
+            .optional()?
+            .unwrap_or(0))
     }
 }

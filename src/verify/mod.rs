@@ -11,6 +11,7 @@ use serde::Serialize;
 use std::net::IpAddr;
 
 pub mod jwt;
+pub mod ledger;
 pub mod meter;
 pub mod service;
 

@@ -60,6 +60,7 @@ pub async fn verify(
             check: check.clone(),
             now,
             jwt: None,
+            decided: false,
         })
         .await?;
     Ok(Verdict {
@@ -108,6 +109,7 @@ async fn verify_jwt(
                 limit: claims.request_count,
                 expires_at: DateTime::from_timestamp(claims.valid_until, 0).unwrap_or(now),
             }),
+            decided: false,
         })
         .await?;
     // The signer's secret changed under it: the JWT's signature is no longer good.

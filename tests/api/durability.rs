@@ -1,7 +1,7 @@
 //! Usage counting that survives a SIGKILL, and two daemons sharing one store.
 
-use crate::both_backends;
 use crate::helpers::*;
+use crate::{both_backends, postgres_only};
 use serde_json::{json, Value};
 use std::{process::Stdio, sync::Arc};
 use tokenwarden::{app::App, clock::ManualClock, config::Config};
@@ -57,9 +57,55 @@ impl Drop for TwoDaemons {
 both_backends!(
     no_valid_answer_is_lost_to_sigkill,
     no_valid_answer_is_lost_to_sigkill_without_flushing,
+);
+
+// Only PostgreSQL may be shared: a SQLite daemon keeps counters in memory between folds.
+postgres_only!(
     two_daemons_on_one_store_never_overspend,
     revocation_and_regeneration_on_another_daemon_apply_at_once,
 );
+
+/// A second daemon on one SQLite file stops at start, naming the reason, and the first keeps
+/// serving; once the first has stopped, the second starts.
+#[tokio::test]
+async fn a_second_daemon_on_one_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = start(&data, free_port(), None, "power-loss");
+    wait_for(&format!("{}/readyz", first.base)).await;
+    let out = binary()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a second daemon started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another tokenwarden daemon is serving the SQLite store")
+            && err.contains("tokenwarden.db-usage.lock"),
+        "{err}"
+    );
+    let ready = reqwest::get(format!("{}/readyz", first.base))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "the first daemon keeps serving");
+    let mut first = first;
+    // SIGTERM: a clean stop releases the lock.
+    std::process::Command::new("kill")
+        .arg(first.child.id().to_string())
+        .status()
+        .unwrap();
+    first.child.wait().unwrap();
+    let mut second = start(&data, free_port(), None, "power-loss");
+    wait_for(&format!("{}/readyz", second.base)).await;
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+}
 
 struct Daemon {
     child: std::process::Child,

@@ -32,6 +32,25 @@ pub fn postgres_enabled(test: &str) -> bool {
     false
 }
 
+/// Turns each listed `async fn name(backend: Backend)` into `name::postgres` only: what only
+/// PostgreSQL offers (several daemons on one store).
+#[macro_export]
+macro_rules! postgres_only {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                #[cfg_attr(not(tw_pg_tests), ignore = "PostgreSQL: set TOKENWARDEN_TEST_PG_URL to run")]
+                async fn postgres() {
+                    if $crate::helpers::postgres_enabled(concat!(module_path!())) {
+                        super::$name($crate::helpers::Backend::Postgres).await
+                    }
+                }
+            }
+        )*
+    };
+}
+
 /// Turns each listed `async fn name(backend: Backend)` into `name::sqlite` and `name::postgres`.
 #[macro_export]
 macro_rules! both_backends {
@@ -152,6 +171,8 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_data_dir(dir.path());
     config.listen = "127.0.0.1:0".parse().unwrap();
+    // Small usage log files: each SQLite daemon makes two, zero-filled.
+    config.usage_log_bytes = 1 << 20;
     let (store, pg) = store_for(backend, dir.path()).await;
     config.store = store;
     tweak(&mut config);
@@ -205,6 +226,13 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// The store, once every call counted so far is folded into it (on SQLite, counters wait
+    /// in the daemon's memory and usage log until a fold; admin requests fold first).
+    pub async fn settled(&self) -> &tokenwarden::store::Store {
+        self.ctx.usage.settle().await.unwrap();
+        &self.ctx.store
+    }
+
     /// The URL of the test's PostgreSQL database, when it runs on one.
     pub fn pg_url(&self) -> Option<String> {
         self._pg.as_ref().map(|p| p.url.clone())
@@ -360,6 +388,8 @@ pub fn binary() -> std::process::Command {
         }
     }
     c.env_remove("RUST_LOG");
+    // Small usage log files: each SQLite daemon makes two, zero-filled.
+    c.env("TOKENWARDEN_DATABASE__USAGE_LOG_MIB", "1");
     c
 }
 

@@ -112,7 +112,7 @@ async fn a_policy_tokens_ip_rules_may_be_written_as_plain_addresses(b: Backend) 
     let file = env.dir.path().join("acme.token");
     let (app, id) =
         start_with_policy(&env, "allowed_ips = [\"203.0.113.7\", \" 2001:db8::1\"]\n").await;
-    let t = app.ctx.store.token(&id).await.unwrap().unwrap();
+    let t = app.settled().await.token(&id).await.unwrap().unwrap();
     assert_eq!(t.allowed_ips, ["203.0.113.7/32", "2001:db8::1/128"]);
     let plain = std::fs::read_to_string(&file).unwrap().trim().to_string();
     for (ip, want) in [
@@ -212,11 +212,19 @@ async fn month_boundary_issues_resets_and_refills(b: Backend) {
     assert_eq!(v["token"]["remaining"], 5, "{v}");
     assert_eq!(v["token"]["calls_this_month"], 0, "{v}");
     assert_eq!(
-        app.ctx.store.token_month_archive(&refill_id).await.unwrap(),
+        app.settled()
+            .await
+            .token_month_archive(&refill_id)
+            .await
+            .unwrap(),
         vec![("2026-11".to_string(), 3)]
     );
     assert_eq!(
-        app.ctx.store.account_month_archive(&acct).await.unwrap(),
+        app.settled()
+            .await
+            .account_month_archive(&acct)
+            .await
+            .unwrap(),
         vec![("2026-11".to_string(), 4)],
         "3 refill calls and 1 policy-token call in November"
     );
@@ -284,13 +292,13 @@ async fn expiry_at_utc_midnight_with_notice(b: Backend) {
     env.clock
         .set(at(2026, 11, 27, 23, 59) + TimeDelta::seconds(59));
     app.tick().await;
-    let t = app.ctx.store.token(&id).await.unwrap().unwrap();
+    let t = app.settled().await.token(&id).await.unwrap().unwrap();
     assert_eq!(t.status.as_str(), "active");
     assert_eq!(verify(&app, &plain).await["result"], "VALID");
 
     env.clock.set(at(2026, 11, 28, 0, 0));
     app.tick().await;
-    let t = app.ctx.store.token(&id).await.unwrap().unwrap();
+    let t = app.settled().await.token(&id).await.unwrap().unwrap();
     assert_eq!(t.status.as_str(), "expired", "marked at UTC midnight");
     assert_eq!(verify(&app, &plain).await["result"], "EXPIRED");
     let (_, v) = app
@@ -856,7 +864,15 @@ async fn housekeeping_drops_spent_jwt_records_and_old_statistics(b: Backend) {
     let jwt = v["jwt"].as_str().unwrap().to_string();
     assert_eq!(verify(&app, &jwt).await["result"], "VALID");
     let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
-    assert_eq!(app.ctx.store.stats(day, day, None).await.unwrap().len(), 1);
+    assert_eq!(
+        app.settled()
+            .await
+            .stats(day, day, None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     // The next day: the JWT's use record is spent (it expired), statistics are kept.
     env.clock.set(at(2026, 11, 28, 0, 0));
     app.tick().await;
@@ -873,7 +889,15 @@ async fn housekeeping_drops_spent_jwt_records_and_old_statistics(b: Backend) {
         result.starts_with("dropped 1 JWT use records, 0 statistics rows"),
         "{result}"
     );
-    assert_eq!(app.ctx.store.stats(day, day, None).await.unwrap().len(), 1);
+    assert_eq!(
+        app.settled()
+            .await
+            .stats(day, day, None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     // 31 days on, the day is past its retention.
     env.clock.set(at(2026, 12, 28, 0, 0));
     app.tick().await;

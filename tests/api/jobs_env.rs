@@ -44,7 +44,7 @@ impl Env {
     pub fn config_file(&self, extra: &str) -> PathBuf {
         let path = self.dir.path().join("tokenwarden.toml");
         let body = format!(
-            "data_dir = \"{}\"\n{extra}\n[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{}\"\n",
+            "data_dir = \"{}\"\n{extra}\n[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{}\"\nusage_log_mib = 1\n",
             self.dir.path().display(),
             self.db_url
         );

@@ -93,7 +93,7 @@ async fn independently_signed_jwts_verify_and_count(b: Backend) {
     let app = spawn_app(b).await;
     let (_, secret) = app.account("acme").await;
     let (id, t) = signer(&app, &secret, Some(10)).await;
-    let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
+    let stored = app.settled().await.token(&id).await.unwrap().unwrap();
     assert!(stored.jwt_enabled);
     let sealed = stored.sealed_secret.expect("sealed secret");
     assert!(
@@ -125,7 +125,13 @@ async fn independently_signed_jwts_verify_and_count(b: Backend) {
     let v = verify(&app, json!({"token": jwt})).await;
     assert_eq!(v["result"], "USAGE_EXCEEDED");
     assert_eq!(
-        app.ctx.store.token(&id).await.unwrap().unwrap().remaining,
+        app.settled()
+            .await
+            .token(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .remaining,
         Some(8)
     );
     // Another JWT (another Id) has its own count.
@@ -181,7 +187,13 @@ async fn bad_jwts_are_refused(b: Backend) {
         }
     }
     assert_eq!(
-        app.ctx.store.token(&id).await.unwrap().unwrap().remaining,
+        app.settled()
+            .await
+            .token(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .remaining,
         Some(10),
         "no refusal spent a use"
     );
@@ -297,7 +309,13 @@ async fn a_jwts_address_is_checked_after_the_tokens_state(b: Backend) {
     let v = verify(&app, from("10.0.0.2")).await;
     assert_eq!(v["result"], "REVOKED", "{v}");
     assert_eq!(
-        app.ctx.store.token(&id).await.unwrap().unwrap().remaining,
+        app.settled()
+            .await
+            .token(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .remaining,
         Some(9),
         "only the first call was counted"
     );

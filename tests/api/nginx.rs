@@ -160,7 +160,7 @@ async fn nginx_auth_request_guards_an_upstream(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 429);
-    let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
+    let stored = app.settled().await.token(&id).await.unwrap().unwrap();
     assert_eq!((stored.remaining, stored.calls_total), (Some(0), 3));
 
     let _ = Command::new("kill")

@@ -75,7 +75,7 @@ async fn create_returns_the_plain_token_once(b: Backend) {
     let (_, v) = app.get("/v1/tokens", &secret).await;
     assert!(!v.to_string().contains(plain));
     // Only its hash is stored.
-    let stored = app.ctx.store.token(id).await.unwrap().unwrap();
+    let stored = app.settled().await.token(id).await.unwrap().unwrap();
     assert_eq!(
         stored.secret_hash,
         tokenwarden::domain::credential::sha256(plain)
@@ -864,7 +864,7 @@ async fn revoke_keeps_the_token_for_audit(b: Backend) {
     );
     // Nor by a regeneration that read the token before it was revoked (a race with the
     // revocation): the store's own write refuses it, and the revoked secret stays.
-    let before = app.ctx.store.token(&id).await.unwrap().unwrap();
+    let before = app.settled().await.token(&id).await.unwrap().unwrap();
     let late = app
         .ctx
         .store
@@ -874,7 +874,7 @@ async fn revoke_keeps_the_token_for_audit(b: Backend) {
         matches!(late, Err(tokenwarden::store::StoreError::NotFound)),
         "{late:?}"
     );
-    let after = app.ctx.store.token(&id).await.unwrap().unwrap();
+    let after = app.settled().await.token(&id).await.unwrap().unwrap();
     assert_eq!(after.secret_hash, before.secret_hash);
     assert_error(
         &app.delete("/v1/tokens/AAAAAAAA", &secret).await,

@@ -333,7 +333,7 @@ async fn concurrent_verifies_never_overspend(b: Backend) {
         .filter(|(_, v)| v["result"] == "USAGE_EXCEEDED")
         .count();
     assert_eq!((valid, exceeded), (50, 450));
-    let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
+    let stored = app.settled().await.token(&id).await.unwrap().unwrap();
     assert_eq!(stored.remaining, Some(0));
     assert_eq!(stored.calls_total, 50);
 }
@@ -378,7 +378,7 @@ async fn a_row_changed_under_a_batch_is_never_overwritten() {
         (v["result"].as_str(), v["remaining"].as_i64()),
         (Some("VALID"), Some(6))
     );
-    let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
+    let stored = app.settled().await.token(&id).await.unwrap().unwrap();
     assert_eq!((stored.remaining, stored.calls_total), (Some(6), 2));
 }
 
@@ -432,7 +432,7 @@ async fn verify_bad_input_names_the_field(b: Backend) {
         let got = app.call(Method::POST, "/v1/verify", None, Some(body)).await;
         assert_error(&got, 422, code, Some(field));
     }
-    let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
+    let stored = app.settled().await.token(&id).await.unwrap().unwrap();
     assert_eq!(
         stored.remaining,
         Some(3),
@@ -702,7 +702,7 @@ async fn forward_auth_checks_the_path_the_upstream_will_serve(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "the same URI twice is fine");
-    let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
+    let stored = app.settled().await.token(&id).await.unwrap().unwrap();
     assert_eq!(stored.remaining, Some(5), "five VALID, nothing else spent");
 
     // With the proxy trusted to set it, X-Tokenwarden-Call names the call.
@@ -803,7 +803,7 @@ async fn forward_auth_answers_envoy_ext_authz_requests(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let stored = app.ctx.store.token(&id).await.unwrap().unwrap();
+    let stored = app.settled().await.token(&id).await.unwrap().unwrap();
     assert_eq!(stored.remaining, Some(6));
 }
 
@@ -859,7 +859,14 @@ async fn statistics_per_token_and_day_as_csv(b: Backend) {
     assert_eq!(ct.as_deref(), Some("text/csv; charset=utf-8"));
     let lines: Vec<&str> = body.lines().collect();
     assert_eq!(lines[0], "day,token_id,account_id,valid,cost,revoked,expired,account_inactive,ip_not_allowed,scope_denied,account_quota_exceeded,usage_exceeded,bad_jwt");
-    let acct = app.ctx.store.token(&id).await.unwrap().unwrap().account_id;
+    let acct = app
+        .settled()
+        .await
+        .token(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .account_id;
     assert_eq!(
         lines[1],
         format!("2026-11-30,{id},{acct},2,4,0,0,0,0,1,0,1,0")

@@ -1,0 +1,747 @@
+//! The SQLite ledger: verification decided against counters in memory, each counted call made
+//! durable in the usage log before it is answered, and the counts folded into the store in rare
+//! passes (BENCHMARKS.md, "Next steps" of session 10, measured there at about twice the
+//! throughput of a transaction per batch).
+//!
+//! - **Cache.** The rows a verification decides on (tokens, their accounts, JWT use counts) are
+//!   read once and then kept, with every decision applied to them in place. A decision and the
+//!   append of its record happen under one lock, so records are in the order of the decisions.
+//! - **Log.** A VALID call appends its record (`store::usage_log`) and is answered once that is
+//!   flushed (`durability = "power-loss"`) or written ("process-crash"); one flush serves every
+//!   call that arrived meanwhile. A refusal appends its record too, without waiting: it only
+//!   feeds the statistics.
+//! - **Fold.** A thread applies the records to the rows as they are in the store now (so a new
+//!   limit or a refill set meanwhile is kept), in one transaction that also records how far the
+//!   log is folded; then that part of the log may be reused. It runs every few seconds, when a
+//!   quarter of a log file waits, when asked (`settle`: every admin request and job run folds
+//!   first, so they read counters that include every answered call), and at shutdown. A start
+//!   folds what the last run left in the log before serving.
+//! - **Coherence.** Whoever changes a token or an account through the store bumps its change
+//!   number (`Store::change_no`): at once in this process, and through `settings.change_no` for
+//!   the CLI, which the fold thread reads every `POLL`. A decision that sees the number moved
+//!   waits for a fold, which empties the cache, and reads the rows again. Only one daemon may
+//!   use a SQLite file (a lock beside it); daemons share PostgreSQL instead.
+//!
+//! Invariant: a token, account or JWT count absent from the cache has no record waiting to be
+//! folded, so reading it from the store gives its whole state. Records are appended only for
+//! cached rows, and the cache is emptied only when no record waiting was decided on it.
+
+use crate::store::usage::{plan, BatchState};
+use crate::store::usage_log::{self, LogError, Seq, UsageLog};
+use crate::store::usage_sqlite::{LogPosition, UsageConn, UsageReader};
+use crate::store::{Account, Consume, Decided, Denial, JwtUse, Store, StoreError, Token};
+use crate::verify::{Check, Outcome};
+use chrono::{DateTime, Utc};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// How often the fold thread looks for changes another process made (and folds when due).
+const POLL: Duration = Duration::from_millis(100);
+/// Longest time records wait to be folded.
+const FOLD_EVERY: Duration = Duration::from_secs(5);
+/// Tokens kept in memory past which a fold drops those no waiting record needs.
+const MAX_CACHED_TOKENS: usize = 250_000;
+
+/// A call counted in memory and in the log, not yet folded into the store.
+#[derive(Debug, Clone)]
+enum Entry {
+    Use(Consume),
+    Deny(Denial),
+}
+
+#[derive(Default)]
+struct Cache {
+    /// The change number the rows below are good for.
+    gen: u64,
+    tokens: HashMap<String, Token>,
+    accounts: HashMap<String, Account>,
+    jwt_uses: HashMap<(String, String), i64>,
+    /// Records appended and not yet folded, numbered up to `last_seq` without a gap.
+    pending: Vec<Entry>,
+    last_seq: Seq,
+    /// Bytes of `pending` in the log; past `early_fold` the fold thread is woken.
+    pending_bytes: u64,
+    fold_asked: bool,
+}
+
+impl Cache {
+    fn clear_rows(&mut self) {
+        self.tokens.clear();
+        self.accounts.clear();
+        self.jwt_uses.clear();
+    }
+
+    /// Drops the rows no waiting record was decided on.
+    fn trim(&mut self) {
+        let mut tokens = HashSet::new();
+        let mut jwts = HashSet::new();
+        for e in &self.pending {
+            if let Entry::Use(c) = e {
+                tokens.insert(c.token_id.as_str());
+                if let Some(j) = &c.jwt {
+                    jwts.insert((c.token_id.as_str(), j.jwt_id.as_str()));
+                }
+            }
+        }
+        let accounts: HashSet<String> = tokens
+            .iter()
+            .filter_map(|t| self.tokens.get(*t).map(|t| t.account_id.clone()))
+            .collect();
+        let tokens: HashSet<String> = tokens.into_iter().map(str::to_string).collect();
+        let jwts: HashSet<(String, String)> = jwts
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        self.tokens.retain(|id, _| tokens.contains(id));
+        self.accounts.retain(|id, _| accounts.contains(id));
+        self.jwt_uses.retain(|k, _| jwts.contains(k));
+    }
+}
+
+/// What the ledger's handles and its fold thread share.
+struct Shared {
+    store: Store,
+    cache: Mutex<Cache>,
+    log: UsageLog,
+    /// Pending bytes past which a fold is asked for at once.
+    early_fold: u64,
+}
+
+impl Shared {
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+enum FoldCall {
+    /// Fold everything appended so far, then answer.
+    Wait(oneshot::Sender<Result<(), String>>),
+    /// Fold soon; nobody waits.
+    Soon,
+}
+
+/// The ledger of one SQLite store; shared by every handler (`Meter`).
+pub struct Ledger {
+    shared: Arc<Shared>,
+    reader: Mutex<UsageReader>,
+    folds: Sender<FoldCall>,
+}
+
+/// What one pass over the cache found for a call.
+enum Step {
+    /// Decided; wait for this record when it is a VALID call's.
+    Decided(Box<Decided>, Option<Seq>),
+    /// The cache lacks a row the call needs.
+    Missing,
+    /// Tokens or accounts changed since the cache was filled: fold, empty it, read again.
+    Stale,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl Ledger {
+    /// Opens the ledger of the SQLite store at `path`: takes the one-daemon lock, folds what the
+    /// last run left in the usage log (files `<path>-usage.0/.1` of `log_size` bytes), and
+    /// starts the fold thread under a new epoch. The returned task ends once every handle is
+    /// dropped, after a last fold.
+    pub fn open(
+        store: Store,
+        path: &Path,
+        flush: bool,
+        log_size: u64,
+    ) -> Result<(Arc<Ledger>, tokio::task::JoinHandle<()>), StoreError> {
+        let lock = lock_store(path)?;
+        let lock_timeout = store.lock_timeout();
+        let mut conn = UsageConn::open(path, lock_timeout, flush)?;
+        let reader = UsageReader::open(path, lock_timeout)?;
+        let last = conn.log_position()?;
+        let (records, beyond) = usage_log::replay(path, last.folded, last.epoch)
+            .map_err(|e| StoreError::Other(format!("cannot read the usage log: {e}")))?;
+        if beyond > 0 {
+            tracing::warn!(
+                records = beyond,
+                "usage log records after a gap were never acknowledged; not counted"
+            );
+        }
+        let mut entries = Vec::with_capacity(records.len());
+        for (seq, payload) in &records {
+            entries.push(decode(payload).ok_or_else(|| {
+                StoreError::Other(format!(
+                    "usage log record {seq} of run {} is unreadable by this version",
+                    last.epoch
+                ))
+            })?);
+        }
+        let (uses, denials) = split(entries);
+        let epoch = last.epoch + 1;
+        // The replayed records and the new epoch in one transaction: a crash here replays the
+        // same records again.
+        conn.fold(&uses, &denials, LogPosition { epoch, folded: 0 })?;
+        if !records.is_empty() {
+            tracing::info!(
+                calls = uses.len(),
+                refusals = denials.len(),
+                "counted the calls the last run left in the usage log"
+            );
+        }
+        let (log, writer) = UsageLog::open(path, log_size, flush, 1, epoch)
+            .map_err(|e| StoreError::Other(format!("cannot open the usage log: {e}")))?;
+        store.observe_change(conn.change_no()?);
+        let cache = Cache {
+            gen: store.change_no(),
+            ..Cache::default()
+        };
+        let shared = Arc::new(Shared {
+            store,
+            cache: Mutex::new(cache),
+            log,
+            early_fold: log_size / 4,
+        });
+        let (folds, calls) = std::sync::mpsc::channel();
+        let task = {
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || {
+                run_folds(&shared, &mut conn, &calls, epoch);
+                shared.log.close(writer);
+                drop(lock);
+            })
+        };
+        let ledger = Ledger {
+            shared,
+            reader: Mutex::new(reader),
+            folds,
+        };
+        Ok((Arc::new(ledger), task))
+    }
+
+    /// Why every call is refused, if it is: the usage log failed (until a restart).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.log.failure().map(|e| e.to_string())
+    }
+
+    /// Decides one call against the cache and, when it is valid, consumes it; resolves once
+    /// its record is durable.
+    pub async fn consume(&self, c: Consume) -> Result<Decided, StoreError> {
+        // Each pass either decides, or fills or empties the cache, which the next pass sees.
+        loop {
+            match self.step(&c)? {
+                Step::Decided(d, None) => return Ok(*d),
+                Step::Decided(d, Some(seq)) => {
+                    self.shared.log.wait(seq).await.map_err(unavailable)?;
+                    return Ok(*d);
+                }
+                Step::Stale => self.settle().await?,
+                Step::Missing => {
+                    if !self.load(&c)? {
+                        return Ok(Decided {
+                            outcome: Outcome::NotFound,
+                            token: None,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn step(&self, c: &Consume) -> Result<Step, StoreError> {
+        // Shutting down: nothing more is counted.
+        if self.shared.store.is_closed() {
+            return Err(unavailable("the store is closed"));
+        }
+        let mut cache = self.shared.cache();
+        if cache.gen != self.shared.store.change_no() {
+            return Ok(Step::Stale);
+        }
+        let Some(t) = cache.tokens.get(&c.token_id) else {
+            return Ok(Step::Missing);
+        };
+        let Some(a) = cache.accounts.get(&t.account_id) else {
+            return Ok(Step::Missing);
+        };
+        let mut state = BatchState::default();
+        if let Some(j) = &c.jwt {
+            let key = (c.token_id.clone(), j.jwt_id.clone());
+            let Some(&uses) = cache.jwt_uses.get(&key) else {
+                return Ok(Step::Missing);
+            };
+            state.jwt_uses.insert(key, uses);
+        }
+        state.tokens.insert(t.id.clone(), t.clone());
+        state.accounts.insert(a.id.clone(), a.clone());
+        let mut p = plan(std::slice::from_ref(c), &[], state);
+        let Some(decided) = p.decided.pop() else {
+            return Err(StoreError::Other("a decision went missing".into()));
+        };
+        let entry = match (decided.outcome, &decided.token) {
+            (Outcome::Valid, _) => Entry::Use(Consume {
+                secret_hash: None,
+                decided: true,
+                ..c.clone()
+            }),
+            (o, Some(t)) if o.stat_column().is_some() => Entry::Deny(Denial {
+                token_id: t.id.clone(),
+                account_id: t.account_id.clone(),
+                outcome: o,
+                at: c.now,
+            }),
+            // Not this token's secret: nothing to count.
+            _ => return Ok(Step::Decided(Box::new(decided), None)),
+        };
+        let wait = matches!(entry, Entry::Use(_));
+        let seq = self.append(&mut cache, entry)?;
+        for t in p.tokens {
+            cache.tokens.insert(t.id.clone(), t);
+        }
+        for a in p.accounts {
+            cache.accounts.insert(a.id.clone(), a);
+        }
+        for j in p.jwt_uses {
+            cache.jwt_uses.insert((j.token_id, j.jwt_id), j.uses);
+        }
+        Ok(Step::Decided(Box::new(decided), wait.then_some(seq)))
+    }
+
+    /// Appends `entry`'s record to the log and the waiting list; nothing changes when the log
+    /// refuses it.
+    fn append(&self, cache: &mut Cache, entry: Entry) -> Result<Seq, StoreError> {
+        let bytes = encode(&entry);
+        let seq = self.shared.log.append(&bytes).map_err(|e| match e {
+            LogError::Behind => unavailable("the usage log is full, waiting for a fold"),
+            e => unavailable(e),
+        })?;
+        cache.pending.push(entry);
+        cache.last_seq = seq;
+        cache.pending_bytes += bytes.len() as u64 + usage_log::HEADER as u64;
+        if cache.pending_bytes >= self.shared.early_fold && !cache.fold_asked {
+            cache.fold_asked = true;
+            let _ = self.folds.send(FoldCall::Soon);
+        }
+        Ok(seq)
+    }
+
+    /// Reads the rows `c` needs into the cache (keeping those already there, which may hold
+    /// calls not yet folded); false when its token or account does not exist.
+    fn load(&self, c: &Consume) -> Result<bool, StoreError> {
+        let gen = self.shared.store.change_no();
+        let (token, account, uses) = {
+            let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(t) = reader.token(&c.token_id)? else {
+                return Ok(false);
+            };
+            let Some(a) = reader.account(&t.account_id)? else {
+                return Ok(false);
+            };
+            let uses = match &c.jwt {
+                Some(j) => Some(reader.jwt_uses(&t.id, &j.jwt_id)?),
+                None => None,
+            };
+            (t, a, uses)
+        };
+        let mut cache = self.shared.cache();
+        // Read before a change that has committed since: the next pass sees it is stale.
+        if cache.gen != gen || self.shared.store.change_no() != gen {
+            return Ok(true);
+        }
+        if let (Some(uses), Some(j)) = (uses, &c.jwt) {
+            cache
+                .jwt_uses
+                .entry((token.id.clone(), j.jwt_id.clone()))
+                .or_insert(uses);
+        }
+        cache.accounts.entry(account.id.clone()).or_insert(account);
+        cache.tokens.entry(token.id.clone()).or_insert(token);
+        Ok(true)
+    }
+
+    /// Counts a refusal decided outside the cache (a bad JWT of a known signer) in the
+    /// statistics; never waits.
+    pub fn deny(&self, d: Denial) {
+        let mut cache = self.shared.cache();
+        if cache.gen == self.shared.store.change_no() {
+            if let Some(t) = cache.tokens.get(&d.token_id) {
+                let state = BatchState {
+                    tokens: HashMap::from([(t.id.clone(), t.clone())]),
+                    ..BatchState::default()
+                };
+                let p = plan(&[], std::slice::from_ref(&d), state);
+                for t in p.tokens {
+                    cache.tokens.insert(t.id.clone(), t);
+                }
+            }
+        }
+        if let Err(e) = self.append(&mut cache, Entry::Deny(d)) {
+            tracing::warn!(error = %e, "a refusal was not counted in the statistics");
+        }
+    }
+
+    /// Folds every call counted so far into the store, and re-reads tokens and accounts
+    /// another connection changed; resolves once that is committed.
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.folds
+            .send(FoldCall::Wait(tx))
+            .map_err(|_| unavailable("the usage ledger has stopped"))?;
+        rx.await
+            .map_err(|_| unavailable("the usage ledger has stopped"))?
+            .map_err(StoreError::Unavailable)
+    }
+}
+
+/// Takes the lock that keeps a second daemon off this SQLite file: its counters live in this
+/// process's memory between folds.
+fn lock_store(path: &Path) -> Result<std::fs::File, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push("-usage.lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Other(format!("cannot open {}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Other(format!(
+            "another tokenwarden daemon is serving the SQLite store {} (it holds {}); \
+             only one daemon may use a SQLite file — share a PostgreSQL store between daemons",
+            path.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Other(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
+    }
+}
+
+fn split(entries: Vec<Entry>) -> (Vec<Consume>, Vec<Denial>) {
+    let mut uses = Vec::new();
+    let mut denials = Vec::new();
+    for e in entries {
+        match e {
+            Entry::Use(c) => uses.push(c),
+            Entry::Deny(d) => denials.push(d),
+        }
+    }
+    (uses, denials)
+}
+
+/// The fold thread: folds when due or asked, looks for other processes' changes every `POLL`,
+/// and makes a last fold once every handle is gone.
+fn run_folds(shared: &Shared, conn: &mut UsageConn, calls: &Receiver<FoldCall>, epoch: u64) {
+    let mut last = Instant::now();
+    loop {
+        let mut waiters = Vec::new();
+        let mut asked = false;
+        let mut closed = false;
+        let mut take = |call| match call {
+            FoldCall::Wait(w) => waiters.push(w),
+            FoldCall::Soon => asked = true,
+        };
+        match calls.recv_timeout(POLL) {
+            Ok(call) => take(call),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => closed = true,
+        }
+        while let Ok(call) = calls.try_recv() {
+            take(call);
+        }
+        match conn.change_no() {
+            Ok(n) => shared.store.observe_change(n),
+            Err(e) => tracing::warn!(error = %e, "cannot read the store's change number"),
+        }
+        let stale = shared.cache().gen != shared.store.change_no();
+        if closed || asked || stale || !waiters.is_empty() || last.elapsed() >= FOLD_EVERY {
+            let result = fold(shared, conn, epoch).map_err(|e| e.to_string());
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "folding counted calls into the store failed; retrying");
+            }
+            last = Instant::now();
+            for w in waiters {
+                let _ = w.send(result.clone());
+            }
+            if closed && result.is_err() {
+                tracing::error!("stopping with counted calls not folded; the next start folds them from the usage log");
+            }
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+/// One fold: everything waiting, in one transaction; then the log's space is freed and, when
+/// tokens or accounts changed elsewhere, the cache is emptied.
+fn fold(shared: &Shared, conn: &mut UsageConn, epoch: u64) -> Result<(), StoreError> {
+    let (entries, upto, gen) = {
+        let mut cache = shared.cache();
+        cache.pending_bytes = 0;
+        cache.fold_asked = false;
+        (
+            std::mem::take(&mut cache.pending),
+            cache.last_seq,
+            shared.store.change_no(),
+        )
+    };
+    if !entries.is_empty() {
+        metrics::histogram!(crate::metrics::BATCH_SIZE).record(entries.len() as f64);
+        let (uses, denials) = split(entries.clone());
+        if let Err(e) = conn.fold(
+            &uses,
+            &denials,
+            LogPosition {
+                epoch,
+                folded: upto,
+            },
+        ) {
+            // Back in front of what came meanwhile, for the next fold.
+            let mut cache = shared.cache();
+            let later = std::mem::take(&mut cache.pending);
+            cache.pending = entries;
+            cache.pending.extend(later);
+            return Err(e);
+        }
+        shared.log.release(upto);
+    }
+    let mut cache = shared.cache();
+    if cache.gen != gen {
+        // No call was decided since the change was seen (each one waits for this fold), so
+        // what waits now is refusals only, which need no cached row.
+        cache.clear_rows();
+        cache.gen = gen;
+    } else if cache.tokens.len() > MAX_CACHED_TOKENS {
+        cache.trim();
+    }
+    Ok(())
+}
+
+// ----- records -----
+
+const USE: u8 = 1;
+const DENY: u8 = 2;
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    b.extend_from_slice(&(s.len().min(u16::MAX as usize) as u16).to_le_bytes());
+    b.extend_from_slice(&s.as_bytes()[..s.len().min(u16::MAX as usize)]);
+}
+
+fn put_time(b: &mut Vec<u8>, t: DateTime<Utc>) {
+    b.extend_from_slice(&t.timestamp().to_le_bytes());
+    b.extend_from_slice(&t.timestamp_subsec_nanos().to_le_bytes());
+}
+
+/// A record's payload: what a fold needs to apply the call again (for a VALID call: token,
+/// instant, cost, client address, JWT), never a secret.
+fn encode(e: &Entry) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64);
+    match e {
+        Entry::Use(c) => {
+            b.push(USE);
+            put_time(&mut b, c.now);
+            put_str(&mut b, &c.token_id);
+            b.extend_from_slice(&c.check.cost.to_le_bytes());
+            match c.check.client_ip {
+                None => b.push(0),
+                Some(IpAddr::V4(ip)) => {
+                    b.push(4);
+                    b.extend_from_slice(&ip.octets());
+                }
+                Some(IpAddr::V6(ip)) => {
+                    b.push(6);
+                    b.extend_from_slice(&ip.octets());
+                }
+            }
+            match &c.jwt {
+                None => b.push(0),
+                Some(j) => {
+                    b.push(1);
+                    put_str(&mut b, &j.jwt_id);
+                    b.extend_from_slice(&j.limit.to_le_bytes());
+                    put_time(&mut b, j.expires_at);
+                }
+            }
+        }
+        Entry::Deny(d) => {
+            b.push(DENY);
+            put_time(&mut b, d.at);
+            put_str(&mut b, &d.token_id);
+            put_str(&mut b, &d.account_id);
+            let i = Outcome::ALL
+                .iter()
+                .position(|o| *o == d.outcome)
+                .unwrap_or(0);
+            b.push(i as u8);
+        }
+    }
+    b
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn time(&mut self) -> Option<DateTime<Utc>> {
+        let secs = self.i64()?;
+        let nanos = u32::from_le_bytes(self.take(4)?.try_into().ok()?);
+        DateTime::from_timestamp(secs, nanos)
+    }
+    fn str(&mut self) -> Option<String> {
+        let n = u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+}
+
+fn decode(payload: &[u8]) -> Option<Entry> {
+    let mut c = Cursor(payload);
+    let entry = match c.u8()? {
+        USE => {
+            let now = c.time()?;
+            let token_id = c.str()?;
+            let cost = c.i64()?;
+            let client_ip = match c.u8()? {
+                0 => None,
+                4 => Some(IpAddr::from(<[u8; 4]>::try_from(c.take(4)?).ok()?)),
+                6 => Some(IpAddr::from(<[u8; 16]>::try_from(c.take(16)?).ok()?)),
+                _ => return None,
+            };
+            let jwt = match c.u8()? {
+                0 => None,
+                1 => Some(JwtUse {
+                    jwt_id: c.str()?,
+                    limit: c.i64()?,
+                    expires_at: c.time()?,
+                }),
+                _ => return None,
+            };
+            Entry::Use(Consume {
+                token_id,
+                secret_hash: None,
+                check: Check {
+                    client_ip,
+                    cost,
+                    ..Check::default()
+                },
+                now,
+                jwt,
+                decided: true,
+            })
+        }
+        DENY => Entry::Deny(Denial {
+            at: c.time()?,
+            token_id: c.str()?,
+            account_id: c.str()?,
+            outcome: *Outcome::ALL.get(c.u8()? as usize)?,
+        }),
+        _ => return None,
+    };
+    c.0.is_empty().then_some(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_back_as_written() {
+        let now = DateTime::from_timestamp(1_790_000_000, 123_456_789).unwrap();
+        let uses = [
+            Consume {
+                token_id: "tok_1".into(),
+                secret_hash: None,
+                check: Check {
+                    client_ip: Some("2001:db8::7".parse().unwrap()),
+                    cost: 3,
+                    ..Check::default()
+                },
+                now,
+                jwt: Some(JwtUse {
+                    jwt_id: "j-1".into(),
+                    limit: 10,
+                    expires_at: now + chrono::Duration::minutes(5),
+                }),
+                decided: true,
+            },
+            Consume {
+                token_id: "tok_2".into(),
+                secret_hash: None,
+                check: Check {
+                    client_ip: Some("192.0.2.1".parse().unwrap()),
+                    cost: 1,
+                    ..Check::default()
+                },
+                now,
+                jwt: None,
+                decided: true,
+            },
+        ];
+        for u in uses {
+            let Some(Entry::Use(back)) = decode(&encode(&Entry::Use(u.clone()))) else {
+                panic!("not a use")
+            };
+            assert_eq!(back.token_id, u.token_id);
+            assert_eq!(back.now, u.now);
+            assert_eq!(back.check.cost, u.check.cost);
+            assert_eq!(back.check.client_ip, u.check.client_ip);
+            assert_eq!(
+                back.jwt.map(|j| (j.jwt_id, j.limit, j.expires_at)),
+                u.jwt.map(|j| (j.jwt_id, j.limit, j.expires_at))
+            );
+            assert!(back.decided);
+        }
+        for outcome in Outcome::ALL {
+            let d = Denial {
+                token_id: "tok_3".into(),
+                account_id: "acc_1".into(),
+                outcome,
+                at: now,
+            };
+            let Some(Entry::Deny(back)) = decode(&encode(&Entry::Deny(d.clone()))) else {
+                panic!("not a denial")
+            };
+            assert_eq!(
+                (back.token_id, back.account_id, back.outcome, back.at),
+                (d.token_id, d.account_id, d.outcome, d.at)
+            );
+        }
+    }
+
+    #[test]
+    fn a_cut_or_unknown_record_is_refused() {
+        let d = Entry::Deny(Denial {
+            token_id: "tok_3".into(),
+            account_id: "acc_1".into(),
+            outcome: Outcome::Revoked,
+            at: Utc::now(),
+        });
+        let b = encode(&d);
+        for n in 0..b.len() {
+            assert!(decode(&b[..n]).is_none(), "cut at {n}");
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_none());
+        let mut unknown = b;
+        unknown[0] = 9;
+        assert!(decode(&unknown).is_none());
+    }
+}
