@@ -229,7 +229,10 @@ fn hop_address(hop: &str) -> Option<std::net::IpAddr> {
         })
 }
 
-/// Who is calling, checked against the store.
+/// Who is calling, checked against the store. Every admin request authenticates, and then folds
+/// the calls counted so far into the store (SQLite), so what it reads (remaining uses,
+/// statistics) includes every call answered before it, and what it changes applies on top of
+/// them; an unauthenticated request folds nothing.
 pub struct Auth(pub Principal);
 
 impl FromRequestParts<AppState> for Auth {
@@ -247,6 +250,7 @@ impl FromRequestParts<AppState> for Auth {
         if let admin::Principal::Token { token, .. } = &p {
             span.record("token_id", tracing::field::display(&token.id));
         }
+        state.ctx.usage.settle().await.map_err(admin::Error::from)?;
         Ok(Auth(p))
     }
 }

@@ -101,39 +101,6 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
-/// Routes whose handlers decide verifications themselves, or read nothing counted.
-const UNSETTLED: [&str; 7] = [
-    "/v1/verify",
-    "/v1/auth",
-    "/v1/jwt",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/openapi.json",
-];
-
-/// Folds the calls counted so far into the store before an admin request, so what it reads
-/// (remaining uses, statistics) includes every call answered before it, and what it changes
-/// applies on top of them. An error answers 503 before the handler runs.
-async fn settle_first(
-    axum::extract::State(s): axum::extract::State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let path = req.uri().path();
-    let skip = UNSETTLED
-        .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")));
-    if !skip {
-        if let Err(e) = s.ctx.usage.settle().await {
-            tracing::warn!(error = %e, "cannot fold counted calls before an admin request");
-            return ApiError::from(crate::admin::Error::from(e)).into_response();
-        }
-    }
-    next.run(req).await
-}
-
 /// The complete service.
 pub fn router(state: AppState) -> Router {
     crate::metrics::handle();
@@ -148,10 +115,6 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method; see /openapi.json",
             )
         })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            settle_first,
-        ))
         .layer(Extension(Arc::new(doc)))
         .layer(DefaultBodyLimit::max(body_limit))
         // A request over server.request_timeout_seconds gets 408 with its code, like any error.

@@ -19,7 +19,9 @@ pub fn next_month_start(t: DateTime<Utc>) -> DateTime<Utc> {
 
 /// The UTC day of `t`, as `YYYY-MM-DD`.
 pub fn day_key(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d").to_string()
+    // Not `format("%Y-%m-%d")`: this runs on every counted call, and strftime parses its
+    // pattern each time.
+    format!("{:04}-{:02}-{:02}", t.year(), t.month(), t.day())
 }
 
 /// The UTC minute of `t`, as `YYYY-MM-DDTHH:MM`.

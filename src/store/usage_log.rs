@@ -89,6 +89,9 @@ struct State {
     /// Every record up to this one is folded: its space may be reused.
     released: Seq,
     closed: bool,
+    /// The writer sleeps on `wake`: an append must wake it (otherwise it will look again by
+    /// itself, and waking it would cost a system call per record).
+    writer_waiting: bool,
 }
 
 /// The appending side; cheap to clone.
@@ -132,6 +135,7 @@ impl UsageLog {
                 next,
                 released: next - 1,
                 closed: false,
+                writer_waiting: false,
             }),
             wake: Condvar::new(),
             durable: watch::channel(Durable {
@@ -175,8 +179,11 @@ impl UsageLog {
         encode(&mut s.buf, self.epoch, seq, payload);
         let end = s.buf.len();
         s.ends.push(end);
+        let wake = s.writer_waiting;
         drop(s);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
         Ok(seq)
     }
 
@@ -228,8 +235,10 @@ impl UsageLog {
             let (buf, ends, first) = {
                 let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
                 while s.ends.is_empty() && !s.closed {
+                    s.writer_waiting = true;
                     s = self.shared.wake.wait(s).unwrap_or_else(|e| e.into_inner());
                 }
+                s.writer_waiting = false;
                 if s.ends.is_empty() {
                     return;
                 }
@@ -240,14 +249,17 @@ impl UsageLog {
                     first,
                 )
             };
-            let mut start = 0usize;
+            // Records that go to the same file are written with one call: from `run` (in `buf`)
+            // at `run_at` (in the file).
+            let (mut start, mut run, mut run_at) = (0usize, 0usize, offset);
             let mut written = Ok(());
             for (i, &end) in ends.iter().enumerate() {
                 let len = (end - start) as u64;
                 if offset + len > self.size {
                     // What this pass wrote so far is made durable (the fold may be waiting for
                     // it), then the other file is taken once all it holds is folded.
-                    written = self.settle(&files[cur], flush, first + i as Seq - 1);
+                    written = write_at(&mut files[cur], run_at, &buf[run..start])
+                        .and_then(|()| self.settle(&files[cur], flush, first + i as Seq - 1));
                     let other = 1 - cur;
                     if written.is_ok() && !self.wait_released(last[other]) {
                         written = Err(io::Error::other("closed while waiting for a fold"));
@@ -256,17 +268,14 @@ impl UsageLog {
                         break;
                     }
                     cur = other;
-                    offset = 0;
-                }
-                written = write_at(&mut files[cur], offset, &buf[start..end]);
-                if written.is_err() {
-                    break;
+                    (offset, run, run_at) = (0, start, 0);
                 }
                 offset += len;
                 last[cur] = first + i as Seq;
                 start = end;
             }
             let written = written
+                .and_then(|()| write_at(&mut files[cur], run_at, &buf[run..start]))
                 .and_then(|()| self.settle(&files[cur], flush, first + ends.len() as Seq - 1));
             if let Err(e) = written {
                 let e = LogError::Failed(e.to_string());

@@ -318,6 +318,21 @@ impl UsageConn {
         Ok(UsageConn { conn, checkpoint })
     }
 
+    /// Whether a fold's commit is flushed to disk before it returns.
+    pub fn set_flush(&self, flush: bool) -> Result<()> {
+        self.conn
+            .pragma_update(None, "synchronous", if flush { "FULL" } else { "NORMAL" })?;
+        Ok(())
+    }
+
+    /// Takes the write lock a fold needs (within the lock timeout) and lets it go.
+    pub fn probe(&mut self) -> Result<()> {
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?
+            .rollback()?;
+        Ok(())
+    }
+
     /// How far the usage log is folded.
     pub fn log_position(&self) -> Result<LogPosition> {
         Ok(LogPosition {
@@ -466,7 +481,8 @@ impl UsageReader {
     /// Opens the (existing) database file.
     pub fn open(path: &Path, lock_timeout: Duration) -> Result<UsageReader> {
         let conn = connect(path, lock_timeout)?;
-        conn.pragma_update(None, "cache_size", -65536)?;
+        // Each row is read once, then kept by the ledger.
+        conn.pragma_update(None, "cache_size", -8192)?;
         conn.set_prepared_statement_cache_capacity(8);
         Ok(UsageReader { conn })
     }

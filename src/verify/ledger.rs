@@ -46,6 +46,8 @@ const POLL: Duration = Duration::from_millis(100);
 const FOLD_EVERY: Duration = Duration::from_secs(5);
 /// Tokens kept in memory past which a fold drops those no waiting record needs.
 const MAX_CACHED_TOKENS: usize = 250_000;
+/// The same for JWT use counts (each JWT id used since the cache was last emptied).
+const MAX_CACHED_JWTS: usize = 100_000;
 
 /// A call counted in memory and in the log, not yet folded into the store.
 #[derive(Debug, Clone)]
@@ -67,10 +69,14 @@ struct Cache {
     /// Bytes of `pending` in the log; past `early_fold` the fold thread is woken.
     pending_bytes: u64,
     fold_asked: bool,
+    /// Counts the times rows were dropped (`clear_rows`, `trim`): a load that read the store
+    /// before a drop must not put its rows back, as they may lack records folded meanwhile.
+    drops: u64,
 }
 
 impl Cache {
     fn clear_rows(&mut self) {
+        self.drops += 1;
         self.tokens.clear();
         self.accounts.clear();
         self.jwt_uses.clear();
@@ -78,6 +84,7 @@ impl Cache {
 
     /// Drops the rows no waiting record was decided on.
     fn trim(&mut self) {
+        self.drops += 1;
         let mut tokens = HashSet::new();
         let mut jwts = HashSet::new();
         for e in &self.pending {
@@ -128,7 +135,8 @@ enum FoldCall {
 /// The ledger of one SQLite store; shared by every handler (`Meter`).
 pub struct Ledger {
     shared: Arc<Shared>,
-    reader: Mutex<UsageReader>,
+    /// Reads rows the cache lacks, on a blocking thread.
+    reader: Arc<Mutex<UsageReader>>,
     folds: Sender<FoldCall>,
 }
 
@@ -157,9 +165,14 @@ impl Ledger {
         flush: bool,
         log_size: u64,
     ) -> Result<(Arc<Ledger>, tokio::task::JoinHandle<()>), StoreError> {
+        // The file itself, however it is reached: the lock and the log go beside it.
+        let path = &std::fs::canonicalize(path)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let lock = lock_store(path)?;
         let lock_timeout = store.lock_timeout();
-        let mut conn = UsageConn::open(path, lock_timeout, flush)?;
+        // The start's own fold is flushed whatever the durability: it moves to a new epoch, and
+        // an epoch used twice could make old records look like new ones.
+        let mut conn = UsageConn::open(path, lock_timeout, true)?;
         let reader = UsageReader::open(path, lock_timeout)?;
         let last = conn.log_position()?;
         let (records, beyond) = usage_log::replay(path, last.folded, last.epoch)
@@ -184,6 +197,7 @@ impl Ledger {
         // The replayed records and the new epoch in one transaction: a crash here replays the
         // same records again.
         conn.fold(&uses, &denials, LogPosition { epoch, folded: 0 })?;
+        conn.set_flush(flush)?;
         if !records.is_empty() {
             tracing::info!(
                 calls = uses.len(),
@@ -205,17 +219,28 @@ impl Ledger {
             early_fold: log_size / 4,
         });
         let (folds, calls) = std::sync::mpsc::channel();
-        let task = {
+        let thread = {
             let shared = shared.clone();
-            tokio::task::spawn_blocking(move || {
-                run_folds(&shared, &mut conn, &calls, epoch);
-                shared.log.close(writer);
-                drop(lock);
-            })
+            std::thread::Builder::new()
+                .name("usage-fold".into())
+                .spawn(move || {
+                    // Behind the threads that answer calls: a fold is never urgent, and on a
+                    // busy machine it would otherwise take their CPU in bursts.
+                    lower_priority();
+                    run_folds(&shared, &mut conn, &calls, epoch);
+                    shared.log.close(writer);
+                    drop(lock);
+                })
+                .map_err(|e| StoreError::Other(format!("cannot start the fold thread: {e}")))?
         };
+        let task = tokio::task::spawn_blocking(move || {
+            if thread.join().is_err() {
+                tracing::error!("the fold thread panicked; the next start folds the usage log");
+            }
+        });
         let ledger = Ledger {
             shared,
-            reader: Mutex::new(reader),
+            reader: Arc::new(Mutex::new(reader)),
             folds,
         };
         Ok((Arc::new(ledger), task))
@@ -239,7 +264,7 @@ impl Ledger {
                 }
                 Step::Stale => self.settle().await?,
                 Step::Missing => {
-                    if !self.load(&c)? {
+                    if !self.load(&c).await? {
                         return Ok(Decided {
                             outcome: Outcome::NotFound,
                             token: None,
@@ -280,10 +305,18 @@ impl Ledger {
             return Err(StoreError::Other("a decision went missing".into()));
         };
         let entry = match (decided.outcome, &decided.token) {
+            // What a fold needs, no more: it waits in memory until then.
             (Outcome::Valid, _) => Entry::Use(Consume {
+                token_id: c.token_id.clone(),
                 secret_hash: None,
+                check: Check {
+                    client_ip: c.check.client_ip,
+                    cost: c.check.cost,
+                    ..Check::default()
+                },
+                now: c.now,
+                jwt: c.jwt.clone(),
                 decided: true,
-                ..c.clone()
             }),
             (o, Some(t)) if o.stat_column().is_some() => Entry::Deny(Denial {
                 token_id: t.id.clone(),
@@ -328,25 +361,37 @@ impl Ledger {
 
     /// Reads the rows `c` needs into the cache (keeping those already there, which may hold
     /// calls not yet folded); false when its token or account does not exist.
-    fn load(&self, c: &Consume) -> Result<bool, StoreError> {
-        let gen = self.shared.store.change_no();
-        let (token, account, uses) = {
-            let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(t) = reader.token(&c.token_id)? else {
-                return Ok(false);
+    async fn load(&self, c: &Consume) -> Result<bool, StoreError> {
+        let (gen, drops) = {
+            let cache = self.shared.cache();
+            (cache.gen, cache.drops)
+        };
+        let reader = self.reader.clone();
+        let token_id = c.token_id.clone();
+        let jwt_id = c.jwt.as_ref().map(|j| j.jwt_id.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let reader = reader.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(t) = reader.token(&token_id)? else {
+                return Ok(None);
             };
             let Some(a) = reader.account(&t.account_id)? else {
-                return Ok(false);
+                return Ok(None);
             };
-            let uses = match &c.jwt {
-                Some(j) => Some(reader.jwt_uses(&t.id, &j.jwt_id)?),
+            let uses = match &jwt_id {
+                Some(j) => Some(reader.jwt_uses(&t.id, j)?),
                 None => None,
             };
-            (t, a, uses)
+            Ok::<_, StoreError>(Some((t, a, uses)))
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("reading a token failed: {e}")))??;
+        let Some((token, account, uses)) = read else {
+            return Ok(false);
         };
         let mut cache = self.shared.cache();
-        // Read before a change that has committed since: the next pass sees it is stale.
-        if cache.gen != gen || self.shared.store.change_no() != gen {
+        // Rows were dropped meanwhile (they may have been folded into the store after this read),
+        // or a change has committed since: the next pass reads again, or sees it is stale.
+        if cache.gen != gen || cache.drops != drops || self.shared.store.change_no() != gen {
             return Ok(true);
         }
         if let (Some(uses), Some(j)) = (uses, &c.jwt) {
@@ -433,6 +478,16 @@ fn split(entries: Vec<Entry>) -> (Vec<Consume>, Vec<Denial>) {
     (uses, denials)
 }
 
+/// Lowers the calling thread's scheduling priority (Linux: `setpriority` on a thread id).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on this thread, no memory passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
 /// The fold thread: folds when due or asked, looks for other processes' changes every `POLL`,
 /// and makes a last fold once every handle is gone.
 fn run_folds(shared: &Shared, conn: &mut UsageConn, calls: &Receiver<FoldCall>, epoch: u64) {
@@ -480,6 +535,10 @@ fn run_folds(shared: &Shared, conn: &mut UsageConn, calls: &Receiver<FoldCall>, 
 /// One fold: everything waiting, in one transaction; then the log's space is freed and, when
 /// tokens or accounts changed elsewhere, the cache is emptied.
 fn fold(shared: &Shared, conn: &mut UsageConn, epoch: u64) -> Result<(), StoreError> {
+    if shared.store.is_closed() {
+        return Err(unavailable("the store is closed"));
+    }
+    let started = Instant::now();
     let (entries, upto, gen) = {
         let mut cache = shared.cache();
         cache.pending_bytes = 0;
@@ -490,9 +549,13 @@ fn fold(shared: &Shared, conn: &mut UsageConn, epoch: u64) -> Result<(), StoreEr
             shared.store.change_no(),
         )
     };
-    if !entries.is_empty() {
-        metrics::histogram!(crate::metrics::BATCH_SIZE).record(entries.len() as f64);
-        let (uses, denials) = split(entries.clone());
+    if entries.is_empty() {
+        // Nothing to write; still make sure the store would take a fold (`/readyz`).
+        conn.probe()?;
+    } else {
+        let n = entries.len();
+        metrics::histogram!(crate::metrics::BATCH_SIZE).record(n as f64);
+        let (uses, denials) = split(entries);
         if let Err(e) = conn.fold(
             &uses,
             &denials,
@@ -504,11 +567,17 @@ fn fold(shared: &Shared, conn: &mut UsageConn, epoch: u64) -> Result<(), StoreEr
             // Back in front of what came meanwhile, for the next fold.
             let mut cache = shared.cache();
             let later = std::mem::take(&mut cache.pending);
-            cache.pending = entries;
+            cache.pending = uses.into_iter().map(Entry::Use).collect();
+            cache.pending.extend(denials.into_iter().map(Entry::Deny));
             cache.pending.extend(later);
             return Err(e);
         }
         shared.log.release(upto);
+        tracing::debug!(
+            records = n,
+            ms = started.elapsed().as_millis() as u64,
+            "folded"
+        );
     }
     let mut cache = shared.cache();
     if cache.gen != gen {
@@ -516,7 +585,7 @@ fn fold(shared: &Shared, conn: &mut UsageConn, epoch: u64) -> Result<(), StoreEr
         // what waits now is refusals only, which need no cached row.
         cache.clear_rows();
         cache.gen = gen;
-    } else if cache.tokens.len() > MAX_CACHED_TOKENS {
+    } else if cache.tokens.len() > MAX_CACHED_TOKENS || cache.jwt_uses.len() > MAX_CACHED_JWTS {
         cache.trim();
     }
     Ok(())

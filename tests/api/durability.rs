@@ -328,3 +328,138 @@ async fn revocation_and_regeneration_on_another_daemon_apply_at_once(b: Backend)
         .unwrap();
     assert_eq!(verify(&bases[0], &new).await["result"], "REVOKED");
 }
+
+/// The CLI changes the store beside a running SQLite daemon, whose counters wait in memory and
+/// in the usage log between folds: the CLI reads them once folded (every few seconds), the
+/// daemon applies the CLI's revocation within a moment, and a clean stop folds everything.
+#[tokio::test]
+async fn the_cli_and_a_running_sqlite_daemon_see_each_others_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut d = start(&data, free_port(), None, "power-loss");
+    wait_for(&format!("{}/readyz", d.base)).await;
+    let cli = |args: &[&str]| -> Value {
+        let o = binary()
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let client = reqwest::Client::new();
+    let op = std::fs::read_to_string(data.join("operator.token")).unwrap();
+    let acc: Value = client
+        .post(format!("{}/v1/accounts", d.base))
+        .bearer_auth(op.trim())
+        .json(&json!({"name": "acme"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = acc["secret"].as_str().unwrap().to_string();
+    let (id, token) = {
+        let v = cli(&[
+            "token",
+            "create",
+            "--account",
+            "acme",
+            "--name",
+            "t",
+            "--usage-limit",
+            "10",
+        ]);
+        let t = &v["tokens"][0];
+        (
+            t["id"].as_str().unwrap().to_string(),
+            t["token"].as_str().unwrap().to_string(),
+        )
+    };
+    let verify = || async {
+        let v: Value = client
+            .post(format!("{}/v1/verify", d.base))
+            .json(&json!({"token": token}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["result"].as_str().unwrap().to_string()
+    };
+    for _ in 0..3 {
+        assert_eq!(verify().await, "VALID");
+    }
+    // The periodic fold (every 5 s) brings the counts to the store the CLI reads.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    loop {
+        let v = cli(&["token", "show", &id]);
+        if v["token"]["calls_total"] == 3 {
+            assert_eq!(v["token"]["remaining"], 7);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not folded: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    // The CLI revokes it: the daemon refuses it within a moment (every call it answered VALID
+    // meanwhile is counted).
+    assert_eq!(cli(&["token", "revoke", &id])["token"]["status"], "revoked");
+    let revoked_at = std::time::Instant::now();
+    let mut valid_after = 0;
+    loop {
+        match verify().await.as_str() {
+            "REVOKED" => break,
+            "VALID" => valid_after += 1,
+            other => panic!("{other}"),
+        }
+        assert!(
+            revoked_at.elapsed() < std::time::Duration::from_secs(2),
+            "still not refused after {:?}",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Through the daemon's own API, the counts include every call answered.
+    let v: Value = client
+        .get(format!("{}/v1/tokens/{id}", d.base))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["token"]["status"], "revoked");
+    assert_eq!(v["token"]["calls_total"], 3 + valid_after, "{v}");
+    // Calls on another token just before a clean stop: the stop folds them, and the CLI reads
+    // them with the daemon gone.
+    let v = cli(&["token", "create", "--account", "acme", "--name", "u"]);
+    let other = v["tokens"][0]["token"].as_str().unwrap().to_string();
+    let other_id = v["tokens"][0]["id"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        let v: Value = client
+            .post(format!("{}/v1/verify", d.base))
+            .json(&json!({"token": other}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["result"], "VALID");
+    }
+    std::process::Command::new("kill")
+        .arg(d.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(d.child.wait().unwrap().success());
+    let v = cli(&["token", "show", &id]);
+    assert_eq!(v["token"]["calls_total"], 3 + valid_after, "{v}");
+    assert_eq!(
+        cli(&["token", "show", &other_id])["token"]["calls_total"],
+        2
+    );
+}
