@@ -333,13 +333,9 @@ impl App {
         let addr = self.local_addr();
         let config = self.ctx.config.clone();
         let store = self.ctx.store.clone();
-        let (meter, writer) = crate::verify::meter::Meter::start(
-            store.clone(),
-            config.durability,
-            config.usage_log_bytes,
-            &self.ctx.usage,
-        )
-        .context("cannot start counting calls")?;
+        let (meter, writer) =
+            crate::verify::meter::Meter::start(store.clone(), &config, &self.ctx.usage)
+                .context("cannot start counting calls")?;
         let mut scheduler = crate::jobs::start_scheduler(self.runner.clone())
             .await
             .context("cannot start the job scheduler")?;

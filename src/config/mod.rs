@@ -98,6 +98,9 @@ pub struct RawDatabase {
     pub lock_timeout_seconds: u64,
     /// Size of each of the two usage log files (SQLite), in MiB.
     pub usage_log_mib: u64,
+    /// Longest time counted calls wait in the SQLite usage log before they are folded into
+    /// the store.
+    pub fold_interval_seconds: u64,
 }
 
 /// `[tokens]`
@@ -181,7 +184,8 @@ impl Default for RawDatabase {
             max_connections: 8,
             durability: "power-loss".into(),
             lock_timeout_seconds: 10,
-            usage_log_mib: 64,
+            usage_log_mib: 128,
+            fold_interval_seconds: 30,
         }
     }
 }
@@ -290,6 +294,8 @@ pub struct Config {
     pub db_lock_timeout: std::time::Duration,
     /// Size of each usage log file in bytes (SQLite).
     pub usage_log_bytes: u64,
+    /// Longest wait of counted calls before a fold (SQLite).
+    pub fold_interval: std::time::Duration,
     /// Token settings.
     pub tokens: TokenSettings,
     /// Default `max_tokens` of new accounts.
@@ -551,6 +557,9 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
     if !(1..=4096).contains(&raw.database.usage_log_mib) {
         bad("database.usage_log_mib", "must be 1 to 4096".into());
     }
+    if !(1..=3600).contains(&raw.database.fold_interval_seconds) {
+        bad("database.fold_interval_seconds", "must be 1 to 3600".into());
+    }
     let durability = match raw.database.durability.as_str() {
         "power-loss" => Durability::PowerLoss,
         "process-crash" => Durability::ProcessCrash,
@@ -653,6 +662,7 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             db_lock_timeout: std::time::Duration::from_secs(raw.database.lock_timeout_seconds)
                 .min(std::time::Duration::from_secs(raw.server.request_timeout_seconds) * 4 / 5),
             usage_log_bytes: raw.database.usage_log_mib << 20,
+            fold_interval: std::time::Duration::from_secs(raw.database.fold_interval_seconds),
             tokens: TokenSettings {
                 prefix: t.prefix.clone(),
                 default_usage_limit: t.default_usage_limit,
@@ -774,13 +784,19 @@ mod tests {
 
     #[test]
     fn usage_log_size_is_checked() {
-        let f = file("[database]\nusage_log_mib = 2\n");
+        let f = file("[database]\nusage_log_mib = 2\nfold_interval_seconds = 7\n");
         let c = load(Some(f.path()), &Overrides::default()).unwrap();
         assert_eq!(c.usage_log_bytes, 2 << 20);
+        assert_eq!(c.fold_interval, std::time::Duration::from_secs(7));
         for bad in [0, 4097] {
             let f = file(&format!("[database]\nusage_log_mib = {bad}\n"));
             let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
             assert_eq!(errs[0].key, "database.usage_log_mib");
+        }
+        for bad in [0, 3601] {
+            let f = file(&format!("[database]\nfold_interval_seconds = {bad}\n"));
+            let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
+            assert_eq!(errs[0].key, "database.fold_interval_seconds");
         }
     }
 

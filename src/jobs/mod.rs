@@ -359,8 +359,6 @@ impl Runner {
         reopen_done: bool,
     ) -> Result<RunReport, crate::store::StoreError> {
         let _one = self.lock.lock().await;
-        // Counters the job reads or rolls over include every call answered so far.
-        self.ctx.usage.settle().await?;
         let store = &self.ctx.store;
         let lease = self.live.get().config.jobs.lease;
         let lease_until = || Utc::now() + chrono::TimeDelta::from_std(lease).unwrap_or_default();
@@ -386,6 +384,7 @@ impl Runner {
             Claim::Busy(run) => return Ok(report(RunOutcome::Busy(run))),
             Claim::Claimed => {}
         }
+
         // Keep the claim alive while the work runs; a crashed daemon stops renewing it. A
         // failed renewal is retried; a claim found taken over stops the work, so two daemons
         // never run the same period.

@@ -32,6 +32,8 @@ pub(super) async fn run(job: Job, period: &str, ctx: &Ctx, live: &Live) -> Resul
 }
 
 async fn monthly_reset(ctx: &Ctx, period: &str) -> Result<String, StoreError> {
+    // The counters archived and rolled over include every call answered so far.
+    ctx.usage.settle().await?;
     let (mut tokens, mut accounts) = (0, 0);
     loop {
         let (t, a) = ctx.store.roll_month_batch(period, BATCH).await?;

@@ -8,7 +8,7 @@ use crate::domain::period::{day_key, month_key};
 use crate::domain::status::TokenStatus;
 use crate::verify::{decide, AccountState, Check, Outcome};
 use chrono::{DateTime, NaiveDate, Utc};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// One call to decide and, when valid, consume.
 #[derive(Debug, Clone)]
@@ -208,28 +208,32 @@ pub struct Plan {
 /// The ids of the tokens a batch touches (its calls and its denials), sorted and unique: the
 /// lock order.
 pub fn batch_token_ids(reqs: &[Consume], denials: &[Denial]) -> Vec<String> {
-    let mut v: Vec<String> = reqs
+    // Unique first: a fold has many calls per token.
+    let unique: HashSet<&str> = reqs
         .iter()
-        .map(|r| r.token_id.clone())
-        .chain(denials.iter().map(|d| d.token_id.clone()))
+        .map(|r| r.token_id.as_str())
+        .chain(denials.iter().map(|d| d.token_id.as_str()))
         .collect();
+    let mut v: Vec<String> = unique.into_iter().map(str::to_string).collect();
     v.sort();
-    v.dedup();
     v
 }
 
 /// The (token, JWT) pairs a batch uses, sorted and unique.
 pub fn batch_jwt_keys(reqs: &[Consume]) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = reqs
+    let unique: HashSet<(&str, &str)> = reqs
         .iter()
         .filter_map(|r| {
             r.jwt
                 .as_ref()
-                .map(|j| (r.token_id.clone(), j.jwt_id.clone()))
+                .map(|j| (r.token_id.as_str(), j.jwt_id.as_str()))
         })
         .collect();
+    let mut v: Vec<(String, String)> = unique
+        .into_iter()
+        .map(|(t, j)| (t.to_string(), j.to_string()))
+        .collect();
     v.sort();
-    v.dedup();
     v
 }
 
@@ -271,16 +275,15 @@ fn archive_count(
 /// back) is counted in the archive directly.
 fn count(
     t: &mut Token,
-    at: DateTime<Utc>,
+    day: &str,
     col: &str,
     n: i64,
     stats: &mut HashMap<(String, String), StatRow>,
 ) {
-    let day = day_key(at);
     match t.today.day.as_deref() {
         Some(d) if d == day => {}
-        Some(d) if d > day.as_str() => {
-            return archive_count(stats, &t.id, &t.account_id, &day, col, n);
+        Some(d) if d > day => {
+            return archive_count(stats, &t.id, &t.account_id, day, col, n);
         }
         held => {
             if let Some(held) = held {
@@ -292,7 +295,7 @@ fn count(
                 }
             }
             t.today = DayCounts {
-                day: Some(day),
+                day: Some(day.to_string()),
                 counts: [0; 10],
             };
         }
@@ -306,6 +309,37 @@ fn count(
 /// the writes: consumed uses and quota, rolled months, statistics (with `denials`) and JWT
 /// counts. A refused call spends nothing. Pure: no I/O, so both drivers share it.
 pub fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> Plan {
+    plan_with(reqs, denials, state, true)
+}
+
+/// `plan` for a fold, which answers nobody: its decisions carry no token (a copy per call).
+pub fn fold_plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> Plan {
+    plan_with(reqs, denials, state, false)
+}
+
+/// The UTC day and month keys of the last instant asked for: a fold asks for thousands of
+/// calls of the same day.
+#[derive(Default)]
+struct Keys {
+    date: Option<NaiveDate>,
+    day: String,
+    month: String,
+}
+
+impl Keys {
+    fn of(&mut self, at: DateTime<Utc>) -> (&str, &str) {
+        let date = at.date_naive();
+        if self.date != Some(date) {
+            self.date = Some(date);
+            self.day = day_key(at);
+            self.month = month_key(at);
+        }
+        (&self.day, &self.month)
+    }
+}
+
+fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: bool) -> Plan {
+    let mut keys = Keys::default();
     let BatchState {
         mut tokens,
         mut accounts,
@@ -314,7 +348,12 @@ pub fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> Plan {
     // Rows for the archive: counters a token's row hands over when a later day starts, and
     // counts for a day before the one the row holds.
     let mut stats: HashMap<(String, String), StatRow> = HashMap::new();
-    let mut dirty_tokens: Vec<String> = Vec::new();
+    let mut dirty_tokens: HashSet<String> = HashSet::new();
+    let dirty = |set: &mut HashSet<String>, id: &str| {
+        if !set.contains(id) {
+            set.insert(id.to_string());
+        }
+    };
     for d in denials {
         let Some(col) = d.outcome.stat_column() else {
             continue;
@@ -322,16 +361,16 @@ pub fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> Plan {
         // A token with no row any more has nothing to count against (an archive row would
         // break its foreign key and fail the whole batch).
         if let Some(t) = tokens.get_mut(&d.token_id) {
-            count(t, d.at, col, 1, &mut stats);
-            dirty_tokens.push(t.id.clone());
+            count(t, keys.of(d.at).0, col, 1, &mut stats);
+            dirty(&mut dirty_tokens, &t.id);
         }
     }
-    let mut dirty_accounts: Vec<String> = Vec::new();
+    let mut dirty_accounts: HashSet<String> = HashSet::new();
     let mut dirty_jwts: HashMap<(String, String), DateTime<Utc>> = HashMap::new();
     let mut archives = Vec::new();
     let mut decided = Vec::with_capacity(reqs.len());
     for r in reqs {
-        let period = month_key(r.now);
+        let (day, period) = keys.of(r.now);
         let known = tokens
             .get(&r.token_id)
             .filter(|t| r.decided || secret_matches(t, r))
@@ -349,14 +388,14 @@ pub fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> Plan {
             continue;
         };
         // A new month: archive and restart the counters, apply the refill, before deciding.
-        let (changed, archived) = t.roll_month(&period);
+        let (changed, archived) = t.roll_month(period);
         if changed {
-            dirty_tokens.push(t.id.clone());
+            dirty(&mut dirty_tokens, &t.id);
         }
         archives.extend(archived.map(|(p, n)| (Archive::Token, t.id.clone(), p, n)));
-        let (changed, archived) = a.roll_month(&period);
+        let (changed, archived) = a.roll_month(period);
         if changed {
-            dirty_accounts.push(a.id.clone());
+            dirty(&mut dirty_accounts, &a.id);
         }
         archives.extend(archived.map(|(p, n)| (Archive::Account, a.id.clone(), p, n)));
 
@@ -382,10 +421,14 @@ pub fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> Plan {
             // A call stamped in an earlier month than the counter holds (queued behind a later
             // one, or from a daemon whose clock lags) counts in the newer month: a counter
             // never moves back.
-            a.quota_period = a.quota_period.take().max(Some(period.clone()));
-            dirty_accounts.push(account_id.clone());
+            if a.quota_period.as_deref() < Some(period) {
+                a.quota_period = Some(period.to_string());
+            }
+            dirty(&mut dirty_accounts, &account_id);
             t.calls_month = t.calls_this_month(r.now) + cost;
-            t.calls_month_period = t.calls_month_period.take().max(Some(period));
+            if t.calls_month_period.as_deref() < Some(period) {
+                t.calls_month_period = Some(period.to_string());
+            }
             t.calls_total += cost;
             t.remaining = t.remaining.map(|x| x - cost);
             if t.status == TokenStatus::Active && t.remaining.is_some_and(|x| x <= 0) {
@@ -397,22 +440,22 @@ pub fn plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> Plan {
                 t.last_used_ip = r.check.client_ip.map(|ip| ip.to_string());
             }
             t.last_used_at = Some(t.last_used_at.map_or(r.now, |l| l.max(r.now)));
-            count(t, r.now, "valid", 1, &mut stats);
-            count(t, r.now, "cost", cost, &mut stats);
-            dirty_tokens.push(t.id.clone());
+            count(t, day, "valid", 1, &mut stats);
+            count(t, day, "cost", cost, &mut stats);
+            dirty(&mut dirty_tokens, &t.id);
         } else if let Some(col) = outcome.stat_column() {
-            count(t, r.now, col, 1, &mut stats);
-            dirty_tokens.push(t.id.clone());
+            count(t, day, col, 1, &mut stats);
+            dirty(&mut dirty_tokens, &t.id);
         }
         decided.push(Decided {
             outcome,
-            token: Some(t.clone()),
+            token: answers.then(|| t.clone()),
         });
     }
+    let mut dirty_tokens: Vec<String> = dirty_tokens.into_iter().collect();
     dirty_tokens.sort();
-    dirty_tokens.dedup();
+    let mut dirty_accounts: Vec<String> = dirty_accounts.into_iter().collect();
     dirty_accounts.sort();
-    dirty_accounts.dedup();
     let mut jwts: Vec<JwtCount> = dirty_jwts
         .into_iter()
         .map(|((token_id, jwt_id), expires_at)| JwtCount {

@@ -89,6 +89,11 @@ struct State {
     /// Every record up to this one is folded: its space may be reused.
     released: Seq,
     closed: bool,
+    /// Callers of `append_waiting`, in number order, each told once its record is durable (or
+    /// will never be). Only these are woken: a `watch` would wake every waiter at each flush.
+    waiters: std::collections::VecDeque<(Seq, Notice)>,
+    /// Set with the failure, under this lock, so no waiter is queued after the writer stopped.
+    failed: Option<LogError>,
     /// The writer sleeps on `wake`: an append must wake it (otherwise it will look again by
     /// itself, and waking it would cost a system call per record).
     writer_waiting: bool,
@@ -104,6 +109,18 @@ pub struct UsageLog {
 
 /// The writer thread, to be joined at shutdown.
 pub struct Writer(std::thread::JoinHandle<()>);
+
+type Notice = tokio::sync::oneshot::Sender<Result<(), LogError>>;
+
+/// Resolves once an appended record is durable (`UsageLog::append_waiting`).
+pub struct Durability(tokio::sync::oneshot::Receiver<Result<(), LogError>>);
+
+impl Durability {
+    /// Waits for the record.
+    pub async fn wait(self) -> Result<(), LogError> {
+        self.0.await.unwrap_or(Err(LogError::Closed))
+    }
+}
 
 impl UsageLog {
     /// Opens the two files of `size` bytes each at `base` (`file_paths`; made, or remade at another size, as
@@ -135,6 +152,8 @@ impl UsageLog {
                 next,
                 released: next - 1,
                 closed: false,
+                waiters: Default::default(),
+                failed: None,
                 writer_waiting: false,
             }),
             wake: Condvar::new(),
@@ -161,13 +180,25 @@ impl UsageLog {
     /// Appends a record; it is durable once `wait` returns for its number. Refused while a
     /// file's worth of records waits for a fold, so a stalled fold cannot grow memory.
     pub fn append(&self, payload: &[u8]) -> Result<Seq, LogError> {
+        self.push(payload, None)
+    }
+
+    /// Appends a record, and returns what resolves once it is durable (`Err` when it never
+    /// will be: the log failed or closed first).
+    pub fn append_waiting(&self, payload: &[u8]) -> Result<(Seq, Durability), LogError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let seq = self.push(payload, Some(tx))?;
+        Ok((seq, Durability(rx)))
+    }
+
+    fn push(&self, payload: &[u8], notice: Option<Notice>) -> Result<Seq, LogError> {
         if (HEADER + payload.len()) as u64 > self.size {
             return Err(LogError::TooLarge(payload.len()));
         }
-        if let Some(e) = &self.shared.durable.borrow().failed {
+        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = &s.failed {
             return Err(e.clone());
         }
-        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.closed {
             return Err(LogError::Closed);
         }
@@ -179,6 +210,9 @@ impl UsageLog {
         encode(&mut s.buf, self.epoch, seq, payload);
         let end = s.buf.len();
         s.ends.push(end);
+        if let Some(n) = notice {
+            s.waiters.push_back((seq, n));
+        }
         let wake = s.writer_waiting;
         drop(s);
         if wake {
@@ -281,7 +315,17 @@ impl UsageLog {
                 let e = LogError::Failed(e.to_string());
                 tracing::error!(error = %e, "writing the usage log failed");
                 // Appends see it here too, and are refused from now on.
-                self.shared.durable.send_modify(|d| d.failed = Some(e));
+                self.shared
+                    .durable
+                    .send_modify(|d| d.failed = Some(e.clone()));
+                let waiters = {
+                    let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.failed = Some(e.clone());
+                    std::mem::take(&mut s.waiters)
+                };
+                for (_, n) in waiters {
+                    let _ = n.send(Err(e.clone()));
+                }
                 return;
             }
         }
@@ -297,6 +341,17 @@ impl UsageLog {
             d.upto = d.upto.max(seq);
             newer
         });
+        let mut done = Vec::new();
+        {
+            let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            while s.waiters.front().is_some_and(|(n, _)| *n <= seq) {
+                done.extend(s.waiters.pop_front());
+            }
+        }
+        // Woken outside the lock.
+        for (_, n) in done {
+            let _ = n.send(Ok(()));
+        }
         Ok(())
     }
 
@@ -462,6 +517,37 @@ mod tests {
         );
         // From further back than the files reach: nothing is made up (record 1 is gone).
         assert_eq!(replay(&dir.path().join("db"), 0, 1).unwrap().0, vec![]);
+    }
+
+    /// Each caller of `append_waiting` hears of its own record: once it is durable, or, when
+    /// the log stops first (here: closed while a full ring waits for a fold), that it never
+    /// will be; nothing is appended after that.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn each_waiter_hears_whether_its_own_record_became_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        // Records of 64 bytes, four to a file.
+        let payload = [7u8; 64 - HEADER];
+        let (log, writer) = UsageLog::open(&dir.path().join("db"), 256, true, 1, 1).unwrap();
+        for i in 1..=8 {
+            let (seq, d) = log.append_waiting(&payload).unwrap();
+            assert_eq!(seq, i);
+            d.wait().await.unwrap();
+        }
+        // Both files are full and nothing is folded: the next records wait.
+        let (_, ninth) = log.append_waiting(&payload).unwrap();
+        let (_, tenth) = log.append_waiting(&payload).unwrap();
+        let ninth = tokio::spawn(ninth.wait());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!ninth.is_finished(), "answered before it was written");
+        let closing = log.clone();
+        tokio::task::spawn_blocking(move || closing.close(writer))
+            .await
+            .unwrap();
+        assert!(matches!(ninth.await.unwrap(), Err(LogError::Failed(_))));
+        assert!(matches!(tenth.wait().await, Err(LogError::Failed(_))));
+        assert!(log.append_waiting(&payload).is_err());
+        let (records, _) = replay(&dir.path().join("db"), 0, 1).unwrap();
+        assert_eq!(records.len(), 8);
     }
 
     #[tokio::test]

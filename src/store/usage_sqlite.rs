@@ -9,7 +9,7 @@
 
 use super::model::{Account, DayCounts, Token};
 use super::rows::{ACCOUNT_COLS, TOKEN_COLS};
-use super::usage::{batch_jwt_keys, batch_token_ids, plan, BatchState, Plan, STAT_COLUMNS};
+use super::usage::{batch_jwt_keys, batch_token_ids, fold_plan, BatchState, Plan, STAT_COLUMNS};
 use super::{Consume, Denial, Result, StoreError};
 use crate::domain::status::TokenStatus;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
@@ -407,7 +407,7 @@ impl UsageConn {
             stats,
             jwt_uses,
             ..
-        } = plan(reqs, denials, state);
+        } = fold_plan(reqs, denials, state);
         {
             let mut write = tx.prepare_cached(&TOKEN_WRITE)?;
             let mut write_with_status = tx.prepare_cached(&TOKEN_WRITE_WITH_STATUS)?;

@@ -12,8 +12,8 @@
 //!   feeds the statistics.
 //! - **Fold.** A thread applies the records to the rows as they are in the store now (so a new
 //!   limit or a refill set meanwhile is kept), in one transaction that also records how far the
-//!   log is folded; then that part of the log may be reused. It runs every few seconds, when a
-//!   quarter of a log file waits, when asked (`settle`: every admin request and job run folds
+//!   log is folded; then that part of the log may be reused. It runs every `fold_interval_seconds`, when
+//!   half a log file waits, when asked (`settle`: every admin request and job run folds
 //!   first, so they read counters that include every answered call), and at shutdown. A start
 //!   folds what the last run left in the log before serving.
 //! - **Coherence.** Whoever changes a token or an account through the store bumps its change
@@ -26,8 +26,8 @@
 //! folded, so reading it from the store gives its whole state. Records are appended only for
 //! cached rows, and the cache is emptied only when no record waiting was decided on it.
 
-use crate::store::usage::{plan, BatchState};
-use crate::store::usage_log::{self, LogError, Seq, UsageLog};
+use crate::store::usage::{fold_plan, plan, BatchState};
+use crate::store::usage_log::{self, Durability, LogError, Seq, UsageLog};
 use crate::store::usage_sqlite::{LogPosition, UsageConn, UsageReader};
 use crate::store::{Account, Consume, Decided, Denial, JwtUse, Store, StoreError, Token};
 use crate::verify::{Check, Outcome};
@@ -42,8 +42,6 @@ use tokio::sync::oneshot;
 
 /// How often the fold thread looks for changes another process made (and folds when due).
 const POLL: Duration = Duration::from_millis(100);
-/// Longest time records wait to be folded.
-const FOLD_EVERY: Duration = Duration::from_secs(5);
 /// Tokens kept in memory past which a fold drops those no waiting record needs.
 const MAX_CACHED_TOKENS: usize = 250_000;
 /// The same for JWT use counts (each JWT id used since the cache was last emptied).
@@ -64,10 +62,8 @@ struct Cache {
     accounts: HashMap<String, Account>,
     jwt_uses: HashMap<(String, String), i64>,
     /// Records appended and not yet folded, numbered up to `last_seq` without a gap.
-    pending: Vec<Entry>,
+    pending: Pending,
     last_seq: Seq,
-    /// Bytes of `pending` in the log; past `early_fold` the fold thread is woken.
-    pending_bytes: u64,
     fold_asked: bool,
     /// Counts the times rows were dropped (`clear_rows`, `trim`): a load that read the store
     /// before a drop must not put its rows back, as they may lack records folded meanwhile.
@@ -87,26 +83,68 @@ impl Cache {
         self.drops += 1;
         let mut tokens = HashSet::new();
         let mut jwts = HashSet::new();
-        for e in &self.pending {
-            if let Entry::Use(c) = e {
-                tokens.insert(c.token_id.as_str());
-                if let Some(j) = &c.jwt {
-                    jwts.insert((c.token_id.as_str(), j.jwt_id.as_str()));
+        for e in self.pending.entries() {
+            if let Some(Entry::Use(c)) = e {
+                if let Some(j) = c.jwt {
+                    jwts.insert((c.token_id.clone(), j.jwt_id));
                 }
+                tokens.insert(c.token_id);
             }
         }
         let accounts: HashSet<String> = tokens
             .iter()
-            .filter_map(|t| self.tokens.get(*t).map(|t| t.account_id.clone()))
-            .collect();
-        let tokens: HashSet<String> = tokens.into_iter().map(str::to_string).collect();
-        let jwts: HashSet<(String, String)> = jwts
-            .into_iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .filter_map(|t| self.tokens.get(t).map(|t| t.account_id.clone()))
             .collect();
         self.tokens.retain(|id, _| tokens.contains(id));
         self.accounts.retain(|id, _| accounts.contains(id));
         self.jwt_uses.retain(|k, _| jwts.contains(k));
+    }
+}
+
+/// Records waiting to be folded, as their log payloads: a tenth of the memory of the values.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Pending {
+    fn push(&mut self, payload: &[u8]) {
+        self.bytes.extend_from_slice(payload);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Bytes these records take in the log.
+    fn log_bytes(&self) -> u64 {
+        (self.bytes.len() + self.ends.len() * usage_log::HEADER) as u64
+    }
+
+    /// Puts `earlier` in front.
+    fn prepend(&mut self, earlier: Pending) {
+        let shift = earlier.bytes.len();
+        let mut bytes = earlier.bytes;
+        bytes.extend_from_slice(&self.bytes);
+        let mut ends = earlier.ends;
+        ends.extend(self.ends.iter().map(|e| e + shift));
+        *self = Pending { bytes, ends };
+    }
+
+    /// The records, in order (`None` for one this version cannot read, which cannot happen:
+    /// each was encoded here).
+    fn entries(&self) -> impl Iterator<Item = Option<Entry>> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(a, b)| decode(&self.bytes[a..b]))
     }
 }
 
@@ -142,8 +180,8 @@ pub struct Ledger {
 
 /// What one pass over the cache found for a call.
 enum Step {
-    /// Decided; wait for this record when it is a VALID call's.
-    Decided(Box<Decided>, Option<Seq>),
+    /// Decided; when it is a VALID call, answered once its record is durable.
+    Decided(Box<Decided>, Option<Durability>),
     /// The cache lacks a row the call needs.
     Missing,
     /// Tokens or accounts changed since the cache was filled: fold, empty it, read again.
@@ -164,6 +202,7 @@ impl Ledger {
         path: &Path,
         flush: bool,
         log_size: u64,
+        fold_every: Duration,
     ) -> Result<(Arc<Ledger>, tokio::task::JoinHandle<()>), StoreError> {
         // The file itself, however it is reached: the lock and the log go beside it.
         let path = &std::fs::canonicalize(path)
@@ -216,7 +255,9 @@ impl Ledger {
             store,
             cache: Mutex::new(cache),
             log,
-            early_fold: log_size / 4,
+            // Half a file: the other half leaves the fold time to finish before appends
+            // would have to wait for it.
+            early_fold: log_size / 2,
         });
         let (folds, calls) = std::sync::mpsc::channel();
         let thread = {
@@ -227,7 +268,7 @@ impl Ledger {
                     // Behind the threads that answer calls: a fold is never urgent, and on a
                     // busy machine it would otherwise take their CPU in bursts.
                     lower_priority();
-                    run_folds(&shared, &mut conn, &calls, epoch);
+                    run_folds(&shared, &mut conn, &calls, epoch, fold_every);
                     shared.log.close(writer);
                     drop(lock);
                 })
@@ -258,8 +299,8 @@ impl Ledger {
         loop {
             match self.step(&c)? {
                 Step::Decided(d, None) => return Ok(*d),
-                Step::Decided(d, Some(seq)) => {
-                    self.shared.log.wait(seq).await.map_err(unavailable)?;
+                Step::Decided(d, Some(durable)) => {
+                    durable.wait().await.map_err(unavailable)?;
                     return Ok(*d);
                 }
                 Step::Stale => self.settle().await?,
@@ -328,7 +369,7 @@ impl Ledger {
             _ => return Ok(Step::Decided(Box::new(decided), None)),
         };
         let wait = matches!(entry, Entry::Use(_));
-        let seq = self.append(&mut cache, entry)?;
+        let durable = self.append(&mut cache, entry, wait)?;
         for t in p.tokens {
             cache.tokens.insert(t.id.clone(), t);
         }
@@ -338,25 +379,37 @@ impl Ledger {
         for j in p.jwt_uses {
             cache.jwt_uses.insert((j.token_id, j.jwt_id), j.uses);
         }
-        Ok(Step::Decided(Box::new(decided), wait.then_some(seq)))
+        Ok(Step::Decided(Box::new(decided), durable))
     }
 
-    /// Appends `entry`'s record to the log and the waiting list; nothing changes when the log
-    /// refuses it.
-    fn append(&self, cache: &mut Cache, entry: Entry) -> Result<Seq, StoreError> {
+    /// Appends `entry`'s record to the log and the waiting list (with `wait`, returning what
+    /// resolves once it is durable); nothing changes when the log refuses it.
+    fn append(
+        &self,
+        cache: &mut Cache,
+        entry: Entry,
+        wait: bool,
+    ) -> Result<Option<Durability>, StoreError> {
         let bytes = encode(&entry);
-        let seq = self.shared.log.append(&bytes).map_err(|e| match e {
+        let appended = if wait {
+            self.shared
+                .log
+                .append_waiting(&bytes)
+                .map(|(seq, d)| (seq, Some(d)))
+        } else {
+            self.shared.log.append(&bytes).map(|seq| (seq, None))
+        };
+        let (seq, durable) = appended.map_err(|e| match e {
             LogError::Behind => unavailable("the usage log is full, waiting for a fold"),
             e => unavailable(e),
         })?;
-        cache.pending.push(entry);
+        cache.pending.push(&bytes);
         cache.last_seq = seq;
-        cache.pending_bytes += bytes.len() as u64 + usage_log::HEADER as u64;
-        if cache.pending_bytes >= self.shared.early_fold && !cache.fold_asked {
+        if cache.pending.log_bytes() >= self.shared.early_fold && !cache.fold_asked {
             cache.fold_asked = true;
             let _ = self.folds.send(FoldCall::Soon);
         }
-        Ok(seq)
+        Ok(durable)
     }
 
     /// Reads the rows `c` needs into the cache (keeping those already there, which may hold
@@ -415,13 +468,13 @@ impl Ledger {
                     tokens: HashMap::from([(t.id.clone(), t.clone())]),
                     ..BatchState::default()
                 };
-                let p = plan(&[], std::slice::from_ref(&d), state);
+                let p = fold_plan(&[], std::slice::from_ref(&d), state);
                 for t in p.tokens {
                     cache.tokens.insert(t.id.clone(), t);
                 }
             }
         }
-        if let Err(e) = self.append(&mut cache, Entry::Deny(d)) {
+        if let Err(e) = self.append(&mut cache, Entry::Deny(d), false) {
             tracing::warn!(error = %e, "a refusal was not counted in the statistics");
         }
     }
@@ -466,7 +519,7 @@ fn lock_store(path: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-fn split(entries: Vec<Entry>) -> (Vec<Consume>, Vec<Denial>) {
+fn split(entries: impl IntoIterator<Item = Entry>) -> (Vec<Consume>, Vec<Denial>) {
     let mut uses = Vec::new();
     let mut denials = Vec::new();
     for e in entries {
@@ -490,7 +543,13 @@ fn lower_priority() {
 
 /// The fold thread: folds when due or asked, looks for other processes' changes every `POLL`,
 /// and makes a last fold once every handle is gone.
-fn run_folds(shared: &Shared, conn: &mut UsageConn, calls: &Receiver<FoldCall>, epoch: u64) {
+fn run_folds(
+    shared: &Shared,
+    conn: &mut UsageConn,
+    calls: &Receiver<FoldCall>,
+    epoch: u64,
+    fold_every: Duration,
+) {
     let mut last = Instant::now();
     loop {
         let mut waiters = Vec::new();
@@ -513,7 +572,7 @@ fn run_folds(shared: &Shared, conn: &mut UsageConn, calls: &Receiver<FoldCall>, 
             Err(e) => tracing::warn!(error = %e, "cannot read the store's change number"),
         }
         let stale = shared.cache().gen != shared.store.change_no();
-        if closed || asked || stale || !waiters.is_empty() || last.elapsed() >= FOLD_EVERY {
+        if closed || asked || stale || !waiters.is_empty() || last.elapsed() >= fold_every {
             let result = fold(shared, conn, epoch).map_err(|e| e.to_string());
             if let Err(e) = &result {
                 tracing::error!(error = %e, "folding counted calls into the store failed; retrying");
@@ -541,7 +600,6 @@ fn fold(shared: &Shared, conn: &mut UsageConn, epoch: u64) -> Result<(), StoreEr
     let started = Instant::now();
     let (entries, upto, gen) = {
         let mut cache = shared.cache();
-        cache.pending_bytes = 0;
         cache.fold_asked = false;
         (
             std::mem::take(&mut cache.pending),
@@ -555,7 +613,7 @@ fn fold(shared: &Shared, conn: &mut UsageConn, epoch: u64) -> Result<(), StoreEr
     } else {
         let n = entries.len();
         metrics::histogram!(crate::metrics::BATCH_SIZE).record(n as f64);
-        let (uses, denials) = split(entries);
+        let (uses, denials) = split(entries.entries().flatten());
         if let Err(e) = conn.fold(
             &uses,
             &denials,
@@ -565,11 +623,7 @@ fn fold(shared: &Shared, conn: &mut UsageConn, epoch: u64) -> Result<(), StoreEr
             },
         ) {
             // Back in front of what came meanwhile, for the next fold.
-            let mut cache = shared.cache();
-            let later = std::mem::take(&mut cache.pending);
-            cache.pending = uses.into_iter().map(Entry::Use).collect();
-            cache.pending.extend(denials.into_iter().map(Entry::Deny));
-            cache.pending.extend(later);
+            shared.cache().pending.prepend(entries);
             return Err(e);
         }
         shared.log.release(upto);

@@ -10,7 +10,7 @@
 //!   answers each request once that is committed (and, with the default `durability =
 //!   "power-loss"`, flushed). Under load a batch fills while the previous one commits.
 
-use crate::config::Durability;
+use crate::config::{Config, Durability};
 use crate::store::{Consume, Decided, Denial, Store, StoreError};
 use crate::verify::ledger::Ledger;
 use std::sync::Arc;
@@ -56,18 +56,24 @@ impl Settle {
 impl Meter {
     /// Starts the meter. On SQLite it opens the ledger (and folds what the last run left in its
     /// usage log) here, so a store it cannot open stops the start instead of failing every
-    /// verification. `durability` says whether an answer waits for a flush to disk;
-    /// `log_size` is the size of each usage log file (SQLite). `settle` is pointed at it.
+    /// verification. `config.durability` says whether an answer waits for a flush to disk;
+    /// the usage log's size and fold interval are `config`'s too (SQLite). `settle` is pointed
+    /// at it.
     pub fn start(
         store: Store,
-        durability: Durability,
-        log_size: u64,
+        config: &Config,
         settle: &Settle,
     ) -> Result<(Meter, JoinHandle<()>), StoreError> {
-        let flush = durability == Durability::PowerLoss;
+        let flush = config.durability == Durability::PowerLoss;
         match store.sqlite_file() {
             Some(path) => {
-                let (ledger, task) = Ledger::open(store, &path, flush, log_size)?;
+                let (ledger, task) = Ledger::open(
+                    store,
+                    &path,
+                    flush,
+                    config.usage_log_bytes,
+                    config.fold_interval,
+                )?;
                 let _ = settle.0.set(Arc::downgrade(&ledger));
                 Ok((Meter(Inner::Ledger(ledger)), task))
             }

@@ -113,7 +113,18 @@ struct Daemon {
 }
 
 fn start(data: &std::path::Path, port: u16, pg: Option<&str>, durability: &str) -> Daemon {
+    start_with(data, port, pg, durability, &[])
+}
+
+fn start_with(
+    data: &std::path::Path,
+    port: u16,
+    pg: Option<&str>,
+    durability: &str,
+    envs: &[(&str, &str)],
+) -> Daemon {
     let mut c = binary();
+    c.envs(envs.iter().copied());
     c.args([
         "serve",
         "--listen",
@@ -336,7 +347,13 @@ async fn revocation_and_regeneration_on_another_daemon_apply_at_once(b: Backend)
 async fn the_cli_and_a_running_sqlite_daemon_see_each_others_changes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut d = start(&data, free_port(), None, "power-loss");
+    let mut d = start_with(
+        &data,
+        free_port(),
+        None,
+        "power-loss",
+        &[("TOKENWARDEN_DATABASE__FOLD_INTERVAL_SECONDS", "1")],
+    );
     wait_for(&format!("{}/readyz", d.base)).await;
     let cli = |args: &[&str]| -> Value {
         let o = binary()
@@ -393,8 +410,8 @@ async fn the_cli_and_a_running_sqlite_daemon_see_each_others_changes() {
     for _ in 0..3 {
         assert_eq!(verify().await, "VALID");
     }
-    // The periodic fold (every 5 s) brings the counts to the store the CLI reads.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    // The periodic fold (every second here) brings the counts to the store the CLI reads.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let v = cli(&["token", "show", &id]);
         if v["token"]["calls_total"] == 3 {
