@@ -172,7 +172,9 @@ impl UsageLog {
             let log = log.clone();
             std::thread::Builder::new()
                 .name("usage-log".into())
-                .spawn(move || log.run(files, flush))?
+                .spawn(move || {
+                    crate::verify::ledger::abort_on_panic("usage log", || log.run(files, flush))
+                })?
         };
         Ok((log, Writer(writer)))
     }
@@ -292,8 +294,11 @@ impl UsageLog {
                 if offset + len > self.size {
                     // What this pass wrote so far is made durable (the fold may be waiting for
                     // it), then the other file is taken once all it holds is folded.
-                    written = write_at(&mut files[cur], run_at, &buf[run..start])
-                        .and_then(|()| self.settle(&files[cur], flush, first + i as Seq - 1));
+                    // (Nothing of this pass went to that file when it is the first record.)
+                    if run < start {
+                        written = write_at(&mut files[cur], run_at, &buf[run..start])
+                            .and_then(|()| self.settle(&files[cur], flush, first + i as Seq - 1));
+                    }
                     let other = 1 - cur;
                     if written.is_ok() && !self.wait_released(last[other]) {
                         written = Err(io::Error::other("closed while waiting for a fold"));

@@ -12,10 +12,12 @@
 //!   feeds the statistics.
 //! - **Fold.** A thread applies the records to the rows as they are in the store now (so a new
 //!   limit or a refill set meanwhile is kept), in one transaction that also records how far the
-//!   log is folded; then that part of the log may be reused. It runs every `fold_interval_seconds`, when
-//!   half a log file waits, when asked (`settle`: every admin request and job run folds
-//!   first, so they read counters that include every answered call), and at shutdown. A start
-//!   folds what the last run left in the log before serving.
+//!   log is folded; then that part of the log may be reused. It runs every
+//!   `fold_interval_seconds`, when half a log file waits, when asked (`settle`: every
+//!   authenticated admin request and the monthly reset fold first, so they read counters that
+//!   include every answered call), and at shutdown.
+//!   A start folds what the last run left in the log before serving. A panic in the fold or
+//!   log thread aborts the process: the next start replays the log.
 //! - **Coherence.** Whoever changes a token or an account through the store bumps its change
 //!   number (`Store::change_no`): at once in this process, and through `settings.change_no` for
 //!   the CLI, which the fold thread reads every `POLL`. A decision that sees the number moved
@@ -42,6 +44,7 @@ use tokio::sync::oneshot;
 
 /// How often the fold thread looks for changes another process made (and folds when due).
 const POLL: Duration = Duration::from_millis(100);
+
 /// Tokens kept in memory past which a fold drops those no waiting record needs.
 const MAX_CACHED_TOKENS: usize = 250_000;
 /// The same for JWT use counts (each JWT id used since the cache was last emptied).
@@ -76,6 +79,23 @@ impl Cache {
         self.tokens.clear();
         self.accounts.clear();
         self.jwt_uses.clear();
+    }
+
+    /// Drops the JWT use counts no waiting record was decided on (tokens and accounts stay).
+    fn trim_jwts(&mut self) {
+        self.drops += 1;
+        let mut jwts = HashSet::new();
+        for e in self.pending.entries() {
+            if let Some(Entry::Use(Consume {
+                token_id,
+                jwt: Some(j),
+                ..
+            })) = e
+            {
+                jwts.insert((token_id, j.jwt_id));
+            }
+        }
+        self.jwt_uses.retain(|k, _| jwts.contains(k));
     }
 
     /// Drops the rows no waiting record was decided on.
@@ -166,6 +186,10 @@ impl Shared {
 enum FoldCall {
     /// Fold everything appended so far, then answer.
     Wait(oneshot::Sender<Result<(), String>>),
+    /// Answer whether the store takes folds: while folds fail, a fold's result; else whether
+    /// the store's write lock is granted now (`/readyz`, which anyone may call: on a healthy
+    /// daemon it takes the lock and lets it go, and writes nothing).
+    Probe(oneshot::Sender<Result<(), String>>),
     /// Fold soon; nobody waits.
     Soon,
 }
@@ -268,7 +292,9 @@ impl Ledger {
                     // Behind the threads that answer calls: a fold is never urgent, and on a
                     // busy machine it would otherwise take their CPU in bursts.
                     lower_priority();
-                    run_folds(&shared, &mut conn, &calls, epoch, fold_every);
+                    abort_on_panic("fold", || {
+                        run_folds(&shared, &mut conn, &calls, epoch, fold_every)
+                    });
                     shared.log.close(writer);
                     drop(lock);
                 })
@@ -479,6 +505,18 @@ impl Ledger {
         }
     }
 
+    /// Whether counted calls reach the store: the last fold succeeded, and the store's write
+    /// lock is granted now.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.folds
+            .send(FoldCall::Probe(tx))
+            .map_err(|_| unavailable("the usage ledger has stopped"))?;
+        rx.await
+            .map_err(|_| unavailable("the usage ledger has stopped"))?
+            .map_err(StoreError::Unavailable)
+    }
+
     /// Folds every call counted so far into the store, and re-reads tokens and accounts
     /// another connection changed; resolves once that is committed.
     pub async fn settle(&self) -> Result<(), StoreError> {
@@ -531,6 +569,21 @@ fn split(entries: impl IntoIterator<Item = Entry>) -> (Vec<Consume>, Vec<Denial>
     (uses, denials)
 }
 
+/// Runs `f`; a panic aborts the process instead of leaving calls counted in memory with no
+/// thread to fold them (and the one-daemon lock released). The next start replays the log.
+pub(crate) fn abort_on_panic<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(_) => {
+            tracing::error!(
+                thread = what,
+                "a usage thread panicked; stopping the daemon"
+            );
+            std::process::abort();
+        }
+    }
+}
+
 /// Lowers the calling thread's scheduling priority (Linux: `setpriority` on a thread id).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
@@ -551,12 +604,15 @@ fn run_folds(
     fold_every: Duration,
 ) {
     let mut last = Instant::now();
+    let mut failing: Option<String> = None;
     loop {
         let mut waiters = Vec::new();
+        let mut probes = Vec::new();
         let mut asked = false;
         let mut closed = false;
         let mut take = |call| match call {
             FoldCall::Wait(w) => waiters.push(w),
+            FoldCall::Probe(w) => probes.push(w),
             FoldCall::Soon => asked = true,
         };
         match calls.recv_timeout(POLL) {
@@ -581,8 +637,25 @@ fn run_folds(
             for w in waiters {
                 let _ = w.send(result.clone());
             }
+            failing = result.clone().err();
             if closed && result.is_err() {
                 tracing::error!("stopping with counted calls not folded; the next start folds them from the usage log");
+            }
+        }
+        if !probes.is_empty() {
+            let answer = if failing.is_some() {
+                // Folds fail: try again, so readiness comes back as soon as they work.
+                let result = fold(shared, conn, epoch).map_err(|e| e.to_string());
+                last = Instant::now();
+                failing = result.clone().err();
+                result
+            } else if shared.store.is_closed() {
+                Err("the store is closed".to_string())
+            } else {
+                conn.probe().map_err(|e| e.to_string())
+            };
+            for p in probes {
+                let _ = p.send(answer.clone());
             }
         }
         if closed {
@@ -639,8 +712,10 @@ fn fold(shared: &Shared, conn: &mut UsageConn, epoch: u64) -> Result<(), StoreEr
         // what waits now is refusals only, which need no cached row.
         cache.clear_rows();
         cache.gen = gen;
-    } else if cache.tokens.len() > MAX_CACHED_TOKENS || cache.jwt_uses.len() > MAX_CACHED_JWTS {
+    } else if cache.tokens.len() > MAX_CACHED_TOKENS {
         cache.trim();
+    } else if cache.jwt_uses.len() > MAX_CACHED_JWTS {
+        cache.trim_jwts();
     }
     Ok(())
 }

@@ -97,7 +97,7 @@ impl Meter {
     /// a usage batch needs is granted (`Store::probe_usage_lock`).
     pub async fn probe(&self, store: &Store) -> Result<(), StoreError> {
         match &self.0 {
-            Inner::Ledger(l) => l.settle().await,
+            Inner::Ledger(l) => l.probe().await,
             Inner::Batches(_) => store.probe_usage_lock().await,
         }
     }

@@ -411,7 +411,7 @@ async fn the_cli_and_a_running_sqlite_daemon_see_each_others_changes() {
         assert_eq!(verify().await, "VALID");
     }
     // The periodic fold (every second here) brings the counts to the store the CLI reads.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let v = cli(&["token", "show", &id]);
         if v["token"]["calls_total"] == 3 {
@@ -421,8 +421,8 @@ async fn the_cli_and_a_running_sqlite_daemon_see_each_others_changes() {
         assert!(std::time::Instant::now() < deadline, "not folded: {v}");
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    // The CLI revokes it: the daemon refuses it within a moment (every call it answered VALID
-    // meanwhile is counted).
+    // The CLI revokes it: the daemon refuses it within a moment (it looks every 100 ms; the
+    // limit allows for a busy machine; every call it answered VALID meanwhile is counted).
     assert_eq!(cli(&["token", "revoke", &id])["token"]["status"], "revoked");
     let revoked_at = std::time::Instant::now();
     let mut valid_after = 0;
@@ -433,7 +433,7 @@ async fn the_cli_and_a_running_sqlite_daemon_see_each_others_changes() {
             other => panic!("{other}"),
         }
         assert!(
-            revoked_at.elapsed() < std::time::Duration::from_secs(2),
+            revoked_at.elapsed() < std::time::Duration::from_secs(10),
             "still not refused after {:?}",
             revoked_at.elapsed()
         );
