@@ -508,24 +508,25 @@ impl Ledger {
     /// Whether counted calls reach the store: the last fold succeeded, and the store's write
     /// lock is granted now.
     pub async fn probe(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.folds
-            .send(FoldCall::Probe(tx))
-            .map_err(|_| unavailable("the usage ledger has stopped"))?;
-        rx.await
-            .map_err(|_| unavailable("the usage ledger has stopped"))?
-            .map_err(StoreError::Unavailable)
+        self.ask(FoldCall::Probe).await
     }
 
     /// Folds every call counted so far into the store, and re-reads tokens and accounts
     /// another connection changed; resolves once that is committed.
     pub async fn settle(&self) -> Result<(), StoreError> {
+        self.ask(FoldCall::Wait).await
+    }
+
+    /// Sends the fold thread `call` and waits for its answer.
+    async fn ask(
+        &self,
+        call: fn(oneshot::Sender<Result<(), String>>) -> FoldCall,
+    ) -> Result<(), StoreError> {
+        let stopped = || unavailable("the usage ledger has stopped");
         let (tx, rx) = oneshot::channel();
-        self.folds
-            .send(FoldCall::Wait(tx))
-            .map_err(|_| unavailable("the usage ledger has stopped"))?;
+        self.folds.send(call(tx)).map_err(|_| stopped())?;
         rx.await
-            .map_err(|_| unavailable("the usage ledger has stopped"))?
+            .map_err(|_| stopped())?
             .map_err(StoreError::Unavailable)
     }
 }
