@@ -47,8 +47,8 @@ pub struct Decided {
     /// What was decided; when `Valid`, the cost was consumed.
     pub outcome: Outcome,
     /// The token as it stands after this call (`None` when it is unknown or the secret did not
-    /// match).
-    pub token: Option<Token>,
+    /// match); shared, as the SQLite ledger answers with its cached row.
+    pub token: Option<std::sync::Arc<Token>>,
 }
 
 /// A refused verification of a known token, counted in the daily statistics.
@@ -239,7 +239,7 @@ pub fn batch_jwt_keys(reqs: &[Consume]) -> Vec<(String, String)> {
 
 /// Whether the presented secret is the token's current one, or its previous one within the
 /// regeneration grace period. JWTs (no hash) were checked by signature already.
-fn secret_matches(t: &Token, r: &Consume) -> bool {
+pub(crate) fn secret_matches(t: &Token, r: &Consume) -> bool {
     use crate::domain::credential::hashes_match;
     let Some(h) = &r.secret_hash else {
         return true;
@@ -320,13 +320,18 @@ pub fn fold_plan(reqs: &[Consume], denials: &[Denial], state: BatchState) -> Pla
 /// The UTC day and month keys of the last instant asked for: a fold asks for thousands of
 /// calls of the same day.
 #[derive(Default)]
-struct Keys {
+pub(crate) struct Keys {
     date: Option<NaiveDate>,
     day: String,
     month: String,
 }
 
 impl Keys {
+    /// The `YYYY-MM` month of `at`.
+    pub(crate) fn month(&mut self, at: DateTime<Utc>) -> &str {
+        self.of(at).1
+    }
+
     fn of(&mut self, at: DateTime<Utc>) -> (&str, &str) {
         let date = at.date_naive();
         if self.date != Some(date) {
@@ -399,49 +404,22 @@ fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: b
         }
         archives.extend(archived.map(|(p, n)| (Archive::Account, a.id.clone(), p, n)));
 
-        let mut outcome = if r.decided {
-            Outcome::Valid
-        } else {
-            decide(t, &AccountState::of(a), &r.check, r.now)
-        };
-        if let (Outcome::Valid, Some(j)) = (outcome, &r.jwt) {
-            // The JWT's own count: its signer's row is locked, so this read-decide-write holds.
-            let key = (r.token_id.clone(), j.jwt_id.clone());
-            let used = jwt_uses.get(&key).copied().unwrap_or(0);
-            if r.decided || used + r.check.cost <= j.limit {
-                jwt_uses.insert(key.clone(), used + r.check.cost);
-                dirty_jwts.insert(key, j.expires_at);
-            } else {
-                outcome = Outcome::UsageExceeded;
-            }
-        }
+        let jwt_key = r
+            .jwt
+            .as_ref()
+            .map(|j| (r.token_id.clone(), j.jwt_id.clone()));
+        let mut jwt_used = jwt_key
+            .as_ref()
+            .map(|k| jwt_uses.get(k).copied().unwrap_or(0));
+        let outcome = consume_one(t, a, jwt_used.as_mut(), r, period);
         if outcome == Outcome::Valid {
-            let cost = r.check.cost;
-            a.quota_used = AccountState::of(a).used_this_month(r.now) + cost;
-            // A call stamped in an earlier month than the counter holds (queued behind a later
-            // one, or from a daemon whose clock lags) counts in the newer month: a counter
-            // never moves back.
-            if a.quota_period.as_deref() < Some(period) {
-                a.quota_period = Some(period.to_string());
+            if let (Some(key), Some(used), Some(j)) = (jwt_key, jwt_used, &r.jwt) {
+                jwt_uses.insert(key.clone(), used);
+                dirty_jwts.insert(key, j.expires_at);
             }
             dirty(&mut dirty_accounts, &account_id);
-            t.calls_month = t.calls_this_month(r.now) + cost;
-            if t.calls_month_period.as_deref() < Some(period) {
-                t.calls_month_period = Some(period.to_string());
-            }
-            t.calls_total += cost;
-            t.remaining = t.remaining.map(|x| x - cost);
-            if t.status == TokenStatus::Active && t.remaining.is_some_and(|x| x <= 0) {
-                t.status = TokenStatus::Exhausted;
-            }
-            // The address goes with the latest use: none when that use named none, and not
-            // replaced by a call stamped earlier than the one recorded.
-            if t.last_used_at.is_none_or(|l| r.now >= l) {
-                t.last_used_ip = r.check.client_ip.map(|ip| ip.to_string());
-            }
-            t.last_used_at = Some(t.last_used_at.map_or(r.now, |l| l.max(r.now)));
             count(t, day, "valid", 1, &mut stats);
-            count(t, day, "cost", cost, &mut stats);
+            count(t, day, "cost", r.check.cost, &mut stats);
             dirty(&mut dirty_tokens, &t.id);
         } else if let Some(col) = outcome.stat_column() {
             count(t, day, col, 1, &mut stats);
@@ -449,7 +427,7 @@ fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: b
         }
         decided.push(Decided {
             outcome,
-            token: answers.then(|| t.clone()),
+            token: answers.then(|| std::sync::Arc::new(t.clone())),
         });
     }
     let mut dirty_tokens: Vec<String> = dirty_tokens.into_iter().collect();
@@ -482,6 +460,59 @@ fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: b
         stats,
         jwt_uses: jwts,
     }
+}
+
+/// Decides one call on `t` and `a` (both rolled to the call's month already) and, when it is
+/// valid, consumes its cost: the account's quota, the token's counters, `remaining` and last
+/// use, and, for a JWT call, its own count (`jwt_used`: its uses so far). A refusal changes
+/// nothing. Shared by the batch plan and the SQLite ledger, which decides on its cached rows in
+/// place; the statistics are the caller's.
+pub(crate) fn consume_one(
+    t: &mut Token,
+    a: &mut Account,
+    jwt_used: Option<&mut i64>,
+    r: &Consume,
+    period: &str,
+) -> Outcome {
+    let cost = r.check.cost;
+    let outcome = if r.decided {
+        Outcome::Valid
+    } else {
+        decide(t, &AccountState::of(a), &r.check, r.now)
+    };
+    if outcome != Outcome::Valid {
+        return outcome;
+    }
+    if let (Some(j), Some(used)) = (&r.jwt, jwt_used) {
+        // The JWT's own count: its signer's row is locked (or the ledger's cache), so this
+        // read-decide-write holds.
+        if !r.decided && *used + cost > j.limit {
+            return Outcome::UsageExceeded;
+        }
+        *used += cost;
+    }
+    a.quota_used = AccountState::of(a).used_this_month(r.now) + cost;
+    // A call stamped in an earlier month than the counter holds (queued behind a later one, or
+    // from a daemon whose clock lags) counts in the newer month: a counter never moves back.
+    if a.quota_period.as_deref() < Some(period) {
+        a.quota_period = Some(period.to_string());
+    }
+    t.calls_month = t.calls_this_month(r.now) + cost;
+    if t.calls_month_period.as_deref() < Some(period) {
+        t.calls_month_period = Some(period.to_string());
+    }
+    t.calls_total += cost;
+    t.remaining = t.remaining.map(|x| x - cost);
+    if t.status == TokenStatus::Active && t.remaining.is_some_and(|x| x <= 0) {
+        t.status = TokenStatus::Exhausted;
+    }
+    // The address goes with the latest use: none when that use named none, and not replaced by
+    // a call stamped earlier than the one recorded.
+    if t.last_used_at.is_none_or(|l| r.now >= l) {
+        t.last_used_ip = r.check.client_ip.map(|ip| ip.to_string());
+    }
+    t.last_used_at = Some(t.last_used_at.map_or(r.now, |l| l.max(r.now)));
+    Outcome::Valid
 }
 
 /// The PostgreSQL batch: lock and read the batch's tokens, then their accounts (each in id order,

@@ -198,15 +198,7 @@ impl UsageLog {
             return Err(LogError::TooLarge(payload.len()));
         }
         let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = &s.failed {
-            return Err(e.clone());
-        }
-        if s.closed {
-            return Err(LogError::Closed);
-        }
-        if s.buf.len() as u64 >= self.size {
-            return Err(LogError::Behind);
-        }
+        self.refusal(&s)?;
         let seq = s.next;
         s.next += 1;
         encode(&mut s.buf, self.epoch, seq, payload);
@@ -221,6 +213,26 @@ impl UsageLog {
             self.shared.wake.notify_one();
         }
         Ok(seq)
+    }
+
+    /// Whether an append would be taken now (one that fits in a file): `Err` with the reason
+    /// it would be refused, appending nothing. Between this and an append from the same caller
+    /// only the writer can change that, by failing for good.
+    pub fn admits(&self) -> Result<(), LogError> {
+        self.refusal(&self.shared.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn refusal(&self, s: &State) -> Result<(), LogError> {
+        if let Some(e) = &s.failed {
+            return Err(e.clone());
+        }
+        if s.closed {
+            return Err(LogError::Closed);
+        }
+        if s.buf.len() as u64 >= self.size {
+            return Err(LogError::Behind);
+        }
+        Ok(())
     }
 
     /// Waits until record `seq` is durable.

@@ -28,7 +28,7 @@
 //! folded, so reading it from the store gives its whole state. Records are appended only for
 //! cached rows, and the cache is emptied only when no record waiting was decided on it.
 
-use crate::store::usage::{fold_plan, plan, BatchState};
+use crate::store::usage::{consume_one, fold_plan, secret_matches, BatchState, Keys};
 use crate::store::usage_log::{self, Durability, LogError, Seq, UsageLog};
 use crate::store::usage_sqlite::{LogPosition, UsageConn, UsageReader};
 use crate::store::{Account, Consume, Decided, Denial, JwtUse, Store, StoreError, Token};
@@ -61,7 +61,9 @@ enum Entry {
 struct Cache {
     /// The change number the rows below are good for.
     gen: u64,
-    tokens: HashMap<String, Token>,
+    /// Shared with the answers that carry them; a decision changes its row in place, copying
+    /// it only while an answer still holds it.
+    tokens: HashMap<String, Arc<Token>>,
     accounts: HashMap<String, Account>,
     jwt_uses: HashMap<(String, String), i64>,
     /// Records appended and not yet folded, numbered up to `last_seq` without a gap.
@@ -71,6 +73,8 @@ struct Cache {
     /// Counts the times rows were dropped (`clear_rows`, `trim`): a load that read the store
     /// before a drop must not put its rows back, as they may lack records folded meanwhile.
     drops: u64,
+    /// The month of the last call decided, formatted once a day rather than once a call.
+    keys: Keys,
 }
 
 impl Cache {
@@ -216,6 +220,13 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+fn log_refused(e: LogError) -> StoreError {
+    match e {
+        LogError::Behind => unavailable("the usage log is full, waiting for a fold"),
+        e => unavailable(e),
+    }
+}
+
 impl Ledger {
     /// Opens the ledger of the SQLite store at `path`: takes the one-daemon lock, folds what the
     /// last run left in the usage log (files `<path>-usage.0/.1` of `log_size` bytes), and
@@ -347,33 +358,49 @@ impl Ledger {
         if self.shared.store.is_closed() {
             return Err(unavailable("the store is closed"));
         }
-        let mut cache = self.shared.cache();
+        let mut guard = self.shared.cache();
+        let cache = &mut *guard;
         if cache.gen != self.shared.store.change_no() {
             return Ok(Step::Stale);
         }
-        let Some(t) = cache.tokens.get(&c.token_id) else {
+        let Some(row) = cache.tokens.get_mut(&c.token_id) else {
             return Ok(Step::Missing);
         };
-        let Some(a) = cache.accounts.get(&t.account_id) else {
+        let Some(a) = cache.accounts.get_mut(&row.account_id) else {
             return Ok(Step::Missing);
         };
-        let mut state = BatchState::default();
-        if let Some(j) = &c.jwt {
-            let key = (c.token_id.clone(), j.jwt_id.clone());
-            let Some(&uses) = cache.jwt_uses.get(&key) else {
-                return Ok(Step::Missing);
+        let jwt_used = match &c.jwt {
+            Some(j) => {
+                let key = (c.token_id.clone(), j.jwt_id.clone());
+                let Some(uses) = cache.jwt_uses.get_mut(&key) else {
+                    return Ok(Step::Missing);
+                };
+                Some(uses)
+            }
+            None => None,
+        };
+        if !c.decided && !secret_matches(row, c) {
+            // Not this token's secret: nothing to count.
+            let answer = Decided {
+                outcome: Outcome::NotFound,
+                token: None,
             };
-            state.jwt_uses.insert(key, uses);
+            return Ok(Step::Decided(Box::new(answer), None));
         }
-        state.tokens.insert(t.id.clone(), t.clone());
-        state.accounts.insert(a.id.clone(), a.clone());
-        let mut p = plan(std::slice::from_ref(c), &[], state);
-        let Some(decided) = p.decided.pop() else {
-            return Err(StoreError::Other("a decision went missing".into()));
-        };
-        let entry = match (decided.outcome, &decided.token) {
+        // The decision changes the cached rows in place, so it is made only once the log is
+        // known to take its record. Appends happen under this lock, so that holds unless the
+        // log fails for good meanwhile; then every call is refused until a restart reads the
+        // store and the log again.
+        self.shared.log.admits().map_err(log_refused)?;
+        let period = cache.keys.month(c.now);
+        let t = Arc::make_mut(row);
+        // A new month restarts the counters and applies the refill; the fold archives them.
+        t.roll_month(period);
+        a.roll_month(period);
+        let outcome = consume_one(t, a, jwt_used, c, period);
+        let entry = match outcome {
             // What a fold needs, no more: it waits in memory until then.
-            (Outcome::Valid, _) => Entry::Use(Consume {
+            Outcome::Valid => Some(Entry::Use(Consume {
                 token_id: c.token_id.clone(),
                 secret_hash: None,
                 check: Check {
@@ -384,28 +411,25 @@ impl Ledger {
                 now: c.now,
                 jwt: c.jwt.clone(),
                 decided: true,
-            }),
-            (o, Some(t)) if o.stat_column().is_some() => Entry::Deny(Denial {
+            })),
+            o if o.stat_column().is_some() => Some(Entry::Deny(Denial {
                 token_id: t.id.clone(),
                 account_id: t.account_id.clone(),
                 outcome: o,
                 at: c.now,
-            }),
-            // Not this token's secret: nothing to count.
-            _ => return Ok(Step::Decided(Box::new(decided), None)),
+            })),
+            // Nothing to count.
+            _ => None,
         };
-        let wait = matches!(entry, Entry::Use(_));
-        let durable = self.append(&mut cache, entry, wait)?;
-        for t in p.tokens {
-            cache.tokens.insert(t.id.clone(), t);
-        }
-        for a in p.accounts {
-            cache.accounts.insert(a.id.clone(), a);
-        }
-        for j in p.jwt_uses {
-            cache.jwt_uses.insert((j.token_id, j.jwt_id), j.uses);
-        }
-        Ok(Step::Decided(Box::new(decided), durable))
+        let answer = Decided {
+            outcome,
+            token: Some(Arc::clone(row)),
+        };
+        let durable = match entry {
+            Some(e) => self.append(cache, e, outcome == Outcome::Valid)?,
+            None => None,
+        };
+        Ok(Step::Decided(Box::new(answer), durable))
     }
 
     /// Appends `entry`'s record to the log and the waiting list (with `wait`, returning what
@@ -425,10 +449,7 @@ impl Ledger {
         } else {
             self.shared.log.append(&bytes).map(|seq| (seq, None))
         };
-        let (seq, durable) = appended.map_err(|e| match e {
-            LogError::Behind => unavailable("the usage log is full, waiting for a fold"),
-            e => unavailable(e),
-        })?;
+        let (seq, durable) = appended.map_err(log_refused)?;
         cache.pending.push(&bytes);
         cache.last_seq = seq;
         if cache.pending.log_bytes() >= self.shared.early_fold && !cache.fold_asked {
@@ -480,7 +501,10 @@ impl Ledger {
                 .or_insert(uses);
         }
         cache.accounts.entry(account.id.clone()).or_insert(account);
-        cache.tokens.entry(token.id.clone()).or_insert(token);
+        cache
+            .tokens
+            .entry(token.id.clone())
+            .or_insert_with(|| Arc::new(token));
         Ok(true)
     }
 
@@ -491,12 +515,12 @@ impl Ledger {
         if cache.gen == self.shared.store.change_no() {
             if let Some(t) = cache.tokens.get(&d.token_id) {
                 let state = BatchState {
-                    tokens: HashMap::from([(t.id.clone(), t.clone())]),
+                    tokens: HashMap::from([(t.id.clone(), Token::clone(t))]),
                     ..BatchState::default()
                 };
                 let p = fold_plan(&[], std::slice::from_ref(&d), state);
                 for t in p.tokens {
-                    cache.tokens.insert(t.id.clone(), t);
+                    cache.tokens.insert(t.id.clone(), Arc::new(t));
                 }
             }
         }

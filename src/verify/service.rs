@@ -8,6 +8,7 @@ use crate::domain::credential::{self, Presented};
 use crate::store::{Consume, Denial, JwtUse, StoreError, Token};
 use chrono::{DateTime, Utc};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// The result of a verification.
 #[derive(Debug, Clone)]
@@ -15,7 +16,7 @@ pub struct Verdict {
     /// What was decided.
     pub outcome: Outcome,
     /// The token, once identified (also for most refusals), as it stands after this call.
-    pub token: Option<Token>,
+    pub token: Option<Arc<Token>>,
     /// The instant of the check: what "this month" means for the token's counter.
     pub at: DateTime<Utc>,
 }
