@@ -503,6 +503,27 @@ impl UsageReader {
         st.query_row([id], account_of).optional()?.transpose()
     }
 
+    /// Up to `limit` active tokens, the most recently used first, and every account: what a
+    /// start reads before serving, so first calls find their rows in memory.
+    pub fn active_rows(&self, limit: usize) -> Result<(Vec<Token>, Vec<Account>)> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {TOKEN_COLS} FROM tokens WHERE status = 'active' \
+             ORDER BY last_used_at DESC NULLS LAST LIMIT ?1"
+        ))?;
+        let mut tokens = Vec::new();
+        for t in st.query_map([limit as i64], token_of)? {
+            tokens.push(t??);
+        }
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {ACCOUNT_COLS} FROM accounts"))?;
+        let mut accounts = Vec::new();
+        for a in st.query_map([], account_of)? {
+            accounts.push(a??);
+        }
+        Ok((tokens, accounts))
+    }
+
     /// The uses recorded for a JWT of a token (0 when none).
     pub fn jwt_uses(&self, token_id: &str, jwt_id: &str) -> Result<i64> {
         let mut st = self

@@ -47,6 +47,8 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// Tokens kept in memory past which a fold drops those no waiting record needs.
 const MAX_CACHED_TOKENS: usize = 250_000;
+/// Active tokens read at start, before serving (the most recently used first).
+const PRELOADED_TOKENS: usize = 100_000;
 /// The same for JWT use counts (each JWT id used since the cache was last emptied).
 const MAX_CACHED_JWTS: usize = 100_000;
 
@@ -282,8 +284,17 @@ impl Ledger {
         let (log, writer) = UsageLog::open(path, log_size, flush, 1, epoch)
             .map_err(|e| StoreError::Other(format!("cannot open the usage log: {e}")))?;
         store.observe_change(conn.change_no()?);
+        // Nothing is counted yet (the log was just folded), so the rows in the store are whole.
+        // The change number is taken first: a change committed meanwhile makes them stale.
+        let gen = store.change_no();
+        let (tokens, accounts) = reader.active_rows(PRELOADED_TOKENS)?;
         let cache = Cache {
-            gen: store.change_no(),
+            gen,
+            tokens: tokens
+                .into_iter()
+                .map(|t| (t.id.clone(), Arc::new(t)))
+                .collect(),
+            accounts: accounts.into_iter().map(|a| (a.id.clone(), a)).collect(),
             ..Cache::default()
         };
         let shared = Arc::new(Shared {
