@@ -23,6 +23,28 @@ pub const OUTBOX: &str = "tokenwarden_outbox_messages";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The verification counters (in `Outcome::ALL` order) and latency histogram, registered once
+/// with the recorder: a lookup by name and label on every call costs more than the count.
+static VERIFY: OnceLock<(Vec<metrics::Counter>, metrics::Histogram)> = OnceLock::new();
+
+/// Counts one verification with its outcome and latency.
+pub fn verified(outcome: crate::verify::Outcome, took: std::time::Duration) {
+    let i = crate::verify::Outcome::ALL
+        .iter()
+        .position(|o| *o == outcome);
+    match (VERIFY.get(), i) {
+        (Some((counters, latency)), Some(i)) => {
+            counters[i].increment(1);
+            latency.record(took.as_secs_f64());
+        }
+        // No recorder installed through `handle` (some tests): register as usual.
+        _ => {
+            metrics::counter!(VERIFICATIONS, "result" => outcome.word()).increment(1);
+            metrics::histogram!(VERIFY_SECONDS).record(took.as_secs_f64());
+        }
+    }
+}
+
 /// How often histogram samples are folded into their buckets when nobody scrapes.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -55,9 +77,15 @@ pub fn handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed");
             }
-            for o in crate::verify::Outcome::ALL {
-                metrics::counter!(VERIFICATIONS, "result" => o.word()).absolute(0);
-            }
+            let counters = crate::verify::Outcome::ALL
+                .iter()
+                .map(|o| {
+                    let c = metrics::counter!(VERIFICATIONS, "result" => o.word());
+                    c.absolute(0);
+                    c
+                })
+                .collect();
+            let _ = VERIFY.set((counters, metrics::histogram!(VERIFY_SECONDS)));
             for op in ["verify", "api"] {
                 metrics::counter!(STORE_ERRORS, "op" => op).absolute(0);
             }

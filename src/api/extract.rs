@@ -98,6 +98,10 @@ where
             }
             &bytes
         };
+        // Read once more, tracking the path, only to name the field that went wrong.
+        if let Ok(v) = serde_json::from_slice(text) {
+            return Ok(Body(v));
+        }
         let de = &mut serde_json::Deserializer::from_slice(text);
         match serde_path_to_error::deserialize(de) {
             Ok(v) => Ok(Body(v)),

@@ -111,10 +111,7 @@ async fn measured(
             if let Some(t) = &v.token {
                 span.record("token_id", tracing::field::display(&t.id));
             }
-            metrics::counter!(crate::metrics::VERIFICATIONS, "result" => v.outcome.word())
-                .increment(1);
-            metrics::histogram!(crate::metrics::VERIFY_SECONDS)
-                .record(start.elapsed().as_secs_f64());
+            crate::metrics::verified(v.outcome, start.elapsed());
             Ok(v)
         }
         Err(e) => Err(ApiError::from_store(&e, "verify")),
