@@ -98,13 +98,20 @@ where
             }
             &bytes
         };
-        // Read once more, tracking the path, only to name the field that went wrong.
         if let Ok(v) = serde_json::from_slice(text) {
             return Ok(Body(v));
         }
-        let de = &mut serde_json::Deserializer::from_slice(text);
-        match serde_path_to_error::deserialize(de) {
-            Ok(v) => Ok(Body(v)),
+        // Read once more, tracking the path, only to name what went wrong.
+        let mut de = serde_json::Deserializer::from_slice(text);
+        match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            // A whole value followed by more than whitespace.
+            Ok(v) => match de.end() {
+                Ok(()) => Ok(Body(v)),
+                Err(e) => Err(ApiError::new(
+                    Code::MalformedRequest,
+                    format!("the body is not valid JSON: {e}"),
+                )),
+            },
             Err(e) => {
                 let path = e.path().to_string();
                 let inner = e.into_inner();

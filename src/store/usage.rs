@@ -404,18 +404,17 @@ fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: b
         }
         archives.extend(archived.map(|(p, n)| (Archive::Account, a.id.clone(), p, n)));
 
-        let jwt_key = r
-            .jwt
-            .as_ref()
-            .map(|j| (r.token_id.clone(), j.jwt_id.clone()));
-        let mut jwt_used = jwt_key
-            .as_ref()
-            .map(|k| jwt_uses.get(k).copied().unwrap_or(0));
-        let outcome = consume_one(t, a, jwt_used.as_mut(), r, period);
+        // A JWT call: its key, and its uses so far (counted by `consume_one`).
+        let mut jwt = r.jwt.as_ref().map(|j| {
+            let key = (r.token_id.clone(), j.jwt_id.clone());
+            let used = jwt_uses.get(&key).copied().unwrap_or(0);
+            (key, used, j.expires_at)
+        });
+        let outcome = consume_one(t, a, jwt.as_mut().map(|j| &mut j.1), r, period);
         if outcome == Outcome::Valid {
-            if let (Some(key), Some(used), Some(j)) = (jwt_key, jwt_used, &r.jwt) {
+            if let Some((key, used, expires_at)) = jwt {
                 jwt_uses.insert(key.clone(), used);
-                dirty_jwts.insert(key, j.expires_at);
+                dirty_jwts.insert(key, expires_at);
             }
             dirty(&mut dirty_accounts, &account_id);
             count(t, day, "valid", 1, &mut stats);
@@ -483,6 +482,11 @@ pub(crate) fn consume_one(
     if outcome != Outcome::Valid {
         return outcome;
     }
+    debug_assert_eq!(
+        r.jwt.is_some(),
+        jwt_used.is_some(),
+        "a JWT call needs its count"
+    );
     if let (Some(j), Some(used)) = (&r.jwt, jwt_used) {
         // The JWT's own count: its signer's row is locked (or the ledger's cache), so this
         // read-decide-write holds.

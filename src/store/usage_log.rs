@@ -216,8 +216,9 @@ impl UsageLog {
     }
 
     /// Whether an append would be taken now (one that fits in a file): `Err` with the reason
-    /// it would be refused, appending nothing. Between this and an append from the same caller
-    /// only the writer can change that, by failing for good.
+    /// it would be refused, appending nothing. It still holds at the caller's next append when
+    /// every append is made under one lock of the caller's, held across both (the ledger's
+    /// cache): then only the writer can change it, by failing for good.
     pub fn admits(&self) -> Result<(), LogError> {
         self.refusal(&self.shared.state.lock().unwrap_or_else(|e| e.into_inner()))
     }

@@ -28,7 +28,7 @@
 //! folded, so reading it from the store gives its whole state. Records are appended only for
 //! cached rows, and the cache is emptied only when no record waiting was decided on it.
 
-use crate::store::usage::{consume_one, fold_plan, secret_matches, BatchState, Keys};
+use crate::store::usage::{consume_one, secret_matches, Keys};
 use crate::store::usage_log::{self, Durability, LogError, Seq, UsageLog};
 use crate::store::usage_sqlite::{LogPosition, UsageConn, UsageReader};
 use crate::store::{Account, Consume, Decided, Denial, JwtUse, Store, StoreError, Token};
@@ -64,7 +64,8 @@ struct Cache {
     /// The change number the rows below are good for.
     gen: u64,
     /// Shared with the answers that carry them; a decision changes its row in place, copying
-    /// it only while an answer still holds it.
+    /// it only while an answer still holds it. The day's statistics in these rows (`today`)
+    /// are not kept: a fold counts them on the stored rows.
     tokens: HashMap<String, Arc<Token>>,
     accounts: HashMap<String, Account>,
     jwt_uses: HashMap<(String, String), i64>,
@@ -411,7 +412,7 @@ impl Ledger {
         let outcome = consume_one(t, a, jwt_used, c, period);
         let entry = match outcome {
             // What a fold needs, no more: it waits in memory until then.
-            Outcome::Valid => Some(Entry::Use(Consume {
+            Outcome::Valid => Entry::Use(Consume {
                 token_id: c.token_id.clone(),
                 secret_hash: None,
                 check: Check {
@@ -422,29 +423,25 @@ impl Ledger {
                 now: c.now,
                 jwt: c.jwt.clone(),
                 decided: true,
-            })),
-            o if o.stat_column().is_some() => Some(Entry::Deny(Denial {
+            }),
+            o => Entry::Deny(Denial {
                 token_id: t.id.clone(),
                 account_id: t.account_id.clone(),
                 outcome: o,
                 at: c.now,
-            })),
-            // Nothing to count.
-            _ => None,
+            }),
         };
         let answer = Decided {
             outcome,
             token: Some(Arc::clone(row)),
         };
-        let durable = match entry {
-            Some(e) => self.append(cache, e, outcome == Outcome::Valid)?,
-            None => None,
-        };
+        let durable = self.append(cache, entry, outcome == Outcome::Valid)?;
         Ok(Step::Decided(Box::new(answer), durable))
     }
 
     /// Appends `entry`'s record to the log and the waiting list (with `wait`, returning what
-    /// resolves once it is durable); nothing changes when the log refuses it.
+    /// resolves once it is durable). Called with the cache locked, so the records are in the
+    /// order of the decisions and `UsageLog::admits` asked under the same lock still holds.
     fn append(
         &self,
         cache: &mut Cache,
@@ -522,19 +519,8 @@ impl Ledger {
     /// Counts a refusal decided outside the cache (a bad JWT of a known signer) in the
     /// statistics; never waits.
     pub fn deny(&self, d: Denial) {
+        // Nothing a decision reads changes: the record only feeds the statistics.
         let mut cache = self.shared.cache();
-        if cache.gen == self.shared.store.change_no() {
-            if let Some(t) = cache.tokens.get(&d.token_id) {
-                let state = BatchState {
-                    tokens: HashMap::from([(t.id.clone(), Token::clone(t))]),
-                    ..BatchState::default()
-                };
-                let p = fold_plan(&[], std::slice::from_ref(&d), state);
-                for t in p.tokens {
-                    cache.tokens.insert(t.id.clone(), Arc::new(t));
-                }
-            }
-        }
         if let Err(e) = self.append(&mut cache, Entry::Deny(d), false) {
             tracing::warn!(error = %e, "a refusal was not counted in the statistics");
         }

@@ -147,6 +147,31 @@ async fn account_bad_input_changes_nothing(b: Backend) {
     assert_eq!(resp.status(), 400);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["code"], 4000);
+    // A whole object followed by more is refused too, and nothing is made.
+    let resp = app
+        .client
+        .post(app.url("/v1/accounts"))
+        .bearer_auth(&op)
+        .header("content-type", "application/json")
+        .body("{\"name\": \"tail\"} {\"name\": \"more\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], 4000, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("trailing characters"),
+        "{v}"
+    );
+    let (_, listed) = app.get("/v1/accounts", &op).await;
+    assert!(
+        !listed.to_string().contains("\"tail\""),
+        "no account was made: {listed}"
+    );
     // A body that is not JSON at all.
     let resp = app
         .client
