@@ -134,29 +134,27 @@ async fn account_bad_input_changes_nothing(b: Backend) {
     assert_eq!(v["account"]["max_tokens"], 50);
     assert_eq!(v["account"]["name"], "acme");
 
+    // A body sent as it is, with its content type: the status and the answer.
+    let send = |content_type: &'static str, body: &'static str| {
+        app.client
+            .post(app.url("/v1/accounts"))
+            .bearer_auth(&op)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
     // Malformed JSON is a 400 that says so.
-    let resp = app
-        .client
-        .post(app.url("/v1/accounts"))
-        .bearer_auth(&op)
-        .header("content-type", "application/json")
-        .body("{\"name\": ")
-        .send()
-        .await
-        .unwrap();
+    let resp = send("application/json", "{\"name\": ").await.unwrap();
     assert_eq!(resp.status(), 400);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["code"], 4000);
     // A whole object followed by more is refused too, and nothing is made.
-    let resp = app
-        .client
-        .post(app.url("/v1/accounts"))
-        .bearer_auth(&op)
-        .header("content-type", "application/json")
-        .body("{\"name\": \"tail\"} {\"name\": \"more\"}")
-        .send()
-        .await
-        .unwrap();
+    let resp = send(
+        "application/json",
+        "{\"name\": \"tail\"} {\"name\": \"more\"}",
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 400);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["code"], 4000, "{v}");
@@ -173,15 +171,7 @@ async fn account_bad_input_changes_nothing(b: Backend) {
         "no account was made: {listed}"
     );
     // A body that is not JSON at all.
-    let resp = app
-        .client
-        .post(app.url("/v1/accounts"))
-        .bearer_auth(&op)
-        .header("content-type", "text/plain")
-        .body("name=x")
-        .send()
-        .await
-        .unwrap();
+    let resp = send("text/plain", "name=x").await.unwrap();
     assert_eq!(resp.status(), 415);
     assert_eq!(
         app.get(&format!("/v1/accounts/{}", "nope"), &op).await.1["code"],
