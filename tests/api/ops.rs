@@ -327,3 +327,79 @@ async fn metrics_count_verifications_by_outcome(b: Backend) {
         "{text}"
     );
 }
+
+/// SQLite: with folds failing (the store's write lock held elsewhere), the usage log fills; then
+/// calls are answered 503 and spend nothing, neither in the store nor in the counters the next
+/// answers come from. The calls the log took are answered VALID once folds work again.
+#[tokio::test]
+async fn a_full_usage_log_refuses_calls_and_spends_nothing_for_them() {
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        // About 90 records a file, so a few hundred calls fill both and the writer's buffer.
+        c.usage_log_bytes = 8 << 10;
+        c.db_lock_timeout = std::time::Duration::from_millis(200);
+    })
+    .await;
+    let (_, secret) = app.account("acme").await;
+    let limit = 100_000;
+    let (id, t) = app
+        .token(&secret, json!({"name": "svc", "usage_limit": limit}))
+        .await;
+    let verify = || app.call(Method::POST, "/v1/verify", None, Some(json!({"token": t})));
+    let lock = rusqlite::Connection::open(app.ctx.store.sqlite_file().unwrap()).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let (valid, refused) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    // More calls at once than the log's buffer holds, so those it cannot take come back while
+    // the ones it took wait for a fold.
+    let calls = futures::stream::iter(0..800)
+        .map(|_| verify())
+        .buffer_unordered(300)
+        .for_each(|(s, v)| {
+            match (s, v["result"].as_str()) {
+                (StatusCode::OK, Some("VALID")) => valid.fetch_add(1, Ordering::SeqCst),
+                (StatusCode::SERVICE_UNAVAILABLE, _) => {
+                    assert_eq!(v["code"], 5030, "{v}");
+                    refused.fetch_add(1, Ordering::SeqCst)
+                }
+                _ => panic!("unexpected answer {s}: {v}"),
+            };
+            async {}
+        });
+    let release = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while refused.load(Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log never filled ({} VALID)",
+                valid.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        lock.execute_batch("ROLLBACK").unwrap();
+    };
+    tokio::join!(calls, release);
+    let (valid, refused) = (valid.into_inner(), refused.into_inner());
+    assert_eq!(valid + refused, 800);
+    assert!(
+        refused > 0 && valid > 100,
+        "{valid} VALID, {refused} refused"
+    );
+
+    let stored = app.settled().await.token(&id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.calls_total, valid as i64,
+        "only calls answered VALID are counted"
+    );
+    assert_eq!(stored.remaining, Some(limit - valid as i64));
+    // The daemon's own counters agree: the refused calls changed nothing there either.
+    let (s, v) = verify().await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("VALID")),
+        "{v}"
+    );
+    assert_eq!(v["remaining"], limit - valid as i64 - 1, "{v}");
+}
