@@ -506,21 +506,20 @@ impl UsageReader {
     /// Up to `limit` active tokens, the most recently used first, and their accounts: what a
     /// start reads before serving, so first calls find their rows in memory.
     pub fn active_rows(&self, limit: usize) -> Result<(Vec<Token>, Vec<Account>)> {
-        let chosen = "SELECT * FROM tokens WHERE status = 'active' \
-                      ORDER BY last_used_at DESC NULLS LAST LIMIT ?1";
-        let mut st = self
-            .conn
-            .prepare(&format!("SELECT {TOKEN_COLS} FROM ({chosen})"))?;
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {TOKEN_COLS} FROM tokens WHERE status = 'active' \
+             ORDER BY last_used_at DESC NULLS LAST LIMIT ?1"
+        ))?;
         let mut tokens = Vec::new();
         for t in st.query_map([limit as i64], token_of)? {
             tokens.push(t??);
         }
-        let mut st = self.conn.prepare(&format!(
-            "SELECT {ACCOUNT_COLS} FROM accounts WHERE id IN (SELECT account_id FROM ({chosen}))"
-        ))?;
-        let mut accounts = Vec::new();
-        for a in st.query_map([limit as i64], account_of)? {
-            accounts.push(a??);
+        // Few accounts for many tokens: each read by id rather than the tokens sorted again.
+        let ids: std::collections::BTreeSet<&str> =
+            tokens.iter().map(|t| t.account_id.as_str()).collect();
+        let mut accounts = Vec::with_capacity(ids.len());
+        for id in ids {
+            accounts.extend(self.account(id)?);
         }
         Ok((tokens, accounts))
     }

@@ -47,10 +47,10 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// Tokens kept in memory past which a fold drops those no waiting record needs.
 const MAX_CACHED_TOKENS: usize = 250_000;
-/// Active tokens read at start, before serving (the most recently used first).
-const PRELOADED_TOKENS: usize = 100_000;
 /// The same for JWT use counts (each JWT id used since the cache was last emptied).
 const MAX_CACHED_JWTS: usize = 100_000;
+/// Active tokens read at start, before serving (the most recently used first).
+const PRELOADED_TOKENS: usize = 100_000;
 
 /// A call counted in memory and in the log, not yet folded into the store.
 #[derive(Debug, Clone)]
