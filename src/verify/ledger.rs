@@ -45,6 +45,10 @@ use tokio::sync::oneshot;
 /// How often the fold thread looks for changes another process made (and folds when due).
 const POLL: Duration = Duration::from_millis(100);
 
+/// How soon a fold that failed is tried again (each try also waits up to the store's lock
+/// timeout for its write lock).
+const RETRY_FAILED_FOLD: Duration = Duration::from_millis(250);
+
 /// Tokens kept in memory past which a fold drops those no waiting record needs.
 const MAX_CACHED_TOKENS: usize = 250_000;
 /// The same for JWT use counts (each JWT id used since the cache was last emptied).
@@ -650,7 +654,13 @@ fn run_folds(
             Err(e) => tracing::warn!(error = %e, "cannot read the store's change number"),
         }
         let stale = shared.cache().gen != shared.store.change_no();
-        if closed || asked || stale || !waiters.is_empty() || last.elapsed() >= fold_every {
+        // After a failure the next fold is tried soon, not a whole interval later: calls may be
+        // waiting for the log space only a fold frees.
+        let every = match failing {
+            Some(_) => RETRY_FAILED_FOLD.min(fold_every),
+            None => fold_every,
+        };
+        if closed || asked || stale || !waiters.is_empty() || last.elapsed() >= every {
             let result = fold(shared, conn, epoch).map_err(|e| e.to_string());
             if let Err(e) = &result {
                 tracing::error!(error = %e, "folding counted calls into the store failed; retrying");
