@@ -335,6 +335,7 @@ impl App {
         let store = self.ctx.store.clone();
         let (meter, writer) =
             crate::verify::meter::Meter::start(store.clone(), &config, &self.ctx.usage)
+                .await
                 .context("cannot start counting calls")?;
         let mut scheduler = crate::jobs::start_scheduler(self.runner.clone())
             .await

@@ -86,6 +86,15 @@ impl TokenAccountRow {
     }
 }
 
+/// A `TokenAccountRow` with each row's version (`xmin`), read without a lock.
+#[derive(sqlx::FromRow)]
+pub(super) struct VersionedRow {
+    #[sqlx(flatten)]
+    pub rows: TokenAccountRow,
+    pub t_version: String,
+    pub a_version: String,
+}
+
 #[derive(sqlx::FromRow)]
 pub(super) struct UserRow {
     id: String,

@@ -2,7 +2,7 @@
 //! requests), per-day statistics, and JWT use records.
 
 use super::model::{Account, DayCounts, Token};
-use super::rows::{TokenAccountRow, ACCOUNT_COLS, TOKEN_COLS};
+use super::rows::{TokenAccountRow, VersionedRow, ACCOUNT_COLS, TOKEN_COLS};
 use super::{sql, Arg, Backend, Result, Store, StoreError};
 use crate::domain::period::{day_key, month_key};
 use crate::domain::status::TokenStatus;
@@ -174,6 +174,33 @@ pub struct JwtCount {
     pub uses: i64,
     /// Its `ValidUntil`.
     pub expires_at: DateTime<Utc>,
+}
+
+/// A token and its account, each with the version it was read at (PostgreSQL's `xmin`, which
+/// every update of a row changes): what `Store::write_unlocked` checks before writing.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    /// The token.
+    pub token: Token,
+    /// Its row's version.
+    pub token_version: String,
+    /// Its account.
+    pub account: Account,
+    /// The account row's version.
+    pub account_version: String,
+}
+
+impl TryFrom<VersionedRow> for Versioned {
+    type Error = StoreError;
+    fn try_from(r: VersionedRow) -> Result<Self> {
+        let (token, account) = r.rows.into_parts();
+        Ok(Versioned {
+            token: Token::try_from(token)?,
+            token_version: r.t_version,
+            account: Account::try_from(account)?,
+            account_version: r.a_version,
+        })
+    }
 }
 
 /// The state a batch is decided against, read under the write lock.
@@ -519,6 +546,42 @@ pub(crate) fn consume_one(
     Outcome::Valid
 }
 
+/// The account's columns as `a.id AS a_id, …` (`TokenAccountRow`).
+fn account_cols() -> String {
+    let cols: Vec<String> = ACCOUNT_COLS
+        .split(',')
+        .map(|c| format!("a.{0} AS a_{0}", c.trim()))
+        .collect();
+    cols.join(", ")
+}
+
+/// Tokens (`filter`: the rest of the query after `FROM tokens`) with their accounts and each
+/// row's version, read without a lock (`VersionedRow`).
+fn pg_read_versioned(filter: &str) -> String {
+    format!(
+        "WITH t AS (SELECT xmin::text AS t_version, {TOKEN_COLS} FROM tokens {filter}) \
+         SELECT t.*, a.xmin::text AS a_version, {} FROM t JOIN accounts a ON a.id = t.account_id",
+        account_cols()
+    )
+}
+static PG_READ_VERSIONED: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| pg_read_versioned("WHERE id = ANY($1)"));
+static PG_READ_ACTIVE_VERSIONED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    pg_read_versioned("WHERE status = 'active' ORDER BY last_used_at DESC NULLS LAST LIMIT $1")
+});
+
+/// The expression that sets the transaction's commit durability. `durability =
+/// "process-crash"`: COMMIT returns before the server flushes its log. "power-loss": a server or
+/// role default of `off` is overridden (`local` and stronger are durable already and kept).
+fn commit_setting(flush: bool) -> &'static str {
+    if flush {
+        "CASE WHEN current_setting('synchronous_commit') = 'off' \
+         THEN set_config('synchronous_commit', 'on', true) END"
+    } else {
+        "set_config('synchronous_commit', 'off', true)"
+    }
+}
+
 /// The PostgreSQL batch: lock and read the batch's tokens, then their accounts (each in id order,
 /// so daemons sharing the database never deadlock), decide in memory, then every write in one
 /// statement of data-modifying CTEs over arrays. Prepared once per connection, so a batch of any
@@ -526,19 +589,8 @@ pub(crate) fn consume_one(
 ///
 /// `PG_LOCK` locks and reads tokens and accounts in one statement (`TokenAccountRow`).
 fn pg_lock(flush: bool) -> String {
-    let account: Vec<String> = ACCOUNT_COLS
-        .split(',')
-        .map(|c| format!("a.{0} AS a_{0}", c.trim()))
-        .collect();
-    // Set here rather than in a round trip of its own. `durability = "process-crash"`: COMMIT
-    // returns before the server flushes its log. "power-loss": a server or role default of
-    // `off` is overridden (`local` and stronger are durable already and kept).
-    let commit = if flush {
-        "CASE WHEN current_setting('synchronous_commit') = 'off' \
-         THEN set_config('synchronous_commit', 'on', true) END"
-    } else {
-        "set_config('synchronous_commit', 'off', true)"
-    };
+    // Set here rather than in a round trip of its own.
+    let commit = commit_setting(flush);
     // The account ids are an `ARRAY(…)` subquery, which PostgreSQL evaluates whole, locking
     // every token, before `a` scans (and locks) any account: tokens first.
     format!(
@@ -548,7 +600,7 @@ fn pg_lock(flush: bool) -> String {
          WHERE id = ANY(ARRAY(SELECT account_id FROM t)) ORDER BY id FOR UPDATE), \
          c AS MATERIALIZED (SELECT {commit}) \
          SELECT t.*, {} FROM t JOIN a ON a.id = t.account_id CROSS JOIN c",
-        account.join(", ")
+        account_cols()
     )
 }
 static PG_LOCK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| pg_lock(true));
@@ -556,7 +608,42 @@ static PG_LOCK_NO_FLUSH: std::sync::LazyLock<String> = std::sync::LazyLock::new(
 const PG_JWT_USES: &str = "SELECT j.token_id, j.jwt_id, j.uses FROM jwt_uses j \
      JOIN unnest($1::text[], $2::text[]) AS k(token_id, jwt_id) \
      ON j.token_id = k.token_id AND j.jwt_id = k.jwt_id";
-const PG_WRITE: &str = "WITH \
+/// The write of a batch's plan: every change in one statement of data-modifying CTEs over
+/// arrays. `guard: None` runs inside the locked transaction (`pg_batch`). `Some(flush)` is a
+/// statement of its own (`Store::write_unlocked`): each token and account row is written only if
+/// its version (`xmin`, which every update of a row changes) is still the one its copy was read
+/// at, and when any is not the statement fails whole (a division by zero, `ROWS_CHANGED`), so
+/// nothing is written; it sets its own commit's durability, as `pg_lock` does.
+fn pg_write(guard: Option<bool>) -> String {
+    let (t_guard_arg, a_guard_arg, guard_col, t_guard, a_guard) = match guard {
+        None => ("", "", "", "", ""),
+        Some(_) => (
+            ", $47::text[]",
+            ", $48::text[]",
+            ", xmin",
+            " AND tokens.xmin = v.xmin::xid",
+            " AND accounts.xmin = v.xmin::xid",
+        ),
+    };
+    let tail = match guard {
+        None => " SELECT 1".to_string(),
+        // One row: the check (1, or the error), the version every written row now has (all
+        // were written by this statement's transaction), and the commit setting. The check
+        // also covers the accounts the batch decided on without writing them ($49, $50: ids
+        // and versions), as a refusal can come from an account's state.
+        Some(flush) => format!(
+            " SELECT (1 / ((SELECT count(*) FROM t) = cardinality($1::text[]) \
+             AND (SELECT count(*) FROM a) = cardinality($10::text[]) \
+             AND (SELECT count(*) FROM accounts JOIN unnest($49::text[], $50::text[]) AS k(id, xmin) \
+                  ON accounts.id = k.id AND accounts.xmin = k.xmin::xid) = cardinality($49::text[]) \
+             )::int)::int8 AS ok, \
+             COALESCE((SELECT min(x) FROM t), (SELECT min(x) FROM a)) AS version, \
+             {} AS sync",
+            commit_setting(flush)
+        ),
+    };
+    format!(
+        "WITH \
  t AS (UPDATE tokens SET status = v.status, remaining = v.remaining, calls_month = v.calls_month, \
        calls_month_period = v.calls_month_period, calls_total = v.calls_total, \
        last_used_at = v.last_used_at, last_used_ip = v.last_used_ip, refill_period = v.refill_period, \
@@ -569,15 +656,16 @@ const PG_WRITE: &str = "WITH \
        FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], \
                    $7::timestamptz[], $8::text[], $9::text[], $36::text[], $37::int8[], $38::int8[], \
                    $39::int8[], $40::int8[], $41::int8[], $42::int8[], $43::int8[], $44::int8[], \
-                   $45::int8[], $46::int8[]) \
+                   $45::int8[], $46::int8[]{t_guard_arg}) \
             AS v(id, status, remaining, calls_month, calls_month_period, calls_total, last_used_at, \
                  last_used_ip, refill_period, stats_day, day_valid, day_cost, day_revoked, \
                  day_expired, day_account_inactive, day_ip_not_allowed, day_scope_denied, \
-                 day_account_quota_exceeded, day_usage_exceeded, day_bad_jwt) \
-       WHERE tokens.id = v.id RETURNING 1), \
+                 day_account_quota_exceeded, day_usage_exceeded, day_bad_jwt{guard_col}) \
+       WHERE tokens.id = v.id{t_guard} RETURNING tokens.xmin::text AS x), \
  a AS (UPDATE accounts SET quota_used = v.quota_used, quota_period = v.quota_period \
-       FROM unnest($10::text[], $11::int8[], $12::text[]) AS v(id, quota_used, quota_period) \
-       WHERE accounts.id = v.id RETURNING 1), \
+       FROM unnest($10::text[], $11::int8[], $12::text[]{a_guard_arg}) \
+       AS v(id, quota_used, quota_period{guard_col}) \
+       WHERE accounts.id = v.id{a_guard} RETURNING accounts.xmin::text AS x), \
  ta AS (INSERT INTO token_monthly_usage (token_id, period, calls) \
         SELECT * FROM unnest($13::text[], $14::text[], $15::int8[]) ON CONFLICT DO NOTHING RETURNING 1), \
  aa AS (INSERT INTO account_monthly_usage (account_id, period, calls) \
@@ -601,7 +689,16 @@ const PG_WRITE: &str = "WITH \
        SELECT * FROM unnest($32::text[], $33::text[], $34::int8[], $35::timestamptz[]) \
        ON CONFLICT (token_id, jwt_id) DO UPDATE SET uses = excluded.uses, \
        expires_at = GREATEST(jwt_uses.expires_at, excluded.expires_at) RETURNING 1) \
- SELECT 1";
+{tail}"
+    )
+}
+static PG_WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| pg_write(None));
+static PG_WRITE_GUARDED: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| pg_write(Some(true)));
+static PG_WRITE_GUARDED_NO_FLUSH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| pg_write(Some(false)));
+/// The SQLSTATE of the guarded write's failed check (`division_by_zero`).
+const ROWS_CHANGED: &str = "22012";
 
 /// One attempt at a PostgreSQL batch (see `Store::consume_batch`).
 async fn pg_batch(
@@ -641,13 +738,25 @@ async fn pg_batch(
         }
     }
     let plan = plan(reqs, denials, state);
+    bind_plan(PG_WRITE.as_str(), &plan)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(plan.decided)
+}
+
+/// `sql` (a `pg_write`) with `plan`'s arrays bound, $1 to $46.
+fn bind_plan(
+    sql: &'static str,
+    plan: &Plan,
+) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let Plan {
-        decided,
         tokens,
         accounts,
         archives,
         stats,
         jwt_uses,
+        ..
     } = plan;
     let col = |f: &dyn Fn(&StatRow) -> i64| stats.iter().map(f).collect::<Vec<i64>>();
     let arch = |kind: Archive| {
@@ -660,7 +769,7 @@ async fn pg_batch(
     };
     let (ta_id, ta_p, ta_n) = arch(Archive::Token);
     let (aa_id, aa_p, aa_n) = arch(Archive::Account);
-    let q = sqlx::query(PG_WRITE)
+    let q = sqlx::query(sql)
         .bind(tokens.iter().map(|t| t.id.clone()).collect::<Vec<_>>())
         .bind(
             tokens
@@ -745,9 +854,7 @@ async fn pg_batch(
     for i in 0..STAT_COLUMNS.len() {
         q = q.bind(tokens.iter().map(|t| t.today.counts[i]).collect::<Vec<_>>());
     }
-    q.execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(decided)
+    q
 }
 
 impl Store {
@@ -763,11 +870,7 @@ impl Store {
         denials: &[Denial],
         flush: bool,
     ) -> Result<Vec<Decided>> {
-        let Backend::Postgres(p) = &*self.backend else {
-            return Err(StoreError::Other(
-                "SQLite calls are counted by the ledger".into(),
-            ));
-        };
+        let p = self.postgres("a usage batch")?;
         let mut attempt = 1;
         loop {
             match pg_batch(p, reqs, denials, flush).await {
@@ -779,6 +882,87 @@ impl Store {
                 }
                 r => return r.map_err(StoreError::from),
             }
+        }
+    }
+
+    /// The PostgreSQL pool, for `what`: on SQLite calls are counted by the ledger.
+    fn postgres(&self, what: &str) -> Result<&sqlx::PgPool> {
+        match &*self.backend {
+            Backend::Postgres(p) => Ok(p),
+            _ => Err(StoreError::Other(format!(
+                "{what} is for PostgreSQL; SQLite calls are counted by the ledger"
+            ))),
+        }
+    }
+
+    /// Tokens `ids` with their accounts and versions, read without a lock (PostgreSQL; an
+    /// unknown id is absent).
+    pub async fn read_versioned(&self, ids: &[String]) -> Result<Vec<Versioned>> {
+        let p = self.postgres("reading rows with their versions")?;
+        sqlx::query_as::<_, VersionedRow>(PG_READ_VERSIONED.as_str())
+            .bind(ids)
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .map(Versioned::try_from)
+            .collect()
+    }
+
+    /// The `limit` active tokens used most recently, with their accounts and versions (a warm
+    /// start; PostgreSQL).
+    pub async fn read_active_versioned(&self, limit: usize) -> Result<Vec<Versioned>> {
+        let p = self.postgres("reading rows with their versions")?;
+        sqlx::query_as::<_, VersionedRow>(PG_READ_ACTIVE_VERSIONED.as_str())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .map(Versioned::try_from)
+            .collect()
+    }
+
+    /// Writes `plan`, decided on copies read without a lock, in one statement of its own, but
+    /// only if every token and account it changes is still at the version its copy was read at
+    /// (`token_versions` and `account_versions`, in the order of `plan.tokens` and
+    /// `plan.accounts`), and every account it decided on without changing (`unwritten_accounts`:
+    /// id and version) still is too. Committed, and with `flush` flushed, before it returns. `Ok(Some(v))`:
+    /// written, and every row written is now at version `v`. `Ok(None)`: a row had changed
+    /// (another daemon, an admin change), and nothing was written.
+    pub async fn write_unlocked(
+        &self,
+        plan: &Plan,
+        token_versions: Vec<String>,
+        account_versions: Vec<String>,
+        unwritten_accounts: Vec<(String, String)>,
+        flush: bool,
+    ) -> Result<Option<String>> {
+        let p = self.postgres("a write checked against row versions")?;
+        let sql = if flush {
+            &*PG_WRITE_GUARDED
+        } else {
+            &*PG_WRITE_GUARDED_NO_FLUSH
+        };
+        let (read_ids, read_versions): (Vec<String>, Vec<String>) =
+            unwritten_accounts.into_iter().unzip();
+        let written = bind_plan(sql.as_str(), plan)
+            .bind(token_versions)
+            .bind(account_versions)
+            .bind(read_ids)
+            .bind(read_versions)
+            .fetch_one(p)
+            .await;
+        match written {
+            Ok(row) => Ok(Some(
+                sqlx::Row::try_get::<Option<String>, _>(&row, "version")?.unwrap_or_default(),
+            )),
+            // Also a deadlock or serialization failure with another daemon's write: nothing was
+            // written, and the locked batch sorts it out.
+            Err(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some(ROWS_CHANGED | "40P01" | "40001")) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -12,6 +12,7 @@
 
 use crate::config::{Config, Durability};
 use crate::store::{Consume, Decided, Denial, Store, StoreError};
+use crate::verify::copies::Copies;
 use crate::verify::ledger::Ledger;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -59,7 +60,7 @@ impl Meter {
     /// verification. `config.durability` says whether an answer waits for a flush to disk;
     /// the usage log's size and fold interval are `config`'s too (SQLite). `settle` is pointed
     /// at it.
-    pub fn start(
+    pub async fn start(
         store: Store,
         config: &Config,
         settle: &Settle,
@@ -78,8 +79,9 @@ impl Meter {
                 Ok((Meter(Inner::Ledger(ledger)), task))
             }
             None => {
+                let copies = Copies::warm(&store).await;
                 let (tx, rx) = mpsc::channel(QUEUE);
-                let task = tokio::spawn(run(store, rx, flush));
+                let task = tokio::spawn(run(store, rx, flush, copies));
                 Ok((Meter(Inner::Batches(tx)), task))
             }
         }
@@ -159,35 +161,16 @@ fn split(batch: &mut Vec<Msg>) -> Option<Split> {
 
 type Replies = Vec<oneshot::Sender<Result<Decided, StoreError>>>;
 
-/// Answers every caller of a batch: its decision, or (nothing of the batch was committed) an
-/// error, never VALID.
-fn answer(replies: Replies, result: Result<Vec<Decided>, StoreError>) {
-    match result {
-        Ok(results) => {
-            for (r, res) in replies.into_iter().zip(results) {
-                let _ = r.send(Ok(res));
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, calls = replies.len(), "usage batch failed");
-            let msg = e.to_string();
-            for r in replies {
-                let _ = r.send(Err(StoreError::Unavailable(msg.clone())));
-            }
-        }
-    }
-}
-
-async fn run(store: Store, mut rx: mpsc::Receiver<Msg>, flush: bool) {
+async fn run(store: Store, mut rx: mpsc::Receiver<Msg>, flush: bool, mut copies: Copies) {
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let Some((consumes, replies, denials)) = split(&mut batch) else {
             continue;
         };
-        answer(
-            replies,
-            store.consume_batch(&consumes, &denials, flush).await,
-        );
+        let results = copies.consume(&store, &consumes, &denials, flush).await;
+        for (r, res) in replies.into_iter().zip(results) {
+            let _ = r.send(res);
+        }
     }
 }
 

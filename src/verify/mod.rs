@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::net::IpAddr;
 
+pub mod copies;
 pub mod jwt;
 pub mod ledger;
 pub mod meter;

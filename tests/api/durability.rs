@@ -63,6 +63,7 @@ both_backends!(
 postgres_only!(
     two_daemons_on_one_store_never_overspend,
     revocation_and_regeneration_on_another_daemon_apply_at_once,
+    an_account_shared_by_two_daemons_keeps_its_quota_and_its_changes_apply_at_once,
 );
 
 /// A second daemon on one SQLite file stops at start, naming the reason, and the first keeps
@@ -338,6 +339,104 @@ async fn revocation_and_regeneration_on_another_daemon_apply_at_once(b: Backend)
         .await
         .unwrap();
     assert_eq!(verify(&bases[0], &new).await["result"], "REVOKED");
+}
+
+/// Each daemon decides on its own copies of the rows and writes only if they are unchanged: an
+/// account's monthly quota, spent from both daemons at once by two tokens, is never exceeded,
+/// and an account changed on one daemon (quota raised, then deactivated) is decided on as it
+/// now is by the other at once, refusals included.
+async fn an_account_shared_by_two_daemons_keeps_its_quota_and_its_changes_apply_at_once(
+    b: Backend,
+) {
+    let d = TwoDaemons::start(b).await;
+    let (bases, op) = (d.bases.clone(), d.operator.clone());
+    let client = reqwest::Client::new();
+    let send = |method: reqwest::Method, url: String, cred: Option<String>, body: Value| {
+        let client = client.clone();
+        async move {
+            let mut rb = client.request(method, url).json(&body);
+            if let Some(c) = cred {
+                rb = rb.bearer_auth(c);
+            }
+            rb.send().await.unwrap().json::<Value>().await.unwrap()
+        }
+    };
+    let post = |url: String, cred: Option<String>, body: Value| {
+        send(reqwest::Method::POST, url, cred, body)
+    };
+    let acc = post(
+        format!("{}/v1/accounts", bases[0]),
+        Some(op.clone()),
+        json!({"name": "acme", "monthly_quota": 40}),
+    )
+    .await;
+    let (account, secret) = (
+        acc["account"]["id"].as_str().unwrap().to_string(),
+        acc["secret"].as_str().unwrap().to_string(),
+    );
+    let mut tokens = Vec::new();
+    for name in ["one", "two"] {
+        let tok = post(
+            format!("{}/v1/tokens", bases[1]),
+            Some(secret.clone()),
+            json!({"name": name}),
+        )
+        .await;
+        tokens.push(tok["tokens"][0]["token"].as_str().unwrap().to_string());
+    }
+    let verify = |i: usize| {
+        post(
+            format!("{}/v1/verify", bases[i % 2]),
+            None,
+            json!({"token": tokens[(i / 2) % 2]}),
+        )
+    };
+    let result = |i: usize| {
+        let v = verify(i);
+        async move { v.await["result"].as_str().unwrap().to_string() }
+    };
+    let account_url = format!("{}/v1/accounts/{account}", bases[1]);
+    let patch = |body: Value| {
+        send(
+            reqwest::Method::PATCH,
+            account_url.clone(),
+            Some(op.clone()),
+            body,
+        )
+    };
+    // A daemon that met a changed row decides under locks for a second: each change below is
+    // met on daemon a's copies after that.
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(1100));
+    // Daemon a copies the account (and both tokens)...
+    assert_eq!(result(0).await, "VALID");
+    assert_eq!(result(2).await, "VALID");
+    // ...daemon b lowers the quota to what is used: a refuses at once.
+    patch(json!({"monthly_quota": 2})).await;
+    assert_eq!(result(0).await, "ACCOUNT_QUOTA_EXCEEDED");
+    settle().await;
+    // b lifts it: a, whose copy would refuse, admits at once.
+    patch(json!({"monthly_quota": null})).await;
+    assert_eq!(result(0).await, "VALID");
+    settle().await;
+    // b deactivates the account: a refuses at once.
+    patch(json!({"status": "inactive"})).await;
+    assert_eq!(result(0).await, "ACCOUNT_INACTIVE");
+    settle().await;
+
+    // 40 more uses of the quota, spent from both daemons at once by both tokens.
+    patch(json!({"status": "active", "monthly_quota": 43})).await;
+    let results = futures::future::join_all((0..400).map(verify)).await;
+    let count = |word: &str| results.iter().filter(|v| v["result"] == word).count();
+    assert_eq!(count("VALID"), 40);
+    assert_eq!(count("ACCOUNT_QUOTA_EXCEEDED"), 360);
+    let stored = send(
+        reqwest::Method::GET,
+        format!("{}/v1/accounts/{account}", bases[0]),
+        Some(op.clone()),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(stored["account"]["quota_used_this_month"], 43, "{stored}");
 }
 
 /// The CLI changes the store beside a running SQLite daemon, whose counters wait in memory and

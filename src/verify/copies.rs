@@ -1,0 +1,245 @@
+//! The PostgreSQL batch writer's copies of token and account rows, each with the version it was
+//! read at. A batch is decided on the copies in memory and written in one statement that checks
+//! those versions (`Store::write_unlocked`): one round trip and one commit per batch, where
+//! deciding under row locks takes four (`Store::consume_batch`).
+//!
+//! A copy can be stale only when another daemon sharing the database, or an admin change, wrote
+//! its row: then the versions differ, the statement writes nothing, and the batch runs again
+//! under locks, against the rows as they are. A decision made on a stale copy is therefore never
+//! answered. After such a conflict the writer keeps to the locked way for a while, since daemons
+//! that count calls of one account at once would fail most checks.
+
+use crate::store::usage::{batch_token_ids, plan, secret_matches, BatchState, Versioned};
+use crate::store::{Account, Consume, Decided, Denial, Store, StoreError, Token};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Active tokens read at start, before serving (the most recently used first).
+const PRELOADED: usize = 100_000;
+/// Copies kept past which all are dropped (and read again as calls need them).
+const MAX_COPIES: usize = 250_000;
+/// How long batches are decided under locks after a write found a row changed.
+const LOCKED_AFTER_CONFLICT: Duration = Duration::from_secs(1);
+
+/// One result per call, in order.
+pub type Results = Vec<Result<Decided, StoreError>>;
+
+/// The writer's copies.
+#[derive(Default)]
+pub struct Copies {
+    tokens: HashMap<String, (Arc<Token>, String)>,
+    accounts: HashMap<String, (Account, String)>,
+    locked_until: Option<Instant>,
+}
+
+impl Copies {
+    /// Copies of the most recently used active tokens and their accounts. A read that fails
+    /// leaves them empty: calls then read the rows they need.
+    pub async fn warm(store: &Store) -> Copies {
+        let mut copies = Copies::default();
+        match store.read_active_versioned(PRELOADED).await {
+            Ok(rows) => rows.into_iter().for_each(|v| copies.put(v)),
+            Err(e) => tracing::warn!(error = %e, "cannot read tokens ahead of the first calls"),
+        }
+        copies
+    }
+
+    fn put(&mut self, v: Versioned) {
+        self.accounts
+            .insert(v.account.id.clone(), (v.account, v.account_version));
+        self.tokens
+            .insert(v.token.id.clone(), (Arc::new(v.token), v.token_version));
+    }
+
+    fn clear(&mut self) {
+        self.tokens.clear();
+        self.accounts.clear();
+    }
+
+    /// Drops the copies of `ids` and of their accounts.
+    fn evict(&mut self, ids: &[String]) {
+        for id in ids {
+            if let Some((t, _)) = self.tokens.remove(id) {
+                self.accounts.remove(&t.account_id);
+            }
+        }
+    }
+
+    /// Decides `reqs` in order, consumes the valid ones, and counts them and `denials` in the
+    /// daily statistics, durably (with `flush`) before it returns. A JWT call is decided under
+    /// locks, as its own use count is not copied.
+    pub async fn consume(
+        &mut self,
+        store: &Store,
+        reqs: &[Consume],
+        denials: &[Denial],
+        flush: bool,
+    ) -> Results {
+        if self.tokens.len() > MAX_COPIES {
+            self.clear();
+        }
+        let locked = self.locked_until.is_some_and(|t| Instant::now() < t);
+        let (jwts, plain): (Vec<usize>, Vec<usize>) =
+            (0..reqs.len()).partition(|&i| locked || reqs[i].jwt.is_some());
+        if jwts.is_empty() {
+            return every(reqs.len(), self.unlocked(store, reqs, denials, flush).await);
+        }
+        if plain.is_empty() {
+            return every(reqs.len(), self.locked(store, reqs, denials, flush).await);
+        }
+        let pick = |idx: &[usize]| idx.iter().map(|&i| reqs[i].clone()).collect::<Vec<_>>();
+        let (jwt_reqs, plain_reqs) = (pick(&jwts), pick(&plain));
+        let first = every(jwts.len(), self.locked(store, &jwt_reqs, &[], flush).await);
+        let second = every(
+            plain.len(),
+            self.unlocked(store, &plain_reqs, denials, flush).await,
+        );
+        let mut out: Vec<Option<Result<Decided, StoreError>>> = Vec::new();
+        out.resize_with(reqs.len(), || None);
+        for (i, r) in jwts
+            .into_iter()
+            .zip(first)
+            .chain(plain.into_iter().zip(second))
+        {
+            out[i] = Some(r);
+        }
+        out.into_iter().flatten().collect()
+    }
+
+    /// The batch under row locks; its rows' copies are dropped, as it wrote them.
+    async fn locked(
+        &mut self,
+        store: &Store,
+        reqs: &[Consume],
+        denials: &[Denial],
+        flush: bool,
+    ) -> Result<Vec<Decided>, StoreError> {
+        self.evict(&batch_token_ids(reqs, denials));
+        store.consume_batch(reqs, denials, flush).await
+    }
+
+    /// The batch decided on the copies, written if its rows are still as copied; else under
+    /// locks.
+    async fn unlocked(
+        &mut self,
+        store: &Store,
+        reqs: &[Consume],
+        denials: &[Denial],
+        flush: bool,
+    ) -> Result<Vec<Decided>, StoreError> {
+        let ids = batch_token_ids(reqs, denials);
+        // Rows to read: not copied, or presented with a secret the copy does not hold (the
+        // token may have been regenerated since it was copied).
+        let mut missing: BTreeSet<&String> = ids
+            .iter()
+            .filter(|id| match self.tokens.get(*id) {
+                Some((t, _)) => !self.accounts.contains_key(&t.account_id),
+                None => true,
+            })
+            .collect();
+        for r in reqs {
+            if let Some((t, _)) = self.tokens.get(&r.token_id) {
+                if !secret_matches(t, r) {
+                    missing.insert(&r.token_id);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let missing: Vec<String> = missing.into_iter().cloned().collect();
+            let read = store.read_versioned(&missing).await?;
+            // An id not read has no row any more.
+            for id in &missing {
+                self.tokens.remove(id);
+            }
+            read.into_iter().for_each(|v| self.put(v));
+        }
+        let mut state = BatchState::default();
+        for id in &ids {
+            let Some((t, _)) = self.tokens.get(id) else {
+                continue;
+            };
+            if let Some((a, _)) = self.accounts.get(&t.account_id) {
+                state
+                    .accounts
+                    .entry(a.id.clone())
+                    .or_insert_with(|| a.clone());
+                state.tokens.insert(id.clone(), Token::clone(t));
+            }
+        }
+        let decided_on: Vec<String> = state.accounts.keys().cloned().collect();
+        let plan = plan(reqs, denials, state);
+        if plan.tokens.is_empty() && plan.accounts.is_empty() {
+            // Nothing was counted (every call named an unknown token or a wrong secret).
+            return Ok(plan.decided);
+        }
+        let version = |v: Option<&String>| v.cloned().unwrap_or_default();
+        let token_versions = plan
+            .tokens
+            .iter()
+            .map(|t| version(self.tokens.get(&t.id).map(|c| &c.1)))
+            .collect();
+        let account_versions = plan
+            .accounts
+            .iter()
+            .map(|a| version(self.accounts.get(&a.id).map(|c| &c.1)))
+            .collect();
+        let unwritten_accounts = decided_on
+            .into_iter()
+            .filter(|id| !plan.accounts.iter().any(|a| &a.id == id))
+            .filter_map(|id| self.accounts.get(&id).map(|c| (id, c.1.clone())))
+            .collect();
+        match store
+            .write_unlocked(
+                &plan,
+                token_versions,
+                account_versions,
+                unwritten_accounts,
+                flush,
+            )
+            .await
+        {
+            Ok(Some(v)) => {
+                let crate::store::usage::Plan {
+                    decided,
+                    tokens,
+                    accounts,
+                    ..
+                } = plan;
+                for t in tokens {
+                    self.tokens.insert(t.id.clone(), (Arc::new(t), v.clone()));
+                }
+                for a in accounts {
+                    self.accounts.insert(a.id.clone(), (a, v.clone()));
+                }
+                Ok(decided)
+            }
+            Ok(None) => {
+                tracing::debug!(
+                    calls = reqs.len(),
+                    "rows changed since they were copied; the batch runs under locks"
+                );
+                self.locked_until = Some(Instant::now() + LOCKED_AFTER_CONFLICT);
+                self.locked(store, reqs, denials, flush).await
+            }
+            Err(e) => {
+                self.evict(&ids);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One result per call: the decisions, or the error for each.
+fn every(n: usize, r: Result<Vec<Decided>, StoreError>) -> Results {
+    match r {
+        Ok(d) => d.into_iter().map(Ok).collect(),
+        Err(e) => {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, calls = n, "usage batch failed");
+            (0..n)
+                .map(|_| Err(StoreError::Unavailable(msg.clone())))
+                .collect()
+        }
+    }
+}
