@@ -27,6 +27,9 @@ RESULTS=$OUT/results.jsonl
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 metric() { curl -s "$1/metrics" | awk -v k="$2" '$1 == k {print $2}'; }
+# CPU time the hypervisor gave to others while this VM wanted it (/proc/stat "steal"), and all
+# CPU time, in ticks: a run with much steal measured the host, not the daemon.
+cpu_ticks() { awk '/^cpu /{print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 
 for backend in $BACKENDS; do
     data=$(mktemp -d)
@@ -67,9 +70,12 @@ for backend in $BACKENDS; do
         for conns in 16 64; do
             for target in healthz verify; do
                 valid_before=$(metric "$base" 'tokenwarden_verifications_total{result="VALID"}')
+                read -r steal_before all_before < <(cpu_ticks)
                 line=$(TOKENS_FILE=$OUT/tokens.txt wrk -t2 -c"$conns" -d"$DURATION" -s "bench/$target.lua" "$base/$([ $target = verify ] && echo v1/verify || echo healthz)" | grep '^JSON ' | cut -c6-)
                 valid_after=$(metric "$base" 'tokenwarden_verifications_total{result="VALID"}')
-                echo "{\"backend\":\"$backend\",\"mode\":\"$mode\",\"target\":\"$target\",\"conns\":$conns,\"valid\":$(( ${valid_after%.*} - ${valid_before%.*} )),\"wrk\":$line}" | tee -a "$RESULTS" >&2
+                read -r steal_after all_after < <(cpu_ticks)
+                steal=$(( 100 * (steal_after - steal_before) / (all_after - all_before + 1) ))
+                echo "{\"backend\":\"$backend\",\"mode\":\"$mode\",\"target\":\"$target\",\"conns\":$conns,\"valid\":$(( ${valid_after%.*} - ${valid_before%.*} )),\"steal_pct\":$steal,\"wrk\":$line}" | tee -a "$RESULTS" >&2
             done
         done
     done
@@ -82,11 +88,12 @@ python3 - "$RESULTS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 ceil = {(r["backend"], r["mode"], r["conns"]): r["wrk"] for r in rows if r["target"] == "healthz"}
-print("| backend | durability | conns | /healthz req/s | /healthz p50 / p99 ms | verify req/s | verify p50 / p99 ms | verify / ceiling | p99 / ceiling p99 | VALID answers | errors |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+ceil_steal = {(r["backend"], r["mode"], r["conns"]): r.get("steal_pct") for r in rows if r["target"] == "healthz"}
+print("| backend | durability | conns | /healthz req/s | /healthz p50 / p99 ms | verify req/s | verify p50 / p99 ms | verify / ceiling | p99 / ceiling p99 | VALID answers | errors | steal % (ceiling / verify) |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
     if r["target"] != "verify":
         continue
     c, v = ceil[(r["backend"], r["mode"], r["conns"])], r["wrk"]
-    print(f"| {r['backend']} | {r['mode']} | {r['conns']} | {c['rps']:.0f} | {c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {v['rps']:.0f} | {v['p50_ms']:.2f} / {v['p99_ms']:.2f} | {v['rps']/c['rps']:.0%} | {v['p99_ms']/c['p99_ms']:.1f}x | {r['valid']} of {v['requests']} | {v['errors']} |")
+    print(f"| {r['backend']} | {r['mode']} | {r['conns']} | {c['rps']:.0f} | {c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {v['rps']:.0f} | {v['p50_ms']:.2f} / {v['p99_ms']:.2f} | {v['rps']/c['rps']:.0%} | {v['p99_ms']/c['p99_ms']:.1f}x | {r['valid']} of {v['requests']} | {v['errors']} | {ceil_steal[(r['backend'], r['mode'], r['conns'])]} / {r.get('steal_pct')} |")
 PY

@@ -177,6 +177,8 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: std::sync::Arc<Backend>,
+    /// PostgreSQL: the usage writer's connection (`Store::postgres`).
+    usage_pg: Option<sqlx::PgPool>,
     /// How long a write waits for another connection's lock.
     lock_timeout: Duration,
     /// The highest change number seen (`change_no`).
@@ -321,6 +323,7 @@ impl Store {
         max_connections: u32,
         lock_timeout: Duration,
     ) -> Result<Store> {
+        let mut usage_pg = None;
         let backend = match loc {
             StoreLocation::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -349,13 +352,24 @@ impl Store {
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(5))
-                    .connect_with(opts)
+                    .connect_with(opts.clone())
                     .await?;
+                // The usage writer's own connection (its batches run one at a time), not
+                // pinged before each use as the pool's are: that ping was a round trip per
+                // batch. A connection that died (a server restart) fails one batch, answered
+                // 503, and the next opens a new one.
+                let usage = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .test_before_acquire(false)
+                    .connect_lazy_with(opts);
+                usage_pg = Some(usage);
                 Backend::Postgres(pool)
             }
         };
         Ok(Store {
             backend: std::sync::Arc::new(backend),
+            usage_pg,
             lock_timeout,
             changes: Default::default(),
         })
@@ -476,6 +490,9 @@ impl Store {
 
     /// Closes every connection (waits for checked-out ones).
     pub async fn close(&self) {
+        if let Some(p) = &self.usage_pg {
+            p.close().await;
+        }
         with_pool!(self, p => p.close().await)
     }
 

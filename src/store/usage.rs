@@ -885,11 +885,12 @@ impl Store {
         }
     }
 
-    /// The PostgreSQL pool, for `what`: on SQLite calls are counted by the ledger.
+    /// The usage writer's PostgreSQL connection, for `what`: on SQLite calls are counted by
+    /// the ledger.
     fn postgres(&self, what: &str) -> Result<&sqlx::PgPool> {
-        match &*self.backend {
-            Backend::Postgres(p) => Ok(p),
-            _ => Err(StoreError::Other(format!(
+        match &self.usage_pg {
+            Some(p) => Ok(p),
+            None => Err(StoreError::Other(format!(
                 "{what} is for PostgreSQL; SQLite calls are counted by the ledger"
             ))),
         }

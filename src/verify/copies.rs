@@ -107,7 +107,8 @@ impl Copies {
         out.into_iter().flatten().collect()
     }
 
-    /// The batch under row locks; its rows' copies are dropped, as it wrote them.
+    /// The batch under row locks; the copies of the rows it wrote are dropped: its tokens and
+    /// their accounts, also those of tokens not copied.
     async fn locked(
         &mut self,
         store: &Store,
@@ -116,7 +117,15 @@ impl Copies {
         flush: bool,
     ) -> Result<Vec<Decided>, StoreError> {
         self.evict(&batch_token_ids(reqs, denials));
-        store.consume_batch(reqs, denials, flush).await
+        let decided = store.consume_batch(reqs, denials, flush).await?;
+        let tokens = decided.iter().filter_map(|d| d.token.as_deref());
+        for account in tokens
+            .map(|t| &t.account_id)
+            .chain(denials.iter().map(|d| &d.account_id))
+        {
+            self.accounts.remove(account);
+        }
+        Ok(decided)
     }
 
     /// The batch decided on the copies, written if its rows are still as copied; else under

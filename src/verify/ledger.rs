@@ -45,8 +45,8 @@ use tokio::sync::oneshot;
 /// How often the fold thread looks for changes another process made (and folds when due).
 const POLL: Duration = Duration::from_millis(100);
 
-/// How soon a fold that failed is tried again (each try also waits up to the store's lock
-/// timeout for its write lock).
+/// How soon a fold that failed is tried again at first (each try also waits up to the store's
+/// lock timeout for its write lock; each further failure doubles it, up to the fold interval).
 const RETRY_FAILED_FOLD: Duration = Duration::from_millis(250);
 
 /// Tokens kept in memory past which a fold drops those no waiting record needs.
@@ -631,6 +631,7 @@ fn run_folds(
 ) {
     let mut last = Instant::now();
     let mut failing: Option<String> = None;
+    let mut retry_after = RETRY_FAILED_FOLD;
     loop {
         let mut waiters = Vec::new();
         let mut probes = Vec::new();
@@ -655,9 +656,10 @@ fn run_folds(
         }
         let stale = shared.cache().gen != shared.store.change_no();
         // After a failure the next fold is tried soon, not a whole interval later: calls may be
-        // waiting for the log space only a fold frees.
+        // waiting for the log space only a fold frees. Each failure in a row doubles the wait,
+        // up to the interval.
         let every = match failing {
-            Some(_) => RETRY_FAILED_FOLD.min(fold_every),
+            Some(_) => retry_after.min(fold_every),
             None => fold_every,
         };
         if closed || asked || stale || !waiters.is_empty() || last.elapsed() >= every {
@@ -669,7 +671,13 @@ fn run_folds(
             for w in waiters {
                 let _ = w.send(result.clone());
             }
+            let failed_before = failing.is_some();
             failing = result.clone().err();
+            if failing.is_some() && failed_before {
+                retry_after = (retry_after * 2).min(fold_every);
+            } else {
+                retry_after = RETRY_FAILED_FOLD;
+            }
             if closed && result.is_err() {
                 tracing::error!("stopping with counted calls not folded; the next start folds them from the usage log");
             }

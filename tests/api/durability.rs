@@ -414,6 +414,8 @@ async fn an_account_shared_by_two_daemons_keeps_its_quota_and_its_changes_apply_
     patch(json!({"monthly_quota": 2})).await;
     assert_eq!(result(0).await, "ACCOUNT_QUOTA_EXCEEDED");
     settle().await;
+    // (Refused again, now on a fresh copy of the account that a keeps.)
+    assert_eq!(result(0).await, "ACCOUNT_QUOTA_EXCEEDED");
     // b lifts it: a, whose copy would refuse, admits at once.
     patch(json!({"monthly_quota": null})).await;
     assert_eq!(result(0).await, "VALID");
