@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 pub struct Consume {
     /// The token's public id.
     pub token_id: String,
-    /// SHA-256 of the presented token, checked under the lock (for a JWT, the signer's hash
+    /// SHA-256 of the presented token, checked in the batch (for a JWT, the signer's hash
     /// when its signature was checked, so a regeneration since then retires the JWT); `None`
     /// skips the check.
     pub secret_hash: Option<Vec<u8>>,
@@ -41,7 +41,7 @@ pub struct JwtUse {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The decision on one call, made under the batch's lock.
+/// The decision on one call, made in its batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decided {
     /// What was decided; when `Valid`, the cost was consumed.
@@ -203,7 +203,8 @@ impl TryFrom<VersionedRow> for Versioned {
     }
 }
 
-/// The state a batch is decided against, read under the write lock.
+/// The state a batch is decided against: read under the write lock, or copies whose versions
+/// the write checks.
 #[derive(Debug, Default)]
 pub struct BatchState {
     /// The batch's tokens, by id (an unknown id is absent).

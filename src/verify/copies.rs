@@ -3,8 +3,9 @@
 //! those versions (`Store::write_unlocked`): one round trip and one commit per batch, where
 //! deciding under row locks takes four (`Store::consume_batch`).
 //!
-//! A copy can be stale only when another daemon sharing the database, or an admin change, wrote
-//! its row: then the versions differ, the statement writes nothing, and the batch runs again
+//! A copy can be stale only when something else wrote its row (another daemon sharing the
+//! database, an admin change, a job; a batch this writer ran under locks drops the copies of
+//! what it wrote): then the versions differ, the statement writes nothing, and the batch runs again
 //! under locks, against the rows as they are. A decision made on a stale copy is therefore never
 //! answered. After such a conflict the writer keeps to the locked way for a while, since daemons
 //! that count calls of one account at once would fail most checks.
@@ -80,11 +81,11 @@ impl Copies {
             self.clear();
         }
         let locked = self.locked_until.is_some_and(|t| Instant::now() < t);
-        let (jwts, plain): (Vec<usize>, Vec<usize>) =
-            (0..reqs.len()).partition(|&i| locked || reqs[i].jwt.is_some());
-        if jwts.is_empty() {
+        if !locked && reqs.iter().all(|r| r.jwt.is_none()) {
             return every(reqs.len(), self.unlocked(store, reqs, denials, flush).await);
         }
+        let (jwts, plain): (Vec<usize>, Vec<usize>) =
+            (0..reqs.len()).partition(|&i| locked || reqs[i].jwt.is_some());
         if plain.is_empty() {
             return every(reqs.len(), self.locked(store, reqs, denials, flush).await);
         }

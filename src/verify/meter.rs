@@ -4,10 +4,11 @@
 //! - On SQLite it is the ledger (`verify::ledger`): decisions against counters in memory, each
 //!   counted call's record flushed to the usage log in groups before it is answered, and the
 //!   counts folded into the store every few seconds.
-//! - On PostgreSQL, which several daemons may share, every call is decided against the rows
-//!   themselves, under their locks: concurrent requests queue here, and one writer task takes
-//!   everything waiting (up to a batch limit), decides and consumes it in one transaction, and
-//!   answers each request once that is committed (and, with the default `durability =
+//! - On PostgreSQL, which several daemons may share, every call is decided against the rows as
+//!   they are when its batch commits: concurrent requests queue here, and one writer task takes
+//!   everything waiting (up to a batch limit), decides it on its copies of the rows and writes it
+//!   in one statement that checks they are unchanged (else under row locks: `verify::copies`),
+//!   and answers each request once that is committed (and, with the default `durability =
 //!   "power-loss"`, flushed). Under load a batch fills while the previous one commits.
 
 use crate::config::{Config, Durability};

@@ -1,8 +1,9 @@
 //! Verification: the outcome of presenting a token for one call, decided from plain values and
 //! the clock. Checks run in an order that never spends a use on a call refused for another
 //! reason: malformed → unknown → revoked → expired → account inactive → IP → scope → account
-//! quota → usage. `decide` is called by the usage writer against token and account state read
-//! under its lock, so every answer reflects the store at the moment the call is counted.
+//! quota → usage. `decide` is called by the usage writer against token and account state that
+//! its commit holds to (a lock, or a checked row version), so every answer reflects the store at
+//! the moment the call is counted.
 
 use crate::domain::{period::month_key, status::AccountStatus, status::TokenStatus, ParseError};
 use crate::store::{Account, Token};
@@ -204,7 +205,7 @@ impl AccountState {
 }
 
 /// Decides a verification for a token whose secret matched, against the token and account state
-/// the usage writer holds under its lock (so quota and uses already reflect the batch's earlier
+/// the usage writer holds for its batch (so quota and uses already reflect the batch's earlier
 /// calls). `Valid` means the call may consume its cost.
 pub fn decide(token: &Token, account: &AccountState, check: &Check, now: DateTime<Utc>) -> Outcome {
     match token.status_at(now) {

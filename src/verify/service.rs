@@ -1,6 +1,6 @@
 //! One verification end to end: parse what was presented (a token, or a JWT signed with one)
-//! and hand it to the meter, whose writer decides it against the store under a lock and consumes
-//! it when valid. No per-call store read happens outside that batch.
+//! and hand it to the meter, whose writer decides it against the store as its batch commits and
+//! consumes it when valid. No per-call store read happens outside that batch.
 
 use super::{jwt, meter::Meter, Check, Outcome};
 use crate::admin::Ctx;

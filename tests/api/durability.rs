@@ -54,6 +54,21 @@ impl Drop for TwoDaemons {
     }
 }
 
+/// `method` `url` with a JSON `body` (and `cred` as the bearer), answered with JSON.
+fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    cred: Option<String>,
+    body: Value,
+) -> impl std::future::Future<Output = Value> {
+    let mut rb = client.request(method, url).json(&body);
+    if let Some(c) = cred {
+        rb = rb.bearer_auth(c);
+    }
+    async move { rb.send().await.unwrap().json::<Value>().await.unwrap() }
+}
+
 both_backends!(
     no_valid_answer_is_lost_to_sigkill,
     no_valid_answer_is_lost_to_sigkill_without_flushing,
@@ -291,14 +306,7 @@ async fn revocation_and_regeneration_on_another_daemon_apply_at_once(b: Backend)
     let (bases, op) = (d.bases.clone(), d.operator.clone());
     let client = reqwest::Client::new();
     let post = |url: String, cred: Option<String>, body: Value| {
-        let client = client.clone();
-        async move {
-            let mut rb = client.post(url).json(&body);
-            if let Some(c) = cred {
-                rb = rb.bearer_auth(c);
-            }
-            rb.send().await.unwrap().json::<Value>().await.unwrap()
-        }
+        send(&client, reqwest::Method::POST, url, cred, body)
     };
     let acc = post(
         format!("{}/v1/accounts", bases[0]),
@@ -352,14 +360,7 @@ async fn an_account_shared_by_two_daemons_keeps_its_quota_and_its_changes_apply_
     let (bases, op) = (d.bases.clone(), d.operator.clone());
     let client = reqwest::Client::new();
     let send = |method: reqwest::Method, url: String, cred: Option<String>, body: Value| {
-        let client = client.clone();
-        async move {
-            let mut rb = client.request(method, url).json(&body);
-            if let Some(c) = cred {
-                rb = rb.bearer_auth(c);
-            }
-            rb.send().await.unwrap().json::<Value>().await.unwrap()
-        }
+        send(&client, method, url, cred, body)
     };
     let post = |url: String, cred: Option<String>, body: Value| {
         send(reqwest::Method::POST, url, cred, body)
