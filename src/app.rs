@@ -40,9 +40,13 @@ pub async fn open_store(config: &Config, upgrade: Upgrade) -> anyhow::Result<Sto
         &config.store,
         config.db_max_connections,
         config.db_lock_timeout,
+        config.db_statement_timeout,
     )
     .await
     .with_context(|| format!("cannot open the {} store", kind(config)))?;
+    if let Some(db) = store.sqlite_file() {
+        tighten_sqlite_files(&db);
+    }
     let schema = store
         .schema()
         .await
@@ -66,6 +70,7 @@ pub async fn open_store(config: &Config, upgrade: Upgrade) -> anyhow::Result<Sto
 /// up with: the first opening makes the key and records its fingerprint; later ones need that
 /// key's file and never make another.
 pub async fn open_ctx(config: Config, clock: SharedClock, upgrade: Upgrade) -> anyhow::Result<Ctx> {
+    private_files();
     let store = open_store(&config, upgrade).await?;
     let recorded = store.setting("master_key_fingerprint").await?;
     if recorded.is_some() && !config.master_key_file.exists() {
@@ -182,6 +187,38 @@ pub fn create_secret_file(path: &Path, contents: &str) -> anyhow::Result<bool> {
         Ok(true) => sync_dir(path).map(|()| true),
         Ok(false) => Ok(false),
         Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
+    }
+}
+
+/// Every file this process creates from now on is its owner's alone (0600; folders 0700),
+/// whatever umask it was started with: the database and its journal, the usage logs, the lock,
+/// outbox messages (a policy's token may be in one) all hold what no other user should read.
+pub fn private_files() {
+    #[cfg(unix)]
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// A SQLite store an older version (or another umask) left readable by others: the database
+/// and its journal become 0600.
+fn tighten_sqlite_files(db: &Path) {
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = Path::new(&name);
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                if let Err(e) =
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot make the file private");
+                }
+            }
+        }
     }
 }
 
@@ -353,16 +390,13 @@ impl App {
             tls,
             header_timeout: config.header_timeout,
             grace: config.shutdown_grace,
+            max_connections: crate::server::connection_cap(
+                config.max_connections,
+                config.db_max_connections,
+            ),
         };
-        let (stop_server, server_stopped) = tokio::sync::watch::channel(false);
-        let mut server = tokio::spawn(crate::server::serve(
-            self.listener,
-            router,
-            opts,
-            server_stopped,
-        ));
-        // Listen for SIGHUP before telling systemd we are ready: a reload right after the start
-        // must not meet the signal's default action (termination).
+        // Listen for SIGHUP before the first request is served: a reload sent as soon as the
+        // port answers must not meet the signal's default action (termination).
         let reloader = match reload {
             Some(r) => Some(tokio::spawn(reload_on_sighup(
                 r,
@@ -371,6 +405,13 @@ impl App {
             ))),
             None => None,
         };
+        let (stop_server, server_stopped) = tokio::sync::watch::channel(false);
+        let mut server = tokio::spawn(crate::server::serve(
+            self.listener,
+            router,
+            opts,
+            server_stopped,
+        ));
         self_check(scheme, addr).await;
         tracing::info!(%addr, scheme, backend = store.backend_name(), "tokenwarden serving");
         notify_systemd(&[
@@ -409,8 +450,14 @@ impl App {
             let _ = server.await;
         }
         // Every handler is gone: let the meter commit what is queued before closing the store.
-        if let Err(e) = writer.await {
-            tracing::error!(error = %e, "the usage writer failed");
+        // Its last batch is bounded by the store's usage timeout (PostgreSQL); a fold on
+        // SQLite by the lock timeout.
+        let last_batch = config.db_statement_timeout.max(config.db_lock_timeout)
+            + std::time::Duration::from_secs(5);
+        match tokio::time::timeout(last_batch, writer).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the usage writer failed"),
+            Err(_) => tracing::error!("the usage writer did not finish in time; stopping without it"),
         }
         if let Err(e) = scheduler.shutdown().await {
             tracing::warn!(error = %e, "the job scheduler did not stop cleanly");

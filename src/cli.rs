@@ -242,6 +242,7 @@ fn print(v: serde_json::Value) -> anyhow::Result<()> {
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    app::private_files();
     let clock: SharedClock = Arc::new(SystemClock);
     match &cli.command {
         Command::CheckConfig => {
@@ -329,7 +330,8 @@ async fn check_policy_accounts(c: &Config) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let store = match crate::store::Store::connect(&c.store, 1, c.db_lock_timeout).await {
+    let store = match crate::store::Store::connect(&c.store, 1, c.db_lock_timeout, c.db_statement_timeout)
+        .await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("note: the policies' accounts were not checked: cannot open the store: {e}");

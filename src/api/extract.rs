@@ -98,6 +98,15 @@ where
             }
             &bytes
         };
+        // No stored text may hold a NUL (PostgreSQL refuses one mid-statement): refused here,
+        // naming the field, before anything reads the value.
+        if let Some(field) = nul_field(text) {
+            return Err(ApiError::field(
+                Code::InvalidField,
+                field,
+                "must not contain a NUL character",
+            ));
+        }
         if let Ok(v) = serde_json::from_slice(text) {
             return Ok(Body(v));
         }
@@ -128,6 +137,45 @@ where
     }
 }
 
+/// Where a JSON text holds a string with a NUL character (`\u0000`), as a field path
+/// (`scopes[1]`, `name`); `None` when none does or the text is not JSON.
+fn nul_field(text: &[u8]) -> Option<String> {
+    // A NUL can only be written escaped; most bodies hold no escape at all.
+    if !text.windows(6).any(|w| w == b"\\u0000") {
+        return None;
+    }
+    fn find(v: &serde_json::Value, path: &str) -> Option<String> {
+        use serde_json::Value;
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_string()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        match v {
+            Value::String(s) if s.contains('\0') => Some(if path.is_empty() {
+                ".".into()
+            } else {
+                path.into()
+            }),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| find(item, &format!("{path}[{i}]"))),
+            Value::Object(map) => map.iter().find_map(|(k, item)| {
+                if k.contains('\0') {
+                    Some(join(&k.replace('\0', "\\u0000")))
+                } else {
+                    find(item, &join(k))
+                }
+            }),
+            _ => None,
+        }
+    }
+    find(&serde_json::from_slice(text).ok()?, "")
+}
+
 /// The query string, without the `Secret` credential parameter.
 pub struct Params<T>(pub T);
 
@@ -144,6 +192,13 @@ where
             .filter(|(k, _)| k != "Secret")
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
+        if let Some((k, _)) = kept.iter().find(|(k, v)| k.contains('\0') || v.contains('\0')) {
+            return Err(ApiError::field(
+                Code::InvalidField,
+                k.replace('\0', "%00"),
+                "must not contain a NUL character",
+            ));
+        }
         let encoded = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(kept)
             .finish();
@@ -190,9 +245,11 @@ pub fn presented_credential(parts: &Parts) -> Option<String> {
 }
 
 /// The end client's address: the peer, unless the peer is a trusted proxy, in which case the
-/// nearest untrusted address of `X-Forwarded-For` (or `X-Real-IP`). A hop that is not an
-/// address (`unknown`, an obfuscated name) ends the walk: the client is then unknown (`None`),
-/// which no allowed-IP list admits.
+/// nearest untrusted address of `X-Forwarded-For` (or `X-Real-IP`). Every `X-Forwarded-For`
+/// line counts, joined in order (a proxy may append a line of its own rather than extend the
+/// client's), and the hops are walked from the nearest. A hop that is not an address
+/// (`unknown`, an obfuscated name, bytes that are not text) ends the walk, and so do two
+/// `X-Real-IP` lines: the client is then unknown (`None`), which no allowed-IP list admits.
 pub fn client_ip(
     peer: std::net::IpAddr,
     headers: &axum::http::HeaderMap,
@@ -202,12 +259,15 @@ pub fn client_ip(
     if !allows_nonempty(trusted, peer) {
         return Some(peer);
     }
-    if let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        let hops: Vec<&str> = xff
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .collect();
+    let mut lines = headers.get_all("x-forwarded-for").iter().peekable();
+    if lines.peek().is_some() {
+        let mut hops: Vec<&str> = Vec::new();
+        for line in lines {
+            let Ok(line) = line.to_str() else {
+                return None;
+            };
+            hops.extend(line.split(',').map(str::trim).filter(|h| !h.is_empty()));
+        }
         // Walk from the nearest hop; the first one we do not trust is the client.
         for hop in hops.iter().rev() {
             match hop_address(hop) {
@@ -220,11 +280,12 @@ pub fn client_ip(
             return hop_address(first);
         }
     }
-    headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| hop_address(v.trim()))
-        .or(Some(peer))
+    let mut real = headers.get_all("x-real-ip").iter();
+    match (real.next(), real.next()) {
+        (None, _) => Some(peer),
+        (Some(v), None) => v.to_str().ok().and_then(|v| hop_address(v.trim())),
+        (Some(_), Some(_)) => None,
+    }
 }
 
 /// One `X-Forwarded-For` entry: an address, possibly with a port (`203.0.113.9:5555`,

@@ -101,6 +101,22 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
+/// A path holding a NUL (`%00`) names nothing that can exist, and no statement may see one
+/// (PostgreSQL refuses it mid-statement): 404 before any handler runs. Forward auth is left
+/// alone: its path is the upstream's, checked against scopes, never stored.
+async fn refuse_nul_paths(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path();
+    if !path.starts_with("/v1/auth") && path.contains("%00") {
+        return ApiError::new(Code::NotFound, "nothing is named with a NUL character")
+            .into_response();
+    }
+    next.run(req).await
+}
+
 /// The complete service.
 pub fn router(state: AppState) -> Router {
     crate::metrics::handle();
@@ -116,6 +132,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(Extension(Arc::new(doc)))
+        .layer(axum::middleware::from_fn(refuse_nul_paths))
         .layer(DefaultBodyLimit::max(body_limit))
         // A request over server.request_timeout_seconds gets 408 with its code, like any error.
         .layer(

@@ -148,7 +148,20 @@ pub fn forwarded_token(headers: &HeaderMap, original: Option<&str>) -> Option<St
 /// The original request's URI as the proxy forwarded it: `X-Original-URI` (nginx) or
 /// `X-Forwarded-Uri` (Traefik). Proxies pass a client's own headers on, so when both are
 /// present and differ (byte for byte), one of them is the client's and neither is believed.
+/// Either header given twice is refused the same way: one line is the client's.
 fn original_uri(headers: &HeaderMap) -> Result<Option<String>, crate::domain::ParseError> {
+    for (name, field) in [
+        ("x-original-uri", "X-Original-URI"),
+        ("x-forwarded-uri", "X-Forwarded-Uri"),
+    ] {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(crate::domain::ParseError::new(
+                field,
+                "given more than once, so one line came from the client: have the proxy set \
+                 it, replacing the client's",
+            ));
+        }
+    }
     let get = |h: &str| headers.get(h).map(HeaderValue::as_bytes);
     let uri = match (get("x-original-uri"), get("x-forwarded-uri")) {
         (Some(a), Some(b)) if a != b => {
@@ -164,46 +177,68 @@ fn original_uri(headers: &HeaderMap) -> Result<Option<String>, crate::domain::Pa
     Ok(uri.map(|u| String::from_utf8_lossy(u).into_owned()))
 }
 
-/// The call of an original request URI, as two readings of its path that the token's scopes
-/// must both allow: the path with dot segments resolved (`/convert/../admin` and its
-/// `%2e%2e` form are `/admin`), and the path as a server that decodes every escape (`%2F`
-/// included), takes `\` for `/` and drops `;parameters` from segments reads it
-/// (`/convert/..%2fadmin` and `/convert/..;/admin` are `/admin` to some upstreams).
-fn call_of(uri: &str) -> (String, Option<String>) {
+/// The call of an original request URI, and the other readings of its path that the token's
+/// scopes must allow too. Servers disagree on how to read a path: some resolve dot segments as
+/// RFC 3986 says (`/convert//..//admin` is `/convert//admin`), some merge repeated slashes first
+/// (then it is `/admin`), some decode every escape (`%2F` included), take `\` for `/` and drop
+/// `;parameters` (`/convert/..%2fadmin` and `/convert/..;/admin` are `/admin`). Whichever the
+/// upstream does, a path is allowed only when every reading is.
+fn call_of(uri: &str) -> (String, Vec<String>) {
     let path = uri.split(['?', '#']).next().unwrap_or("");
     if !path.starts_with('/') {
-        return (path.to_string(), None);
+        return (path.to_string(), Vec::new());
     }
     let resolved = url::Url::parse(&format!("http://host{path}"))
         .map(|u| u.path().to_string())
         .unwrap_or_else(|_| path.to_string());
-    let decoded = decoded_path(&resolved);
-    let other = (decoded != resolved).then_some(decoded);
-    (resolved, other)
+    let mut others: Vec<String> = Vec::new();
+    for decode in [false, true] {
+        for merge in [false, true] {
+            for from in [path, resolved.as_str()] {
+                let r = reading(from, decode, merge);
+                if r != resolved && !others.contains(&r) {
+                    others.push(r);
+                }
+            }
+        }
+    }
+    (resolved, others)
 }
 
-/// `path` as read by a server that decodes escapes, takes `\` for `/`, drops `;parameters`,
-/// collapses empty segments and resolves dot segments.
-fn decoded_path(path: &str) -> String {
-    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+/// `path` as read by a server that (with `decode`) decodes escapes, takes `\` for `/` and drops
+/// `;parameters`, (with `merge`) merges repeated slashes, and then resolves dot segments.
+fn reading(path: &str, decode: bool, merge: bool) -> String {
+    let decoded;
+    let path = if decode {
+        decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+        decoded.as_ref()
+    } else {
+        path
+    };
+    let separators: &[char] = if decode { &['/', '\\'] } else { &['/'] };
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
-    for segment in decoded.split(['/', '\\']) {
-        let segment = segment.split(';').next().unwrap_or("");
+    // The first piece is what precedes the leading slash: nothing.
+    for segment in path.split(separators).skip(1) {
+        let segment = if decode {
+            segment.split(';').next().unwrap_or("")
+        } else {
+            segment
+        };
         trailing_slash = matches!(segment, "" | "." | "..");
         match segment {
-            "" | "." => {}
+            "." => {}
+            "" if merge => {}
             ".." => {
                 segments.pop();
             }
             s => segments.push(s),
         }
     }
-    let mut out = format!("/{}", segments.join("/"));
-    if trailing_slash && !segments.is_empty() {
-        out.push('/');
+    if trailing_slash && segments.last().is_some_and(|s| !s.is_empty()) {
+        segments.push("");
     }
-    out
+    format!("/{}", segments.join("/"))
 }
 
 fn header(name: &'static str, v: &str) -> Option<(HeaderName, HeaderValue)> {
@@ -275,14 +310,14 @@ async fn forwarded(
         e
     })?;
     // A path taken from the URI has no length limit of its own: the proxy accepted it.
-    let (call, call_decoded) = match (parsed.call, original.as_deref().map(call_of)) {
-        (Some(named), _) => (Some(named), None),
-        (None, Some((path, other))) if !path.is_empty() => (Some(path), other),
-        (None, _) => (None, None),
+    let (call, other_readings) = match (parsed.call, original.as_deref().map(call_of)) {
+        (Some(named), _) => (Some(named), Vec::new()),
+        (None, Some((path, others))) if !path.is_empty() => (Some(path), others),
+        (None, _) => (None, Vec::new()),
     };
     let check = Check {
         call,
-        call_decoded,
+        other_readings,
         client_ip: ip,
         cost: parsed.cost,
         bound_ip: None,

@@ -82,6 +82,8 @@ pub struct RawServer {
     pub request_timeout_seconds: u64,
     /// Longest wait for in-flight requests at shutdown, in seconds.
     pub shutdown_grace_seconds: u64,
+    /// Most client connections open at once; past it the longest-idle one is closed.
+    pub max_connections: usize,
 }
 
 /// `[database]`
@@ -96,6 +98,8 @@ pub struct RawDatabase {
     pub durability: String,
     /// How long a write waits for a lock another connection holds before it is answered 503.
     pub lock_timeout_seconds: u64,
+    /// PostgreSQL: longest wait for one round trip of counting calls (a statement, a commit).
+    pub statement_timeout_seconds: u64,
     /// Size of each of the two usage log files (SQLite), in MiB.
     pub usage_log_mib: u64,
     /// Longest time counted calls wait in the SQLite usage log before they are folded into
@@ -173,6 +177,7 @@ impl Default for RawServer {
             header_timeout_seconds: 10,
             request_timeout_seconds: 30,
             shutdown_grace_seconds: 30,
+            max_connections: 1024,
         }
     }
 }
@@ -184,6 +189,7 @@ impl Default for RawDatabase {
             max_connections: 8,
             durability: "power-loss".into(),
             lock_timeout_seconds: 10,
+            statement_timeout_seconds: 15,
             usage_log_mib: 128,
             fold_interval_seconds: 30,
         }
@@ -283,6 +289,8 @@ pub struct Config {
     pub request_timeout: std::time::Duration,
     /// Deadline for in-flight requests at shutdown.
     pub shutdown_grace: std::time::Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
     /// Where the store is.
     pub store: StoreLocation,
     /// Pool size.
@@ -292,6 +300,9 @@ pub struct Config {
     /// How long a write waits for another connection's lock (SQLite's busy timeout,
     /// PostgreSQL's `lock_timeout`).
     pub db_lock_timeout: std::time::Duration,
+    /// Longest wait for one round trip of counting calls (PostgreSQL); then the calls are
+    /// answered 503, none counted, and the connection is replaced.
+    pub db_statement_timeout: std::time::Duration,
     /// Size of each usage log file in bytes (SQLite).
     pub usage_log_bytes: u64,
     /// Longest wait of counted calls before a fold (SQLite).
@@ -554,6 +565,12 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
     if !(1..=300).contains(&raw.database.lock_timeout_seconds) {
         bad("database.lock_timeout_seconds", "must be 1 to 300".into());
     }
+    if !(1..=300).contains(&raw.database.statement_timeout_seconds) {
+        bad("database.statement_timeout_seconds", "must be 1 to 300".into());
+    }
+    if !(16..=1_000_000).contains(&raw.server.max_connections) {
+        bad("server.max_connections", "must be 16 to 1000000".into());
+    }
     if !(1..=4096).contains(&raw.database.usage_log_mib) {
         bad("database.usage_log_mib", "must be 1 to 4096".into());
     }
@@ -654,6 +671,7 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             header_timeout: std::time::Duration::from_secs(raw.server.header_timeout_seconds),
             request_timeout: std::time::Duration::from_secs(raw.server.request_timeout_seconds),
             shutdown_grace: std::time::Duration::from_secs(raw.server.shutdown_grace_seconds),
+            max_connections: raw.server.max_connections,
             store,
             db_max_connections: raw.database.max_connections,
             durability,
@@ -661,6 +679,11 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             // answered 503 before the request timeout answers 408.
             db_lock_timeout: std::time::Duration::from_secs(raw.database.lock_timeout_seconds)
                 .min(std::time::Duration::from_secs(raw.server.request_timeout_seconds) * 4 / 5),
+            // Likewise: a stalled round trip is answered 503 before the request timeout.
+            db_statement_timeout: std::time::Duration::from_secs(
+                raw.database.statement_timeout_seconds,
+            )
+            .min(std::time::Duration::from_secs(raw.server.request_timeout_seconds) * 4 / 5),
             usage_log_bytes: raw.database.usage_log_mib << 20,
             fold_interval: std::time::Duration::from_secs(raw.database.fold_interval_seconds),
             tokens: TokenSettings {
@@ -691,11 +714,34 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
     }
 }
 
-/// The effective configuration as TOML, with the password in a database URL masked.
+/// The effective configuration as TOML, with the password in a database URL masked, and in
+/// webhook URLs the password and every query value (`?key=`, `?token=`: hooks often carry their
+/// credential there).
 pub fn render_effective(c: &Config) -> String {
     let mut raw = c.raw.clone();
     raw.database.url = mask_url(&raw.database.url);
+    raw.notifications.webhook_url = mask_hook(&raw.notifications.webhook_url);
+    for p in &mut raw.policy {
+        p.deliver_webhook = mask_hook(&p.deliver_webhook);
+    }
     toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+}
+
+fn mask_hook(u: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(u) else {
+        return u.to_string();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query().is_some() {
+        let keys: Vec<String> = parsed.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        parsed
+            .query_pairs_mut()
+            .clear()
+            .extend_pairs(keys.iter().map(|k| (k.as_str(), "***")));
+    }
+    parsed.to_string()
 }
 
 fn mask_url(u: &str) -> String {
@@ -932,6 +978,22 @@ mod tests {
             "postgres://tw@db/tw?sslmode=require&password=***"
         );
         assert_eq!(mask_url("postgres://tw@db/tw"), "postgres://tw@db/tw");
+    }
+
+    #[test]
+    fn webhook_credentials_are_masked() {
+        assert_eq!(
+            mask_hook("https://chat.example/v1/hook?key=AIzaSecret&token=t0k"),
+            "https://chat.example/v1/hook?key=***&token=***"
+        );
+        assert_eq!(
+            mask_hook("https://u:pw@hooks.example/x"),
+            "https://u:***@hooks.example/x"
+        );
+        assert_eq!(
+            mask_hook("https://hooks.example/x"),
+            "https://hooks.example/x"
+        );
     }
 
     #[test]

@@ -33,15 +33,24 @@ pub fn lifetime(v: i64, max: i64, field: &str) -> Result<TimeDelta, ParseError> 
     }
 }
 
-/// Parses a UTC date written `YYYY-MM-DD` or `dd/MM/yyyy`.
+/// Parses a UTC date written exactly `YYYY-MM-DD` or `dd/MM/yyyy`: ten characters, digits
+/// where digits go (no spaces, signs or extended years, which chrono's parser would take).
 pub fn parse_date(s: &str, field: &str) -> Result<NaiveDate, ParseError> {
-    let s = s.trim();
-    let parsed = if s.contains('/') {
-        NaiveDate::parse_from_str(s, "%d/%m/%Y")
-    } else {
-        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+    let shaped = |pattern: &[u8]| {
+        s.len() == pattern.len()
+            && s.bytes().zip(pattern).all(|(c, p)| match p {
+                b'9' => c.is_ascii_digit(),
+                sep => c == *sep,
+            })
     };
-    parsed.map_err(|_| {
+    let parsed = if shaped(b"9999-99-99") {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()
+    } else if shaped(b"99/99/9999") {
+        NaiveDate::parse_from_str(s, "%d/%m/%Y").ok()
+    } else {
+        None
+    };
+    parsed.ok_or_else(|| {
         ParseError::new(
             field,
             format!("`{s}` is not a date (use YYYY-MM-DD or dd/MM/yyyy)"),
@@ -176,6 +185,12 @@ mod tests {
             "tomorrow",
             "2026-11-27",
             "12/24/2026",
+            " 2027-01-01",
+            "2027-01-01 ",
+            "+002027-01-01",
+            "2027-1-01",
+            "1/02/2027",
+            "+1/02/2027",
         ] {
             let r = resolve_expiry(
                 &ExpiryRequest::On(bad.into()),

@@ -29,13 +29,19 @@ pub fn minute_key(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M").to_string()
 }
 
-/// 00:00:00 UTC on the first day of the month `YYYY-MM`, or `None` when `key` is not one.
+/// 00:00:00 UTC on the first day of the month `YYYY-MM` (years 1970 to 9999), or `None` when
+/// `key` is not one.
 pub fn month_start(key: &str) -> Option<DateTime<Utc>> {
     let (y, m) = key.split_once('-')?;
-    if y.len() != 4 || m.len() != 2 {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|c| c.is_ascii_digit());
+    if !digits(y, 4) || !digits(m, 2) {
         return None;
     }
-    Utc.with_ymd_and_hms(y.parse().ok()?, m.parse().ok()?, 1, 0, 0, 0)
+    let year: i32 = y.parse().ok()?;
+    if year < 1970 {
+        return None;
+    }
+    Utc.with_ymd_and_hms(year, m.parse().ok()?, 1, 0, 0, 0)
         .single()
 }
 
@@ -48,7 +54,10 @@ mod tests {
         let t = month_start("2026-12").unwrap();
         assert_eq!(month_key(t), "2026-12");
         assert_eq!(month_key(next_month_start(t)), "2027-01");
-        for bad in ["2026-13", "2026-1", "26-12", "2026/12", "", "2026-12-01"] {
+        for bad in [
+            "2026-13", "2026-1", "26-12", "2026/12", "", "2026-12-01", "0000-01", "1969-12",
+            "+202-01", "2026-+1", " 2026-01",
+        ] {
             assert!(month_start(bad).is_none(), "{bad}");
         }
         let t = Utc.with_ymd_and_hms(2026, 12, 1, 0, 5, 59).unwrap();

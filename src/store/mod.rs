@@ -82,11 +82,14 @@ impl From<sqlx::Error> for StoreError {
 fn unavailable_code(code: &str, postgres: bool) -> bool {
     if postgres {
         // Connection exception, insufficient resources, operator intervention (shutdown,
-        // cannot connect now), a lock not granted within lock_timeout.
+        // cannot connect now), a lock not granted within lock_timeout, a database that takes
+        // no connections (55000: ALLOW_CONNECTIONS false) or is gone (3D000), logins refused
+        // (28xxx), a standby that takes no writes (25006, after a failover).
         return code.starts_with("08")
             || code.starts_with("53")
             || code.starts_with("57P")
-            || code == "55P03";
+            || code.starts_with("28")
+            || matches!(code, "55P03" | "55000" | "3D000" | "25006");
     }
     // SQLITE_BUSY, _LOCKED, _IOERR, _FULL, _CANTOPEN (the low byte of an extended code).
     code.parse::<i32>()
@@ -109,6 +112,9 @@ mod error_tests {
             ("08006", true),
             ("53300", true),
             ("55P03", true),
+            ("55000", true),
+            ("28P01", true),
+            ("25006", true),
         ] {
             assert!(unavailable_code(code, postgres), "{code}");
         }
@@ -177,8 +183,10 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: std::sync::Arc<Backend>,
-    /// PostgreSQL: the usage writer's connection (`Store::postgres`).
-    usage_pg: Option<sqlx::PgPool>,
+    /// PostgreSQL: the usage writer's connection (`usage_pg`).
+    usage_pg: Option<std::sync::Arc<usage_pg::UsagePg>>,
+    /// The longest one round trip of counting calls may take (PostgreSQL).
+    usage_timeout: Duration,
     /// How long a write waits for another connection's lock.
     lock_timeout: Duration,
     /// The highest change number seen (`change_no`).
@@ -292,6 +300,7 @@ pub mod jobs;
 pub mod outbox;
 pub mod usage;
 pub mod usage_log;
+mod usage_pg;
 pub mod usage_sqlite;
 
 fn sql(s: String) -> AssertSqlSafe<String> {
@@ -318,10 +327,13 @@ impl Store {
     /// Opens the store (creating a SQLite file and its folder if needed). Does not migrate.
     /// A write waits up to `lock_timeout` for a lock another connection holds, then fails as
     /// unavailable (503) instead of hanging until the request times out.
+    /// On PostgreSQL each round trip of counting calls is bounded by `usage_timeout`
+    /// (`usage_pg`).
     pub async fn connect(
         loc: &StoreLocation,
         max_connections: u32,
         lock_timeout: Duration,
+        usage_timeout: Duration,
     ) -> Result<Store> {
         let mut usage_pg = None;
         let backend = match loc {
@@ -354,16 +366,13 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(5))
                     .connect_with(opts.clone())
                     .await?;
-                // The usage writer's own connection (its batches run one at a time), not
-                // pinged before each use as the pool's are: that ping was a round trip per
-                // batch. A connection that died (a server restart) fails one batch, answered
-                // 503, and the next opens a new one.
-                let usage = PgPoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(Duration::from_secs(5))
-                    .test_before_acquire(false)
-                    .connect_lazy_with(opts);
-                usage_pg = Some(usage);
+                // The usage writer's own connection (its batches run one at a time). A
+                // connection that died (a server restart) fails one batch, answered 503, and
+                // the next opens a new one.
+                usage_pg = Some(std::sync::Arc::new(usage_pg::UsagePg::new(
+                    opts,
+                    usage_timeout,
+                )));
                 Backend::Postgres(pool)
             }
         };
@@ -371,6 +380,7 @@ impl Store {
             backend: std::sync::Arc::new(backend),
             usage_pg,
             lock_timeout,
+            usage_timeout,
             changes: Default::default(),
         })
     }
@@ -488,12 +498,17 @@ impl Store {
         Ok(())
     }
 
-    /// Closes every connection (waits for checked-out ones).
+    /// Closes every connection, waiting for checked-out ones a few seconds at most (a
+    /// connection stuck on a stalled network is dropped instead).
     pub async fn close(&self) {
+        let wait = Duration::from_secs(5);
         if let Some(p) = &self.usage_pg {
-            p.close().await;
+            p.close(wait).await;
         }
-        with_pool!(self, p => p.close().await)
+        let closed = with_pool!(self, p => tokio::time::timeout(wait, p.close()).await);
+        if closed.is_err() {
+            tracing::warn!("store connections did not close in time; dropped");
+        }
     }
 
     // ----- operator credential -----

@@ -871,7 +871,7 @@ impl Store {
         denials: &[Denial],
         flush: bool,
     ) -> Result<Vec<Decided>> {
-        let p = self.postgres("a usage batch")?;
+        let p = &self.usage_pool("a usage batch").await?;
         let mut attempt = 1;
         loop {
             match pg_batch(p, reqs, denials, flush).await {
@@ -886,21 +886,10 @@ impl Store {
         }
     }
 
-    /// The usage writer's PostgreSQL connection, for `what`: on SQLite calls are counted by
-    /// the ledger.
-    fn postgres(&self, what: &str) -> Result<&sqlx::PgPool> {
-        match &self.usage_pg {
-            Some(p) => Ok(p),
-            None => Err(StoreError::Other(format!(
-                "{what} is for PostgreSQL; SQLite calls are counted by the ledger"
-            ))),
-        }
-    }
-
     /// Tokens `ids` with their accounts and versions, read without a lock (PostgreSQL; an
     /// unknown id is absent).
     pub async fn read_versioned(&self, ids: &[String]) -> Result<Vec<Versioned>> {
-        let p = self.postgres("reading rows with their versions")?;
+        let p = &self.usage_pool("reading rows with their versions").await?;
         sqlx::query_as::<_, VersionedRow>(PG_READ_VERSIONED.as_str())
             .bind(ids)
             .fetch_all(p)
@@ -913,7 +902,7 @@ impl Store {
     /// The `limit` active tokens used most recently, with their accounts and versions (a warm
     /// start; PostgreSQL).
     pub async fn read_active_versioned(&self, limit: usize) -> Result<Vec<Versioned>> {
-        let p = self.postgres("reading rows with their versions")?;
+        let p = &self.usage_pool("reading rows with their versions").await?;
         sqlx::query_as::<_, VersionedRow>(PG_READ_ACTIVE_VERSIONED.as_str())
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(p)
@@ -938,7 +927,7 @@ impl Store {
         unwritten_accounts: Vec<(String, String)>,
         flush: bool,
     ) -> Result<Option<String>> {
-        let p = self.postgres("a write checked against row versions")?;
+        let p = &self.usage_pool("a write checked against row versions").await?;
         let sql = if flush {
             &*PG_WRITE_GUARDED
         } else {

@@ -55,7 +55,7 @@ pub enum LogError {
     /// The record does not fit in one file.
     #[error("a usage record's payload of {0} bytes does not fit in one log file")]
     TooLarge(usize),
-    /// A file's worth of records waits for a fold to free the other file.
+    /// The record would have to wait for a fold to free the other file.
     #[error("the usage log is waiting for a fold")]
     Behind,
     /// The log was shut down.
@@ -97,6 +97,13 @@ struct State {
     /// The writer sleeps on `wake`: an append must wake it (otherwise it will look again by
     /// itself, and waking it would cost a system call per record).
     writer_waiting: bool,
+    /// Where the records appended so far end up, as the writer will place them: the file the
+    /// last one goes to, where the next would start in it, and the last number each file holds.
+    /// A record is taken only where the writer can write it without waiting for a fold, so an
+    /// answer never waits on the store (a caller whose record waited could time out, and the
+    /// call would be counted all the same).
+    tail: (usize, u64),
+    last_in: [Seq; 2],
 }
 
 /// The appending side; cheap to clone.
@@ -155,6 +162,8 @@ impl UsageLog {
                 waiters: Default::default(),
                 failed: None,
                 writer_waiting: false,
+                tail: (0, 0),
+                last_in: [0; 2],
             }),
             wake: Condvar::new(),
             durable: watch::channel(Durable {
@@ -179,8 +188,9 @@ impl UsageLog {
         Ok((log, Writer(writer)))
     }
 
-    /// Appends a record; it is durable once `wait` returns for its number. Refused while a
-    /// file's worth of records waits for a fold, so a stalled fold cannot grow memory.
+    /// Appends a record; it is durable once `wait` returns for its number. Refused when it could
+    /// not be written before a fold frees space (`Behind`), so a stalled fold neither grows
+    /// memory nor keeps a caller waiting.
     pub fn append(&self, payload: &[u8]) -> Result<Seq, LogError> {
         self.push(payload, None)
     }
@@ -198,9 +208,11 @@ impl UsageLog {
             return Err(LogError::TooLarge(payload.len()));
         }
         let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.refusal(&s)?;
+        let (file, offset) = self.place(&s, payload.len())?;
         let seq = s.next;
         s.next += 1;
+        s.tail = (file, offset + (HEADER + payload.len()) as u64);
+        s.last_in[file] = seq;
         encode(&mut s.buf, self.epoch, seq, payload);
         let end = s.buf.len();
         s.ends.push(end);
@@ -215,12 +227,32 @@ impl UsageLog {
         Ok(seq)
     }
 
-    /// Whether an append would be taken now (one that fits in a file): `Err` with the reason
-    /// it would be refused, appending nothing. It still holds at the caller's next append when
-    /// every append is made under one lock of the caller's, held across both (the ledger's
+    /// Whether an append of a payload of at most `len` bytes would be taken now: `Err` with the
+    /// reason it would be refused, appending nothing. It still holds at the caller's next append
+    /// when every append is made under one lock of the caller's, held across both (the ledger's
     /// cache): then only the writer can change it, by failing for good.
-    pub fn admits(&self) -> Result<(), LogError> {
-        self.refusal(&self.shared.state.lock().unwrap_or_else(|e| e.into_inner()))
+    pub fn admits(&self, len: usize) -> Result<(), LogError> {
+        if (HEADER + len) as u64 > self.size {
+            return Err(LogError::TooLarge(len));
+        }
+        let s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.place(&s, len).map(|_| ())
+    }
+
+    /// Where a record with a payload of `len` bytes would go (file, offset), or why it is
+    /// refused: the log failed or closed, or it would have to wait for a fold to free the other
+    /// file (`Behind`).
+    fn place(&self, s: &State, len: usize) -> Result<(usize, u64), LogError> {
+        self.refusal(s)?;
+        let (file, offset) = s.tail;
+        if offset + (HEADER + len) as u64 <= self.size {
+            return Ok((file, offset));
+        }
+        let other = 1 - file;
+        if s.released < s.last_in[other] {
+            return Err(LogError::Behind);
+        }
+        Ok((other, 0))
     }
 
     fn refusal(&self, s: &State) -> Result<(), LogError> {
@@ -537,35 +569,46 @@ mod tests {
         assert_eq!(replay(&dir.path().join("db"), 0, 1).unwrap().0, vec![]);
     }
 
-    /// Each caller of `append_waiting` hears of its own record: once it is durable, or, when
-    /// the log stops first (here: closed while a full ring waits for a fold), that it never
-    /// will be; nothing is appended after that.
+    /// Each caller of `append_waiting` hears of its own record once it is durable; a record
+    /// that would have to wait for a fold is refused at once instead, so no caller waits on the
+    /// store, and it is taken as soon as the fold frees a file. Once closed, nothing is taken.
     #[tokio::test(flavor = "multi_thread")]
-    async fn each_waiter_hears_whether_its_own_record_became_durable() {
+    async fn a_record_that_would_wait_for_a_fold_is_refused_at_once() {
         let dir = tempfile::tempdir().unwrap();
         // Records of 64 bytes, four to a file.
         let payload = [7u8; 64 - HEADER];
         let (log, writer) = UsageLog::open(&dir.path().join("db"), 256, true, 1, 1).unwrap();
         for i in 1..=8 {
+            assert_eq!(log.admits(payload.len()), Ok(()));
             let (seq, d) = log.append_waiting(&payload).unwrap();
             assert_eq!(seq, i);
             d.wait().await.unwrap();
         }
-        // Both files are full and nothing is folded: the next records wait.
-        let (_, ninth) = log.append_waiting(&payload).unwrap();
-        let (_, tenth) = log.append_waiting(&payload).unwrap();
-        let ninth = tokio::spawn(ninth.wait());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!ninth.is_finished(), "answered before it was written");
+        // Both files are full and nothing is folded.
+        assert_eq!(log.admits(payload.len()), Err(LogError::Behind));
+        assert!(matches!(
+            log.append_waiting(&payload),
+            Err(LogError::Behind)
+        ));
+        assert_eq!(log.append(&payload), Err(LogError::Behind));
+        // The first file's records are folded: four more fit, each durable at once.
+        log.release(4);
+        for i in 9..=12 {
+            let (seq, d) = log.append_waiting(&payload).unwrap();
+            assert_eq!(seq, i);
+            tokio::time::timeout(Duration::from_secs(5), d.wait())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(log.append(&payload), Err(LogError::Behind));
         let closing = log.clone();
         tokio::task::spawn_blocking(move || closing.close(writer))
             .await
             .unwrap();
-        assert!(matches!(ninth.await.unwrap(), Err(LogError::Failed(_))));
-        assert!(matches!(tenth.wait().await, Err(LogError::Failed(_))));
         assert!(log.append_waiting(&payload).is_err());
-        let (records, _) = replay(&dir.path().join("db"), 0, 1).unwrap();
-        assert_eq!(records.len(), 8);
+        let (records, _) = replay(&dir.path().join("db"), 4, 1).unwrap();
+        assert_eq!(records.len(), 8, "records 5 to 12");
     }
 
     #[tokio::test]
@@ -575,40 +618,32 @@ mod tests {
         // Room for 8 records per file.
         let size = 8 * (HEADER + 100) as u64;
         let (log, writer) = UsageLog::open(&dir.path().join("db"), size, true, 1, 1).unwrap();
-        // Records 1–16 fill both files; 17 must wait for the first file's fold.
-        let mut last = 0;
-        for upto in [8, 16, 24] {
-            while last < upto {
-                last = log.append(&rec).unwrap();
-            }
-            if upto < 24 {
-                tokio::time::timeout(Duration::from_secs(5), log.wait(upto))
-                    .await
-                    .unwrap()
-                    .unwrap();
-            }
+        // Records 1–16 fill both files; 17 is refused until the first file's fold.
+        for seq in 1..=16 {
+            assert_eq!(log.append(&rec), Ok(seq));
         }
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), log.wait(17))
-                .await
-                .is_err(),
-            "record 17 was acknowledged before its file was free"
-        );
+        tokio::time::timeout(Duration::from_secs(5), log.wait(16))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(log.append(&rec), Err(LogError::Behind));
         // Nothing unfolded was overwritten meanwhile.
         assert_eq!(replay(&dir.path().join("db"), 0, 1).unwrap().0.len(), 16);
-        // Appends are refused once a file's worth waits, instead of piling up.
-        while log.append(&rec).is_ok() {}
-        assert_eq!(log.append(&rec), Err(LogError::Behind));
         log.release(8);
-        tokio::time::timeout(Duration::from_secs(5), log.wait(last))
+        for seq in 17..=24 {
+            assert_eq!(log.append(&rec), Ok(seq));
+        }
+        assert_eq!(log.append(&rec), Err(LogError::Behind));
+        tokio::time::timeout(Duration::from_secs(5), log.wait(24))
             .await
             .unwrap()
             .unwrap();
         log.release(16);
+        assert_eq!(log.append(&rec), Ok(25));
         log.close(writer);
         let (got, _) = replay(&dir.path().join("db"), 16, 1).unwrap();
         assert_eq!(got.first().map(|r| r.0), Some(17));
-        assert!(got.len() >= 8, "{}", got.len());
+        assert_eq!(got.len(), 9);
     }
 
     #[test]

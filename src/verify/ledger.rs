@@ -407,7 +407,8 @@ impl Ledger {
         // known to take its record. Appends happen under this lock, so that holds unless the
         // log fails for good meanwhile; then every call is refused until a restart reads the
         // store and the log again.
-        self.shared.log.admits().map_err(log_refused)?;
+        let bound = record_bound(c, &row.account_id);
+        self.shared.log.admits(bound).map_err(log_refused)?;
         let period = cache.keys.month(c.now);
         let t = Arc::make_mut(row);
         // A new month restarts the counters and applies the refill; the fold archives them.
@@ -765,6 +766,14 @@ fn fold(shared: &Shared, conn: &mut UsageConn, epoch: u64) -> Result<(), StoreEr
 const USE: u8 = 1;
 const DENY: u8 = 2;
 
+/// The most bytes `encode` makes for `c`'s record, whatever the decision (a use, or a refusal
+/// of a token of `account_id`).
+fn record_bound(c: &Consume, account_id: &str) -> usize {
+    let jwt = c.jwt.as_ref().map_or(0, |j| j.jwt_id.len() + 2 + 8 + 12);
+    // Kind, instant, two length-prefixed ids, cost, an IPv6 address, the outcome.
+    1 + 12 + (2 + c.token_id.len()) + (2 + account_id.len()) + 8 + 17 + 1 + 1 + jwt
+}
+
 fn put_str(b: &mut Vec<u8>, s: &str) {
     b.extend_from_slice(&(s.len().min(u16::MAX as usize) as u16).to_le_bytes());
     b.extend_from_slice(&s.as_bytes()[..s.len().min(u16::MAX as usize)]);
@@ -898,6 +907,43 @@ fn decode(payload: &[u8]) -> Option<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log is asked for room before a call is decided, with this bound: a record made
+    /// after the decision must never be larger, whatever the decision.
+    #[test]
+    fn no_record_is_larger_than_its_bound() {
+        let now = DateTime::from_timestamp(1_790_000_000, 5).unwrap();
+        for jwt in [None, Some("j".repeat(40))] {
+            let c = Consume {
+                token_id: "t".repeat(30),
+                secret_hash: None,
+                check: Check {
+                    client_ip: Some("2001:db8::7".parse().unwrap()),
+                    cost: 3,
+                    ..Check::default()
+                },
+                now,
+                jwt: jwt.map(|jwt_id| JwtUse {
+                    jwt_id,
+                    limit: 10,
+                    expires_at: now,
+                }),
+                decided: true,
+            };
+            let account = "a".repeat(25);
+            let bound = record_bound(&c, &account);
+            assert!(encode(&Entry::Use(c.clone())).len() <= bound);
+            for outcome in Outcome::ALL {
+                let d = Denial {
+                    token_id: c.token_id.clone(),
+                    account_id: account.clone(),
+                    outcome,
+                    at: now,
+                };
+                assert!(encode(&Entry::Deny(d)).len() <= bound);
+            }
+        }
+    }
 
     #[test]
     fn records_read_back_as_written() {

@@ -15,7 +15,9 @@ use crate::config::{Config, Durability};
 use crate::store::{Consume, Decided, Denial, Store, StoreError};
 use crate::verify::copies::Copies;
 use crate::verify::ledger::Ledger;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -36,7 +38,36 @@ pub struct Meter(Inner);
 #[derive(Clone)]
 enum Inner {
     Ledger(Arc<Ledger>),
-    Batches(mpsc::Sender<Msg>),
+    Batches(mpsc::Sender<Msg>, Arc<Health>),
+}
+
+/// The PostgreSQL writer's state as `/readyz` sees it.
+#[derive(Default)]
+struct Health {
+    /// When the running batch started, in milliseconds since `start`; 0 when none runs.
+    busy_since: AtomicU64,
+    /// The last batch passed its deadline, and nothing has gone through since.
+    stalled: AtomicBool,
+    start: std::sync::OnceLock<Instant>,
+}
+
+impl Health {
+    fn now_ms(&self) -> u64 {
+        // Never 0, which means idle.
+        self.start.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    }
+
+    /// Why counted calls cannot get through now, if they cannot: the last batch stalled, or
+    /// the one running has taken over half its deadline.
+    fn trouble(&self, deadline: Duration) -> Option<&'static str> {
+        if self.stalled.load(Ordering::Acquire) {
+            return Some("the usage writer's last batch stalled; its connection is being replaced");
+        }
+        let since = self.busy_since.load(Ordering::Acquire);
+        let half = (deadline / 2).as_millis() as u64;
+        (since != 0 && self.now_ms().saturating_sub(since) > half)
+            .then_some("the usage writer has waited on the store for over half its deadline")
+    }
 }
 
 /// A handle that lets admin requests and jobs fold the counted calls into the store first,
@@ -82,8 +113,9 @@ impl Meter {
             None => {
                 let copies = Copies::warm(&store).await;
                 let (tx, rx) = mpsc::channel(QUEUE);
-                let task = tokio::spawn(run(store, rx, flush, copies));
-                Ok((Meter(Inner::Batches(tx)), task))
+                let health = Arc::new(Health::default());
+                let task = tokio::spawn(run(store, rx, flush, copies, health.clone()));
+                Ok((Meter(Inner::Batches(tx, health)), task))
             }
         }
     }
@@ -92,16 +124,35 @@ impl Meter {
     pub fn failure(&self) -> Option<String> {
         match &self.0 {
             Inner::Ledger(l) => l.failure(),
-            Inner::Batches(_) => None,
+            Inner::Batches(..) => None,
         }
     }
 
-    /// Whether counted calls reach the store: on SQLite a fold commits, on PostgreSQL the lock
-    /// a usage batch needs is granted (`Store::probe_usage_lock`).
+    /// Whether counted calls reach the store: on SQLite a fold commits; on PostgreSQL the
+    /// writer is not stuck on a round trip (after one stalled, its new connection answers) and
+    /// the lock a usage batch needs is granted (`Store::probe_usage_lock`).
     pub async fn probe(&self, store: &Store) -> Result<(), StoreError> {
         match &self.0 {
             Inner::Ledger(l) => l.probe().await,
-            Inner::Batches(_) => store.probe_usage_lock().await,
+            Inner::Batches(_, health) => {
+                let deadline = store.usage_timeout();
+                match health.trouble(deadline) {
+                    Some(why) if health.busy_since.load(Ordering::Acquire) != 0 => {
+                        return Err(StoreError::Unavailable(why.into()))
+                    }
+                    Some(why) => {
+                        // Nothing is running: see whether a new connection gets through.
+                        match tokio::time::timeout(deadline, store.probe_usage_connection()).await
+                        {
+                            Ok(Ok(())) => health.stalled.store(false, Ordering::Release),
+                            Ok(Err(e)) => return Err(e),
+                            Err(_) => return Err(StoreError::Unavailable(why.into())),
+                        }
+                    }
+                    None => {}
+                }
+                store.probe_usage_lock().await
+            }
         }
     }
 
@@ -109,7 +160,7 @@ impl Meter {
     pub async fn consume(&self, c: Consume) -> Result<Decided, StoreError> {
         let tx = match &self.0 {
             Inner::Ledger(l) => return l.consume(c).await,
-            Inner::Batches(tx) => tx,
+            Inner::Batches(tx, _) => tx,
         };
         let (reply, answer) = oneshot::channel();
         tx.send(Msg::Consume(c, reply))
@@ -124,7 +175,7 @@ impl Meter {
     pub fn record_denial(&self, d: Denial) {
         match &self.0 {
             Inner::Ledger(l) => l.deny(d),
-            Inner::Batches(tx) => {
+            Inner::Batches(tx, _) => {
                 if tx.try_send(Msg::Deny(d)).is_err() {
                     tracing::warn!("meter queue full: a denial was not counted in the statistics");
                 }
@@ -162,13 +213,56 @@ fn split(batch: &mut Vec<Msg>) -> Option<Split> {
 
 type Replies = Vec<oneshot::Sender<Result<Decided, StoreError>>>;
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Msg>, flush: bool, mut copies: Copies) {
+/// The PostgreSQL writer: one batch at a time, each bounded by the store's usage timeout. A
+/// batch past it is answered 503 and its connection given up on: the next batch opens a new
+/// one and ends the stalled session on the server before writing (`Store::replace_usage_connection`),
+/// so none of the calls answered 503 is counted later. (One case stays open: the server
+/// committed the batch and only its answer was lost on the way back.)
+async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<Msg>,
+    flush: bool,
+    mut copies: Copies,
+    health: Arc<Health>,
+) {
+    let deadline = store.usage_timeout();
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let Some((consumes, replies, denials)) = split(&mut batch) else {
             continue;
         };
-        let results = copies.consume(&store, &consumes, &denials, flush).await;
+        health.busy_since.store(health.now_ms(), Ordering::Release);
+        let written =
+            tokio::time::timeout(deadline, copies.consume(&store, &consumes, &denials, flush))
+                .await;
+        health.busy_since.store(0, Ordering::Release);
+        let results = match written {
+            Ok(results) => {
+                health.stalled.store(false, Ordering::Release);
+                results
+            }
+            Err(_) => {
+                metrics::counter!(crate::metrics::BATCH_TIMEOUTS).increment(1);
+                tracing::error!(
+                    calls = consumes.len(),
+                    timeout_ms = deadline.as_millis() as u64,
+                    "a usage batch got no answer from PostgreSQL in time: its calls are answered \
+                     503 and not counted; the connection is replaced"
+                );
+                health.stalled.store(true, Ordering::Release);
+                // What the rows hold now is unknown: read them again.
+                copies = Copies::default();
+                store.replace_usage_connection();
+                consumes
+                    .iter()
+                    .map(|_| {
+                        Err(StoreError::Unavailable(
+                            "the store did not answer in time".into(),
+                        ))
+                    })
+                    .collect()
+            }
+        };
         for (r, res) in replies.into_iter().zip(results) {
             let _ = r.send(res);
         }

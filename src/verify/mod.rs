@@ -131,9 +131,9 @@ pub struct Check {
     pub cost: i64,
     /// The address a JWT is bound to (its `UserIp`): the call must come from it.
     pub bound_ip: Option<IpAddr>,
-    /// Another reading of `call` (a forwarded path as a server that decodes `%2F` reads it),
-    /// which the scopes must allow too.
-    pub call_decoded: Option<String>,
+    /// Other readings of `call` (a forwarded path as servers that merge slashes or decode
+    /// `%2F` read it), which the scopes must all allow too.
+    pub other_readings: Vec<String>,
 }
 
 impl Check {
@@ -165,7 +165,7 @@ impl Check {
             client_ip,
             cost,
             bound_ip: None,
-            call_decoded: None,
+            other_readings: Vec::new(),
         })
     }
 }
@@ -226,9 +226,9 @@ pub fn decide(token: &Token, account: &AccountState, check: &Check, now: DateTim
         }
     }
     let other_reading_denied = check
-        .call_decoded
-        .as_deref()
-        .is_some_and(|c| !token.allows_call(Some(c)));
+        .other_readings
+        .iter()
+        .any(|c| !token.allows_call(Some(c)));
     if !token.allows_call(check.call.as_deref()) || other_reading_denied {
         return Outcome::ScopeDenied;
     }

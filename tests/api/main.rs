@@ -6,6 +6,7 @@ mod helpers;
 mod accounts;
 mod cli;
 mod durability;
+mod faults;
 mod hardening;
 mod jobs;
 mod jobs_env;

@@ -12,14 +12,25 @@ use std::{
 };
 
 /// The daemon as a child process, its stderr in a file.
-struct Proc {
-    child: Child,
-    base: String,
+pub struct Proc {
+    pub child: Child,
+    pub base: String,
     log: PathBuf,
 }
 
 impl Proc {
-    fn start(data: &Path, port: u16, extra: &[(&str, &str)], config: Option<&Path>) -> Proc {
+    pub fn start(data: &Path, port: u16, extra: &[(&str, &str)], config: Option<&Path>) -> Proc {
+        Self::start_with(data, port, extra, config, |_| {})
+    }
+
+    /// `start`, with `tweak` applied to the command last (limits, umask).
+    pub fn start_with(
+        data: &Path,
+        port: u16,
+        extra: &[(&str, &str)],
+        config: Option<&Path>,
+        tweak: impl FnOnce(&mut std::process::Command),
+    ) -> Proc {
         let log = data.with_extension("log");
         let mut c = binary();
         c.args([
@@ -38,6 +49,7 @@ impl Proc {
         for (k, v) in extra {
             c.env(k, v);
         }
+        tweak(&mut c);
         Proc {
             child: c.spawn().unwrap(),
             base: format!("http://127.0.0.1:{port}"),
@@ -45,7 +57,7 @@ impl Proc {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    pub fn signal(&self, sig: &str) {
         let ok = std::process::Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
             .status()
@@ -55,7 +67,7 @@ impl Proc {
     }
 
     /// Waits (at most `limit`) for the process to exit; its exit code.
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -78,7 +90,7 @@ impl Proc {
         }
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

@@ -191,6 +191,21 @@ pub async fn connect_tcp<Ws: WithSocket>(
         // tokenwarden patch: upstream PR transact-rs/sqlx#4336 (unreleased in 0.9.0).
         let stream = tokio::net::TcpStream::connect((host, port)).await?;
         stream.set_nodelay(true)?;
+        // tokenwarden patch: a peer that vanished (a dead NAT entry, a failover, a pulled
+        // cable) makes the socket fail within about half a minute instead of hanging: keepalive
+        // probes on an idle connection, TCP_USER_TIMEOUT on data left unacknowledged.
+        {
+            use std::time::Duration;
+            let sock = socket2::SockRef::from(&stream);
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(15))
+                .with_interval(Duration::from_secs(5));
+            #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
+            let keepalive = keepalive.with_retries(3);
+            let _ = sock.set_tcp_keepalive(&keepalive);
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+        }
         return Ok(with_socket.with_socket(stream).await);
     }
 
