@@ -457,7 +457,9 @@ impl App {
         match tokio::time::timeout(last_batch, writer).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "the usage writer failed"),
-            Err(_) => tracing::error!("the usage writer did not finish in time; stopping without it"),
+            Err(_) => {
+                tracing::error!("the usage writer did not finish in time; stopping without it")
+            }
         }
         if let Err(e) = scheduler.shutdown().await {
             tracing::warn!(error = %e, "the job scheduler did not stop cleanly");

@@ -330,14 +330,18 @@ async fn check_policy_accounts(c: &Config) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let store = match crate::store::Store::connect(&c.store, 1, c.db_lock_timeout, c.db_statement_timeout)
-        .await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("note: the policies' accounts were not checked: cannot open the store: {e}");
-            return Ok(());
-        }
-    };
+    let store =
+        match crate::store::Store::connect(&c.store, 1, c.db_lock_timeout, c.db_statement_timeout)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!(
+                    "note: the policies' accounts were not checked: cannot open the store: {e}"
+                );
+                return Ok(());
+            }
+        };
     let checked = match store.schema().await {
         // An older version's store has the accounts too (the table is in the first migration):
         // the usual moment to check a new package's configuration.

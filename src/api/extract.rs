@@ -192,7 +192,10 @@ where
             .filter(|(k, _)| k != "Secret")
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-        if let Some((k, _)) = kept.iter().find(|(k, v)| k.contains('\0') || v.contains('\0')) {
+        if let Some((k, _)) = kept
+            .iter()
+            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
             return Err(ApiError::field(
                 Code::InvalidField,
                 k.replace('\0', "%00"),

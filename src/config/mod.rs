@@ -566,7 +566,10 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
         bad("database.lock_timeout_seconds", "must be 1 to 300".into());
     }
     if !(1..=300).contains(&raw.database.statement_timeout_seconds) {
-        bad("database.statement_timeout_seconds", "must be 1 to 300".into());
+        bad(
+            "database.statement_timeout_seconds",
+            "must be 1 to 300".into(),
+        );
     }
     if !(16..=1_000_000).contains(&raw.server.max_connections) {
         bad("server.max_connections", "must be 16 to 1000000".into());

@@ -927,7 +927,9 @@ impl Store {
         unwritten_accounts: Vec<(String, String)>,
         flush: bool,
     ) -> Result<Option<String>> {
-        let p = &self.usage_pool("a write checked against row versions").await?;
+        let p = &self
+            .usage_pool("a write checked against row versions")
+            .await?;
         let sql = if flush {
             &*PG_WRITE_GUARDED
         } else {

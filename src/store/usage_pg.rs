@@ -59,7 +59,10 @@ impl UsagePg {
         let session = session.clone();
         PgPoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(timeout)
+            // Longer than the writer's deadline, which therefore always fires first and gives
+            // the connection up: a connection stuck while it is handed back (draining the end of
+            // an answer) would otherwise only fail every later acquire.
+            .acquire_timeout(timeout * 2)
             .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 let session = session.clone();

@@ -142,8 +142,7 @@ impl Meter {
                     }
                     Some(why) => {
                         // Nothing is running: see whether a new connection gets through.
-                        match tokio::time::timeout(deadline, store.probe_usage_connection()).await
-                        {
+                        match tokio::time::timeout(deadline, store.probe_usage_connection()).await {
                             Ok(Ok(())) => health.stalled.store(false, Ordering::Release),
                             Ok(Err(e)) => return Err(e),
                             Err(_) => return Err(StoreError::Unavailable(why.into())),
