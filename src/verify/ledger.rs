@@ -908,28 +908,38 @@ fn decode(payload: &[u8]) -> Option<Entry> {
 mod tests {
     use super::*;
 
+    /// A counted call as the ledger records it.
+    fn counted(token_id: &str, ip: &str, cost: i64, jwt: Option<JwtUse>) -> Consume {
+        Consume {
+            token_id: token_id.into(),
+            secret_hash: None,
+            check: Check {
+                client_ip: Some(ip.parse().unwrap()),
+                cost,
+                ..Check::default()
+            },
+            now: DateTime::from_timestamp(1_790_000_000, 123_456_789).unwrap(),
+            jwt,
+            decided: true,
+        }
+    }
+
     /// The log is asked for room before a call is decided, with this bound: a record made
     /// after the decision must never be larger, whatever the decision.
     #[test]
     fn no_record_is_larger_than_its_bound() {
-        let now = DateTime::from_timestamp(1_790_000_000, 5).unwrap();
         for jwt in [None, Some("j".repeat(40))] {
-            let c = Consume {
-                token_id: "t".repeat(30),
-                secret_hash: None,
-                check: Check {
-                    client_ip: Some("2001:db8::7".parse().unwrap()),
-                    cost: 3,
-                    ..Check::default()
-                },
-                now,
-                jwt: jwt.map(|jwt_id| JwtUse {
+            let token = "t".repeat(30);
+            let c = counted(
+                &token,
+                "2001:db8::7",
+                3,
+                jwt.map(|jwt_id| JwtUse {
                     jwt_id,
                     limit: 10,
-                    expires_at: now,
+                    expires_at: Utc::now(),
                 }),
-                decided: true,
-            };
+            );
             let account = "a".repeat(25);
             let bound = record_bound(&c, &account);
             assert!(encode(&Entry::Use(c.clone())).len() <= bound);
@@ -938,7 +948,7 @@ mod tests {
                     token_id: c.token_id.clone(),
                     account_id: account.clone(),
                     outcome,
-                    at: now,
+                    at: c.now,
                 };
                 assert!(encode(&Entry::Deny(d)).len() <= bound);
             }
@@ -949,34 +959,17 @@ mod tests {
     fn records_read_back_as_written() {
         let now = DateTime::from_timestamp(1_790_000_000, 123_456_789).unwrap();
         let uses = [
-            Consume {
-                token_id: "tok_1".into(),
-                secret_hash: None,
-                check: Check {
-                    client_ip: Some("2001:db8::7".parse().unwrap()),
-                    cost: 3,
-                    ..Check::default()
-                },
-                now,
-                jwt: Some(JwtUse {
+            counted(
+                "tok_1",
+                "2001:db8::7",
+                3,
+                Some(JwtUse {
                     jwt_id: "j-1".into(),
                     limit: 10,
                     expires_at: now + chrono::Duration::minutes(5),
                 }),
-                decided: true,
-            },
-            Consume {
-                token_id: "tok_2".into(),
-                secret_hash: None,
-                check: Check {
-                    client_ip: Some("192.0.2.1".parse().unwrap()),
-                    cost: 1,
-                    ..Check::default()
-                },
-                now,
-                jwt: None,
-                decided: true,
-            },
+            ),
+            counted("tok_2", "192.0.2.1", 1, None),
         ];
         for u in uses {
             let Some(Entry::Use(back)) = decode(&encode(&Entry::Use(u.clone()))) else {
