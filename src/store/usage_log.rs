@@ -1,7 +1,7 @@
 //! The usage log: records appended by many callers, written and flushed in groups by one thread,
 //! each caller waiting until its own record is durable.
 //!
-//! This is the durable half of the SQLite design measured in BENCHMARKS.md ("Next steps"):
+//! This is the durable half of the SQLite ledger (BENCHMARKS.md, "What limits each number"):
 //! calls decided against counters in memory, each VALID call's record flushed here before it is
 //! answered, and the counters folded into SQLite in rare passes. `verify::ledger` drives it.
 //!

@@ -1,7 +1,7 @@
 //! The SQLite ledger: verification decided against counters in memory, each counted call made
 //! durable in the usage log before it is answered, and the counts folded into the store in rare
-//! passes (BENCHMARKS.md, "Next steps" of session 10, measured there at about twice the
-//! throughput of a transaction per batch).
+//! passes (about twice the throughput of a transaction per batch when it was measured against
+//! that design; BENCHMARKS.md, "What limits each number").
 //!
 //! - **Cache.** The rows a verification decides on (tokens, their accounts, JWT use counts) are
 //!   read once and then kept, with every decision applied to them in place. A decision and the
