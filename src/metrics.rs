@@ -21,11 +21,6 @@ pub const DELIVERIES: &str = "tokenwarden_deliveries_total";
 /// scraped.
 pub const OUTBOX: &str = "tokenwarden_outbox_messages";
 
-/// Idle client connections closed to make room for a new one (`server.max_connections`, or the
-/// open-file limit reached).
-pub const CONNECTIONS_SHED: &str = "tokenwarden_connections_shed_total";
-/// New client connections closed at once because every open one was busy.
-pub const CONNECTIONS_REFUSED: &str = "tokenwarden_connections_refused_total";
 /// Usage batches that passed `database.statement_timeout_seconds` (PostgreSQL): answered 503,
 /// none of their calls counted, the writer's connection replaced.
 pub const BATCH_TIMEOUTS: &str = "tokenwarden_meter_batch_timeouts_total";

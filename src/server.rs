@@ -37,6 +37,13 @@ pub struct ServeOptions {
     pub max_connections: usize,
 }
 
+/// Idle client connections closed to make room for a new one (`server.max_connections`, or the
+/// open-file limit reached). Named here, not in `crate::metrics`, so the accept loop depends on
+/// nothing of the daemon's.
+const CONNECTIONS_SHED: &str = "tokenwarden_connections_shed_total";
+/// New client connections closed at once because every open one was busy.
+const CONNECTIONS_REFUSED: &str = "tokenwarden_connections_refused_total";
+
 /// File descriptors kept for everything but client connections: the store's pool, the usage
 /// log, the outbox, the listener itself, a margin.
 const RESERVED_FDS: u64 = 64;
@@ -111,7 +118,7 @@ impl Conns {
         match oldest.and_then(|id| open.remove(&id)) {
             Some(c) => {
                 c.shed.notify_one();
-                metrics::counter!(crate::metrics::CONNECTIONS_SHED).increment(1);
+                metrics::counter!(CONNECTIONS_SHED).increment(1);
                 true
             }
             None => false,
@@ -225,7 +232,7 @@ pub async fn serve(
         };
         if open.lock().len() >= opts.max_connections && !open.shed_oldest_idle() {
             // Every open connection is in the middle of a request: this one waits no turn.
-            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
+            metrics::counter!(CONNECTIONS_REFUSED).increment(1);
             drop(tcp);
             continue;
         }

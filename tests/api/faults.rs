@@ -939,7 +939,7 @@ async fn every_file_the_daemon_makes_is_private_whatever_the_umask() {
 // ----- signals -----
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_sighup_as_soon_as_the_port_answers_reloads_instead_of_killing() {
+async fn a_sighup_as_soon_as_the_port_answers_does_not_kill_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let port = free_port();
