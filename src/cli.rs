@@ -242,7 +242,7 @@ fn print(v: serde_json::Value) -> anyhow::Result<()> {
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    app::private_files();
+    crate::files::private_files();
     let clock: SharedClock = Arc::new(SystemClock);
     match &cli.command {
         Command::CheckConfig => {
@@ -321,7 +321,7 @@ fn check_email(c: &Config, cli: &Cli) -> anyhow::Result<()> {
 /// there (or not set up) is noted and left alone; one a newer version migrated is an error
 /// (`serve` would refuse it).
 async fn check_policy_accounts(c: &Config) -> anyhow::Result<()> {
-    if let crate::store::StoreLocation::Sqlite(path) = &c.store {
+    if let crate::config::StoreLocation::Sqlite(path) = &c.store {
         if !path.exists() {
             eprintln!(
                 "note: the policies' accounts were not checked: no store at {} yet",
@@ -367,7 +367,7 @@ async fn check_policy_accounts(c: &Config) -> anyhow::Result<()> {
     checked
 }
 
-async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()> {
+async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::Result<()> {
     let op = Principal::Operator;
     let now = ctx.clock.now();
     let soon = ctx.config.tokens.expires_soon_days;
@@ -378,7 +378,7 @@ async fn run_store_command(ctx: &admin::Ctx, cmd: Command) -> anyhow::Result<()>
             // user cannot write refuses the reset with the old credential still working.
             let plain = admin::new_operator_credential(ctx);
             let path = ctx.config.operator_token_path();
-            let staged = app::stage_secret_file(&path, plain.expose())?;
+            let staged = crate::files::stage_secret_file(&path, plain.expose())?;
             admin::replace_operator(ctx, &plain).await?;
             staged.publish()?;
             eprintln!(

@@ -32,8 +32,8 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static VERIFY: OnceLock<(Vec<metrics::Counter>, metrics::Histogram)> = OnceLock::new();
 
 /// Counts one verification with its outcome and latency.
-pub fn verified(outcome: crate::verify::Outcome, took: std::time::Duration) {
-    let i = crate::verify::Outcome::ALL
+pub fn verified(outcome: crate::domain::verdict::Outcome, took: std::time::Duration) {
+    let i = crate::domain::verdict::Outcome::ALL
         .iter()
         .position(|o| *o == outcome);
     match (VERIFY.get(), i) {
@@ -81,7 +81,7 @@ pub fn handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed");
             }
-            let counters = crate::verify::Outcome::ALL
+            let counters = crate::domain::verdict::Outcome::ALL
                 .iter()
                 .map(|o| {
                     let c = metrics::counter!(VERIFICATIONS, "result" => o.word());

@@ -47,7 +47,7 @@ impl MasterKey {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
                 }
-                if !crate::app::create_secret_file(path, &hex(&key))? {
+                if !crate::files::create_secret_file(path, &hex(&key))? {
                     // Another process (a second daemon on this data directory) made it first.
                     return Self::load_or_create(path);
                 }

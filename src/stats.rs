@@ -1,9 +1,10 @@
 //! Statistics export: per token per UTC day, successful calls, the uses they consumed and
 //! denials by outcome, as CSV. The API (`/v1/stats.csv`) and the CLI (`stats export`) share it.
 
-use crate::admin::{self, Ctx, Principal};
+use crate::admin::{self, Principal};
+use crate::context::Ctx;
+use crate::domain::plan::{StatRow, STAT_COLUMNS};
 use crate::domain::{limits, ParseError};
-use crate::store::{usage::STAT_COLUMNS, StatRow};
 use chrono::{Datelike, NaiveDate};
 
 /// Longest range one export may span, in days.

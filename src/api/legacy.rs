@@ -45,7 +45,7 @@ impl IntoResponse for Legacy {
     fn into_response(self) -> Response {
         let b = self.0.body();
         (
-            self.0.code.status(),
+            super::error::http_status(self.0.code),
             Json(LegacyError {
                 code: b.code,
                 error: b.error,

@@ -11,7 +11,7 @@ pub mod tokens;
 pub mod verify;
 pub mod views;
 
-use crate::admin::Ctx;
+use crate::context::Ctx;
 use axum::{extract::DefaultBodyLimit, Extension, Router};
 use error::{ApiError, Code};
 use std::sync::Arc;
@@ -27,8 +27,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub struct AppState {
     /// Config, store and clock.
     pub ctx: Ctx,
-    /// Consumes verified calls with group commit.
-    pub meter: crate::verify::meter::Meter,
+    /// Verifies and counts calls.
+    pub verifier: crate::verify::service::Verifier,
     /// Runs jobs on demand.
     pub runner: Arc<crate::jobs::Runner>,
 }

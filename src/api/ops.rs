@@ -35,14 +35,14 @@ pub async fn healthz() -> Json<Health> {
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(s): State<AppState>) -> Result<Json<Health>, ApiError> {
     let unavailable = || ApiError::new(Code::StoreUnavailable, "the token store is unavailable");
-    if let Some(why) = s.meter.failure() {
+    if let Some(why) = s.verifier.meter.failure() {
         tracing::warn!(
             error = %why,
             "readiness check failed: the meter refuses every call"
         );
         return Err(unavailable());
     }
-    s.meter.probe(&s.ctx.store).await.map_err(|e| {
+    s.verifier.meter.probe(&s.ctx.store).await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
         unavailable()
     })?;

@@ -66,13 +66,13 @@ impl From<&Verdict> for VerifyAnswer {
     fn from(v: &Verdict) -> Self {
         let t = v.token.as_ref();
         VerifyAnswer {
-            code: v.outcome.code(),
+            code: v.outcome.code().number(),
             valid: v.outcome == Outcome::Valid,
             result: v.outcome,
             token_id: t.map(|t| t.id.clone()),
             account_id: t.map(|t| t.account_id.clone()),
             role: t.map(|t| t.role.to_string()),
-            scopes: t.map(|t| t.scopes.clone()),
+            scopes: t.map(|t| crate::domain::scope::to_strings(&t.scopes)),
             remaining: t.map(|t| t.remaining),
             expires_at: t.map(|t| {
                 t.expires_at
@@ -95,7 +95,7 @@ pub async fn verify(
         .token
         .ok_or_else(|| crate::domain::ParseError::new("token", "is required"))?;
     let check = Check::parse(req.call, req.client_ip.as_deref(), req.cost)?;
-    let verdict = measured(service::verify(&s.ctx, &s.meter, &token, &check)).await?;
+    let verdict = measured(service::verify(&s.verifier, &token, &check)).await?;
     Ok(Json(VerifyAnswer::from(&verdict)))
 }
 
@@ -323,7 +323,7 @@ async fn forwarded(
         bound_ip: None,
     };
     let verdict = match forwarded_token(headers, original.as_deref()) {
-        Some(t) => measured(service::verify(&s.ctx, &s.meter, &t, &check)).await?,
+        Some(t) => measured(service::verify(&s.verifier, &t, &check)).await?,
         // Counted like any verification: behind a proxy this is the commonest refusal.
         None => {
             let bare = Verdict::bare(Outcome::Malformed, s.ctx.clock.now());
@@ -359,10 +359,12 @@ async fn forwarded(
             .token
             .as_ref()
             .and_then(|t| header("x-tokenwarden-role", t.role.as_str())),
-        verdict
-            .token
-            .as_ref()
-            .and_then(|t| header("x-tokenwarden-scopes", &t.scopes.join(" "))),
+        verdict.token.as_ref().and_then(|t| {
+            header(
+                "x-tokenwarden-scopes",
+                &crate::domain::scope::to_strings(&t.scopes).join(" "),
+            )
+        }),
         verdict
             .token
             .as_ref()

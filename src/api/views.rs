@@ -1,10 +1,10 @@
 //! What the API (and the CLI) shows of accounts, users and tokens.
 
+use crate::domain::model::{Account, Token, User};
 use crate::domain::{
     role::Role,
     status::{AccountStatus, TokenStatus},
 };
-use crate::store::{Account, Token, User};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::{Serialize, Serializer};
 
@@ -180,8 +180,8 @@ impl TokenView {
             name: t.name.clone(),
             description: t.description.clone(),
             role: t.role,
-            scopes: t.scopes.clone(),
-            allowed_ips: t.allowed_ips.clone(),
+            scopes: crate::domain::scope::to_strings(&t.scopes),
+            allowed_ips: t.allowed_ips.iter().map(ToString::to_string).collect(),
             usage_limit: t.usage_limit,
             remaining: t.remaining,
             refill_monthly: t.refill_monthly,

@@ -10,7 +10,6 @@ pub use notify::{
 };
 
 use crate::domain::{limits, net};
-use crate::store::StoreLocation;
 use figment::{
     providers::{Env, Format, Serialized, Toml},
     Figment, Metadata,
@@ -21,6 +20,7 @@ use std::{
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
+    str::FromStr,
 };
 
 /// The file keys as written, with their defaults. `check-config` prints this back.
@@ -805,6 +805,40 @@ fn every_directive_has_a_level(filter: &str) -> bool {
             let level = d.rsplit_once('=').map_or(*d, |(_, l)| l);
             LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level.trim()))
         })
+}
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite database file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Picks the backend from the URL scheme; an unknown scheme is an error, never a new file.
+    pub fn from_url(url: &str) -> std::result::Result<Self, String> {
+        if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let path = rest.split('?').next().unwrap_or(rest);
+            if path.is_empty() {
+                return Err(
+                    "a sqlite URL needs a file path (sqlite:///var/lib/tokenwarden/tokenwarden.db)"
+                        .into(),
+                );
+            }
+            Ok(StoreLocation::Sqlite(path.into()))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            sqlx::postgres::PgConnectOptions::from_str(url)
+                .map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+            Ok(StoreLocation::Postgres(url.to_string()))
+        } else {
+            Err("must start with sqlite:// or postgres://".into())
+        }
+    }
 }
 
 #[cfg(test)]

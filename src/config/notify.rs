@@ -268,9 +268,9 @@ pub struct Policy {
     /// Role.
     pub role: Role,
     /// Allowed calls.
-    pub scopes: Vec<String>,
-    /// Allowed client IPs/CIDRs.
-    pub allowed_ips: Vec<String>,
+    pub scopes: Vec<scope::Scope>,
+    /// Allowed client networks.
+    pub allowed_ips: Vec<ipnet::IpNet>,
     /// Note.
     pub description: Option<String>,
     /// Revoke the previous month's token.
@@ -572,12 +572,13 @@ pub(super) fn check(
                 })
                 .ok()
         };
-        if let Err(e) = scope::parse_list(&p.scopes, &k("scopes")) {
+        let scopes = scope::parse_list(&p.scopes, &k("scopes")).unwrap_or_else(|e| {
             bad(&e.field, e.reason);
-        }
+            Vec::new()
+        });
         // Stored as the API stores them (`203.0.113.7/32`), whatever the file's spelling.
         let allowed_ips = match net::parse_list(&p.allowed_ips, &k("allowed_ips")) {
-            Ok(rules) => rules.iter().map(ToString::to_string).collect(),
+            Ok(rules) => rules,
             Err(e) => {
                 bad(&e.field, e.reason);
                 Vec::new()
@@ -635,7 +636,7 @@ pub(super) fn check(
                 token_name,
                 usage_limit: p.usage_limit,
                 role,
-                scopes: p.scopes.clone(),
+                scopes,
                 allowed_ips,
                 description,
                 revoke_previous: p.revoke_previous,

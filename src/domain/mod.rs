@@ -1,15 +1,21 @@
-//! Plain values of the token domain, parsed once on arrival. Nothing here knows HTTP or SQL.
+//! Plain values of the token domain, parsed once on arrival, and the pure rules over them: the
+//! verdict of one call (`verdict`), the plan of a batch of calls (`plan`), the table of codes
+//! (`code`). Nothing here knows HTTP, SQL, files or the clock: `now` is always an argument.
 
+pub mod code;
 pub mod credential;
 pub mod email;
 pub mod ids;
 pub mod limits;
+pub mod model;
 pub mod net;
 pub mod period;
+pub mod plan;
 pub mod retry;
 pub mod role;
 pub mod scope;
 pub mod status;
+pub mod verdict;
 pub mod warnings;
 
 /// A value that failed to parse, naming the input field it came from.

@@ -46,6 +46,17 @@ impl Scope {
     }
 }
 
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The scopes as written.
+pub fn to_strings(scopes: &[Scope]) -> Vec<String> {
+    scopes.iter().map(|s| s.0.clone()).collect()
+}
+
 /// Parses a list of scopes, naming the index of a bad one (`scopes[2]`).
 pub fn parse_list(items: &[String], field: &str) -> Result<Vec<Scope>, ParseError> {
     if items.len() > MAX_SCOPES {

@@ -13,7 +13,7 @@ mod work;
 
 pub use scheduler::start_scheduler;
 
-use crate::admin::Ctx;
+use crate::context::Ctx;
 use crate::domain::period::{day_key, minute_key, month_key, month_start};
 use crate::notify::{sender::Sender, SharedLive};
 use crate::store::{Claim, JobRun};

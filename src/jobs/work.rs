@@ -2,8 +2,9 @@
 //! crash half way, it does each thing once (unique keys and conditional updates in the store).
 
 use super::Job;
-use crate::admin::Ctx;
 use crate::config::Policy;
+use crate::context::Ctx;
+use crate::domain::model::Account;
 use crate::domain::{
     credential,
     period::{month_start, next_month_start},
@@ -11,7 +12,7 @@ use crate::domain::{
     warnings,
 };
 use crate::notify::{self, Live};
-use crate::store::{Account, NewToken, StoreError};
+use crate::store::{NewToken, StoreError};
 use chrono::TimeDelta;
 use std::collections::HashMap;
 
@@ -152,14 +153,14 @@ async fn monthly_tokens(ctx: &Ctx, live: &Live, period: &str) -> Result<String, 
 
 /// Accounts and their users, loaded once per run.
 #[derive(Default)]
-struct People(HashMap<String, (Account, Vec<crate::store::User>)>);
+struct People(HashMap<String, (Account, Vec<crate::domain::model::User>)>);
 
 impl People {
     async fn of(
         &mut self,
         ctx: &Ctx,
         account_id: &str,
-    ) -> Result<Option<&(Account, Vec<crate::store::User>)>, StoreError> {
+    ) -> Result<Option<&(Account, Vec<crate::domain::model::User>)>, StoreError> {
         if !self.0.contains_key(account_id) {
             let Some(a) = ctx.store.account(account_id).await? else {
                 return Ok(None);

@@ -10,9 +10,11 @@ pub mod sender;
 pub mod templates;
 
 use crate::config::{Config, Policy};
+use crate::domain::model::{Account, Token, User};
+use crate::domain::scope;
 use crate::domain::{credential::Plain, ids, warnings};
 use crate::seal::MasterKey;
-use crate::store::{Account, MessageKind, NewMessage, NewToken, Token, User};
+use crate::store::{MessageKind, NewMessage, NewToken};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use std::sync::{Arc, RwLock};
@@ -102,7 +104,7 @@ impl From<&Token> for TokenFacts {
             account_id: t.account_id.clone(),
             name: t.name.clone(),
             role: t.role,
-            scopes: t.scopes.clone(),
+            scopes: scope::to_strings(&t.scopes),
             usage_limit: t.usage_limit,
             expires_at: t.expires_at,
         }
@@ -116,7 +118,7 @@ impl From<&NewToken> for TokenFacts {
             account_id: t.account_id.clone(),
             name: t.name.clone(),
             role: t.role,
-            scopes: t.scopes.clone(),
+            scopes: scope::to_strings(&t.scopes),
             usage_limit: t.usage_limit,
             expires_at: t.expires_at,
         }

@@ -300,7 +300,7 @@ impl Sender {
                     return Err("a file delivery without its token (already delivered?)".into());
                 };
                 let path = std::path::PathBuf::from(&m.target);
-                tokio::task::spawn_blocking(move || crate::app::write_secret_file(&path, &secret))
+                tokio::task::spawn_blocking(move || crate::files::write_secret_file(&path, &secret))
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| format!("{e:#}"))

@@ -2,11 +2,11 @@
 //! expiry, expiry-warning claims, and housekeeping. Every change that reports something queues
 //! its messages in the same transaction.
 
-use super::model::{Account, Token};
 use super::outbox::NewMessage;
 use super::rows::{AccountRow, TokenRow, ACCOUNT_COLS, TOKEN_COLS};
-use super::usage::Archive;
 use super::{sql, Arg, Backend, Result, Store, WritePool};
+use crate::domain::model::{Account, Token};
+use crate::domain::plan::Archive;
 use chrono::{DateTime, Utc};
 
 /// The record of one job's run for one period.
@@ -188,7 +188,7 @@ impl Store {
                 let mut a = Account::try_from(row)?;
                 let (_, archived) = a.roll_month(period);
                 if let Some((old, n)) = archived {
-                    sqlx::query(sql(format!("{} VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", Archive::Account.insert())))
+                    sqlx::query(sql(format!("{} VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", super::usage::archive_insert(Archive::Account))))
                         .bind(&a.id).bind(old).bind(n).execute(&mut *tx).await?;
                 }
                 sqlx::query("UPDATE accounts SET quota_used = $2, quota_period = $3 WHERE id = $1")
@@ -198,7 +198,7 @@ impl Store {
                 let mut t = Token::try_from(row)?;
                 let (_, archived) = t.roll_month(period);
                 if let Some((old, n)) = archived {
-                    sqlx::query(sql(format!("{} VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", Archive::Token.insert())))
+                    sqlx::query(sql(format!("{} VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", super::usage::archive_insert(Archive::Token))))
                         .bind(&t.id).bind(old).bind(n).execute(&mut *tx).await?;
                 }
                 sqlx::query(

@@ -12,8 +12,8 @@ mod rows;
 pub use jobs::{Claim, JobRun};
 pub use model::*;
 pub use outbox::{Message, MessageKind, NewMessage};
-pub use usage::{Consume, Decided, Denial, JwtUse, StatRow};
 
+use crate::domain::model::{Account, Token, User};
 use crate::domain::status::TokenStatus;
 use chrono::{DateTime, Utc};
 use rows::{AccountRow, TokenRow, UserRow, ACCOUNT_COLS, TOKEN_COLS, USER_COLS};
@@ -138,41 +138,9 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
+use crate::config::StoreLocation;
+
 type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// Where the store lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreLocation {
-    /// A SQLite database file.
-    Sqlite(std::path::PathBuf),
-    /// A PostgreSQL URL.
-    Postgres(String),
-}
-
-impl StoreLocation {
-    /// Picks the backend from the URL scheme; an unknown scheme is an error, never a new file.
-    pub fn from_url(url: &str) -> std::result::Result<Self, String> {
-        if let Some(rest) = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-        {
-            let path = rest.split('?').next().unwrap_or(rest);
-            if path.is_empty() {
-                return Err(
-                    "a sqlite URL needs a file path (sqlite:///var/lib/tokenwarden/tokenwarden.db)"
-                        .into(),
-                );
-            }
-            Ok(StoreLocation::Sqlite(path.into()))
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            PgConnectOptions::from_str(url)
-                .map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
-            Ok(StoreLocation::Postgres(url.to_string()))
-        } else {
-            Err("must start with sqlite:// or postgres://".into())
-        }
-    }
-}
 
 enum Backend {
     Sqlite(SqlitePool),
@@ -299,7 +267,6 @@ impl WritePool for PgPool {
 pub mod jobs;
 pub mod outbox;
 pub mod usage;
-pub mod usage_log;
 mod usage_pg;
 pub mod usage_sqlite;
 

@@ -1,7 +1,11 @@
 //! Raw rows as both backends return them, and their conversion into typed records.
 
-use super::{model::*, StoreError};
+use super::StoreError;
+use crate::domain::model::{Account, DayCounts, Token, User};
+use crate::domain::plan::StatRow;
+use crate::domain::{net, scope::Scope};
 use chrono::{DateTime, Utc};
+use ipnet::IpNet;
 
 pub(super) const ACCOUNT_COLS: &str = "id, name, status, max_tokens, monthly_quota, quota_used, \
      quota_period, created_at, updated_at";
@@ -172,9 +176,8 @@ impl TryFrom<TokenRow> for Token {
         Ok(Token {
             role: r.role.parse().map_err(|e| corrupt("token role", e))?,
             status: r.status.parse().map_err(|e| corrupt("token status", e))?,
-            scopes: serde_json::from_str(&r.scopes).map_err(|e| corrupt("token scopes", e))?,
-            allowed_ips: serde_json::from_str(&r.allowed_ips)
-                .map_err(|e| corrupt("token allowed_ips", e))?,
+            scopes: parse_scopes(&r.scopes)?,
+            allowed_ips: parse_allowed_ips(&r.allowed_ips)?,
             id: r.id,
             account_id: r.account_id,
             user_id: r.user_id,
@@ -221,6 +224,71 @@ impl TryFrom<TokenRow> for Token {
 }
 
 /// Encodes a list column.
-pub(super) fn json_list(items: &[String]) -> String {
-    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+pub(super) fn json_list<T: std::fmt::Display>(items: &[T]) -> String {
+    let items: Vec<String> = items.iter().map(T::to_string).collect();
+    serde_json::to_string(&items).unwrap_or_else(|_| "[]".into())
+}
+
+/// A token's `scopes` column, parsed once as the row is read. One that does not parse is a
+/// corrupt row, not a scope to skip: skipping could leave a token with no scopes, which allows
+/// every call.
+pub(super) fn parse_scopes(json: &str) -> Result<Vec<Scope>, StoreError> {
+    let items: Vec<String> = serde_json::from_str(json).map_err(|e| corrupt("token scopes", e))?;
+    items
+        .iter()
+        .map(|s| Scope::parse(s, "scopes").map_err(|e| corrupt("token scopes", e)))
+        .collect()
+}
+
+/// A token's `allowed_ips` column, parsed once as the row is read: CIDR form, or a bare address
+/// (a policy token stored before policies were normalised).
+pub(super) fn parse_allowed_ips(json: &str) -> Result<Vec<IpNet>, StoreError> {
+    let items: Vec<String> =
+        serde_json::from_str(json).map_err(|e| corrupt("token allowed_ips", e))?;
+    items
+        .iter()
+        .map(|r| {
+            r.parse::<IpNet>()
+                .or_else(|_| net::parse_rule(r, "allowed_ips"))
+                .map_err(|e| corrupt("token allowed_ips", e))
+        })
+        .collect()
+}
+
+/// One row of the daily statistics as a query returns it.
+#[derive(sqlx::FromRow)]
+pub(super) struct StatRecord {
+    day: String,
+    token_id: String,
+    account_id: String,
+    valid: i64,
+    cost: i64,
+    revoked: i64,
+    expired: i64,
+    account_inactive: i64,
+    ip_not_allowed: i64,
+    scope_denied: i64,
+    account_quota_exceeded: i64,
+    usage_exceeded: i64,
+    bad_jwt: i64,
+}
+
+impl From<StatRecord> for StatRow {
+    fn from(r: StatRecord) -> Self {
+        StatRow {
+            day: r.day,
+            token_id: r.token_id,
+            account_id: r.account_id,
+            valid: r.valid,
+            cost: r.cost,
+            revoked: r.revoked,
+            expired: r.expired,
+            account_inactive: r.account_inactive,
+            ip_not_allowed: r.ip_not_allowed,
+            scope_denied: r.scope_denied,
+            account_quota_exceeded: r.account_quota_exceeded,
+            usage_exceeded: r.usage_exceeded,
+            bad_jwt: r.bad_jwt,
+        }
+    }
 }

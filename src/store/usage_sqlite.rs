@@ -7,10 +7,12 @@
 //! with cached prepared statements. Everything else keeps using the sqlx pool; they share the
 //! database file and its write lock like any connections.
 
-use super::model::{Account, DayCounts, Token};
 use super::rows::{ACCOUNT_COLS, TOKEN_COLS};
-use super::usage::{batch_jwt_keys, batch_token_ids, fold_plan, BatchState, Plan, STAT_COLUMNS};
-use super::{Consume, Denial, Result, StoreError};
+use super::{Result, StoreError};
+use crate::domain::model::{Account, DayCounts, Token};
+use crate::domain::plan::{
+    batch_jwt_keys, batch_token_ids, fold_plan, BatchState, Consume, Denial, Plan, STAT_COLUMNS,
+};
 use crate::domain::status::TokenStatus;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use rusqlite::types::Value;
@@ -78,8 +80,8 @@ fn token_of(row: &Row) -> rusqlite::Result<std::result::Result<Token, StoreError
     let parsed = (|| {
         Ok::<_, StoreError>((
             role.parse().map_err(|e| corrupt("token role", e))?,
-            serde_json::from_str(&scopes).map_err(|e| corrupt("token scopes", e))?,
-            serde_json::from_str(&ips).map_err(|e| corrupt("token allowed_ips", e))?,
+            super::rows::parse_scopes(&scopes)?,
+            super::rows::parse_allowed_ips(&ips)?,
             status.parse().map_err(|e| corrupt("token status", e))?,
         ))
     })();
@@ -440,7 +442,7 @@ impl UsageConn {
             for (kind, id, period, calls) in &archives {
                 let mut st = tx.prepare_cached(&format!(
                     "{} VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                    kind.insert()
+                    super::usage::archive_insert(*kind)
                 ))?;
                 st.execute(params![id, period, calls])?;
             }

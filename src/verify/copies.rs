@@ -10,8 +10,11 @@
 //! answered. After such a conflict the writer keeps to the locked way for a while, since daemons
 //! that count calls of one account at once would fail most checks.
 
-use crate::store::usage::{batch_token_ids, plan, secret_matches, BatchState, Versioned};
-use crate::store::{Account, Consume, Decided, Denial, Store, StoreError, Token};
+use crate::domain::model::{Account, Token};
+use crate::domain::plan::{
+    batch_token_ids, plan, secret_matches, BatchState, Consume, Decided, Denial, Plan,
+};
+use crate::store::{usage::Versioned, Store, StoreError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -210,7 +213,7 @@ impl Copies {
             .await
         {
             Ok(Some(v)) => {
-                let crate::store::usage::Plan {
+                let Plan {
                     decided,
                     tokens,
                     accounts,

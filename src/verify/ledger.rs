@@ -6,7 +6,7 @@
 //! - **Cache.** The rows a verification decides on (tokens, their accounts, JWT use counts) are
 //!   read once and then kept, with every decision applied to them in place. A decision and the
 //!   append of its record happen under one lock, so records are in the order of the decisions.
-//! - **Log.** A VALID call appends its record (`store::usage_log`) and is answered once that is
+//! - **Log.** A VALID call appends its record (`usage_log`) and is answered once that is
 //!   flushed (`durability = "power-loss"`) or written ("process-crash"); one flush serves every
 //!   call that arrived meanwhile. A refusal appends its record too, without waiting: it only
 //!   feeds the statistics.
@@ -28,10 +28,11 @@
 //! folded, so reading it from the store gives its whole state. Records are appended only for
 //! cached rows, and the cache is emptied only when no record waiting was decided on it.
 
-use crate::store::usage::{consume_one, secret_matches, Keys};
-use crate::store::usage_log::{self, Durability, LogError, Seq, UsageLog};
+use super::usage_log::{self, Durability, LogError, Seq, UsageLog};
+use crate::domain::model::{Account, Token};
+use crate::domain::plan::{consume_one, secret_matches, Consume, Decided, Denial, JwtUse, Keys};
 use crate::store::usage_sqlite::{LogPosition, UsageConn, UsageReader};
-use crate::store::{Account, Consume, Decided, Denial, JwtUse, Store, StoreError, Token};
+use crate::store::{Store, StoreError};
 use crate::verify::{Check, Outcome};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};

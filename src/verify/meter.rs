@@ -12,7 +12,8 @@
 //!   "power-loss"`, flushed). Under load a batch fills while the previous one commits.
 
 use crate::config::{Config, Durability};
-use crate::store::{Consume, Decided, Denial, Store, StoreError};
+use crate::domain::plan::{Consume, Decided, Denial};
+use crate::store::{Store, StoreError};
 use crate::verify::copies::Copies;
 use crate::verify::ledger::Ledger;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,7 +72,7 @@ impl Health {
 }
 
 /// A handle that lets admin requests and jobs fold the counted calls into the store first,
-/// without keeping the meter alive (`admin::Ctx::usage`). Empty on PostgreSQL and in the CLI,
+/// without keeping the meter alive (`context::Ctx::usage`). Empty on PostgreSQL and in the CLI,
 /// where nothing waits to be folded.
 #[derive(Clone, Default)]
 pub struct Settle(Arc<std::sync::OnceLock<std::sync::Weak<Ledger>>>);

@@ -3,9 +3,12 @@
 //! consumes it when valid. No per-call store read happens outside that batch.
 
 use super::{jwt, meter::Meter, Check, Outcome};
-use crate::admin::Ctx;
+use crate::clock::SharedClock;
 use crate::domain::credential::{self, Presented};
-use crate::store::{Consume, Denial, JwtUse, StoreError, Token};
+use crate::domain::model::Token;
+use crate::domain::plan::{Consume, Denial, JwtUse};
+use crate::seal::MasterKey;
+use crate::store::{Store, StoreError};
 use chrono::{DateTime, Utc};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -37,24 +40,38 @@ impl Verdict {
     }
 }
 
+/// What a verification needs: the meter that decides and counts, the store (a JWT's signer), the
+/// clock, the master key (the signer's sealed secret) and the limits it checks.
+#[derive(Clone)]
+pub struct Verifier {
+    /// Decides and counts calls.
+    pub meter: Meter,
+    /// Where a JWT's signer is read.
+    pub store: Store,
+    /// Source of "now".
+    pub clock: SharedClock,
+    /// Opens the sealed secrets of JWT-signing tokens.
+    pub master_key: Arc<MasterKey>,
+    /// The token prefix (`tokens.prefix`).
+    pub prefix: Arc<str>,
+    /// The longest JWT lifetime accepted (`tokens.max_jwt_lifetime_seconds`).
+    pub max_jwt_lifetime_seconds: i64,
+}
+
 /// Verifies `presented` (a token, or a JWT signed with one) for `check`, consuming its cost when
 /// valid. A store error is returned as an error (answered 503), never as a verdict.
-pub async fn verify(
-    ctx: &Ctx,
-    meter: &Meter,
-    presented: &str,
-    check: &Check,
-) -> Result<Verdict, StoreError> {
+pub async fn verify(v: &Verifier, presented: &str, check: &Check) -> Result<Verdict, StoreError> {
     let presented = presented.trim();
     if jwt::looks_like_jwt(presented) {
-        return verify_jwt(ctx, meter, presented, check).await;
+        return verify_jwt(v, presented, check).await;
     }
-    let now = ctx.clock.now();
-    let (id, hash) = match credential::parse(&ctx.config.tokens.prefix, presented) {
+    let now = v.clock.now();
+    let (id, hash) = match credential::parse(&v.prefix, presented) {
         Ok(Presented::Token { id, hash }) => (id, hash),
         _ => return Ok(Verdict::bare(Outcome::Malformed, now)),
     };
-    let decided = meter
+    let decided = v
+        .meter
         .consume(Consume {
             token_id: id,
             secret_hash: Some(hash),
@@ -71,29 +88,25 @@ pub async fn verify(
     })
 }
 
-async fn verify_jwt(
-    ctx: &Ctx,
-    meter: &Meter,
-    presented: &str,
-    check: &Check,
-) -> Result<Verdict, StoreError> {
-    let now = ctx.clock.now();
+async fn verify_jwt(v: &Verifier, presented: &str, check: &Check) -> Result<Verdict, StoreError> {
+    let now = v.clock.now();
     let Ok(unverified) = jwt::peek(presented) else {
         return Ok(Verdict::bare(Outcome::BadJwt, now));
     };
-    let Some(token) = ctx.store.token(&unverified.api_key).await? else {
+    let Some(token) = v.store.token(&unverified.api_key).await? else {
         return Ok(Verdict::bare(Outcome::BadJwt, now));
     };
-    let claims = match signature_check(ctx, &token, presented, now) {
+    let claims = match signature_check(v, &token, presented, now) {
         Ok(c) => c,
         // A known signer: count the refusal against it.
-        Err(_) if token.jwt_enabled => return Ok(refuse_bad_jwt(meter, &token, now)),
+        Err(_) if token.jwt_enabled => return Ok(refuse_bad_jwt(&v.meter, &token, now)),
         Err(_) => return Ok(Verdict::bare(Outcome::BadJwt, now)),
     };
     // The address is checked in the batch, after revoked, expired and inactive account
     // (`jwt::check` refused a UserIp that is not an address).
     let bound_ip = claims.user_ip.trim().parse::<IpAddr>().ok();
-    let decided = meter
+    let decided = v
+        .meter
         .consume(Consume {
             token_id: token.id.clone(),
             // Checked again under the batch's lock, so a regeneration that commits after the
@@ -115,7 +128,7 @@ async fn verify_jwt(
         .await?;
     // The signer's secret changed under it: the JWT's signature is no longer good.
     if decided.outcome == Outcome::NotFound {
-        return Ok(refuse_bad_jwt(meter, &token, now));
+        return Ok(refuse_bad_jwt(&v.meter, &token, now));
     }
     Ok(Verdict {
         outcome: decided.outcome,
@@ -138,7 +151,7 @@ fn refuse_bad_jwt(meter: &Meter, token: &Token, now: DateTime<Utc>) -> Verdict {
 
 /// Opens the signer's sealed secret and checks the JWT with it.
 fn signature_check(
-    ctx: &Ctx,
+    v: &Verifier,
     token: &Token,
     presented: &str,
     now: DateTime<Utc>,
@@ -146,14 +159,9 @@ fn signature_check(
     let (Some(sealed), true) = (&token.sealed_secret, token.jwt_enabled) else {
         return Err(jwt::JwtError::Malformed);
     };
-    let key = ctx.master_key.open(sealed, &token.id).map_err(|e| {
+    let key = v.master_key.open(sealed, &token.id).map_err(|e| {
         tracing::error!(token = %token.id, error = %e, "cannot open a JWT signer's sealed secret");
         jwt::JwtError::Malformed
     })?;
-    jwt::check(
-        presented,
-        &key,
-        now,
-        ctx.config.tokens.max_jwt_lifetime_seconds,
-    )
+    jwt::check(presented, &key, now, v.max_jwt_lifetime_seconds)
 }

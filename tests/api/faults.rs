@@ -15,7 +15,10 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokenwarden::{clock::ManualClock, config::Config, store::StoreLocation};
+use tokenwarden::{
+    clock::ManualClock,
+    config::{Config, StoreLocation},
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

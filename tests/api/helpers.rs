@@ -5,7 +5,12 @@ use chrono::{DateTime, TimeZone, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::{net::SocketAddr, sync::Arc};
-use tokenwarden::{admin::Ctx, app::App, clock::ManualClock, config::Config, store::StoreLocation};
+use tokenwarden::{
+    app::App,
+    clock::ManualClock,
+    config::{Config, StoreLocation},
+    context::Ctx,
+};
 
 /// Which store a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

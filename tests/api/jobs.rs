@@ -113,7 +113,8 @@ async fn a_policy_tokens_ip_rules_may_be_written_as_plain_addresses(b: Backend) 
     let (app, id) =
         start_with_policy(&env, "allowed_ips = [\"203.0.113.7\", \" 2001:db8::1\"]\n").await;
     let t = app.settled().await.token(&id).await.unwrap().unwrap();
-    assert_eq!(t.allowed_ips, ["203.0.113.7/32", "2001:db8::1/128"]);
+    let ips: Vec<String> = t.allowed_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(ips, ["203.0.113.7/32", "2001:db8::1/128"]);
     let plain = std::fs::read_to_string(&file).unwrap().trim().to_string();
     for (ip, want) in [
         ("203.0.113.7", "VALID"),
@@ -185,7 +186,8 @@ async fn month_boundary_issues_resets_and_refills(b: Backend) {
     assert_eq!(dec.name, "acme 2026-12");
     assert_eq!(dec.expires_at, Some(at(2027, 1, 1, 0, 0)));
     assert_eq!(dec.usage_limit, Some(1000));
-    assert_eq!(dec.scopes, vec!["convert:*".to_string()]);
+    let scopes: Vec<String> = dec.scopes.iter().map(ToString::to_string).collect();
+    assert_eq!(scopes, vec!["convert:*".to_string()]);
     let dec_plain = std::fs::read_to_string(&file).unwrap().trim().to_string();
     assert_ne!(dec_plain, nov_plain);
     let v = verify(&app, &dec_plain).await;

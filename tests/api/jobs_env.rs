@@ -11,7 +11,10 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
 };
-use tokenwarden::{clock::ManualClock, config, store::StoreLocation};
+use tokenwarden::{
+    clock::ManualClock,
+    config::{self, StoreLocation},
+};
 
 /// A data folder, a store and a clock that outlive the daemons started on them.
 pub struct Env {

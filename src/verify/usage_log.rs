@@ -182,7 +182,7 @@ impl UsageLog {
             std::thread::Builder::new()
                 .name("usage-log".into())
                 .spawn(move || {
-                    crate::verify::ledger::abort_on_panic("usage log", || log.run(files, flush))
+                    super::ledger::abort_on_panic("usage log", || log.run(files, flush))
                 })?
         };
         Ok((log, Writer(writer)))

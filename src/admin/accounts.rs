@@ -1,0 +1,163 @@
+//! Accounts: create, show, list, change, and reset their secret.
+
+use super::*;
+
+/// `POST /v1/accounts`
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    /// Unique name, 1 to 100 characters.
+    pub name: Option<String>,
+    /// Active tokens allowed (default from `accounts.default_max_tokens`).
+    pub max_tokens: Option<i64>,
+    /// Calls per calendar month over all its tokens; absent = no account quota.
+    pub monthly_quota: Option<i64>,
+}
+
+/// `PATCH /v1/accounts/{id}`
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAccount {
+    /// `active` or `inactive`; an inactive account's credentials get 4014.
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
+    pub status: Option<String>,
+    /// Active tokens allowed; existing tokens above a lowered limit stay.
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
+    pub max_tokens: Option<i64>,
+    /// Calls per calendar month; `null` removes the quota.
+    #[serde(default)]
+    #[schema(value_type = Option<i64>)]
+    pub monthly_quota: Patch<i64>,
+}
+
+const MAX_QUOTA: i64 = 1_000_000_000_000;
+
+fn max_tokens(v: i64) -> Result<i64, ParseError> {
+    if (1..=1_000_000).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ParseError::new("max_tokens", "must be 1 to 1000000"))
+    }
+}
+
+fn monthly_quota(v: i64) -> Result<i64, ParseError> {
+    if (1..=MAX_QUOTA).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ParseError::new(
+            "monthly_quota",
+            format!("must be 1 to {MAX_QUOTA}"),
+        ))
+    }
+}
+
+/// Creates an account and its secret (returned once).
+pub async fn create_account(
+    ctx: &Ctx,
+    p: &Principal,
+    input: CreateAccount,
+) -> Result<(Account, Plain)> {
+    require_operator(p, "create accounts")?;
+    let name = limits::text(input.name.as_deref().unwrap_or(""), 100, true, "name")?;
+    let max = max_tokens(input.max_tokens.unwrap_or(ctx.config.default_max_tokens))?;
+    let quota = input.monthly_quota.map(monthly_quota).transpose()?;
+    let id = ids::random_id(ids::ENTITY_ID_LEN);
+    let secret = credential::new_account_secret(&ctx.config.tokens.prefix, &id);
+    let account = ctx
+        .store
+        .insert_account(
+            &NewAccount {
+                id,
+                name,
+                max_tokens: max,
+                monthly_quota: quota,
+                secret_hash: secret.hash(),
+            },
+            ctx.clock.now(),
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => {
+                Error::Conflict("an account with this name already exists".into())
+            }
+            e => e.into(),
+        })?;
+    Ok((account, secret))
+}
+
+/// Looks an account up by id, then by name.
+pub async fn find_account(ctx: &Ctx, id_or_name: &str) -> Result<Account> {
+    if let Some(a) = ctx.store.account(id_or_name).await? {
+        return Ok(a);
+    }
+    ctx.store
+        .account_by_name(id_or_name)
+        .await?
+        .ok_or(Error::NotFound("account"))
+}
+
+/// Shows an account to the operator or to its own admin.
+pub async fn show_account(ctx: &Ctx, p: &Principal, id: &str) -> Result<Account> {
+    require_account_admin(p, id)?;
+    ctx.store
+        .account(id)
+        .await?
+        .ok_or(Error::NotFound("account"))
+}
+
+/// Lists accounts by name (operator only).
+pub async fn list_accounts(
+    ctx: &Ctx,
+    p: &Principal,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Account>> {
+    require_operator(p, "list accounts")?;
+    Ok(ctx.store.list_accounts(after, limit).await?)
+}
+
+/// Changes an account's status, max_tokens or quota (operator only).
+pub async fn update_account(
+    ctx: &Ctx,
+    p: &Principal,
+    id: &str,
+    input: UpdateAccount,
+) -> Result<Account> {
+    require_operator(p, "change accounts")?;
+    let status = input
+        .status
+        .as_deref()
+        .map(|s| {
+            s.parse::<AccountStatus>()
+                .map_err(|r| ParseError::new("status", r))
+        })
+        .transpose()?;
+    let max = input.max_tokens.map(max_tokens).transpose()?;
+    let quota = input.monthly_quota.try_given(monthly_quota)?;
+    ctx.store
+        .update_account(id, ctx.clock.now(), |mut a| {
+            if let Some(s) = status {
+                a.status = s;
+            }
+            if let Some(m) = max {
+                a.max_tokens = m;
+            }
+            if let Some(q) = quota {
+                a.monthly_quota = q;
+            }
+            Ok::<_, Error>(a)
+        })
+        .await
+        .map_err(not_found_as("account"))
+}
+
+/// Gives an account a new secret (returned once); the old one stops working at once.
+pub async fn reset_account_secret(ctx: &Ctx, p: &Principal, id: &str) -> Result<Plain> {
+    require_account_admin(p, id)?;
+    let secret = credential::new_account_secret(&ctx.config.tokens.prefix, id);
+    ctx.store
+        .set_account_secret(id, &secret.hash(), ctx.clock.now())
+        .await
+        .map_err(|e| not_found_as("account")(e.into()))?;
+    Ok(secret)
+}

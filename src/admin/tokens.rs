@@ -1,0 +1,783 @@
+//! Tokens: issue, list, show, change, revoke and regenerate.
+
+use super::*;
+
+/// `POST /v1/tokens`
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokens {
+    /// The account to issue in (operator only; others issue in their own).
+    pub account_id: Option<String>,
+    /// The user the tokens are issued for (operator and admins; others issue for their own user).
+    pub user_id: Option<String>,
+    /// Name, 1 to 100 characters.
+    pub name: Option<String>,
+    /// Free-text note, up to 1000 characters.
+    pub description: Option<String>,
+    /// `admin`, `engineer`, `user` (default) or `readonly`; never above the caller's.
+    pub role: Option<String>,
+    /// Allowed calls; empty = all; `prefix:*` wildcards.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Allowed client IPs or CIDR blocks; empty = any.
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
+    /// Uses allowed, 1 to 999999999; `null` = unlimited; absent = the configured default.
+    #[serde(default, alias = "RequestCount")]
+    #[schema(value_type = Option<i64>)]
+    pub usage_limit: Patch<i64>,
+    /// Seconds until it expires, 1 to 315569520; `null` = never.
+    #[serde(default, alias = "Lifetime")]
+    #[schema(value_type = Option<i64>)]
+    pub lifetime_seconds: Patch<i64>,
+    /// UTC date (`YYYY-MM-DD` or `dd/MM/yyyy`); it stops working at 00:00 UTC that day.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub expires_on: Patch<String>,
+    /// How many identical tokens to create (default 1).
+    #[serde(alias = "Count")]
+    pub count: Option<i64>,
+    /// `remaining` is set back to this at 00:00 UTC on the 1st of each month.
+    pub refill_monthly: Option<i64>,
+    /// Whether the tokens may sign short-lived JWTs (their secret is then kept sealed under the
+    /// master key). Default false.
+    pub jwt: Option<bool>,
+}
+
+fn expiry_request(
+    lifetime: Patch<i64>,
+    on: Patch<String>,
+    default: Option<i64>,
+) -> Result<Option<ExpiryRequest>, ParseError> {
+    match (lifetime, on) {
+        (Patch::Absent, Patch::Absent) => Ok(default.map(ExpiryRequest::Lifetime)),
+        (Patch::Value(s), Patch::Absent) => Ok(Some(ExpiryRequest::Lifetime(s))),
+        (Patch::Absent, Patch::Value(d)) => Ok(Some(ExpiryRequest::On(d))),
+        (Patch::Null, Patch::Absent) | (Patch::Absent, Patch::Null) => {
+            Ok(Some(ExpiryRequest::Never))
+        }
+        // Both given, even one as null ("never") and the other as a date: which one was meant?
+        _ => Err(ParseError::new(
+            "expires_on",
+            "give lifetime_seconds or expires_on, not both",
+        )),
+    }
+}
+
+/// A token credential never issues or extends a token beyond its own expiry; with no expiry
+/// asked for, the new one expires with it.
+fn cap_expiry(
+    p: &Principal,
+    wanted: Option<DateTime<Utc>>,
+    req: &Option<ExpiryRequest>,
+) -> Result<Option<DateTime<Utc>>, ParseError> {
+    let Principal::Token { token, .. } = p else {
+        return Ok(wanted);
+    };
+    let Some(limit) = token.expires_at else {
+        return Ok(wanted);
+    };
+    match wanted {
+        Some(w) if w <= limit => Ok(Some(w)),
+        None if !matches!(req, Some(ExpiryRequest::Never)) => Ok(Some(limit)),
+        _ => {
+            let field = match req {
+                Some(ExpiryRequest::On(_)) => "expires_on",
+                _ => "lifetime_seconds",
+            };
+            Err(ParseError::new(
+                field,
+                format!(
+                    "must not outlive the token making this call (it expires {})",
+                    limit.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                ),
+            ))
+        }
+    }
+}
+
+fn refill(v: i64) -> Result<i64, ParseError> {
+    limits::usage_limit(v, "refill_monthly")
+}
+
+/// Creates `count` tokens; returns each with its plain value, which is never shown again.
+pub async fn create_tokens(
+    ctx: &Ctx,
+    p: &Principal,
+    input: CreateTokens,
+) -> Result<Vec<(Token, Plain)>> {
+    let now = ctx.clock.now();
+    if !p.role().may_manage_tokens() {
+        return Err(Error::Forbidden(format!(
+            "a {} token may not create tokens",
+            p.role()
+        )));
+    }
+    // Validate the input first: a bad field is reported whoever asks.
+    let spec = TokenSpec::parse(&input, &ctx.config.tokens, now)?;
+    let account_id = issuing_account(ctx, p, input.account_id.as_deref()).await?;
+    if spec.role > p.role() {
+        return Err(Error::RoleTooHigh {
+            requested: spec.role,
+            allowed: p.role(),
+        });
+    }
+    let expires_at = cap_expiry(p, spec.expires_at, &spec.expiry)?;
+    if let Principal::Operator = p {
+        let account = ctx
+            .store
+            .account(&account_id)
+            .await?
+            .ok_or(Error::NotFound("account"))?;
+        if account.status == AccountStatus::Inactive {
+            return Err(Error::Conflict(
+                "the account is inactive; activate it before issuing tokens".into(),
+            ));
+        }
+    }
+    let (user_id, issued_by) = issued_for(ctx, p, input.user_id, &account_id, spec.role).await?;
+    let issue = Issue {
+        account_id,
+        user_id,
+        issued_by,
+        expires_at,
+    };
+    write_tokens(ctx, &spec, issue, now).await
+}
+
+/// What `POST /v1/tokens` asks for, checked: every field valid, before any authorization.
+struct TokenSpec {
+    name: String,
+    description: Option<String>,
+    role: Role,
+    scopes: Vec<scope::Scope>,
+    allowed_ips: Vec<ipnet::IpNet>,
+    usage_limit: Option<i64>,
+    expiry: Option<ExpiryRequest>,
+    expires_at: Option<DateTime<Utc>>,
+    count: usize,
+    refill_monthly: Option<i64>,
+    jwt: bool,
+}
+
+impl TokenSpec {
+    fn parse(
+        input: &CreateTokens,
+        cfg: &crate::config::TokenSettings,
+        now: DateTime<Utc>,
+    ) -> Result<TokenSpec, ParseError> {
+        // In the order the fields are reported when several are bad.
+        let name = limits::text(input.name.as_deref().unwrap_or(""), 100, true, "name")?;
+        let description = opt_text(input.description.as_deref(), 1000, "description")?;
+        let role = parse_role(input.role.as_deref().unwrap_or("user"), "role")?;
+        let scopes = scope::parse_list(&input.scopes, "scopes")?;
+        let allowed_ips = net::parse_list(&input.allowed_ips, "allowed_ips")?;
+        let usage_limit = match input.usage_limit {
+            Patch::Absent => cfg.default_usage_limit,
+            Patch::Null => None,
+            Patch::Value(v) => Some(limits::usage_limit(v, "usage_limit")?),
+        };
+        let expiry = expiry_request(
+            input.lifetime_seconds.clone(),
+            input.expires_on.clone(),
+            cfg.default_lifetime_seconds,
+        )?;
+        let expires_at = match &expiry {
+            Some(req) => limits::resolve_expiry(
+                req,
+                cfg.max_lifetime_seconds,
+                now,
+                "lifetime_seconds",
+                "expires_on",
+            )?,
+            None => None,
+        };
+        let count = limits::count(input.count.unwrap_or(1), cfg.max_count_per_request, "count")?;
+        let refill_monthly = input.refill_monthly.map(refill).transpose()?;
+        if refill_monthly.is_some() && usage_limit.is_none() {
+            return Err(ParseError::new(
+                "refill_monthly",
+                "needs a usage_limit to refill",
+            ));
+        }
+        Ok(TokenSpec {
+            name,
+            description,
+            role,
+            scopes,
+            allowed_ips,
+            usage_limit,
+            expiry,
+            expires_at,
+            count,
+            refill_monthly,
+            jwt: input.jwt.unwrap_or(false),
+        })
+    }
+}
+
+/// The account new tokens go to: the operator names it; anyone else issues in their own.
+async fn issuing_account(ctx: &Ctx, p: &Principal, asked: Option<&str>) -> Result<String> {
+    match (p, asked) {
+        (Principal::Operator, Some(a)) => Ok(find_account(ctx, a)
+            .await
+            .map_err(|_| Error::Invalid(ParseError::new("account_id", "no such account")))?
+            .id),
+        (Principal::Operator, None) => Err(ParseError::new(
+            "account_id",
+            "is required when the operator creates tokens",
+        )
+        .into()),
+        (_, Some(a)) if Some(a) != p.account_id() => Err(Error::Forbidden(
+            "account_id: tokens can only be created in the credential's own account".into(),
+        )),
+        _ => Ok(p.account_id().unwrap_or_default().to_string()),
+    }
+}
+
+/// Whom new tokens are for (`user_id`) and who issues them (`issued_by`). Only an admin (or the
+/// account secret, or the operator) issues for another user, and never above that user's role.
+async fn issued_for(
+    ctx: &Ctx,
+    p: &Principal,
+    asked: Option<String>,
+    account_id: &str,
+    role: Role,
+) -> Result<(Option<String>, String)> {
+    let own = |token: &Token| match &token.user_id {
+        Some(u) => (Some(u.clone()), format!("user:{u}")),
+        None => (None, format!("token:{}", token.id)),
+    };
+    match (p, asked) {
+        (Principal::Token { token, role, .. }, given) if *role != Role::Admin => {
+            if given.is_some() && given != token.user_id {
+                return Err(Error::Forbidden(
+                    "user_id: only an admin may issue tokens for another user".into(),
+                ));
+            }
+            Ok(own(token))
+        }
+        (_, Some(u)) => {
+            let user = ctx
+                .store
+                .user(&u)
+                .await?
+                .filter(|x| x.account_id == account_id)
+                .ok_or_else(|| {
+                    Error::Invalid(ParseError::new("user_id", "no such user in this account"))
+                })?;
+            if role > user.role {
+                return Err(Error::RoleTooHigh {
+                    requested: role,
+                    allowed: user.role,
+                });
+            }
+            Ok((Some(user.id.clone()), format!("user:{}", user.id)))
+        }
+        (Principal::Operator, None) => Ok((None, "operator".to_string())),
+        (Principal::Account(_), None) => Ok((None, "account".to_string())),
+        (Principal::Token { token, .. }, None) => Ok(own(token)),
+    }
+}
+
+/// Where authorized tokens go, for whom, by whom, and until when.
+struct Issue {
+    account_id: String,
+    user_id: Option<String>,
+    issued_by: String,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// Makes `spec.count` tokens and writes them at once (the store holds the account's
+/// `max_tokens`).
+async fn write_tokens(
+    ctx: &Ctx,
+    spec: &TokenSpec,
+    issue: Issue,
+    now: DateTime<Utc>,
+) -> Result<Vec<(Token, Plain)>> {
+    let mut plains = Vec::with_capacity(spec.count);
+    let mut new = Vec::with_capacity(spec.count);
+    for _ in 0..spec.count {
+        let id = credential::new_token_id();
+        let plain = credential::new_token(&ctx.config.tokens.prefix, &id);
+        let sealed_secret = spec.jwt.then(|| ctx.master_key.seal(&plain, &id));
+        new.push(NewToken {
+            id,
+            account_id: issue.account_id.clone(),
+            user_id: issue.user_id.clone(),
+            issued_by: issue.issued_by.clone(),
+            policy: None,
+            name: spec.name.clone(),
+            description: spec.description.clone(),
+            role: spec.role,
+            scopes: spec.scopes.clone(),
+            allowed_ips: spec.allowed_ips.clone(),
+            usage_limit: spec.usage_limit,
+            refill_monthly: spec.refill_monthly,
+            expires_at: issue.expires_at,
+            jwt_enabled: spec.jwt,
+            sealed_secret,
+            secret_hash: plain.hash(),
+        });
+        plains.push(plain);
+    }
+    let tokens = ctx
+        .store
+        .create_tokens(&issue.account_id, &new, now)
+        .await
+        .map_err(|e| match e {
+            StoreError::TokenLimit { max, active } => Error::TokenLimit {
+                max,
+                active,
+                requested: spec.count,
+            },
+            StoreError::NotFound => Error::NotFound("account"),
+            e => e.into(),
+        })?;
+    Ok(tokens.into_iter().zip(plains).collect())
+}
+
+/// `GET /v1/tokens` query.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListTokens {
+    /// Only this account's tokens (operator only; others see their own account).
+    pub account_id: Option<String>,
+    /// `active`, `expired`, `exhausted` or `revoked`, as of now.
+    pub status: Option<String>,
+    /// Only this role.
+    pub role: Option<String>,
+    /// Only tokens issued by this user id or issuer (`operator`, `account`, `user:<id>`, `policy:<name>`).
+    pub issued_by: Option<String>,
+    /// Only tokens that expire within this many days (0 to 3650).
+    pub expiring_within_days: Option<i64>,
+    /// Name or description contains this (case-insensitive).
+    pub q: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<i64>,
+    /// The `next_page` value of the previous page.
+    pub page: Option<String>,
+}
+
+fn parse_cursor(s: &str) -> Result<(DateTime<Utc>, String), ParseError> {
+    let bad = || ParseError::new("page", "is not a page cursor from a previous answer");
+    let (ms, id) = s.split_once('.').ok_or_else(bad)?;
+    let at = ms
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .ok_or_else(bad)?;
+    if id.len() != ids::TOKEN_ID_LEN || !ids::is_base62(id) {
+        return Err(bad());
+    }
+    Ok((at, id.to_string()))
+}
+
+fn cursor(t: &Token) -> String {
+    format!("{}.{}", t.created_at.timestamp_millis(), t.id)
+}
+
+/// Lists the tokens the principal may see, newest first. Returns the page and the cursor of the
+/// next one.
+pub async fn list_tokens(
+    ctx: &Ctx,
+    p: &Principal,
+    q: ListTokens,
+) -> Result<(Vec<Token>, Option<String>)> {
+    let now = ctx.clock.now();
+    if !p.role().may_manage_tokens() {
+        return Err(Error::Forbidden(format!(
+            "a {} token may only show itself (GET /v1/tokens/{{id}})",
+            p.role()
+        )));
+    }
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            s.parse::<TokenStatus>()
+                .map_err(|r| ParseError::new("status", r))
+        })
+        .transpose()?;
+    let role = q
+        .role
+        .as_deref()
+        .map(|r| parse_role(r, "role"))
+        .transpose()?;
+    let expiring_before = match q.expiring_within_days {
+        Some(d) if (0..=3650).contains(&d) => Some(now + TimeDelta::days(d)),
+        Some(_) => return Err(ParseError::new("expiring_within_days", "must be 0 to 3650").into()),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ParseError::new("limit", "must be 1 to 500").into());
+    }
+    let after = q.page.as_deref().map(parse_cursor).transpose()?;
+    let text = opt_text(q.q.as_deref(), 100, "q")?;
+    let issued_by = opt_text(q.issued_by.as_deref(), 200, "issued_by")?;
+    let account_id = match (p, q.account_id) {
+        (Principal::Operator, a) => a,
+        (_, Some(a)) if Some(a.as_str()) != p.account_id() => {
+            return Err(Error::Forbidden(
+                "account_id: only your own account's tokens can be listed".into(),
+            ))
+        }
+        _ => p.account_id().map(String::from),
+    };
+    let owner = match p {
+        Principal::Token { token, role, .. } if *role != Role::Admin => Some(Owner {
+            token_id: token.id.clone(),
+            user_id: token.user_id.clone(),
+        }),
+        _ => None,
+    };
+    let filter = TokenFilter {
+        account_id,
+        owner,
+        status,
+        role,
+        issued_by,
+        expiring_before,
+        q: text,
+        after,
+        limit: limit + 1,
+    };
+    let mut tokens = ctx.store.list_tokens(&filter, now).await?;
+    let next = if tokens.len() as i64 > limit {
+        tokens.truncate(limit as usize);
+        tokens.last().map(cursor)
+    } else {
+        None
+    };
+    Ok((tokens, next))
+}
+
+/// What a principal may do with one token, least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Access {
+    None,
+    Show,
+    Revoke,
+    Manage,
+}
+
+fn access(p: &Principal, t: &Token) -> Access {
+    match p {
+        Principal::Operator => Access::Manage,
+        Principal::Account(a) if a.id == t.account_id => Access::Manage,
+        Principal::Account(_) => Access::None,
+        Principal::Token {
+            token: me,
+            account,
+            role,
+        } => {
+            if account.id != t.account_id {
+                return Access::None;
+            }
+            if t.id == me.id {
+                // A token never edits or regenerates itself (it could lift its own limits);
+                // a managing one may give itself up.
+                return if role.may_manage_tokens() {
+                    Access::Revoke
+                } else {
+                    Access::Show
+                };
+            }
+            let own = match &me.user_id {
+                Some(u) => t.user_id.as_deref() == Some(u.as_str()),
+                None => t.issued_by == format!("token:{}", me.id),
+            };
+            match role {
+                Role::Admin => Access::Manage,
+                // A token never manages one that outranks it.
+                Role::Engineer if own && t.role <= Role::Engineer => Access::Manage,
+                _ => Access::None,
+            }
+        }
+    }
+}
+
+async fn load_token(ctx: &Ctx, p: &Principal, id: &str, need: Access) -> Result<Token> {
+    let token = ctx.store.token(id).await?.ok_or(Error::NotFound("token"))?;
+    match access(p, &token) {
+        Access::None => Err(Error::NotFound("token")),
+        granted if granted < need => Err(Error::Forbidden(match granted {
+            Access::Show => format!("a {} token may only show itself", p.role()),
+            _ => "a token may not change or regenerate itself; ask an admin".into(),
+        })),
+        _ => Ok(token),
+    }
+}
+
+/// Shows one token the principal may see.
+pub async fn show_token(ctx: &Ctx, p: &Principal, id: &str) -> Result<Token> {
+    load_token(ctx, p, id, Access::Show).await
+}
+
+/// `PATCH /v1/tokens/{id}`: only the fields given change; `null` clears.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateToken {
+    /// New name.
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
+    pub name: Option<String>,
+    /// New note; `null` or `""` clears it.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub description: Patch<String>,
+    /// New role, never above the caller's.
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
+    pub role: Option<String>,
+    /// New scopes (replaces the list).
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
+    pub scopes: Option<Vec<String>>,
+    /// New allowed IPs/CIDRs (replaces the list).
+    #[serde(default, deserialize_with = "crate::patch::non_null")]
+    pub allowed_ips: Option<Vec<String>>,
+    /// New usage limit; `remaining` becomes the new limit minus the uses already counted
+    /// against the old one. `null` = unlimited.
+    #[serde(default, alias = "RequestCount")]
+    #[schema(value_type = Option<i64>)]
+    pub usage_limit: Patch<i64>,
+    /// New lifetime from now; `null` = never expires.
+    #[serde(default, alias = "Lifetime")]
+    #[schema(value_type = Option<i64>)]
+    pub lifetime_seconds: Patch<i64>,
+    /// New expiry date (UTC); `null` = never expires.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub expires_on: Patch<String>,
+    /// New monthly refill amount; `null` = none.
+    #[serde(default)]
+    #[schema(value_type = Option<i64>)]
+    pub refill_monthly: Patch<i64>,
+}
+
+/// Changes a token's editable fields.
+pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken) -> Result<Token> {
+    let now = ctx.clock.now();
+    let current = load_token(ctx, p, id, Access::Manage).await?;
+    let mut change = TokenChange::parse(input, &ctx.config.tokens, now)?;
+    if let Some(r) = change.role {
+        // Never above the caller, nor above the user the token was issued for.
+        let mut allowed = p.role();
+        if let Some(u) = &current.user_id {
+            if let Some(user) = ctx.store.user(u).await? {
+                allowed = allowed.min(user.role);
+            }
+        }
+        if r > allowed {
+            return Err(Error::RoleTooHigh {
+                requested: r,
+                allowed,
+            });
+        }
+    }
+    if let Some(at) = change.expires_at {
+        change.expires_at = Some(cap_expiry(p, at, &change.expiry)?);
+    }
+    ctx.store
+        .update_token(id, now, |t| change.apply(t, now))
+        .await
+        .map_err(|e| match e {
+            Error::TokenLimit { max, active, .. } => Error::TokenLimit {
+                max,
+                active,
+                requested: 1,
+            },
+            e => not_found_as("token")(e),
+        })
+}
+
+/// What `PATCH /v1/tokens/{id}` asks to change, checked; `None` leaves a field as it is.
+struct TokenChange {
+    name: Option<String>,
+    description: Option<Option<String>>,
+    role: Option<Role>,
+    scopes: Option<Vec<scope::Scope>>,
+    allowed_ips: Option<Vec<ipnet::IpNet>>,
+    usage_limit: Option<Option<i64>>,
+    expiry: Option<ExpiryRequest>,
+    expires_at: Option<Option<DateTime<Utc>>>,
+    refill_monthly: Option<Option<i64>>,
+}
+
+impl TokenChange {
+    fn parse(
+        input: UpdateToken,
+        cfg: &crate::config::TokenSettings,
+        now: DateTime<Utc>,
+    ) -> Result<TokenChange, ParseError> {
+        let name = input
+            .name
+            .as_deref()
+            .map(|n| limits::text(n, 100, true, "name"))
+            .transpose()?;
+        let description = match input.description.given() {
+            None => None,
+            Some(d) => Some(opt_text(d.as_deref(), 1000, "description")?),
+        };
+        let role = input
+            .role
+            .as_deref()
+            .map(|r| parse_role(r, "role"))
+            .transpose()?;
+        let scopes = input
+            .scopes
+            .as_deref()
+            .map(|s| scope::parse_list(s, "scopes"))
+            .transpose()?;
+        let allowed_ips = input
+            .allowed_ips
+            .as_deref()
+            .map(|s| net::parse_list(s, "allowed_ips"))
+            .transpose()?;
+        let usage_limit = input
+            .usage_limit
+            .try_given(|v| limits::usage_limit(v, "usage_limit"))?;
+        let expiry = expiry_request(input.lifetime_seconds, input.expires_on, None)?;
+        let expires_at = expiry
+            .as_ref()
+            .map(|req| {
+                limits::resolve_expiry(
+                    req,
+                    cfg.max_lifetime_seconds,
+                    now,
+                    "lifetime_seconds",
+                    "expires_on",
+                )
+            })
+            .transpose()?;
+        let refill_monthly = input.refill_monthly.try_given(refill)?;
+        Ok(TokenChange {
+            name,
+            description,
+            role,
+            scopes,
+            allowed_ips,
+            usage_limit,
+            expiry,
+            expires_at,
+            refill_monthly,
+        })
+    }
+
+    /// The token with the change made, as it stands in the store at the write.
+    fn apply(&self, mut t: Token, now: DateTime<Utc>) -> Result<Token> {
+        if t.status == TokenStatus::Revoked {
+            return Err(Error::Conflict(
+                "the token is revoked and can no longer be changed".into(),
+            ));
+        }
+        if let Some(n) = &self.name {
+            t.name = n.clone();
+        }
+        if let Some(d) = &self.description {
+            t.description = d.clone();
+        }
+        if let Some(r) = self.role {
+            t.role = r;
+        }
+        if let Some(s) = &self.scopes {
+            t.scopes = s.clone();
+        }
+        if let Some(i) = &self.allowed_ips {
+            t.allowed_ips = i.clone();
+        }
+        if let Some(limit) = self.usage_limit {
+            let used = match (t.usage_limit, t.remaining) {
+                (Some(l), Some(r)) => (l - r).max(0),
+                _ => 0,
+            };
+            t.usage_limit = limit;
+            t.remaining = limit.map(|l| (l - used).max(0));
+            if limit.is_none() {
+                t.refill_monthly = None;
+            }
+        }
+        if let Some(e) = self.expires_at {
+            t.expires_at = e;
+        }
+        if let Some(r) = self.refill_monthly {
+            if r.is_some() && t.usage_limit.is_none() {
+                return Err(
+                    ParseError::new("refill_monthly", "needs a usage_limit to refill").into(),
+                );
+            }
+            // A refill added now starts with next month, as on a token created now; the month it
+            // was created in would otherwise refill it at once.
+            if t.refill_monthly.is_none() && r.is_some() {
+                t.refill_period = Some(crate::domain::period::month_key(now));
+            }
+            t.refill_monthly = r;
+        }
+        t.status = t.status_at(now);
+        Ok(t)
+    }
+}
+
+/// Revokes a token: it stops working at once and stays listed for audit. Revoking a revoked
+/// token changes nothing.
+pub async fn revoke_token(ctx: &Ctx, p: &Principal, id: &str) -> Result<Token> {
+    let now = ctx.clock.now();
+    load_token(ctx, p, id, Access::Revoke).await?;
+    ctx.store
+        .update_token(id, now, |mut t| {
+            if t.status != TokenStatus::Revoked {
+                t.status = TokenStatus::Revoked;
+                t.revoked_at = Some(now);
+            }
+            Ok::<_, Error>(t)
+        })
+        .await
+        .map_err(not_found_as("token"))
+}
+
+/// `POST /v1/tokens/{id}/regenerate`
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Regenerate {
+    /// Seconds the old secret keeps working (default 0: it stops at once).
+    pub grace_seconds: Option<i64>,
+}
+
+/// Gives a token a new secret with the same id, settings and counters; returns the new plain
+/// value once.
+pub async fn regenerate_token(
+    ctx: &Ctx,
+    p: &Principal,
+    id: &str,
+    input: Regenerate,
+) -> Result<(Token, Plain)> {
+    let now = ctx.clock.now();
+    let max = ctx.config.tokens.max_regenerate_grace_seconds;
+    let grace = match input.grace_seconds {
+        None | Some(0) => None,
+        Some(s) if (1..=max).contains(&s) => Some(now + TimeDelta::seconds(s)),
+        Some(_) => {
+            return Err(ParseError::new("grace_seconds", format!("must be 0 to {max}")).into())
+        }
+    };
+    let token = load_token(ctx, p, id, Access::Manage).await?;
+    let plain = credential::new_token(&ctx.config.tokens.prefix, &token.id);
+    let sealed = token
+        .jwt_enabled
+        .then(|| ctx.master_key.seal(&plain, &token.id));
+    let token = match ctx
+        .store
+        .regenerate_token(id, &plain.hash(), sealed.as_deref(), grace, now)
+        .await
+    {
+        // Revoked, even since it was read: the store regenerates only a token not revoked.
+        Err(StoreError::NotFound) => {
+            return Err(Error::Conflict(
+                "the token is revoked; create a new one instead".into(),
+            ))
+        }
+        r => r.map_err(|e| not_found_as("token")(e.into()))?,
+    };
+    Ok((token, plain))
+}
