@@ -173,7 +173,7 @@ impl App {
             .with_context(|| format!("cannot listen on {listen}"))?;
         // Catch up: every period that came due while no daemon ran is run once, now; then
         // policies new since this month's run get their token.
-        for r in runner.run_due().await {
+        for r in runner.catch_up().await {
             if let RunOutcome::Ran(summary) = &r.outcome {
                 tracing::debug!(job = r.job.as_str(), period = %r.period, %summary, "caught up");
             }
@@ -283,6 +283,13 @@ impl App {
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status("serving"),
         ]);
+        // What the catch-up left to serving time (the daily housekeeping), now the port is open.
+        let due_at_start = {
+            let runner = self.runner.clone();
+            tokio::spawn(async move {
+                runner.run_due().await;
+            })
+        };
         let watchdog = sd_notify::watchdog_enabled().map(|every| {
             tokio::spawn(async move {
                 // Half the interval, as systemd recommends; a stuck runtime stops the pings.
@@ -310,6 +317,7 @@ impl App {
         if let Some(r) = reloader {
             r.abort();
         }
+        due_at_start.abort();
         let _ = stop_server.send(true);
         if server_running {
             let _ = server.await;

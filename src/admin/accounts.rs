@@ -33,10 +33,11 @@ pub struct UpdateAccount {
 const MAX_QUOTA: i64 = 1_000_000_000_000;
 
 fn max_tokens(v: i64) -> Result<i64, ParseError> {
-    if (1..=1_000_000).contains(&v) {
+    let max = limits::MAX_TOKENS_PER_ACCOUNT;
+    if (1..=max).contains(&v) {
         Ok(v)
     } else {
-        Err(ParseError::new("max_tokens", "must be 1 to 1000000"))
+        Err(ParseError::new("max_tokens", format!("must be 1 to {max}")))
     }
 }
 

@@ -640,8 +640,9 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             "must be 1 to 2592000 (30 days)".into(),
         );
     }
-    if !(1..=1_000_000).contains(&raw.accounts.default_max_tokens) {
-        bad("accounts.default_max_tokens", "must be 1 to 1000000".into());
+    let max = crate::domain::limits::MAX_TOKENS_PER_ACCOUNT;
+    if !(1..=max).contains(&raw.accounts.default_max_tokens) {
+        bad("accounts.default_max_tokens", format!("must be 1 to {max}"));
     }
     if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err()
         || !every_directive_has_a_level(&raw.log.level)

@@ -3,6 +3,9 @@
 use super::ParseError;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
+/// Most tokens one account may be allowed (`max_tokens`): issuing checks it at the same cost
+/// whatever the count.
+pub const MAX_TOKENS_PER_ACCOUNT: i64 = 100_000_000;
 /// Largest `usage_limit` / `RequestCount` (the seeds' maximum).
 pub const MAX_USAGE_LIMIT: i64 = 999_999_999;
 /// Largest `lifetime_seconds` / `Lifetime`: ten years, the seeds' maximum.

@@ -46,7 +46,20 @@ pub const ALL: [Job; 5] = [
     Job::Housekeeping,
 ];
 
+/// The jobs a wake-up runs side by side, each list in order: no job waits on another list's
+/// (a long monthly reset does not hold back expiry, warnings or housekeeping).
+const CHAINS: [&[Job]; 3] = [
+    &[Job::MonthlyReset, Job::MonthlyTokens],
+    &[Job::Expiry, Job::ExpiryWarnings],
+    &[Job::Housekeeping],
+];
+
 impl Job {
+    /// Its place in `ALL`.
+    fn index(self) -> usize {
+        ALL.iter().position(|j| *j == self).unwrap_or(0)
+    }
+
     /// Its name in the API and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -181,13 +194,15 @@ pub enum RunError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// Runs jobs for periods, one at a time in this process.
+/// Runs jobs for periods: each job one period at a time in this process, different jobs side
+/// by side.
 pub struct Runner {
     ctx: Ctx,
     live: SharedLive,
     sender: Arc<Sender>,
     owner: String,
-    lock: Mutex<()>,
+    /// One per job, in `ALL` order: held while a period of that job runs here.
+    running: [Mutex<()>; 5],
 }
 
 impl Runner {
@@ -206,7 +221,7 @@ impl Runner {
             live,
             sender,
             owner,
-            lock: Mutex::new(()),
+            running: Default::default(),
         })
     }
 
@@ -220,20 +235,44 @@ impl Runner {
         &self.sender
     }
 
-    /// Runs every job whose period due now has not been done: the start-up catch-up and every
-    /// scheduler wake-up.
+    /// Runs every job whose period due now has not been done: every scheduler wake-up. The
+    /// chains of jobs run side by side; a job still running here from an earlier wake-up is
+    /// waited for by its own chain only.
     pub async fn run_due(&self) -> Vec<RunReport> {
+        self.run_due_of(&ALL).await
+    }
+
+    /// The start-up catch-up: every period that came due while no daemon ran, except the daily
+    /// housekeeping, which never holds up serving (`run_due` takes it once the port is open).
+    pub async fn catch_up(&self) -> Vec<RunReport> {
+        self.run_due_of(&[
+            Job::MonthlyReset,
+            Job::MonthlyTokens,
+            Job::Expiry,
+            Job::ExpiryWarnings,
+        ])
+        .await
+    }
+
+    async fn run_due_of(&self, jobs: &[Job]) -> Vec<RunReport> {
         let now = self.ctx.clock.now();
-        let mut out = Vec::new();
-        for job in ALL {
-            let period = job.period_at(now);
-            match self.run_period(job, &period, false, false).await {
-                Ok(r) => out.push(r),
-                Err(e) => {
-                    tracing::warn!(job = job.as_str(), %period, error = %e, "job run could not start");
+        let chains = CHAINS.map(|chain| async move {
+            let mut out = Vec::new();
+            for &job in chain.iter().filter(|j| jobs.contains(j)) {
+                let period = job.period_at(now);
+                match self.run_period(job, &period, false, false).await {
+                    Ok(r) => out.push(r),
+                    Err(e) => {
+                        tracing::warn!(job = job.as_str(), %period, error = %e, "job run could not start");
+                    }
                 }
             }
-        }
+            out
+        });
+        let [a, b, c] = chains;
+        let (a, b, c) = tokio::join!(a, b, c);
+        let mut out: Vec<RunReport> = a.into_iter().chain(b).chain(c).collect();
+        out.sort_by_key(|r| r.job.index());
         out
     }
 
@@ -358,7 +397,8 @@ impl Runner {
         on_demand: bool,
         reopen_done: bool,
     ) -> Result<RunReport, crate::store::StoreError> {
-        let _one = self.lock.lock().await;
+        // One period of a job at a time here; other jobs go on meanwhile.
+        let _running = self.running[job.index()].lock().await;
         let store = &self.ctx.store;
         let lease = self.live.get().config.jobs.lease;
         let lease_until = || Utc::now() + chrono::TimeDelta::from_std(lease).unwrap_or_default();

@@ -3,9 +3,9 @@
 //! its messages in the same transaction.
 
 use super::outbox::NewMessage;
-use super::rows::{AccountRow, TokenRow, ACCOUNT_COLS, TOKEN_COLS};
+use super::rows::{TokenRow, TOKEN_COLS};
 use super::{sql, Arg, Backend, Result, Store, WritePool};
-use crate::domain::model::{Account, Token};
+use crate::domain::model::Token;
 use crate::domain::plan::Archive;
 use chrono::{DateTime, Utc};
 
@@ -32,6 +32,17 @@ pub struct JobRun {
     pub result: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+}
+
+/// What one step of the monthly roll did (`Store::roll_tokens_step`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollStep {
+    /// Where the next step starts; `None` when the walk is done.
+    pub next: Option<String>,
+    /// Rows the step's range held (each row of the table is in exactly one step's range).
+    pub scanned: u64,
+    /// Rows it rolled.
+    pub rolled: u64,
 }
 
 /// The answer to a claim.
@@ -166,52 +177,132 @@ impl Store {
 
     // ----- monthly reset -----
 
-    /// Rolls up to `limit` tokens and accounts whose counters or refill are from before
-    /// `period` into it (archiving the old month's counts), in one transaction. Returns how many
-    /// tokens and accounts it rolled; `(0, 0)` when none are left.
-    pub async fn roll_month_batch(&self, period: &str, limit: i64) -> Result<(usize, usize)> {
+    /// Rolls the next `limit` tokens by id after `after` (`""` to start) into `period`: a
+    /// counter from before it is archived and restarted, a monthly refill due is applied, as
+    /// `Token::roll_month` does. A keyset walk: each step reads its own id range once, so the
+    /// whole roll reads every token once, and each write transaction covers `limit` rows only
+    /// (verification waits for it at most that long).
+    ///
+    /// The change number is not bumped: the SQLite ledger applies the same roll to the rows it
+    /// holds when it meets them in the new month, so its cache stays right without a reread.
+    pub async fn roll_tokens_step(
+        &self,
+        period: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<RollStep> {
+        const DUE: &str = "(calls_month_period < $3 OR (refill_monthly IS NOT NULL \
+            AND status <> 'revoked' AND (refill_period IS NULL OR refill_period < $3)))";
+        // Applied as `Token::roll_month` does (a revoked token met by a call is refilled too);
+        // every expression reads the row as it was before the statement.
+        const REFILL: &str =
+            "(refill_monthly IS NOT NULL AND (refill_period IS NULL OR refill_period < $3))";
+        let lock = format!(
+            "SELECT id FROM tokens WHERE id > $1 AND id <= $2 AND {DUE} ORDER BY id FOR UPDATE"
+        );
+        let archive = format!(
+            "{} SELECT id, calls_month_period, calls_month FROM tokens \
+             WHERE id > $1 AND id <= $2 AND calls_month_period < $3 ON CONFLICT DO NOTHING",
+            super::usage::archive_insert(Archive::Token)
+        );
+        let update = format!(
+            "UPDATE tokens SET \
+             calls_month = CASE WHEN calls_month_period < $3 THEN 0 ELSE calls_month END, \
+             calls_month_period = CASE WHEN calls_month_period < $3 THEN $3 ELSE calls_month_period END, \
+             remaining = CASE WHEN {REFILL} THEN refill_monthly ELSE remaining END, \
+             status = CASE WHEN {REFILL} AND status = 'exhausted' AND refill_monthly > 0 \
+                      THEN 'active' ELSE status END, \
+             refill_period = CASE WHEN {REFILL} THEN $3 ELSE refill_period END \
+             WHERE id > $1 AND id <= $2 AND {DUE}"
+        );
+        self.walk_step("tokens", after, limit, period, &lock, &[&archive, &update])
+            .await
+    }
+
+    /// `roll_tokens_step` for accounts' quota counters.
+    pub async fn roll_accounts_step(
+        &self,
+        period: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<RollStep> {
+        let lock = "SELECT id FROM accounts WHERE id > $1 AND id <= $2 AND quota_period < $3 \
+                    ORDER BY id FOR UPDATE";
+        let archive = format!(
+            "{} SELECT id, quota_period, quota_used FROM accounts \
+             WHERE id > $1 AND id <= $2 AND quota_period < $3 ON CONFLICT DO NOTHING",
+            super::usage::archive_insert(Archive::Account)
+        );
+        let update = "UPDATE accounts SET quota_used = 0, quota_period = $3 \
+                      WHERE id > $1 AND id <= $2 AND quota_period < $3";
+        self.walk_step("accounts", after, limit, period, lock, &[&archive, update])
+            .await
+    }
+
+    /// One step of a keyset walk over `table`: bounds the next `limit` ids after `after`, then
+    /// in one short write transaction locks the due rows of that range (`lock`, PostgreSQL
+    /// only, in id order as the usage writer locks them) and runs `statements`. Each binds
+    /// `$1`/`$2` (the range, exclusive/inclusive) and `$3` (`value`); the last one's row count is
+    /// what the step did.
+    async fn walk_step(
+        &self,
+        table: &str,
+        after: &str,
+        limit: i64,
+        value: &str,
+        lock: &str,
+        statements: &[&str],
+    ) -> Result<RollStep> {
+        let bounds = format!(
+            "SELECT COUNT(*), MAX(id) FROM (SELECT id FROM {table} WHERE id > $1 ORDER BY id LIMIT $2) s"
+        );
         with_pool!(self, p => {
+            let (scanned, upto): (i64, Option<String>) = sqlx::query_as(sql(bounds))
+                .bind(after).bind(limit).fetch_one(p).await?;
+            let Some(upto) = upto else {
+                return Ok(RollStep { next: None, scanned: 0, rolled: 0 });
+            };
             let mut tx = p.begin_write().await?;
-            // Tokens before accounts: the usage writer's lock order.
-            let tokens = sqlx::query_as::<_, TokenRow>(sql(format!(
-                "SELECT {TOKEN_COLS} FROM tokens WHERE calls_month_period < $1 \
-                 OR (refill_monthly IS NOT NULL AND status <> 'revoked' \
-                     AND (refill_period IS NULL OR refill_period < $1)) \
-                 ORDER BY id LIMIT $2{}", p.for_update())))
-                .bind(period).bind(limit).fetch_all(&mut *tx).await?;
-            let accounts = sqlx::query_as::<_, AccountRow>(sql(format!(
-                "SELECT {ACCOUNT_COLS} FROM accounts WHERE quota_period < $1 ORDER BY id LIMIT $2{}",
-                p.for_update())))
-                .bind(period).bind(limit).fetch_all(&mut *tx).await?;
-            let (na, nt) = (accounts.len(), tokens.len());
-            for row in accounts {
-                let mut a = Account::try_from(row)?;
-                let (_, archived) = a.roll_month(period);
-                if let Some((old, n)) = archived {
-                    sqlx::query(sql(format!("{} VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", super::usage::archive_insert(Archive::Account))))
-                        .bind(&a.id).bind(old).bind(n).execute(&mut *tx).await?;
-                }
-                sqlx::query("UPDATE accounts SET quota_used = $2, quota_period = $3 WHERE id = $1")
-                    .bind(&a.id).bind(a.quota_used).bind(&a.quota_period).execute(&mut *tx).await?;
+            if !p.for_update().is_empty() {
+                sqlx::query(sql(lock.to_string())).bind(after).bind(&upto).bind(value)
+                    .execute(&mut *tx).await?;
             }
-            for row in tokens {
-                let mut t = Token::try_from(row)?;
-                let (_, archived) = t.roll_month(period);
-                if let Some((old, n)) = archived {
-                    sqlx::query(sql(format!("{} VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", super::usage::archive_insert(Archive::Token))))
-                        .bind(&t.id).bind(old).bind(n).execute(&mut *tx).await?;
-                }
-                sqlx::query(
-                    "UPDATE tokens SET calls_month = $2, calls_month_period = $3, remaining = $4, \
-                     refill_period = $5, status = $6 WHERE id = $1")
-                    .bind(&t.id).bind(t.calls_month).bind(&t.calls_month_period).bind(t.remaining)
-                    .bind(&t.refill_period).bind(t.status.as_str()).execute(&mut *tx).await?;
+            let mut rolled = 0;
+            for q in statements {
+                rolled = sqlx::query(sql(q.to_string())).bind(after).bind(&upto).bind(value)
+                    .execute(&mut *tx).await?.rows_affected();
             }
-            let change = if nt + na > 0 { p.note_change(&mut tx).await? } else { 0 };
             tx.commit().await?;
-            self.observe_change(change);
-            Ok((nt, na))
+            Ok(RollStep {
+                next: (scanned == limit).then_some(upto),
+                scanned: scanned as u64,
+                rolled,
+            })
         })
+    }
+
+    /// Clears the day counters that tokens unused since before `stats_before` still hold in
+    /// their rows (the archive keeps those days until housekeeping drops them), for the next
+    /// `limit` tokens after `after`: a keyset walk in short transactions, like the monthly roll.
+    pub async fn clear_old_days_step(
+        &self,
+        stats_before: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<RollStep> {
+        self.walk_step(
+            "tokens",
+            after,
+            limit,
+            stats_before,
+            "SELECT id FROM tokens WHERE id > $1 AND id <= $2 AND stats_day < $3 \
+             ORDER BY id FOR UPDATE",
+            &["UPDATE tokens SET stats_day = NULL, day_valid = 0, day_cost = 0, day_revoked = 0, \
+               day_expired = 0, day_account_inactive = 0, day_ip_not_allowed = 0, \
+               day_scope_denied = 0, day_account_quota_exceeded = 0, day_usage_exceeded = 0, \
+               day_bad_jwt = 0 WHERE id > $1 AND id <= $2 AND stats_day < $3"],
+        )
+        .await
     }
 
     /// A token's archived monthly calls.
@@ -360,15 +451,6 @@ impl Store {
                 .bind(now).execute(p).await?.rows_affected();
             let stats = sqlx::query("DELETE FROM token_stats_daily WHERE day < $1")
                 .bind(stats_before).execute(p).await?.rows_affected();
-            // A token unused since then still holds that old day in its row. Its rows are
-            // locked in id order, as the usage writer locks them, so the two never deadlock.
-            sqlx::query(sql(format!(
-                "UPDATE tokens SET stats_day = NULL, day_valid = 0, day_cost = 0, day_revoked = 0, \
-                 day_expired = 0, day_account_inactive = 0, day_ip_not_allowed = 0, \
-                 day_scope_denied = 0, day_account_quota_exceeded = 0, day_usage_exceeded = 0, \
-                 day_bad_jwt = 0 WHERE id IN \
-                 (SELECT id FROM tokens WHERE stats_day < $1 ORDER BY id{})", p.for_update())))
-                .bind(stats_before).execute(p).await?;
             let mut tx = p.begin().await?;
             sqlx::query(
                 "DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT id FROM outbox \

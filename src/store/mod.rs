@@ -9,7 +9,7 @@
 mod model;
 mod rows;
 
-pub use jobs::{Claim, JobRun};
+pub use jobs::{Claim, JobRun, RollStep};
 pub use model::*;
 pub use outbox::{Message, MessageKind, NewMessage};
 
@@ -182,6 +182,10 @@ macro_rules! bind_args {
                 Arg::Time(v) => q.bind(v),
                 Arg::OptStr(v) => q.bind(v),
                 Arg::OptBytes(v) => q.bind(v),
+                Arg::OptI64(v) => q.bind(v),
+                Arg::OptTime(v) => q.bind(v),
+                Arg::Bool(v) => q.bind(v),
+                Arg::Bytes(v) => q.bind(v),
             };
         }
         q
@@ -209,6 +213,10 @@ enum Arg {
     Time(DateTime<Utc>),
     OptStr(Option<String>),
     OptBytes(Option<Vec<u8>>),
+    OptI64(Option<i64>),
+    OptTime(Option<DateTime<Utc>>),
+    Bool(bool),
+    Bytes(Vec<u8>),
 }
 
 /// Beginning a transaction that will write, per backend.
@@ -227,6 +235,67 @@ trait WritePool {
         &self,
         tx: &mut Transaction<'static, Self::Db>,
     ) -> Result<u64, sqlx::Error>;
+}
+
+/// Live tokens of account `$1` whose expiry has passed at `$2` but which the expiry job has not
+/// marked yet: what issuing subtracts from `accounts.live_tokens`. It reads the partial index of
+/// live tokens by expiry, whatever the account's number of tokens.
+pub const LAPSED_LIVE_TOKENS: &str = "SELECT COUNT(*) FROM tokens WHERE account_id = $1 \
+     AND status IN ('active', 'exhausted') AND expires_at <= $2";
+
+/// Tokens per insert statement, and each one's parameters: 10,000 parameters a statement,
+/// within both backends' limits.
+const INSERT_ROWS: usize = 500;
+const PARAMS_PER_ROW: usize = 20;
+
+/// One statement inserting `tokens` into `account_id`, returning the rows.
+fn insert_tokens(account_id: &str, tokens: &[NewToken], now: DateTime<Utc>) -> (String, Vec<Arg>) {
+    let mut values = Vec::with_capacity(tokens.len());
+    let mut args = Vec::with_capacity(tokens.len() * PARAMS_PER_ROW);
+    let month = crate::domain::period::month_key(now);
+    for (i, t) in tokens.iter().enumerate() {
+        let n = |k: usize| format!("${}", i * PARAMS_PER_ROW + k);
+        // status 'active', counters at zero; `remaining` starts at `usage_limit` ($12 = $13).
+        let p: Vec<String> = (1..=PARAMS_PER_ROW).map(n).collect();
+        values.push(format!(
+            "({}, 'active', {}, 0, 0, {}, {})",
+            p[..16].join(", "),
+            p[16..19].join(", "),
+            p[19],
+            p[19]
+        ));
+        let (pname, pperiod) = t.policy.clone().unzip();
+        args.extend([
+            Arg::Str(t.id.clone()),
+            Arg::Str(account_id.to_string()),
+            Arg::OptStr(t.user_id.clone()),
+            Arg::Str(t.issued_by.clone()),
+            Arg::OptStr(pname),
+            Arg::OptStr(pperiod),
+            Arg::Str(t.name.clone()),
+            Arg::OptStr(t.description.clone()),
+            Arg::Str(t.role.as_str().to_string()),
+            Arg::Str(rows::json_list(&t.scopes)),
+            Arg::Str(rows::json_list(&t.allowed_ips)),
+            Arg::OptI64(t.usage_limit),
+            Arg::OptI64(t.usage_limit),
+            Arg::OptI64(t.refill_monthly),
+            Arg::Str(month.clone()),
+            Arg::OptTime(t.expires_at),
+            Arg::Bool(t.jwt_enabled),
+            Arg::OptBytes(t.sealed_secret.clone()),
+            Arg::Bytes(t.secret_hash.clone()),
+        ]);
+        args.push(Arg::Time(now));
+    }
+    let q = format!(
+        "INSERT INTO tokens (id, account_id, user_id, issued_by, policy_name, policy_period, \
+         name, description, role, scopes, allowed_ips, usage_limit, remaining, refill_monthly, \
+         refill_period, expires_at, status, jwt_enabled, sealed_secret, secret_hash, calls_month, \
+         calls_total, created_at, updated_at) VALUES {} RETURNING {TOKEN_COLS}",
+        values.join(", ")
+    );
+    (q, args)
 }
 
 /// See `WritePool::note_change`.
@@ -698,13 +767,6 @@ impl Store {
         messages: &[NewMessage],
         now: DateTime<Utc>,
     ) -> Result<Vec<Token>> {
-        let insert = format!(
-            "INSERT INTO tokens (id, account_id, user_id, issued_by, policy_name, policy_period, \
-             name, description, role, scopes, allowed_ips, usage_limit, remaining, refill_monthly, \
-             refill_period, expires_at, status, jwt_enabled, sealed_secret, secret_hash, calls_month, \
-             calls_total, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-             $11, $12, $12, $13, $19, $14, 'active', $15, $16, $17, 0, 0, $18, $18) RETURNING {TOKEN_COLS}"
-        );
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
             let mut change = 0;
@@ -718,29 +780,33 @@ impl Store {
                     change = p.note_change(&mut tx).await?;
                 }
             }
-            let max: i64 = sqlx::query_scalar(sql(format!(
-                "SELECT max_tokens FROM accounts WHERE id = $1{}", p.for_update())))
+            // The account's row lock (PostgreSQL; SQLite has one writer) serialises issues, so
+            // the count holds to the commit.
+            let (max, live): (i64, i64) = sqlx::query_as(sql(format!(
+                "SELECT max_tokens, live_tokens FROM accounts WHERE id = $1{}", p.for_update())))
                 .bind(account_id).fetch_optional(&mut *tx).await?.ok_or(StoreError::NotFound)?;
-            let active: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM tokens WHERE account_id = $1 AND status <> 'revoked' \
-                 AND (expires_at IS NULL OR expires_at > $2)")
+            // Live tokens whose expiry has passed, not yet marked by the expiry job: a minute's
+            // worth at most, read from the partial index of live tokens.
+            let lapsed: i64 = sqlx::query_scalar(LAPSED_LIVE_TOKENS)
                 .bind(account_id).bind(now).fetch_one(&mut *tx).await?;
+            let active = live - lapsed;
             if active + tokens.len() as i64 > max {
                 return Err(StoreError::TokenLimit { max, active });
             }
             let mut out = Vec::with_capacity(tokens.len());
-            for t in tokens {
-                let (pname, pperiod) = t.policy.clone().unzip();
-                let row = sqlx::query_as::<_, TokenRow>(sql(insert.clone()))
-                    .bind(&t.id).bind(account_id).bind(&t.user_id).bind(&t.issued_by)
-                    .bind(pname).bind(pperiod).bind(&t.name).bind(&t.description)
-                    .bind(t.role.as_str()).bind(rows::json_list(&t.scopes))
-                    .bind(rows::json_list(&t.allowed_ips)).bind(t.usage_limit)
-                    .bind(t.refill_monthly).bind(t.expires_at).bind(t.jwt_enabled)
-                    .bind(&t.sealed_secret).bind(&t.secret_hash).bind(now)
-                    .bind(crate::domain::period::month_key(now))
-                    .fetch_one(&mut *tx).await?;
-                out.push(Token::try_from(row)?);
+            for chunk in tokens.chunks(INSERT_ROWS) {
+                let (q, args) = insert_tokens(account_id, chunk, now);
+                let rows = bind_args!(sqlx::query_as::<_, TokenRow>(sql(q)), args)
+                    .fetch_all(&mut *tx).await?;
+                // RETURNING promises no order: put the rows in the order asked for.
+                let mut by_id: std::collections::HashMap<String, TokenRow> =
+                    rows.into_iter().map(|r| (r.id().to_string(), r)).collect();
+                for t in chunk {
+                    let row = by_id.remove(&t.id).ok_or_else(|| {
+                        StoreError::Other(format!("token {} was not inserted", t.id))
+                    })?;
+                    out.push(Token::try_from(row)?);
+                }
             }
             queue_messages!(tx, messages, now);
             tx.commit().await?;

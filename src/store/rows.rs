@@ -170,6 +170,13 @@ pub(super) struct TokenRow {
     day_bad_jwt: i64,
 }
 
+impl TokenRow {
+    /// The token's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 impl TryFrom<TokenRow> for Token {
     type Error = StoreError;
     fn try_from(r: TokenRow) -> Result<Self, StoreError> {

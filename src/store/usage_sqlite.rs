@@ -266,7 +266,7 @@ const LOG_FOLDED: &str = "usage_log_folded";
 /// of the last record folded into the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LogPosition {
-    /// The run's epoch (`store::usage_log`).
+    /// The run's epoch (`verify::usage_log`).
     pub epoch: u64,
     /// The last record of that run folded.
     pub folded: u64,

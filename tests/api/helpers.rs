@@ -204,6 +204,9 @@ pub async fn launch(config: Config, clock: ManualClock) -> anyhow::Result<TestAp
         .await
         .unwrap();
     });
+    // The daemon runs the day's housekeeping once it serves; waiting for that job here (its
+    // lock) keeps a test's own writes from racing it.
+    runner.run_due().await;
     let operator = std::fs::read_to_string(data_dir.join("operator.token"))
         .unwrap_or_default()
         .trim()

@@ -1,0 +1,382 @@
+//! Work that grows with the number of tokens, at a size CI affords: the monthly reset walks each
+//! token once in short steps, jobs do not wait behind a long reset, and issuing a token checks
+//! `max_tokens` against a count kept up to date rather than counted.
+
+use crate::helpers::{spawn_app, spawn_app_with, Backend, TestApp};
+use crate::{both_backends, postgres_only};
+use chrono::{TimeZone, Utc};
+use serde_json::{json, Value};
+use tokenwarden::jobs::{Job, RunOutcome};
+
+both_backends!(
+    the_monthly_reset_walks_each_token_once_in_short_steps,
+    the_live_token_count_follows_every_change_and_issuing_reads_no_token_list,
+);
+
+postgres_only!(expiry_runs_while_a_monthly_reset_is_in_progress,);
+
+/// Tokens cloned from one real token.
+const CLONES: i64 = 50_000;
+
+/// A connection of the test's own to the daemon's database, for fixtures and plan checks.
+enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Db {
+    async fn of(app: &TestApp) -> Db {
+        match app.pg_url() {
+            Some(url) => Db::Postgres(sqlx::PgPool::connect(&url).await.unwrap()),
+            None => {
+                let path = app.ctx.store.sqlite_file().expect("a SQLite store");
+                let url = format!("sqlite://{}", path.display());
+                Db::Sqlite(sqlx::SqlitePool::connect(&url).await.unwrap())
+            }
+        }
+    }
+
+    async fn exec(&self, q: &str) {
+        let q = sqlx::AssertSqlSafe(q.to_string());
+        match self {
+            Db::Sqlite(p) => sqlx::query(q).execute(p).await.map(|_| ()),
+            Db::Postgres(p) => sqlx::query(q).execute(p).await.map(|_| ()),
+        }
+        .unwrap()
+    }
+
+    async fn int(&self, q: &str) -> i64 {
+        let q = sqlx::AssertSqlSafe(q.to_string());
+        match self {
+            Db::Sqlite(p) => sqlx::query_scalar(q).fetch_one(p).await,
+            Db::Postgres(p) => sqlx::query_scalar(q).fetch_one(p).await,
+        }
+        .unwrap()
+    }
+
+    /// The query plan of `q` as text.
+    async fn plan(&self, q: &str) -> String {
+        match self {
+            Db::Sqlite(p) => {
+                let rows: Vec<(i64, i64, i64, String)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {q}")))
+                        .fetch_all(p)
+                        .await
+                        .unwrap();
+                rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+            }
+            Db::Postgres(p) => {
+                let rows: Vec<String> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {q}")))
+                        .fetch_all(p)
+                        .await
+                        .unwrap();
+                rows.join("\n")
+            }
+        }
+    }
+
+    /// Copies token `id` `n` times (ids `<id>-<i>`): counters of November, half of them
+    /// exhausted with a monthly refill due.
+    async fn clone_token(&self, id: &str, n: i64) {
+        self.exec(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
+             INSERT INTO tokens (id, account_id, user_id, issued_by, name, role, scopes, \
+             allowed_ips, usage_limit, remaining, refill_monthly, refill_period, expires_at, \
+             status, jwt_enabled, secret_hash, calls_month, calls_month_period, calls_total, \
+             created_at, updated_at) \
+             SELECT t.id || '-' || CAST(n.i AS TEXT), t.account_id, t.user_id, t.issued_by, \
+             t.name, t.role, t.scopes, t.allowed_ips, t.usage_limit, \
+             CASE WHEN n.i % 2 = 0 THEN 0 ELSE 7 END, t.refill_monthly, '2026-11', \
+             t.expires_at, CASE WHEN n.i % 2 = 0 THEN 'exhausted' ELSE 'active' END, \
+             t.jwt_enabled, t.secret_hash, 3, '2026-11', 3, t.created_at, t.updated_at \
+             FROM n, tokens t WHERE t.id = '{id}'"
+        ))
+        .await;
+    }
+}
+
+/// One verification of `token`; its answer.
+async fn verify(app: &TestApp, token: &str) -> Value {
+    let (s, v) = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/verify",
+            None,
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(s.as_u16(), 200, "{v}");
+    v
+}
+
+async fn big_account(app: &TestApp) -> (String, String) {
+    app.account_with(json!({"name": "big", "max_tokens": 10_000_000}))
+        .await
+}
+
+/// The reset rolls every token, applying refills and archiving November, in steps that each
+/// read their own range of ids: the rows read over a whole walk are the tokens, once.
+async fn the_monthly_reset_walks_each_token_once_in_short_steps(b: Backend) {
+    let app = spawn_app(b).await;
+    let db = Db::of(&app).await;
+    let (acct, secret) = big_account(&app).await;
+    let (id, plain) = app
+        .token(
+            &secret,
+            json!({"name": "t", "usage_limit": 10, "refill_monthly": 10}),
+        )
+        .await;
+    // A call in November, so the account's quota counter has a month to roll too.
+    verify(&app, &plain).await;
+    app.settled().await;
+    db.clone_token(&id, CLONES).await;
+    let total = CLONES + 1;
+    assert_eq!(
+        db.int("SELECT COUNT(*) FROM tokens").await,
+        total,
+        "fixture"
+    );
+
+    app.clock
+        .set(Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 30).unwrap());
+    let r = app
+        .runner
+        .run_on_demand(Job::MonthlyReset, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.outcome,
+        RunOutcome::Ran(format!("rolled {total} tokens and 1 accounts into 2026-12"))
+    );
+    // Every clone: November archived, the counter restarted, the refill applied (and the
+    // exhausted half active again).
+    assert_eq!(
+        db.int("SELECT COUNT(*) FROM token_monthly_usage WHERE period = '2026-11' AND calls = 3")
+            .await,
+        CLONES
+    );
+    assert_eq!(
+        db.int(
+            "SELECT COUNT(*) FROM tokens WHERE calls_month = 0 AND calls_month_period = '2026-12' \
+             AND remaining = 10 AND refill_period = '2026-12' AND status = 'active'"
+        )
+        .await,
+        total,
+        "the clones and the token they were made from"
+    );
+    let clone = app
+        .settled()
+        .await
+        .token(&format!("{id}-2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(clone.remaining, Some(10));
+    assert_eq!(clone.calls_month, 0);
+    let v: Value = app.get(&format!("/v1/accounts/{acct}"), &secret).await.1;
+    assert_eq!(v["account"]["id"], acct.as_str(), "{v}");
+
+    // The walk into January, step by step: each step reads `limit` ids past the last one, so
+    // the steps' ranges never overlap and together hold every token once.
+    app.clock
+        .set(Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 30).unwrap());
+    let limit = 4_000;
+    let (mut after, mut steps, mut read, mut rolled) = (String::new(), 0, 0, 0);
+    loop {
+        let s = app
+            .ctx
+            .store
+            .roll_tokens_step("2027-01", &after, limit)
+            .await
+            .unwrap();
+        steps += 1;
+        read += s.scanned;
+        rolled += s.rolled;
+        assert!(s.rolled <= s.scanned);
+        match s.next {
+            Some(next) => {
+                assert_eq!(
+                    s.scanned, limit as u64,
+                    "a step short of the limit ends the walk"
+                );
+                assert!(next > after, "the walk moves forward: {next} after {after}");
+                after = next;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(read, total as u64, "every token read once");
+    assert_eq!(rolled, total as u64);
+    assert_eq!(steps, (total + limit - 1) / limit);
+    // A second walk finds nothing left to roll.
+    let again = app
+        .ctx
+        .store
+        .roll_tokens_step("2027-01", "", total + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.scanned, again.rolled, again.next),
+        (total as u64, 0, None)
+    );
+}
+
+/// `live_tokens` is kept by the store through issue, exhaustion, refill, expiry, revocation
+/// and PATCH; issuing checks `max_tokens` against it, and the one count issuing still makes
+/// (live tokens past their expiry, not yet marked) reads an index of live tokens only.
+async fn the_live_token_count_follows_every_change_and_issuing_reads_no_token_list(b: Backend) {
+    let app = spawn_app(b).await;
+    let db = Db::of(&app).await;
+    let (acct, secret) = app
+        .account_with(json!({"name": "acme", "max_tokens": 4}))
+        .await;
+    let live = || {
+        let q = format!("SELECT live_tokens FROM accounts WHERE id = '{acct}'");
+        let db = &db;
+        async move { db.int(&q).await }
+    };
+    let (one_id, one) = app
+        .token(&secret, json!({"name": "one", "usage_limit": 1}))
+        .await;
+    let (two_id, _) = app.token(&secret, json!({"name": "two"})).await;
+    let (short_id, _) = app
+        .token(&secret, json!({"name": "short", "lifetime_seconds": 60}))
+        .await;
+    assert_eq!(live().await, 3);
+    // Exhausted still counts.
+    let v = verify(&app, &one).await;
+    assert_eq!(v["result"], "VALID", "{v}");
+    app.settled().await;
+    assert_eq!(live().await, 3);
+    // Past its expiry but not yet marked: still counted in the column, not by an issue.
+    app.clock.advance(chrono::TimeDelta::seconds(61));
+    let (four_id, _) = app.token(&secret, json!({"name": "four"})).await;
+    let (five_id, _) = app.token(&secret, json!({"name": "five"})).await;
+    assert_eq!(live().await, 5);
+    let (s, v) = app
+        .post("/v1/tokens", &secret, json!({"name": "six"}))
+        .await;
+    assert_eq!((s.as_u16(), v["code"].as_u64()), (409, Some(4091)), "{v}");
+    // Marked expired: out of the column.
+    let r = app.runner.run_on_demand(Job::Expiry, None).await.unwrap();
+    assert!(matches!(r.outcome, RunOutcome::Ran(_)), "{r:?}");
+    assert_eq!(live().await, 4);
+    // Revoked: out; a PATCH that leaves it live changes nothing.
+    let (s, _) = app.delete(&format!("/v1/tokens/{two_id}"), &secret).await;
+    assert_eq!(s.as_u16(), 200);
+    assert_eq!(live().await, 3);
+    let (s, _) = app
+        .patch(
+            &format!("/v1/tokens/{four_id}"),
+            &secret,
+            json!({"usage_limit": 5}),
+        )
+        .await;
+    assert_eq!(s.as_u16(), 200);
+    assert_eq!(live().await, 3);
+    // The expired token given a later expiry is live again.
+    let (s, v) = app
+        .patch(
+            &format!("/v1/tokens/{short_id}"),
+            &secret,
+            json!({"lifetime_seconds": 3600}),
+        )
+        .await;
+    assert_eq!(s.as_u16(), 200, "{v}");
+    assert_eq!(v["token"]["status"], "active", "{v}");
+    assert_eq!(live().await, 4);
+    let (s, v) = app
+        .post("/v1/tokens", &secret, json!({"name": "six"}))
+        .await;
+    assert_eq!((s.as_u16(), v["code"].as_u64()), (409, Some(4091)), "{v}");
+    assert_eq!(
+        db.int("SELECT COUNT(*) FROM tokens WHERE status IN ('active', 'exhausted')")
+            .await,
+        live().await,
+        "the column agrees with a count"
+    );
+    let _ = (one_id, five_id);
+
+    // With many live tokens in the account, the count an issue makes is planned on the
+    // partial index of live tokens by expiry: it reads the lapsed ones, not the list.
+    db.clone_token(&four_id, 20_000).await;
+    db.exec("ANALYZE").await;
+    let plan = db
+        .plan(
+            &tokenwarden::store::LAPSED_LIVE_TOKENS
+                .replace("$1", &format!("'{acct}'"))
+                .replace("$2", "'2026-11-27T12:00:00Z'"),
+        )
+        .await;
+    assert!(plan.contains("tokens_live_by_expiry"), "{plan}");
+    assert!(
+        !plan.contains("Seq Scan") && !plan.contains("SCAN tokens"),
+        "{plan}"
+    );
+}
+
+/// A reset held up (a row it must roll is locked by another transaction) does not hold back
+/// expiry, which runs and finishes meanwhile; the reset finishes once the row is free.
+async fn expiry_runs_while_a_monthly_reset_is_in_progress(b: Backend) {
+    let app = spawn_app_with(b, |c| {
+        c.db_lock_timeout = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let db = Db::of(&app).await;
+    let (_, secret) = big_account(&app).await;
+    let (held, held_plain) = app.token(&secret, json!({"name": "held"})).await;
+    let (due, _) = app
+        .token(&secret, json!({"name": "due", "lifetime_seconds": 3600}))
+        .await;
+    // A call in November: the reset has this token to roll.
+    verify(&app, &held_plain).await;
+    let Db::Postgres(pool) = &db else {
+        unreachable!("PostgreSQL only")
+    };
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM tokens WHERE id = $1 FOR UPDATE")
+        .bind(&held)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+
+    app.clock
+        .set(Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 30).unwrap());
+    let runner = app.runner.clone();
+    let reset = tokio::spawn(async move { runner.run_on_demand(Job::MonthlyReset, None).await });
+    // The reset has claimed its period and waits on the row.
+    for _ in 0..100 {
+        let run = app
+            .ctx
+            .store
+            .job_run("monthly_reset", "2026-12")
+            .await
+            .unwrap();
+        if run.is_some_and(|r| r.status == "running") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        app.runner.run_on_demand(Job::Expiry, None),
+    )
+    .await
+    .expect("expiry does not wait for the reset")
+    .unwrap();
+    assert!(
+        matches!(&r.outcome, RunOutcome::Ran(s) if s.starts_with("1 ")),
+        "{r:?}"
+    );
+    let token = app.ctx.store.token(&due).await.unwrap().unwrap();
+    assert_eq!(token.status.as_str(), "expired");
+    assert!(!reset.is_finished(), "the reset is still held up");
+
+    blocker.commit().await.unwrap();
+    let r = reset.await.unwrap().unwrap();
+    assert!(
+        matches!(&r.outcome, RunOutcome::Ran(s) if s.starts_with("rolled ")),
+        "{r:?}"
+    );
+}
