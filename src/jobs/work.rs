@@ -36,12 +36,14 @@ async fn monthly_reset(ctx: &Ctx, period: &str) -> Result<String, StoreError> {
     // The counters archived and rolled over include every call answered so far.
     ctx.usage.settle().await?;
     let (tokens, _) = roll_all(period, |after| async move {
-        ctx.store.roll_tokens_step(period, &after, ROLL_BATCH).await
+        ctx.store
+            .roll_tokens_step(period, &after, ctx.store.walk_step_rows())
+            .await
     })
     .await?;
     let (accounts, _) = roll_all(period, |after| async move {
         ctx.store
-            .roll_accounts_step(period, &after, ROLL_BATCH)
+            .roll_accounts_step(period, &after, ctx.store.walk_step_rows())
             .await
     })
     .await?;
@@ -49,10 +51,6 @@ async fn monthly_reset(ctx: &Ctx, period: &str) -> Result<String, StoreError> {
         "rolled {tokens} tokens and {accounts} accounts into {period}"
     ))
 }
-
-/// Rows per step of the monthly roll and of housekeeping's walk over the tokens: one short
-/// write transaction each, so a verification waits a few milliseconds at most behind one.
-pub(super) const ROLL_BATCH: i64 = 2000;
 
 /// Walks a table with `step` from its first id to its last; returns the rows changed and the
 /// rows read. `what` names the walk in the log.
@@ -289,7 +287,7 @@ async fn housekeeping(ctx: &Ctx, live: &Live) -> Result<String, StoreError> {
         let stats_before = &stats_before;
         async move {
             ctx.store
-                .clear_old_days_step(stats_before, &after, ROLL_BATCH)
+                .clear_old_days_step(stats_before, &after, ctx.store.walk_step_rows())
                 .await
         }
     })

@@ -177,6 +177,18 @@ impl Store {
 
     // ----- monthly reset -----
 
+    /// Rows per step of a keyset walk over the tokens (the monthly roll, housekeeping). On
+    /// PostgreSQL a step locks its rows, and a call to one of them waits for the step: 2,000
+    /// rows keep that to milliseconds. SQLite's ledger decides calls in memory and only its fold
+    /// waits for a step, so steps are larger there and the walk takes fewer lock turns against
+    /// the folds.
+    pub fn walk_step_rows(&self) -> i64 {
+        match &*self.backend {
+            Backend::Sqlite(_) => 20_000,
+            Backend::Postgres(_) => 2_000,
+        }
+    }
+
     /// Rolls the next `limit` tokens by id after `after` (`""` to start) into `period`: a
     /// counter from before it is archived and restarted, a monthly refill due is applied, as
     /// `Token::roll_month` does. A keyset walk: each step reads its own id range once, so the
