@@ -5,10 +5,14 @@
 //! calls decided against counters in memory, each VALID call's record flushed here before it is
 //! answered, and the counters folded into SQLite in rare passes. `verify::ledger` drives it.
 //!
-//! Two files of a fixed size, made once (zero-filled and flushed, so a flush rewrites blocks
-//! that exist and the file's size never changes), are used in turn: records go into one from its
-//! start until the next would not fit, then into the other, which may be reused only once every
-//! record in it has been folded (`release`). A record is its header (magic, the run's epoch,
+//! Two files are used in turn: records go into one from its start until the next would not fit,
+//! then into the other, which may be reused only once every record in it has been folded
+//! (`release`). A file holds records only where it was zero-filled and flushed beforehand, so a
+//! flush rewrites blocks that exist and leaves the file's size alone. Each start makes both files
+//! one `chunk` long; the writer zero-fills one more chunk ahead of the records only while the other
+//! file still waits for a fold, up to the configured size, so the files grow with what arrives
+//! between two folds and an idle store stays small. A failed zero-fill (a full disk) only keeps a
+//! file at its length: records then wait for a fold (`Behind`) instead of failing the log. A record is its header (magic, the run's epoch,
 //! sequence number, length, CRC-32 of all four and the payload) and its payload; numbers run on
 //! by one across both files. Each start of the daemon folds everything on disk and then writes
 //! under a new epoch, so a record of another epoch is either folded or was never acknowledged
@@ -81,9 +85,10 @@ struct Durable {
 }
 
 struct State {
-    /// Encoded records not yet taken by the writer, and where each ends in `buf`.
+    /// Encoded records not yet taken by the writer, and for each where it ends in `buf` and the
+    /// file it goes to (at the end of the records before it there, or at the start).
     buf: Vec<u8>,
-    ends: Vec<usize>,
+    ends: Vec<(usize, usize)>,
     /// The number the next record gets.
     next: Seq,
     /// Every record up to this one is folded: its space may be reused.
@@ -94,6 +99,8 @@ struct State {
     waiters: std::collections::VecDeque<(Seq, Notice)>,
     /// Set with the failure, under this lock, so no waiter is queued after the writer stopped.
     failed: Option<LogError>,
+    /// How far each file is zero-filled: where records may go.
+    filled: [u64; 2],
     /// The writer sleeps on `wake`: an append must wake it (otherwise it will look again by
     /// itself, and waking it would cost a system call per record).
     writer_waiting: bool,
@@ -110,8 +117,17 @@ struct State {
 #[derive(Clone)]
 pub struct UsageLog {
     shared: Arc<Shared>,
+    /// The most a file may grow to.
     size: u64,
+    /// What a file starts at, and grows by.
+    chunk: u64,
     epoch: u64,
+}
+
+/// The step a file of at most `size` bytes grows by: small enough that an idle store stays small
+/// and a zero-fill is a short pause for the writer, large enough to be rare.
+pub fn chunk_for(size: u64) -> u64 {
+    (size / 64).clamp(64 << 10, 2 << 20).min(size)
 }
 
 /// The writer thread, to be joined at shutdown.
@@ -130,8 +146,8 @@ impl Durability {
 }
 
 impl UsageLog {
-    /// Opens the two files of `size` bytes each at `base` (`file_paths`; made, or remade at another size, as
-    /// zeros), and starts the writer, numbering from `next` (at least 1) under `epoch`, which
+    /// Opens the two files at `base` (`file_paths`), each made one chunk (`chunk_for(size)`) of
+    /// zeros and allowed to grow to `size` bytes, and starts the writer, numbering from `next` (at least 1) under `epoch`, which
     /// differs from every earlier run's. Every record on disk must have been replayed and folded
     /// before: both files are free. With `flush`, a record is durable once `fdatasync` returned
     /// after it; without, once written (a killed process loses nothing, a power loss may).
@@ -148,9 +164,10 @@ impl UsageLog {
                 "usage log numbers start at 1",
             ));
         }
+        let chunk = chunk_for(size);
         let files = file_paths(base)
             .iter()
-            .map(|p| prepared(p, size))
+            .map(|p| prepared(p, chunk))
             .collect::<io::Result<Vec<File>>>()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -164,6 +181,7 @@ impl UsageLog {
                 writer_waiting: false,
                 tail: (0, 0),
                 last_in: [0; 2],
+                filled: [chunk; 2],
             }),
             wake: Condvar::new(),
             durable: watch::channel(Durable {
@@ -175,6 +193,7 @@ impl UsageLog {
         let log = UsageLog {
             shared,
             size,
+            chunk,
             epoch,
         };
         let writer = {
@@ -204,7 +223,7 @@ impl UsageLog {
     }
 
     fn push(&self, payload: &[u8], notice: Option<Notice>) -> Result<Seq, LogError> {
-        if (HEADER + payload.len()) as u64 > self.size {
+        if (HEADER + payload.len()) as u64 > self.chunk {
             return Err(LogError::TooLarge(payload.len()));
         }
         let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -215,7 +234,7 @@ impl UsageLog {
         s.last_in[file] = seq;
         encode(&mut s.buf, self.epoch, seq, payload);
         let end = s.buf.len();
-        s.ends.push(end);
+        s.ends.push((end, file));
         if let Some(n) = notice {
             s.waiters.push_back((seq, n));
         }
@@ -232,7 +251,7 @@ impl UsageLog {
     /// when every append is made under one lock of the caller's, held across both (the ledger's
     /// cache): then only the writer can change it, by failing for good.
     pub fn admits(&self, len: usize) -> Result<(), LogError> {
-        if (HEADER + len) as u64 > self.size {
+        if (HEADER + len) as u64 > self.chunk {
             return Err(LogError::TooLarge(len));
         }
         let s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -241,11 +260,11 @@ impl UsageLog {
 
     /// Where a record with a payload of `len` bytes would go (file, offset), or why it is
     /// refused: the log failed or closed, or it would have to wait for a fold to free the other
-    /// file (`Behind`).
+    /// file, or for the writer to zero-fill more of this one (`Behind`).
     fn place(&self, s: &State, len: usize) -> Result<(usize, u64), LogError> {
         self.refusal(s)?;
         let (file, offset) = s.tail;
-        if offset + (HEADER + len) as u64 <= self.size {
+        if offset + (HEADER + len) as u64 <= s.filled[file] {
             return Ok((file, offset));
         }
         let other = 1 - file;
@@ -304,12 +323,14 @@ impl UsageLog {
         let _ = writer.0.join();
     }
 
-    /// The writer: takes everything appended, writes it after what the current file holds
-    /// (moving to the other file, once it is released, when a record would not fit), flushes,
-    /// and publishes the last number written.
+    /// The writer: takes everything appended, writes each record where `place` put it (moving
+    /// to the other file, once it is released, when the records do), flushes, publishes the
+    /// last number written, and zero-fills more of the file the records go to when it nears its
+    /// end while the other file still waits for a fold (`grow`).
     fn run(self, mut files: Vec<File>, flush: bool) {
         // Current file, where its next record goes, and the last number each file holds.
         let (mut cur, mut offset, mut last) = (0usize, 0u64, [0 as Seq; 2]);
+        let mut quiet_until = std::time::Instant::now();
         loop {
             let (buf, ends, first) = {
                 let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -332,27 +353,26 @@ impl UsageLog {
             // at `run_at` (in the file).
             let (mut start, mut run, mut run_at) = (0usize, 0usize, offset);
             let mut written = Ok(());
-            for (i, &end) in ends.iter().enumerate() {
-                let len = (end - start) as u64;
-                if offset + len > self.size {
+            for (i, &(end, file)) in ends.iter().enumerate() {
+                if file != cur {
                     // What this pass wrote so far is made durable (the fold may be waiting for
-                    // it), then the other file is taken once all it holds is folded.
+                    // it), then the other file is taken once all it holds is folded (`place`
+                    // saw it so; waiting here only guards that).
                     // (Nothing of this pass went to that file when it is the first record.)
                     if run < start {
                         written = write_at(&mut files[cur], run_at, &buf[run..start])
                             .and_then(|()| self.settle(&files[cur], flush, first + i as Seq - 1));
                     }
-                    let other = 1 - cur;
-                    if written.is_ok() && !self.wait_released(last[other]) {
+                    if written.is_ok() && !self.wait_released(last[file]) {
                         written = Err(io::Error::other("closed while waiting for a fold"));
                     }
                     if written.is_err() {
                         break;
                     }
-                    cur = other;
+                    cur = file;
                     (offset, run, run_at) = (0, start, 0);
                 }
-                offset += len;
+                offset += (end - start) as u64;
                 last[cur] = first + i as Seq;
                 start = end;
             }
@@ -376,7 +396,56 @@ impl UsageLog {
                 }
                 return;
             }
+            if let Err(e) = self.grow(&mut files, flush) {
+                // The file keeps its length; records wait for a fold meanwhile (`Behind`).
+                if std::time::Instant::now() >= quiet_until {
+                    tracing::warn!(error = %e, "cannot grow the usage log; calls wait for a fold");
+                    quiet_until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                }
+            }
         }
+    }
+
+    /// Zero-fills one more chunk of the file the records go to when they come within a chunk of
+    /// its filled end, it may still grow, and the other file holds records not yet folded (so
+    /// they could not move there). The zeros are flushed before `place` may put records there.
+    fn grow(&self, files: &mut [File], flush: bool) -> io::Result<()> {
+        let (file, from) = {
+            let s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            let (file, offset) = s.tail;
+            let filled = s.filled[file];
+            if filled >= self.size
+                || filled - offset.min(filled) >= self.chunk
+                || s.released >= s.last_in[1 - file]
+            {
+                return Ok(());
+            }
+            (file, filled)
+        };
+        let to = (from + self.chunk).min(self.size);
+        let zeroed = zero_fill(&mut files[file], from, to).and_then(|()| {
+            if flush {
+                files[file].sync_data()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = zeroed {
+            // Nothing was placed past `from`: cut what was written of the zeros.
+            let _ = files[file].set_len(from);
+            return Err(e);
+        }
+        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.filled[file] = to;
+        Ok(())
+    }
+
+    /// How long each file is now (zero-filled, so records may go there).
+    pub fn filled(&self) -> [u64; 2] {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .filled
     }
 
     /// Flushes `file` (with `flush`) and publishes every record up to `seq` as durable.
@@ -435,24 +504,22 @@ fn write_at(f: &mut File, offset: u64, bytes: &[u8]) -> io::Result<()> {
     f.write_all(bytes)
 }
 
-/// Opens `path`, making it `size` bytes of zeros (flushed, with its directory) when it is
-/// missing or of another size.
-fn prepared(path: &Path, size: u64) -> io::Result<File> {
+/// Opens `path` and makes it `len` bytes long, zero-filled where it was not written before, and
+/// flushed with its directory. What it held was folded before this start, so what lies beyond
+/// `len` goes.
+fn prepared(path: &Path, len: u64) -> io::Result<File> {
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)?;
-    if f.metadata()?.len() != size {
-        f.set_len(0)?;
-        let zeros = vec![0u8; 1 << 20];
-        f.seek(SeekFrom::Start(0))?;
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            f.write_all(&zeros[..n])?;
-            left -= n as u64;
+    let had = f.metadata()?.len();
+    if had != len {
+        if had > len {
+            f.set_len(len)?;
+        } else {
+            zero_fill(&mut f, had, len)?;
         }
         f.sync_all()?;
         if let Some(dir) = path.parent() {
@@ -460,6 +527,19 @@ fn prepared(path: &Path, size: u64) -> io::Result<File> {
         }
     }
     Ok(f)
+}
+
+/// Writes zeros over `from..to` of `f`.
+fn zero_fill(f: &mut File, from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0u8; (to - from).min(1 << 20) as usize];
+    f.seek(SeekFrom::Start(from))?;
+    let mut left = to - from;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
 }
 
 /// What a start must fold before serving: the records of `epoch` (the last run's) numbered
@@ -729,6 +809,122 @@ mod tests {
         assert_eq!(
             replay(&dir.path().join("db"), 0, 1).unwrap(),
             (numbered(1..=2, fixed), 0)
+        );
+    }
+
+    fn lengths(base: &Path) -> [u64; 2] {
+        file_paths(base).map(|p| std::fs::metadata(p).unwrap().len())
+    }
+
+    /// Appends `rec` until the log refuses it for a moment (the writer may be zero-filling
+    /// meanwhile): how many it took.
+    async fn fill(log: &UsageLog, rec: &[u8]) -> u64 {
+        let mut taken = 0;
+        'outer: loop {
+            for _ in 0..200 {
+                match log.append(rec) {
+                    Ok(seq) => {
+                        taken += 1;
+                        log.wait(seq).await.unwrap();
+                        continue 'outer;
+                    }
+                    Err(LogError::Behind) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            return taken;
+        }
+    }
+
+    /// An idle store's log is two chunks; a file grows only while the other waits for a fold,
+    /// never past the size set, and each start makes both one chunk again.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_files_grow_only_while_folds_fall_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("db");
+        let size = 1 << 20;
+        let chunk = chunk_for(size);
+        assert_eq!(chunk, 64 << 10);
+        let rec = vec![b'r'; 1000 - HEADER];
+        let (log, writer) = UsageLog::open(&base, size, true, 1, 1).unwrap();
+        assert_eq!(lengths(&base), [chunk; 2]);
+        // Every record folded before the next: the files take turns and keep their length,
+        // though ten chunks' worth went through them.
+        for _ in 0..10 * chunk / 1000 {
+            let seq = log.append(&rec).unwrap();
+            log.wait(seq).await.unwrap();
+            log.release(seq);
+        }
+        assert_eq!(lengths(&base), [chunk; 2]);
+        let folded = log.shared.state.lock().unwrap().next - 1;
+        // Nothing folded: the file the records go to grows to the size set (the other still
+        // waits for a fold), and only then is a record refused.
+        let first = fill(&log, &rec).await;
+        let grown = lengths(&base);
+        assert!(grown.contains(&size) && grown.contains(&chunk), "{grown:?}");
+        assert!(
+            first >= (size - chunk) / 1000,
+            "took {first} records of 1000 bytes"
+        );
+        assert_eq!(log.append(&rec), Err(LogError::Behind));
+        // The small file's records folded (the grown one's, the last `size / 1000`, not yet):
+        // the records move to the small file, which grows in turn, no further.
+        log.release(folded + first - size / 1000);
+        let second = fill(&log, &rec).await;
+        assert_eq!(lengths(&base), [size; 2]);
+        assert_eq!(log.filled(), [size; 2]);
+        assert!(second >= (size - chunk) / 1000, "took {second}");
+        // All of them come back.
+        log.close(writer);
+        let (records, beyond) = replay(&base, folded + first, 1).unwrap();
+        assert_eq!((records.len() as u64, beyond), (second, 0));
+        // The next start, with all of it folded, gives the space back.
+        let next = folded + first + second + 1;
+        let (log, writer) = UsageLog::open(&base, size, true, next, 2).unwrap();
+        assert_eq!(lengths(&base), [chunk; 2]);
+        log.close(writer);
+    }
+
+    /// A file that cannot grow (here past a file-size limit; a full disk alike) keeps its
+    /// length: records wait for a fold instead of failing the log, and flow again after it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_file_that_cannot_grow_makes_records_wait_for_a_fold_not_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("db");
+        let size = 1 << 20;
+        let chunk = chunk_for(size);
+        let rec = vec![b'r'; 1000 - HEADER];
+        let (log, writer) = UsageLog::open(&base, size, true, 1, 1).unwrap();
+        // SAFETY: nextest runs this test alone in its process; the signal is ignored so that a
+        // write past the limit fails with EFBIG instead of ending the process.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: 2 * chunk,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+        }
+        // The first file fills, the records move to the second, which grows once, to the
+        // limit, and no further; the first still waits for a fold.
+        let per_chunk = chunk / 1000;
+        let taken = fill(&log, &rec).await;
+        assert_eq!(lengths(&base), [chunk, 2 * chunk]);
+        assert_eq!(log.failure(), None);
+        assert_eq!(taken, per_chunk + 2 * chunk / 1000);
+        // A fold frees the first file: records are taken again, and it grows to the limit.
+        log.release(per_chunk);
+        let more = fill(&log, &rec).await;
+        assert_eq!(more, 2 * chunk / 1000);
+        assert_eq!(lengths(&base), [2 * chunk; 2]);
+        assert_eq!(log.failure(), None);
+        log.close(writer);
+        assert_eq!(
+            replay(&base, taken, 1).unwrap().0.len() as u64,
+            more,
+            "the records after the fold"
         );
     }
 

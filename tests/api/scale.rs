@@ -380,3 +380,31 @@ async fn expiry_runs_while_a_monthly_reset_is_in_progress(b: Backend) {
         "{r:?}"
     );
 }
+
+/// With the usage log at its default bound (128 MiB a file), a new store takes a few MiB on
+/// disk: the log's files start at one step each and grow only while folds fall behind.
+#[tokio::test]
+async fn an_empty_sqlite_store_is_small_on_disk() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.usage_log_bytes = 128 << 20).await;
+    let (_, secret) = app.account("acme").await;
+    let (_, t) = app.token(&secret, json!({"name": "svc"})).await;
+    for _ in 0..20 {
+        assert_eq!(verify(&app, &t).await["result"], "VALID");
+    }
+    let db = app.ctx.store.sqlite_file().unwrap();
+    let dir = db.parent().unwrap();
+    let mut on_disk = 0u64;
+    for e in std::fs::read_dir(dir).unwrap() {
+        use std::os::unix::fs::MetadataExt;
+        let m = e.unwrap().metadata().unwrap();
+        if m.is_file() {
+            on_disk += m.blocks() * 512;
+        }
+    }
+    assert!(on_disk < 20 << 20, "{on_disk} bytes on disk in {dir:?}");
+    for suffix in ["-usage.0", "-usage.1"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 2 << 20, "{p:?}");
+    }
+}
