@@ -12,10 +12,11 @@
 //! one `chunk` long; the writer zero-fills one more chunk ahead of the records only while the other
 //! file still waits for a fold, up to the configured size, so the files grow with what arrives
 //! between two folds and an idle store stays small. A failed zero-fill (a full disk) only keeps a
-//! file at its length: records then wait for a fold (`Behind`) instead of failing the log. A record is its header (magic, the run's epoch,
-//! sequence number, length, CRC-32 of all four and the payload) and its payload; numbers run on
-//! by one across both files. Each start of the daemon folds everything on disk and then writes
-//! under a new epoch, so a record of another epoch is either folded or was never acknowledged
+//! file at its length: records then wait for a fold (`Behind`) instead of failing the log.
+//!
+//! A record is its header (magic, the run's epoch, sequence number, length, CRC-32 of all four
+//! and the payload) and its payload; numbers run on by one across both files. Each start of the
+//! daemon folds everything on disk and then writes under a new epoch, so a record of another epoch is either folded or was never acknowledged
 //! (written but not flushed when the machine stopped; blocks can reach the disk out of order).
 //! `replay` reads each file from its start while records are whole, of the epoch asked for and
 //! consecutive, and returns the run of numbers after the folded one up to the first gap:
@@ -147,9 +148,9 @@ impl Durability {
 
 impl UsageLog {
     /// Opens the two files at `base` (`file_paths`), each made one chunk (`chunk_for(size)`) of
-    /// zeros and allowed to grow to `size` bytes, and starts the writer, numbering from `next` (at least 1) under `epoch`, which
-    /// differs from every earlier run's. Every record on disk must have been replayed and folded
-    /// before: both files are free. With `flush`, a record is durable once `fdatasync` returned
+    /// zeros and allowed to grow to `size` bytes, and starts the writer, numbering from `next`
+    /// (at least 1) under `epoch`, which differs from every earlier run's. Every record on disk
+    /// must have been replayed and folded before: both files are free. With `flush`, a record is durable once `fdatasync` returned
     /// after it; without, once written (a killed process loses nothing, a power loss may).
     pub fn open(
         base: &Path,
@@ -414,8 +415,9 @@ impl UsageLog {
             let s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             let (file, offset) = s.tail;
             let filled = s.filled[file];
+            // (`place` never puts the tail past `filled`.)
             if filled >= self.size
-                || filled - offset.min(filled) >= self.chunk
+                || filled - offset >= self.chunk
                 || s.released >= s.last_in[1 - file]
             {
                 return Ok(());
@@ -437,15 +439,6 @@ impl UsageLog {
         let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         s.filled[file] = to;
         Ok(())
-    }
-
-    /// How long each file is now (zero-filled, so records may go there).
-    pub fn filled(&self) -> [u64; 2] {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .filled
     }
 
     /// Flushes `file` (with `flush`) and publishes every record up to `seq` as durable.
@@ -874,7 +867,7 @@ mod tests {
         log.release(folded + first - size / 1000);
         let second = fill(&log, &rec).await;
         assert_eq!(lengths(&base), [size; 2]);
-        assert_eq!(log.filled(), [size; 2]);
+        assert_eq!(log.shared.state.lock().unwrap().filled, [size; 2]);
         assert!(second >= (size - chunk) / 1000, "took {second}");
         // All of them come back.
         log.close(writer);
