@@ -69,10 +69,10 @@ impl From<&Verdict> for VerifyAnswer {
             code: v.outcome.code().number(),
             valid: v.outcome == Outcome::Valid,
             result: v.outcome,
-            token_id: t.map(|t| t.id.clone()),
-            account_id: t.map(|t| t.account_id.clone()),
+            token_id: t.map(|t| t.id.to_string()),
+            account_id: t.map(|t| t.account_id.to_string()),
             role: t.map(|t| t.role.to_string()),
-            scopes: t.map(|t| crate::domain::scope::to_strings(&t.scopes)),
+            scopes: t.map(|t| crate::domain::scope::to_strings(t.scopes())),
             remaining: t.map(|t| t.remaining),
             expires_at: t.map(|t| {
                 t.expires_at
@@ -362,7 +362,7 @@ async fn forwarded(
         verdict.token.as_ref().and_then(|t| {
             header(
                 "x-tokenwarden-scopes",
-                &crate::domain::scope::to_strings(&t.scopes).join(" "),
+                &crate::domain::scope::to_strings(t.scopes()).join(" "),
             )
         }),
         verdict

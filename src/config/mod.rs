@@ -105,6 +105,8 @@ pub struct RawDatabase {
     /// Longest time counted calls wait in the SQLite usage log before they are folded into
     /// the store.
     pub fold_interval_seconds: u64,
+    /// Memory for the tokens verification keeps in memory, in MiB.
+    pub token_cache_mib: u64,
 }
 
 /// `[tokens]`
@@ -191,6 +193,7 @@ impl Default for RawDatabase {
             lock_timeout_seconds: 10,
             statement_timeout_seconds: 15,
             usage_log_mib: 128,
+            token_cache_mib: 512,
             fold_interval_seconds: 30,
         }
     }
@@ -307,6 +310,8 @@ pub struct Config {
     pub usage_log_bytes: u64,
     /// Longest wait of counted calls before a fold (SQLite).
     pub fold_interval: std::time::Duration,
+    /// The most memory the tokens kept for verification may take, in bytes.
+    pub token_cache_bytes: u64,
     /// Token settings.
     pub tokens: TokenSettings,
     /// Default `max_tokens` of new accounts.
@@ -577,6 +582,9 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
     if !(1..=4096).contains(&raw.database.usage_log_mib) {
         bad("database.usage_log_mib", "must be 1 to 4096".into());
     }
+    if !(16..=1_048_576).contains(&raw.database.token_cache_mib) {
+        bad("database.token_cache_mib", "must be 16 to 1048576".into());
+    }
     if !(1..=3600).contains(&raw.database.fold_interval_seconds) {
         bad("database.fold_interval_seconds", "must be 1 to 3600".into());
     }
@@ -690,6 +698,7 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             .min(std::time::Duration::from_secs(raw.server.request_timeout_seconds) * 4 / 5),
             usage_log_bytes: raw.database.usage_log_mib << 20,
             fold_interval: std::time::Duration::from_secs(raw.database.fold_interval_seconds),
+            token_cache_bytes: raw.database.token_cache_mib << 20,
             tokens: TokenSettings {
                 prefix: t.prefix.clone(),
                 default_usage_limit: t.default_usage_limit,
@@ -868,9 +877,17 @@ mod tests {
 
     #[test]
     fn usage_log_size_is_checked() {
-        let f = file("[database]\nusage_log_mib = 2\nfold_interval_seconds = 7\n");
+        let f = file(
+            "[database]\nusage_log_mib = 2\nfold_interval_seconds = 7\ntoken_cache_mib = 64\n",
+        );
         let c = load(Some(f.path()), &Overrides::default()).unwrap();
         assert_eq!(c.usage_log_bytes, 2 << 20);
+        assert_eq!(c.token_cache_bytes, 64 << 20);
+        for bad in [0, 15, 1_048_577] {
+            let f = file(&format!("[database]\ntoken_cache_mib = {bad}\n"));
+            let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
+            assert_eq!(errs[0].key, "database.token_cache_mib");
+        }
         assert_eq!(c.fold_interval, std::time::Duration::from_secs(7));
         for bad in [0, 4097] {
             let f = file(&format!("[database]\nusage_log_mib = {bad}\n"));

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod retry;
 pub mod role;
 pub mod scope;
+pub mod state;
 pub mod status;
 pub mod verdict;
 pub mod warnings;

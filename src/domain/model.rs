@@ -181,12 +181,6 @@ impl Token {
             || ip.is_some_and(|ip| super::net::allows(&self.allowed_ips, ip))
     }
 
-    /// Whether the token's scopes allow `call` (any call when it has none; none when it has
-    /// scopes and the call is not named).
-    pub fn allows_call(&self, call: Option<&str>) -> bool {
-        self.scopes.is_empty() || call.is_some_and(|call| super::scope::allows(&self.scopes, call))
-    }
-
     /// Calls this month at `now`: a counter from an earlier month counts as zero (one from a
     /// later month, met by a call stamped just before a month's end, counts in full).
     pub fn calls_this_month(&self, now: DateTime<Utc>) -> i64 {
@@ -194,40 +188,6 @@ impl Token {
             Some(p) if *p >= crate::domain::period::month_key(now) => self.calls_month,
             _ => 0,
         }
-    }
-
-    /// Brings the monthly counter and the refill into `period` (`YYYY-MM`): an earlier month's
-    /// calls are handed back for the archive and the counter restarts at zero; a token with a
-    /// monthly refill gets `remaining` set back to it (and is active again if it was exhausted).
-    /// Whoever reaches the token first in a new month does this — the monthly reset or a
-    /// verification — and it happens once. Returns `(changed, archived (period, calls))`.
-    pub fn roll_month(&mut self, period: &str) -> (bool, Option<(String, i64)>) {
-        let mut changed = false;
-        let mut archived = None;
-        if self
-            .calls_month_period
-            .as_deref()
-            .is_some_and(|p| p < period)
-        {
-            archived = self
-                .calls_month_period
-                .take()
-                .map(|p| (p, self.calls_month));
-            self.calls_month = 0;
-            self.calls_month_period = Some(period.to_string());
-            changed = true;
-        }
-        if let Some(refill) = self.refill_monthly {
-            if self.refill_period.as_deref().is_none_or(|p| p < period) {
-                self.remaining = Some(refill);
-                self.refill_period = Some(period.to_string());
-                if self.status == TokenStatus::Exhausted && refill > 0 {
-                    self.status = TokenStatus::Active;
-                }
-                changed = true;
-            }
-        }
-        (changed, archived)
     }
 }
 

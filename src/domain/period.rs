@@ -45,9 +45,57 @@ pub fn month_start(key: &str) -> Option<DateTime<Utc>> {
         .single()
 }
 
+/// A calendar month in UTC, in four bytes (a token's counters hold two): `YYYY-MM` when written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Month(std::num::NonZeroU32);
+
+impl Month {
+    /// The month holding `t`.
+    pub fn of(t: DateTime<Utc>) -> Month {
+        Month::from_parts(t.year(), t.month()).unwrap_or(Month(std::num::NonZeroU32::MIN))
+    }
+
+    fn from_parts(year: i32, month: u32) -> Option<Month> {
+        let year = u32::try_from(year).ok().filter(|y| *y <= 9999)?;
+        (1..=12).contains(&month).then_some(())?;
+        std::num::NonZeroU32::new(year * 12 + month).map(Month)
+    }
+
+    /// Parses `YYYY-MM` (years 0 to 9999); `None` when `key` is not one.
+    pub fn parse(key: &str) -> Option<Month> {
+        let (y, m) = key.split_once('-')?;
+        let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|c| c.is_ascii_digit());
+        if !digits(y, 4) || !digits(m, 2) {
+            return None;
+        }
+        Month::from_parts(y.parse().ok()?, m.parse().ok()?)
+    }
+}
+
+impl std::fmt::Display for Month {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.get() - 1;
+        write!(f, "{:04}-{:02}", n / 12, n % 12 + 1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_month_in_four_bytes_orders_and_writes_like_its_key() {
+        assert_eq!(std::mem::size_of::<Option<Month>>(), 4);
+        let dec = Month::parse("2026-12").unwrap();
+        let jan = Month::parse("2027-01").unwrap();
+        assert!(dec < jan);
+        assert_eq!((dec.to_string(), jan.to_string()), ("2026-12".into(), "2027-01".into()));
+        assert_eq!(Month::of(month_start("2027-01").unwrap()), jan);
+        assert_eq!(Month::parse("0000-01").unwrap().to_string(), "0000-01");
+        for bad in ["2026-13", "2026-00", "2026-1", "226-12", "2026_12", "", "2026-1x"] {
+            assert_eq!(Month::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn month_keys_parse_back_and_bad_ones_do_not() {

@@ -4,8 +4,9 @@
 //! and the PostgreSQL writers share it, and each only reads state and writes the plan.
 
 use super::credential::hashes_match;
-use super::model::{Account, DayCounts, Token};
-use super::period::{day_key, month_key};
+use super::model::{Account, DayCounts};
+use super::period::{day_key, month_key, Month};
+use super::state::TokenState;
 use super::status::TokenStatus;
 use super::verdict::{decide, AccountState, Check, Outcome};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -49,7 +50,7 @@ pub struct Decided {
     pub outcome: Outcome,
     /// The token as it stands after this call (`None` when it is unknown or the secret did not
     /// match); shared, as the SQLite ledger answers with its cached row.
-    pub token: Option<std::sync::Arc<Token>>,
+    pub token: Option<std::sync::Arc<TokenState>>,
 }
 
 /// A refused verification of a known token, counted in the daily statistics.
@@ -173,7 +174,7 @@ pub struct JwtCount {
 #[derive(Debug, Default)]
 pub struct BatchState {
     /// The batch's tokens, by id (an unknown id is absent).
-    pub tokens: HashMap<String, Token>,
+    pub tokens: HashMap<String, TokenState>,
     /// Their accounts, by id.
     pub accounts: HashMap<String, Account>,
     /// Uses recorded so far for the batch's JWTs, by (token id, JWT id); absent means none.
@@ -187,7 +188,7 @@ pub struct Plan {
     /// One decision per call, in order.
     pub decided: Vec<Decided>,
     /// Tokens whose counters, status or refill changed, in id order.
-    pub tokens: Vec<Token>,
+    pub tokens: Vec<TokenState>,
     /// Accounts whose quota counter changed, in id order.
     pub accounts: Vec<Account>,
     /// Last months' counters to archive: (kind, id, period, calls).
@@ -232,14 +233,14 @@ pub fn batch_jwt_keys(reqs: &[Consume]) -> Vec<(String, String)> {
 
 /// Whether the presented secret is the token's current one, or its previous one within the
 /// regeneration grace period. JWTs (no hash) were checked by signature already.
-pub fn secret_matches(t: &Token, r: &Consume) -> bool {
+pub fn secret_matches(t: &TokenState, r: &Consume) -> bool {
     let Some(h) = &r.secret_hash else {
         return true;
     };
-    let in_grace = match (&t.prev_secret_hash, t.prev_secret_valid_until) {
-        (Some(prev), Some(until)) => r.now < until && hashes_match(h, prev),
-        _ => false,
-    };
+    let in_grace = t
+        .previous
+        .as_ref()
+        .is_some_and(|p| r.now < p.valid_until && hashes_match(h, &p.hash));
     hashes_match(h, &t.secret_hash) || in_grace
 }
 
@@ -266,34 +267,36 @@ fn archive_count(
 /// later day first hands the row's counters to the archive; an earlier one (a clock stepped
 /// back) is counted in the archive directly.
 fn count(
-    t: &mut Token,
+    t: &mut TokenState,
     day: &str,
     col: &str,
     n: i64,
     stats: &mut HashMap<(String, String), StatRow>,
 ) {
-    match t.today.day.as_deref() {
+    let (id, account) = (&t.id, &t.account_id);
+    let today = t.today.get_or_insert_with(Box::default);
+    match today.day.as_deref() {
         Some(d) if d == day => {}
         Some(d) if d > day => {
-            return archive_count(stats, &t.id, &t.account_id, day, col, n);
+            return archive_count(stats, id, account, day, col, n);
         }
         held => {
             if let Some(held) = held {
                 let held = held.to_string();
-                for (c, v) in STAT_COLUMNS.iter().zip(t.today.counts) {
+                for (c, v) in STAT_COLUMNS.iter().zip(today.counts) {
                     if v != 0 {
-                        archive_count(stats, &t.id, &t.account_id, &held, c, v);
+                        archive_count(stats, id, account, &held, c, v);
                     }
                 }
             }
-            t.today = DayCounts {
+            **today = DayCounts {
                 day: Some(day.to_string()),
                 counts: [0; 10],
             };
         }
     }
     if let Some(i) = STAT_COLUMNS.iter().position(|c| *c == col) {
-        t.today.counts[i] += n;
+        today.counts[i] += n;
     }
 }
 
@@ -316,22 +319,40 @@ pub struct Keys {
     date: Option<NaiveDate>,
     day: String,
     month: String,
+    month_no: Option<Month>,
+}
+
+/// A call's month, as an account's counter holds it (`YYYY-MM`) and as a token's does.
+#[derive(Clone, Copy)]
+pub struct Period<'a> {
+    /// `YYYY-MM`.
+    pub key: &'a str,
+    /// The same month.
+    pub month: Month,
 }
 
 impl Keys {
-    /// The `YYYY-MM` month of `at`.
-    pub fn month(&mut self, at: DateTime<Utc>) -> &str {
+    /// The month of `at`.
+    pub fn month(&mut self, at: DateTime<Utc>) -> Period<'_> {
         self.of(at).1
     }
 
-    fn of(&mut self, at: DateTime<Utc>) -> (&str, &str) {
+    fn of(&mut self, at: DateTime<Utc>) -> (&str, Period<'_>) {
         let date = at.date_naive();
         if self.date != Some(date) {
             self.date = Some(date);
             self.day = day_key(at);
             self.month = month_key(at);
+            self.month_no = Some(Month::of(at));
         }
-        (&self.day, &self.month)
+        let month = self.month_no.unwrap_or_else(|| Month::of(at));
+        (
+            &self.day,
+            Period {
+                key: &self.month,
+                month,
+            },
+        )
     }
 }
 
@@ -371,7 +392,7 @@ fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: b
         let known = tokens
             .get(&r.token_id)
             .filter(|t| r.decided || secret_matches(t, r))
-            .map(|t| t.account_id.clone())
+            .map(|t| t.account_id.to_string())
             .filter(|a| accounts.contains_key(a));
         let (Some(account_id), Some(t), Some(a)) = (
             known.clone(),
@@ -385,12 +406,12 @@ fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: b
             continue;
         };
         // A new month: archive and restart the counters, apply the refill, before deciding.
-        let (changed, archived) = t.roll_month(period);
+        let (changed, archived) = t.roll_month(period.month);
         if changed {
             dirty(&mut dirty_tokens, &t.id);
         }
-        archives.extend(archived.map(|(p, n)| (Archive::Token, t.id.clone(), p, n)));
-        let (changed, archived) = a.roll_month(period);
+        archives.extend(archived.map(|(p, n)| (Archive::Token, t.id.to_string(), p.to_string(), n)));
+        let (changed, archived) = a.roll_month(period.key);
         if changed {
             dirty(&mut dirty_accounts, &a.id);
         }
@@ -459,11 +480,11 @@ fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: b
 /// nothing. Shared by the batch plan and the SQLite ledger, which decides on its cached rows in
 /// place; the statistics are the caller's.
 pub fn consume_one(
-    t: &mut Token,
+    t: &mut TokenState,
     a: &mut Account,
     jwt_used: Option<&mut i64>,
     r: &Consume,
-    period: &str,
+    period: Period<'_>,
 ) -> Outcome {
     let cost = r.check.cost;
     let outcome = if r.decided {
@@ -490,12 +511,12 @@ pub fn consume_one(
     a.quota_used = AccountState::of(a).used_this_month(r.now) + cost;
     // A call stamped in an earlier month than the counter holds (queued behind a later one, or
     // from a daemon whose clock lags) counts in the newer month: a counter never moves back.
-    if a.quota_period.as_deref() < Some(period) {
-        a.quota_period = Some(period.to_string());
+    if a.quota_period.as_deref() < Some(period.key) {
+        a.quota_period = Some(period.key.to_string());
     }
     t.calls_month = t.calls_this_month(r.now) + cost;
-    if t.calls_month_period.as_deref() < Some(period) {
-        t.calls_month_period = Some(period.to_string());
+    if t.calls_month_period < Some(period.month) {
+        t.calls_month_period = Some(period.month);
     }
     t.calls_total += cost;
     t.remaining = t.remaining.map(|x| x - cost);
@@ -505,7 +526,7 @@ pub fn consume_one(
     // The address goes with the latest use: none when that use named none, and not replaced by
     // a call stamped earlier than the one recorded.
     if t.last_used_at.is_none_or(|l| r.now >= l) {
-        t.last_used_ip = r.check.client_ip.map(|ip| ip.to_string());
+        t.last_used_ip = r.check.client_ip;
     }
     t.last_used_at = Some(t.last_used_at.map_or(r.now, |l| l.max(r.now)));
     Outcome::Valid
@@ -521,8 +542,8 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 11, d, h, 0, 0).unwrap()
     }
 
-    fn token(id: &str, remaining: Option<i64>) -> Token {
-        Token {
+    fn token(id: &str, remaining: Option<i64>) -> TokenState {
+        TokenState::from(&crate::domain::model::Token {
             usage_limit: remaining,
             remaining,
             jwt_enabled: true,
@@ -530,11 +551,11 @@ mod tests {
             calls_month: 4,
             calls_month_period: Some("2026-10".into()),
             calls_total: 4,
-            ..Token::sample(id, at(1, 0))
-        }
+            ..crate::domain::model::Token::sample(id, at(1, 0))
+        })
     }
 
-    fn state(tokens: Vec<Token>, quota: Option<i64>) -> BatchState {
+    fn state(tokens: Vec<TokenState>, quota: Option<i64>) -> BatchState {
         let account = Account {
             id: "acct".into(),
             name: "acme".into(),
@@ -547,7 +568,7 @@ mod tests {
             updated_at: at(1, 0),
         };
         BatchState {
-            tokens: tokens.into_iter().map(|t| (t.id.clone(), t)).collect(),
+            tokens: tokens.into_iter().map(|t| (t.id.to_string(), t)).collect(),
             accounts: HashMap::from([("acct".to_string(), account)]),
             jwt_uses: HashMap::new(),
         }
@@ -592,8 +613,8 @@ mod tests {
             p.stats.is_empty(),
             "today's statistics stay in the token's row"
         );
-        let c = t.today.counts;
-        assert_eq!(t.today.day.as_deref(), Some("2026-11-27"));
+        let c = t.today().counts;
+        assert_eq!(t.today().day.as_deref(), Some("2026-11-27"));
         assert_eq!((c[0], c[1], c[8]), (2, 2, 1), "valid, cost, usage_exceeded");
         assert_eq!(p.accounts[0].quota_used, 2);
     }
@@ -604,7 +625,7 @@ mod tests {
     fn a_call_decided_already_is_consumed_on_the_row_as_it_is_now() {
         let mut t = token("AAAA", Some(100));
         t.status = TokenStatus::Revoked;
-        t.secret_hash = vec![9; 32];
+        t.secret_hash = [9; 32];
         let decided = |cost| Consume {
             secret_hash: None,
             decided: true,
@@ -657,7 +678,7 @@ mod tests {
         assert_eq!(outcomes(&p), [Outcome::Valid, Outcome::Valid]);
         let t = &p.tokens[0];
         assert_eq!(t.last_used_at, Some(at(27, 13)));
-        assert_eq!(t.last_used_ip.as_deref(), Some("192.0.2.2"));
+        assert_eq!(t.last_used_ip, Some("192.0.2.2".parse().unwrap()));
     }
 
     #[test]
@@ -711,7 +732,7 @@ mod tests {
         let p = plan(&reqs, &[], state(vec![token("AAAA", None)], None));
         assert_eq!(outcomes(&p), [Outcome::Valid, Outcome::Valid]);
         let t = &p.tokens[0];
-        assert_eq!(t.calls_month_period.as_deref(), Some("2026-12"));
+        assert_eq!(t.calls_month_period, Month::parse("2026-12"));
         assert_eq!(
             t.calls_month, 2,
             "both count in the month the counter holds"
@@ -775,7 +796,7 @@ mod tests {
             .collect();
         assert_eq!(days, [("2026-11-25", 1, 5, 0), ("2026-11-26", 1, 1, 1)]);
         let t = &p.tokens[0];
-        assert_eq!(t.today.day.as_deref(), Some("2026-11-27"));
-        assert_eq!(t.today.counts[..3], [1, 1, 0]);
+        assert_eq!(t.today().day.as_deref(), Some("2026-11-27"));
+        assert_eq!(t.today().counts[..3], [1, 1, 0]);
     }
 }

@@ -191,7 +191,7 @@ impl Store {
 
     /// Rolls the next `limit` tokens by id after `after` (`""` to start) into `period`: a
     /// counter from before it is archived and restarted, a monthly refill due is applied, as
-    /// `Token::roll_month` does. A keyset walk: each step reads its own id range once, so the
+    /// `TokenState::roll_month` does. A keyset walk: each step reads its own id range once, so the
     /// whole roll reads every token once, and each write transaction covers `limit` rows only
     /// (verification waits for it at most that long).
     ///
@@ -205,7 +205,7 @@ impl Store {
     ) -> Result<RollStep> {
         const DUE: &str = "(calls_month_period < $3 OR (refill_monthly IS NOT NULL \
             AND status <> 'revoked' AND (refill_period IS NULL OR refill_period < $3)))";
-        // Applied as `Token::roll_month` does (a revoked token met by a call is refilled too);
+        // Applied as `TokenState::roll_month` does (a revoked token met by a call is refilled too);
         // every expression reads the row as it was before the statement.
         const REFILL: &str =
             "(refill_monthly IS NOT NULL AND (refill_period IS NULL OR refill_period < $3))";

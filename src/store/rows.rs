@@ -2,6 +2,8 @@
 
 use super::StoreError;
 use crate::domain::model::{Account, DayCounts, Token, User};
+use crate::domain::period::Month;
+use crate::domain::state::{Hash, PreviousSecret, Rules, TokenState};
 use crate::domain::plan::StatRow;
 use crate::domain::{net, scope::Scope};
 use chrono::{DateTime, Utc};
@@ -20,6 +22,14 @@ pub(super) const TOKEN_COLS: &str = "id, account_id, user_id, issued_by, policy_
      last_used_at, last_used_ip, created_at, updated_at, revoked_at, stats_day, day_valid, \
      day_cost, day_revoked, day_expired, day_account_inactive, day_ip_not_allowed, \
      day_scope_denied, day_account_quota_exceeded, day_usage_exceeded, day_bad_jwt";
+
+/// The columns of a token's state (`StateRow`): what verification reads and changes.
+pub(crate) const STATE_COLS: &str = "id, account_id, role, scopes, allowed_ips, remaining, \
+     refill_monthly, refill_period, expires_at, status, secret_hash, prev_secret_hash, \
+     prev_secret_valid_until, calls_month, calls_month_period, calls_total, last_used_at, \
+     last_used_ip, stats_day, day_valid, day_cost, day_revoked, day_expired, \
+     day_account_inactive, day_ip_not_allowed, day_scope_denied, day_account_quota_exceeded, \
+     day_usage_exceeded, day_bad_jwt";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Other(format!("stored {what} is unreadable: {e}"))
@@ -60,7 +70,7 @@ impl TryFrom<AccountRow> for Account {
 #[derive(sqlx::FromRow)]
 pub(super) struct TokenAccountRow {
     #[sqlx(flatten)]
-    token: TokenRow,
+    token: StateRow,
     a_id: String,
     a_name: String,
     a_status: String,
@@ -74,7 +84,7 @@ pub(super) struct TokenAccountRow {
 
 impl TokenAccountRow {
     /// The token's row and its account's.
-    pub fn into_parts(self) -> (TokenRow, AccountRow) {
+    pub fn into_parts(self) -> (StateRow, AccountRow) {
         let account = AccountRow {
             id: self.a_id,
             name: self.a_name,
@@ -226,6 +236,106 @@ impl TryFrom<TokenRow> for Token {
                     r.day_bad_jwt,
                 ],
             },
+        })
+    }
+}
+
+/// A token's state as stored, in `STATE_COLS` order (also built by the SQLite usage
+/// connection from its own rows).
+#[derive(sqlx::FromRow)]
+pub(crate) struct StateRow {
+    pub id: String,
+    pub account_id: String,
+    pub role: String,
+    pub scopes: String,
+    pub allowed_ips: String,
+    pub remaining: Option<i64>,
+    pub refill_monthly: Option<i64>,
+    pub refill_period: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub secret_hash: Vec<u8>,
+    pub prev_secret_hash: Option<Vec<u8>>,
+    pub prev_secret_valid_until: Option<DateTime<Utc>>,
+    pub calls_month: i64,
+    pub calls_month_period: Option<String>,
+    pub calls_total: i64,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub last_used_ip: Option<String>,
+    pub stats_day: Option<String>,
+    pub day_valid: i64,
+    pub day_cost: i64,
+    pub day_revoked: i64,
+    pub day_expired: i64,
+    pub day_account_inactive: i64,
+    pub day_ip_not_allowed: i64,
+    pub day_scope_denied: i64,
+    pub day_account_quota_exceeded: i64,
+    pub day_usage_exceeded: i64,
+    pub day_bad_jwt: i64,
+}
+
+fn hash(what: &str, h: &[u8]) -> Result<Hash, StoreError> {
+    Hash::try_from(h).map_err(|_| corrupt(what, format!("{} bytes, not 32", h.len())))
+}
+
+fn month(what: &str, p: Option<&str>) -> Result<Option<Month>, StoreError> {
+    p.map(|p| Month::parse(p).ok_or_else(|| corrupt(what, format!("{p:?} is not YYYY-MM"))))
+        .transpose()
+}
+
+impl TryFrom<StateRow> for TokenState {
+    type Error = StoreError;
+    fn try_from(r: StateRow) -> Result<Self, StoreError> {
+        let counts = [
+            r.day_valid,
+            r.day_cost,
+            r.day_revoked,
+            r.day_expired,
+            r.day_account_inactive,
+            r.day_ip_not_allowed,
+            r.day_scope_denied,
+            r.day_account_quota_exceeded,
+            r.day_usage_exceeded,
+            r.day_bad_jwt,
+        ];
+        let today = (r.stats_day.is_some() || counts != [0; 10]).then(|| {
+            Box::new(DayCounts {
+                day: r.stats_day,
+                counts,
+            })
+        });
+        let previous = match (r.prev_secret_hash, r.prev_secret_valid_until) {
+            (Some(h), Some(valid_until)) => Some(Box::new(PreviousSecret {
+                hash: hash("token prev_secret_hash", &h)?,
+                valid_until,
+            })),
+            _ => None,
+        };
+        Ok(TokenState {
+            id: r.id.as_str().into(),
+            account_id: r.account_id.into(),
+            secret_hash: hash("token secret_hash", &r.secret_hash)?,
+            previous,
+            rules: Rules::boxed(
+                parse_scopes(&r.scopes)?,
+                parse_allowed_ips(&r.allowed_ips)?,
+            ),
+            today,
+            remaining: r.remaining,
+            refill_monthly: r.refill_monthly,
+            expires_at: r.expires_at,
+            last_used_at: r.last_used_at,
+            calls_month: r.calls_month,
+            calls_total: r.calls_total,
+            last_used_ip: r
+                .last_used_ip
+                .map(|ip| ip.parse().map_err(|e| corrupt("token last_used_ip", e)))
+                .transpose()?,
+            calls_month_period: month("token calls_month_period", r.calls_month_period.as_deref())?,
+            refill_period: month("token refill_period", r.refill_period.as_deref())?,
+            role: r.role.parse().map_err(|e| corrupt("token role", e))?,
+            status: r.status.parse().map_err(|e| corrupt("token status", e))?,
         })
     }
 }

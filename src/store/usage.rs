@@ -2,9 +2,10 @@
 //! row locks, or checked against the row versions it was planned on), and the daily statistics.
 //! The plan itself is `domain::plan`.
 
-use super::rows::{StatRecord, TokenAccountRow, VersionedRow, ACCOUNT_COLS, TOKEN_COLS};
+use super::rows::{StatRecord, TokenAccountRow, VersionedRow, ACCOUNT_COLS, STATE_COLS};
 use super::{sql, Arg, Backend, Result, Store, StoreError};
-use crate::domain::model::{Account, Token};
+use crate::domain::model::Account;
+use crate::domain::state::TokenState;
 use crate::domain::plan::{
     batch_jwt_keys, batch_token_ids, plan, Archive, BatchState, Consume, Decided, Denial, Plan,
     StatRow, STAT_COLUMNS,
@@ -16,7 +17,7 @@ use chrono::NaiveDate;
 #[derive(Debug, Clone)]
 pub struct Versioned {
     /// The token.
-    pub token: Token,
+    pub token: TokenState,
     /// Its row's version.
     pub token_version: String,
     /// Its account.
@@ -30,7 +31,7 @@ impl TryFrom<VersionedRow> for Versioned {
     fn try_from(r: VersionedRow) -> Result<Self> {
         let (token, account) = r.rows.into_parts();
         Ok(Versioned {
-            token: Token::try_from(token)?,
+            token: TokenState::try_from(token)?,
             token_version: r.t_version,
             account: Account::try_from(account)?,
             account_version: r.a_version,
@@ -59,7 +60,7 @@ fn account_cols() -> String {
 /// row's version, read without a lock (`VersionedRow`).
 fn pg_read_versioned(filter: &str) -> String {
     format!(
-        "WITH t AS (SELECT xmin::text AS t_version, {TOKEN_COLS} FROM tokens {filter}) \
+        "WITH t AS (SELECT xmin::text AS t_version, {STATE_COLS} FROM tokens {filter}) \
          SELECT t.*, a.xmin::text AS a_version, {} FROM t JOIN accounts a ON a.id = t.account_id",
         account_cols()
     )
@@ -68,6 +69,9 @@ static PG_READ_VERSIONED: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| pg_read_versioned("WHERE id = ANY($1)"));
 static PG_READ_ACTIVE_VERSIONED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     pg_read_versioned("WHERE status = 'active' ORDER BY last_used_at DESC NULLS LAST LIMIT $1")
+});
+static PG_READ_ACTIVE_AFTER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    pg_read_versioned("WHERE id > $1 AND status = 'active' ORDER BY id LIMIT $2")
 });
 
 /// The expression that sets the transaction's commit durability. `durability =
@@ -94,7 +98,7 @@ fn pg_lock(flush: bool) -> String {
     // The account ids are an `ARRAY(…)` subquery, which PostgreSQL evaluates whole, locking
     // every token, before `a` scans (and locks) any account: tokens first.
     format!(
-        "WITH t AS MATERIALIZED (SELECT {TOKEN_COLS} FROM tokens WHERE id = ANY($1) \
+        "WITH t AS MATERIALIZED (SELECT {STATE_COLS} FROM tokens WHERE id = ANY($1) \
          ORDER BY id FOR UPDATE), \
          a AS MATERIALIZED (SELECT {ACCOUNT_COLS} FROM accounts \
          WHERE id = ANY(ARRAY(SELECT account_id FROM t)) ORDER BY id FOR UPDATE), \
@@ -223,8 +227,8 @@ async fn pg_batch(
         let (token, account) = row.into_parts();
         let a = Account::try_from(account).map_err(|e| sqlx::Error::Decode(e.into()))?;
         state.accounts.insert(a.id.clone(), a);
-        let t = Token::try_from(token).map_err(|e| sqlx::Error::Decode(e.into()))?;
-        state.tokens.insert(t.id.clone(), t);
+        let t = TokenState::try_from(token).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        state.tokens.insert(t.id.to_string(), t);
     }
     if !jwt_keys.is_empty() {
         let (tids, jids): (Vec<String>, Vec<String>) = jwt_keys.into_iter().unzip();
@@ -270,7 +274,7 @@ fn bind_plan(
     let (ta_id, ta_p, ta_n) = arch(Archive::Token);
     let (aa_id, aa_p, aa_n) = arch(Archive::Account);
     let q = sqlx::query(sql)
-        .bind(tokens.iter().map(|t| t.id.clone()).collect::<Vec<_>>())
+        .bind(tokens.iter().map(|t| t.id.to_string()).collect::<Vec<_>>())
         .bind(
             tokens
                 .iter()
@@ -282,7 +286,7 @@ fn bind_plan(
         .bind(
             tokens
                 .iter()
-                .map(|t| t.calls_month_period.clone())
+                .map(|t| t.calls_month_period.map(|m| m.to_string()))
                 .collect::<Vec<_>>(),
         )
         .bind(tokens.iter().map(|t| t.calls_total).collect::<Vec<_>>())
@@ -290,13 +294,13 @@ fn bind_plan(
         .bind(
             tokens
                 .iter()
-                .map(|t| t.last_used_ip.clone())
+                .map(|t| t.last_used_ip.map(|ip| ip.to_string()))
                 .collect::<Vec<_>>(),
         )
         .bind(
             tokens
                 .iter()
-                .map(|t| t.refill_period.clone())
+                .map(|t| t.refill_period.map(|m| m.to_string()))
                 .collect::<Vec<_>>(),
         )
         .bind(accounts.iter().map(|a| a.id.clone()).collect::<Vec<_>>())
@@ -348,11 +352,16 @@ fn bind_plan(
     let mut q = q.bind(
         tokens
             .iter()
-            .map(|t| t.today.day.clone())
+            .map(|t| t.today.as_ref().and_then(|d| d.day.clone()))
             .collect::<Vec<_>>(),
     );
     for i in 0..STAT_COLUMNS.len() {
-        q = q.bind(tokens.iter().map(|t| t.today.counts[i]).collect::<Vec<_>>());
+        q = q.bind(
+            tokens
+                .iter()
+                .map(|t| t.today.as_ref().map_or(0, |d| d.counts[i]))
+                .collect::<Vec<_>>(),
+        );
     }
     q
 }
@@ -403,6 +412,20 @@ impl Store {
     pub async fn read_active_versioned(&self, limit: usize) -> Result<Vec<Versioned>> {
         let p = &self.usage_pool("reading rows with their versions").await?;
         sqlx::query_as::<_, VersionedRow>(PG_READ_ACTIVE_VERSIONED.as_str())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .map(Versioned::try_from)
+            .collect()
+    }
+
+    /// Up to `limit` active tokens with ids after `after`, in id order, with their accounts and
+    /// versions (PostgreSQL): the rest of the tokens read a step at a time after a start.
+    pub async fn read_active_after(&self, after: &str, limit: usize) -> Result<Vec<Versioned>> {
+        let p = &self.usage_pool("reading rows with their versions").await?;
+        sqlx::query_as::<_, VersionedRow>(PG_READ_ACTIVE_AFTER.as_str())
+            .bind(after)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(p)
             .await?

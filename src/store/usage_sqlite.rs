@@ -7,9 +7,10 @@
 //! with cached prepared statements. Everything else keeps using the sqlx pool; they share the
 //! database file and its write lock like any connections.
 
-use super::rows::{ACCOUNT_COLS, TOKEN_COLS};
+use super::rows::{StateRow, ACCOUNT_COLS, STATE_COLS};
 use super::{Result, StoreError};
-use crate::domain::model::{Account, DayCounts, Token};
+use crate::domain::model::Account;
+use crate::domain::state::TokenState;
 use crate::domain::plan::{
     batch_jwt_keys, batch_token_ids, fold_plan, BatchState, Consume, Denial, Plan, STAT_COLUMNS,
 };
@@ -71,71 +72,40 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Other(format!("stored {what} is unreadable: {e}"))
 }
 
-/// A token row in `TOKEN_COLS` order.
-fn token_of(row: &Row) -> rusqlite::Result<std::result::Result<Token, StoreError>> {
-    let role: String = row.get(8)?;
-    let scopes: String = row.get(9)?;
-    let ips: String = row.get(10)?;
-    let status: String = row.get(16)?;
-    let parsed = (|| {
-        Ok::<_, StoreError>((
-            role.parse().map_err(|e| corrupt("token role", e))?,
-            super::rows::parse_scopes(&scopes)?,
-            super::rows::parse_allowed_ips(&ips)?,
-            status.parse().map_err(|e| corrupt("token status", e))?,
-        ))
-    })();
-    let (role, scopes, allowed_ips, status) = match parsed {
-        Ok(p) => p,
-        Err(e) => return Ok(Err(e)),
-    };
-    Ok(Ok(Token {
+/// A token's state in `STATE_COLS` order.
+fn state_of(row: &Row) -> rusqlite::Result<std::result::Result<TokenState, StoreError>> {
+    let r = StateRow {
         id: row.get(0)?,
         account_id: row.get(1)?,
-        user_id: row.get(2)?,
-        issued_by: row.get(3)?,
-        policy_name: row.get(4)?,
-        policy_period: row.get(5)?,
-        name: row.get(6)?,
-        description: row.get(7)?,
-        role,
-        scopes,
-        allowed_ips,
-        usage_limit: row.get(11)?,
-        remaining: row.get(12)?,
-        refill_monthly: row.get(13)?,
-        refill_period: row.get(14)?,
-        expires_at: read_ts(row, 15)?,
-        status,
-        jwt_enabled: row.get(17)?,
-        sealed_secret: row.get(18)?,
-        secret_hash: row.get(19)?,
-        prev_secret_hash: row.get(20)?,
-        prev_secret_valid_until: read_ts(row, 21)?,
-        calls_month: row.get(22)?,
-        calls_month_period: row.get(23)?,
-        calls_total: row.get(24)?,
-        last_used_at: read_ts(row, 25)?,
-        last_used_ip: row.get(26)?,
-        created_at: read_ts_req(row, 27)?,
-        updated_at: read_ts_req(row, 28)?,
-        revoked_at: read_ts(row, 29)?,
-        today: DayCounts {
-            day: row.get(30)?,
-            counts: [
-                row.get(31)?,
-                row.get(32)?,
-                row.get(33)?,
-                row.get(34)?,
-                row.get(35)?,
-                row.get(36)?,
-                row.get(37)?,
-                row.get(38)?,
-                row.get(39)?,
-                row.get(40)?,
-            ],
-        },
-    }))
+        role: row.get(2)?,
+        scopes: row.get(3)?,
+        allowed_ips: row.get(4)?,
+        remaining: row.get(5)?,
+        refill_monthly: row.get(6)?,
+        refill_period: row.get(7)?,
+        expires_at: read_ts(row, 8)?,
+        status: row.get(9)?,
+        secret_hash: row.get(10)?,
+        prev_secret_hash: row.get(11)?,
+        prev_secret_valid_until: read_ts(row, 12)?,
+        calls_month: row.get(13)?,
+        calls_month_period: row.get(14)?,
+        calls_total: row.get(15)?,
+        last_used_at: read_ts(row, 16)?,
+        last_used_ip: row.get(17)?,
+        stats_day: row.get(18)?,
+        day_valid: row.get(19)?,
+        day_cost: row.get(20)?,
+        day_revoked: row.get(21)?,
+        day_expired: row.get(22)?,
+        day_account_inactive: row.get(23)?,
+        day_ip_not_allowed: row.get(24)?,
+        day_scope_denied: row.get(25)?,
+        day_account_quota_exceeded: row.get(26)?,
+        day_usage_exceeded: row.get(27)?,
+        day_bad_jwt: row.get(28)?,
+    };
+    Ok(TokenState::try_from(r))
 }
 
 /// An account row in `ACCOUNT_COLS` order.
@@ -365,18 +335,18 @@ impl UsageConn {
         let mut state = BatchState::default();
         {
             let mut st =
-                tx.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"))?;
+                tx.prepare_cached(&format!("SELECT {STATE_COLS} FROM tokens WHERE id = ?1"))?;
             for id in batch_token_ids(reqs, denials) {
-                if let Some(t) = st.query_row([&id], token_of).optional()? {
+                if let Some(t) = st.query_row([&id], state_of).optional()? {
                     let t = t?;
-                    state.tokens.insert(t.id.clone(), t);
+                    state.tokens.insert(id, t);
                 }
             }
             let mut st = tx.prepare_cached(&format!(
                 "SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1"
             ))?;
-            let mut account_ids: Vec<&String> =
-                state.tokens.values().map(|t| &t.account_id).collect();
+            let mut account_ids: Vec<&str> =
+                state.tokens.values().map(|t| &*t.account_id).collect();
             account_ids.sort();
             account_ids.dedup();
             for id in account_ids {
@@ -415,18 +385,19 @@ impl UsageConn {
             let mut write_with_status = tx.prepare_cached(&TOKEN_WRITE_WITH_STATUS)?;
             for t in &tokens {
                 let head = [
-                    t.id.clone().into(),
+                    t.id.to_string().into(),
                     t.remaining.into(),
                     t.calls_month.into(),
-                    t.calls_month_period.clone().into(),
+                    t.calls_month_period.map(|m| m.to_string()).into(),
                     t.calls_total.into(),
                     ts_opt(t.last_used_at).into(),
-                    t.last_used_ip.clone().into(),
-                    t.refill_period.clone().into(),
-                    t.today.day.clone().into(),
+                    t.last_used_ip.map(|ip| ip.to_string()).into(),
+                    t.refill_period.map(|m| m.to_string()).into(),
+                    t.today.as_ref().and_then(|d| d.day.clone()).into(),
                 ];
-                let values = with_counts(head, &t.today.counts);
-                if statuses.get(&t.id) == Some(&t.status) {
+                let counts = t.today.as_ref().map_or([0; 10], |d| d.counts);
+                let values = with_counts(head, &counts);
+                if statuses.get(t.id.as_str()) == Some(&t.status) {
                     write.execute(params_from_iter(values))?;
                 } else {
                     let status = Value::Text(t.status.as_str().to_string());
@@ -489,12 +460,12 @@ impl UsageReader {
         Ok(UsageReader { conn })
     }
 
-    /// A token by id.
-    pub fn token(&self, id: &str) -> Result<Option<Token>> {
+    /// A token's state by id.
+    pub fn token(&self, id: &str) -> Result<Option<TokenState>> {
         let mut st = self
             .conn
-            .prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"))?;
-        st.query_row([id], token_of).optional()?.transpose()
+            .prepare_cached(&format!("SELECT {STATE_COLS} FROM tokens WHERE id = ?1"))?;
+        st.query_row([id], state_of).optional()?.transpose()
     }
 
     /// An account by id.
@@ -507,23 +478,37 @@ impl UsageReader {
 
     /// Up to `limit` active tokens, the most recently used first, and their accounts: what a
     /// start reads before serving, so first calls find their rows in memory.
-    pub fn active_rows(&self, limit: usize) -> Result<(Vec<Token>, Vec<Account>)> {
+    pub fn active_rows(&self, limit: usize) -> Result<(Vec<TokenState>, Vec<Account>)> {
         let mut st = self.conn.prepare(&format!(
-            "SELECT {TOKEN_COLS} FROM tokens WHERE status = 'active' \
+            "SELECT {STATE_COLS} FROM tokens WHERE status = 'active' \
              ORDER BY last_used_at DESC NULLS LAST LIMIT ?1"
         ))?;
         let mut tokens = Vec::new();
-        for t in st.query_map([limit as i64], token_of)? {
+        for t in st.query_map([limit as i64], state_of)? {
             tokens.push(t??);
         }
         // Few accounts for many tokens: each read by id rather than the tokens sorted again.
         let ids: std::collections::BTreeSet<&str> =
-            tokens.iter().map(|t| t.account_id.as_str()).collect();
+            tokens.iter().map(|t| &*t.account_id).collect();
         let mut accounts = Vec::with_capacity(ids.len());
         for id in ids {
             accounts.extend(self.account(id)?);
         }
         Ok((tokens, accounts))
+    }
+
+    /// Up to `limit` active tokens with ids after `after`, in id order: a background read of
+    /// the rest of the tokens, a step at a time, each step a short read of the primary key.
+    pub fn active_after(&self, after: &str, limit: usize) -> Result<Vec<TokenState>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {STATE_COLS} FROM tokens WHERE id > ?1 AND status = 'active' \
+             ORDER BY id LIMIT ?2"
+        ))?;
+        let mut tokens = Vec::new();
+        for t in st.query_map(rusqlite::params![after, limit as i64], state_of)? {
+            tokens.push(t??);
+        }
+        Ok(tokens)
     }
 
     /// The uses recorded for a JWT of a token (0 when none).

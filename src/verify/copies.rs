@@ -10,62 +10,134 @@
 //! answered. After such a conflict the writer keeps to the locked way for a while, since daemons
 //! that count calls of one account at once would fail most checks.
 
-use crate::domain::model::{Account, Token};
+use super::table::{Keyed, Tokens};
+use crate::domain::model::Account;
+use crate::domain::state::TokenState;
 use crate::domain::plan::{
     batch_token_ids, plan, secret_matches, BatchState, Consume, Decided, Denial, Plan,
 };
 use crate::store::{usage::Versioned, Store, StoreError};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Active tokens read at start, before serving (the most recently used first).
 const PRELOADED: usize = 100_000;
-/// Copies kept past which all are dropped (and read again as calls need them).
-const MAX_COPIES: usize = 250_000;
 /// How long batches are decided under locks after a write found a row changed.
 const LOCKED_AFTER_CONFLICT: Duration = Duration::from_secs(1);
 
 /// One result per call, in order.
 pub type Results = Vec<Result<Decided, StoreError>>;
 
+/// A token's copy and the version of the row it was read at (`xmin`).
+struct Copied {
+    state: Arc<TokenState>,
+    version: u32,
+}
+
+impl Keyed for Copied {
+    fn id(&self) -> &str {
+        &self.state.id
+    }
+}
+
 /// The writer's copies.
-#[derive(Default)]
 pub struct Copies {
-    tokens: HashMap<String, (Arc<Token>, String)>,
+    tokens: Tokens<Copied>,
     accounts: HashMap<String, (Account, String)>,
     locked_until: Option<Instant>,
+    /// Copies kept (`database.token_cache_mib`): past it some are dropped, and read again as
+    /// calls need them.
+    max_tokens: usize,
+}
+
+/// A row version as PostgreSQL writes it (`xmin::text`); 0, which no row has, for one that
+/// does not parse, so its write finds the row changed and runs under locks.
+fn version(v: &str) -> u32 {
+    v.parse().unwrap_or(0)
 }
 
 impl Copies {
-    /// Copies of the most recently used active tokens and their accounts. A read that fails
-    /// leaves them empty: calls then read the rows they need.
-    pub async fn warm(store: &Store) -> Copies {
-        let mut copies = Copies::default();
-        match store.read_active_versioned(PRELOADED).await {
+    /// No copies; at most `max_tokens` will be kept.
+    pub fn new(max_tokens: usize) -> Copies {
+        Copies {
+            tokens: Tokens::default(),
+            accounts: HashMap::new(),
+            locked_until: None,
+            max_tokens,
+        }
+    }
+
+    /// Copies of the most recently used active tokens and their accounts (at most
+    /// `max_tokens`). A read that fails leaves them empty: calls then read the rows they need.
+    pub async fn warm(store: &Store, max_tokens: usize) -> Copies {
+        let mut copies = Copies::new(max_tokens);
+        match store.read_active_versioned(PRELOADED.min(max_tokens)).await {
             Ok(rows) => rows.into_iter().for_each(|v| copies.put(v)),
             Err(e) => tracing::warn!(error = %e, "cannot read tokens ahead of the first calls"),
         }
         copies
     }
 
+    /// Keeps `v`, in place of any copy of its rows.
     fn put(&mut self, v: Versioned) {
         self.accounts
             .insert(v.account.id.clone(), (v.account, v.account_version));
-        self.tokens
-            .insert(v.token.id.clone(), (Arc::new(v.token), v.token_version));
+        self.set(v.token, version(&v.token_version));
     }
 
-    fn clear(&mut self) {
-        self.tokens.clear();
-        self.accounts.clear();
+    /// Keeps `v` unless its token has a copy already or the copies are full (a background
+    /// read after a start). Whether there is room for more.
+    pub fn put_absent(&mut self, v: Versioned) -> bool {
+        if self.tokens.len() >= self.max_tokens {
+            return false;
+        }
+        if self.tokens.get(&v.token.id).is_none() {
+            self.accounts
+                .entry(v.account.id.clone())
+                .or_insert((v.account, v.account_version));
+            self.set(v.token, version(&v.token_version));
+        }
+        true
+    }
+
+    /// Active tokens past those `warm` read: how many more a background read may bring.
+    pub fn room(&self) -> usize {
+        self.max_tokens.saturating_sub(self.tokens.len())
+    }
+
+    fn set(&mut self, state: TokenState, version: u32) {
+        match self.tokens.get_mut(&state.id) {
+            Some(c) => *c = Copied { state: Arc::new(state), version },
+            None => {
+                self.tokens.insert_new(Copied {
+                    state: Arc::new(state),
+                    version,
+                });
+            }
+        }
+    }
+
+    /// Keeps the copies within `max_tokens`: drops a quarter (in no order of use), and the
+    /// accounts no copy left needs.
+    fn trim(&mut self) {
+        if self.tokens.len() <= self.max_tokens {
+            return;
+        }
+        self.tokens.shrink_to(self.max_tokens / 4 * 3, |_| false);
+        let keep: HashSet<&str> = self
+            .tokens
+            .values()
+            .map(|c| &*c.state.account_id)
+            .collect();
+        self.accounts.retain(|id, _| keep.contains(id.as_str()));
     }
 
     /// Drops the copies of `ids` and of their accounts.
     fn evict(&mut self, ids: &[String]) {
         for id in ids {
-            if let Some((t, _)) = self.tokens.remove(id) {
-                self.accounts.remove(&t.account_id);
+            if let Some(c) = self.tokens.remove(id) {
+                self.accounts.remove(&*c.state.account_id);
             }
         }
     }
@@ -80,9 +152,7 @@ impl Copies {
         denials: &[Denial],
         flush: bool,
     ) -> Results {
-        if self.tokens.len() > MAX_COPIES {
-            self.clear();
-        }
+        self.trim();
         let locked = self.locked_until.is_some_and(|t| Instant::now() < t);
         if !locked && reqs.iter().all(|r| r.jwt.is_none()) {
             return every(reqs.len(), self.unlocked(store, reqs, denials, flush).await);
@@ -124,8 +194,8 @@ impl Copies {
         let decided = store.consume_batch(reqs, denials, flush).await?;
         let tokens = decided.iter().filter_map(|d| d.token.as_deref());
         for account in tokens
-            .map(|t| &t.account_id)
-            .chain(denials.iter().map(|d| &d.account_id))
+            .map(|t| &*t.account_id)
+            .chain(denials.iter().map(|d| d.account_id.as_str()))
         {
             self.accounts.remove(account);
         }
@@ -146,14 +216,14 @@ impl Copies {
         // token may have been regenerated since it was copied).
         let mut missing: BTreeSet<&String> = ids
             .iter()
-            .filter(|id| match self.tokens.get(*id) {
-                Some((t, _)) => !self.accounts.contains_key(&t.account_id),
+            .filter(|id| match self.tokens.get(id) {
+                Some(c) => !self.accounts.contains_key(&*c.state.account_id),
                 None => true,
             })
             .collect();
         for r in reqs {
-            if let Some((t, _)) = self.tokens.get(&r.token_id) {
-                if !secret_matches(t, r) {
+            if let Some(c) = self.tokens.get(&r.token_id) {
+                if !secret_matches(&c.state, r) {
                     missing.insert(&r.token_id);
                 }
             }
@@ -169,15 +239,15 @@ impl Copies {
         }
         let mut state = BatchState::default();
         for id in &ids {
-            let Some((t, _)) = self.tokens.get(id) else {
+            let Some(c) = self.tokens.get(id) else {
                 continue;
             };
-            if let Some((a, _)) = self.accounts.get(&t.account_id) {
+            if let Some((a, _)) = self.accounts.get(&*c.state.account_id) {
                 state
                     .accounts
                     .entry(a.id.clone())
                     .or_insert_with(|| a.clone());
-                state.tokens.insert(id.clone(), Token::clone(t));
+                state.tokens.insert(id.clone(), TokenState::clone(&c.state));
             }
         }
         let decided_on: Vec<String> = state.accounts.keys().cloned().collect();
@@ -186,16 +256,15 @@ impl Copies {
             // Nothing was counted (every call named an unknown token or a wrong secret).
             return Ok(plan.decided);
         }
-        let version = |v: Option<&String>| v.cloned().unwrap_or_default();
         let token_versions = plan
             .tokens
             .iter()
-            .map(|t| version(self.tokens.get(&t.id).map(|c| &c.1)))
+            .map(|t| self.tokens.get(&t.id).map_or(0, |c| c.version).to_string())
             .collect();
         let account_versions = plan
             .accounts
             .iter()
-            .map(|a| version(self.accounts.get(&a.id).map(|c| &c.1)))
+            .map(|a| self.accounts.get(&a.id).map(|c| c.1.clone()).unwrap_or_default())
             .collect();
         let unwritten_accounts = decided_on
             .into_iter()
@@ -219,8 +288,9 @@ impl Copies {
                     accounts,
                     ..
                 } = plan;
+                let written = version(&v);
                 for t in tokens {
-                    self.tokens.insert(t.id.clone(), (Arc::new(t), v.clone()));
+                    self.set(t, written);
                 }
                 for a in accounts {
                     self.accounts.insert(a.id.clone(), (a, v.clone()));

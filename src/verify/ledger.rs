@@ -29,8 +29,10 @@
 //! cached rows, and the cache is emptied only when no record waiting was decided on it.
 
 use super::usage_log::{self, Durability, LogError, Seq, UsageLog};
-use crate::domain::model::{Account, Token};
+use super::table::Tokens;
+use crate::domain::model::Account;
 use crate::domain::plan::{consume_one, secret_matches, Consume, Decided, Denial, JwtUse, Keys};
+use crate::domain::state::TokenState;
 use crate::store::usage_sqlite::{LogPosition, UsageConn, UsageReader};
 use crate::store::{Store, StoreError};
 use crate::verify::{Check, Outcome};
@@ -50,12 +52,14 @@ const POLL: Duration = Duration::from_millis(100);
 /// lock timeout for its write lock; each further failure doubles it, up to the fold interval).
 const RETRY_FAILED_FOLD: Duration = Duration::from_millis(250);
 
-/// Tokens kept in memory past which a fold drops those no waiting record needs.
-const MAX_CACHED_TOKENS: usize = 250_000;
-/// The same for JWT use counts (each JWT id used since the cache was last emptied).
+/// JWT use counts kept in memory (each JWT id used since the cache was last emptied) past
+/// which a fold drops those no waiting record needs.
 const MAX_CACHED_JWTS: usize = 100_000;
-/// Active tokens read at start, before serving (the most recently used first).
+/// Active tokens read at start, before serving (the most recently used first); the rest, up to
+/// the cache's size, are read in the background once serving has begun.
 const PRELOADED_TOKENS: usize = 100_000;
+/// Tokens read by one background read.
+const PRELOAD_STEP: usize = 20_000;
 
 /// A call counted in memory and in the log, not yet folded into the store.
 #[derive(Debug, Clone)]
@@ -71,8 +75,12 @@ struct Cache {
     /// Shared with the answers that carry them; a decision changes its row in place, copying
     /// it only while an answer still holds it. The day's statistics in these rows (`today`)
     /// are not kept: a fold counts them on the stored rows.
-    tokens: HashMap<String, Arc<Token>>,
-    accounts: HashMap<String, Account>,
+    tokens: Tokens<Arc<TokenState>>,
+    /// Keyed by the id the cached tokens share.
+    accounts: HashMap<Arc<str>, Account>,
+    /// Tokens kept (`database.token_cache_mib`): past it a fold drops some of those no waiting
+    /// record needs.
+    max_tokens: usize,
     jwt_uses: HashMap<(String, String), i64>,
     /// Records appended and not yet folded, numbered up to `last_seq` without a gap.
     pending: Pending,
@@ -110,26 +118,40 @@ impl Cache {
         self.jwt_uses.retain(|k, _| jwts.contains(k));
     }
 
-    /// Drops the rows no waiting record was decided on.
+    /// Drops tokens no waiting record was decided on until three quarters of `max_tokens` are
+    /// left, and the accounts no token left needs.
     fn trim(&mut self) {
         self.drops += 1;
-        let mut tokens = HashSet::new();
-        let mut jwts = HashSet::new();
+        let mut needed = HashSet::new();
         for e in self.pending.entries() {
             if let Some(Entry::Use(c)) = e {
-                if let Some(j) = c.jwt {
-                    jwts.insert((c.token_id.clone(), j.jwt_id));
-                }
-                tokens.insert(c.token_id);
+                needed.insert(c.token_id);
             }
         }
-        let accounts: HashSet<String> = tokens
-            .iter()
-            .filter_map(|t| self.tokens.get(t).map(|t| t.account_id.clone()))
-            .collect();
-        self.tokens.retain(|id, _| tokens.contains(id));
-        self.accounts.retain(|id, _| accounts.contains(id));
-        self.jwt_uses.retain(|k, _| jwts.contains(k));
+        self.tokens
+            .shrink_to(self.max_tokens / 4 * 3, |t| needed.contains(t.id.as_str()));
+        let accounts: HashSet<&Arc<str>> = self.tokens.values().map(|t| &t.account_id).collect();
+        let keep: HashSet<Arc<str>> = accounts.into_iter().cloned().collect();
+        self.accounts.retain(|id, _| keep.contains(id));
+    }
+
+    /// Adds a token read from the store (unless it is held already), sharing its account's id
+    /// with the account's entry, which it adds when absent.
+    fn insert(&mut self, mut token: TokenState, account: Option<Account>) {
+        let key = match self.accounts.get_key_value(&*token.account_id) {
+            Some((k, _)) => k.clone(),
+            None => match account {
+                Some(a) if *a.id == *token.account_id => {
+                    self.accounts.insert(token.account_id.clone(), a);
+                    token.account_id.clone()
+                }
+                _ => return,
+            },
+        };
+        token.account_id = key;
+        // The day's statistics are counted by the fold on the stored rows.
+        token.today = None;
+        self.tokens.insert_new(Arc::new(token));
     }
 }
 
@@ -246,6 +268,7 @@ impl Ledger {
         flush: bool,
         log_size: u64,
         fold_every: Duration,
+        max_tokens: usize,
     ) -> Result<(Arc<Ledger>, tokio::task::JoinHandle<()>), StoreError> {
         // The file itself, however it is reached: the lock and the log go beside it.
         let path = &std::fs::canonicalize(path)
@@ -293,16 +316,18 @@ impl Ledger {
         // Nothing is counted yet (the log was just folded), so the rows in the store are whole.
         // The change number is taken first: a change committed meanwhile makes them stale.
         let gen = store.change_no();
-        let (tokens, accounts) = reader.active_rows(PRELOADED_TOKENS)?;
-        let cache = Cache {
+        let (tokens, accounts) = reader.active_rows(PRELOADED_TOKENS.min(max_tokens))?;
+        let mut cache = Cache {
             gen,
-            tokens: tokens
-                .into_iter()
-                .map(|t| (t.id.clone(), Arc::new(t)))
-                .collect(),
-            accounts: accounts.into_iter().map(|a| (a.id.clone(), a)).collect(),
+            max_tokens,
             ..Cache::default()
         };
+        let mut accounts: HashMap<String, Account> =
+            accounts.into_iter().map(|a| (a.id.clone(), a)).collect();
+        for t in tokens {
+            let a = accounts.remove(&*t.account_id);
+            cache.insert(t, a);
+        }
         let shared = Arc::new(Shared {
             store,
             cache: Mutex::new(cache),
@@ -333,6 +358,19 @@ impl Ledger {
                 tracing::error!("the fold thread panicked; the next start folds the usage log");
             }
         });
+        if max_tokens > PRELOADED_TOKENS {
+            let shared = shared.clone();
+            let reader = UsageReader::open(path, lock_timeout)?;
+            let spawned = std::thread::Builder::new()
+                .name("token-preload".into())
+                .spawn(move || {
+                    lower_priority();
+                    preload(&shared, &reader);
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start reading tokens ahead of calls");
+            }
+        }
         let ledger = Ledger {
             shared,
             reader: Arc::new(Mutex::new(reader)),
@@ -383,7 +421,7 @@ impl Ledger {
         let Some(row) = cache.tokens.get_mut(&c.token_id) else {
             return Ok(Step::Missing);
         };
-        let Some(a) = cache.accounts.get_mut(&row.account_id) else {
+        let Some(a) = cache.accounts.get_mut(&*row.account_id) else {
             return Ok(Step::Missing);
         };
         let jwt_used = match &c.jwt {
@@ -413,8 +451,8 @@ impl Ledger {
         let period = cache.keys.month(c.now);
         let t = Arc::make_mut(row);
         // A new month restarts the counters and applies the refill; the fold archives them.
-        t.roll_month(period);
-        a.roll_month(period);
+        t.roll_month(period.month);
+        a.roll_month(period.key);
         let outcome = consume_one(t, a, jwt_used, c, period);
         let entry = match outcome {
             // What a fold needs, no more: it waits in memory until then.
@@ -431,8 +469,8 @@ impl Ledger {
                 decided: true,
             }),
             o => Entry::Deny(Denial {
-                token_id: t.id.clone(),
-                account_id: t.account_id.clone(),
+                token_id: t.id.to_string(),
+                account_id: t.account_id.to_string(),
                 outcome: o,
                 at: c.now,
             }),
@@ -511,14 +549,10 @@ impl Ledger {
         if let (Some(uses), Some(j)) = (uses, &c.jwt) {
             cache
                 .jwt_uses
-                .entry((token.id.clone(), j.jwt_id.clone()))
+                .entry((token.id.to_string(), j.jwt_id.clone()))
                 .or_insert(uses);
         }
-        cache.accounts.entry(account.id.clone()).or_insert(account);
-        cache
-            .tokens
-            .entry(token.id.clone())
-            .or_insert_with(|| Arc::new(token));
+        cache.insert(token, Some(account));
         Ok(true)
     }
 
@@ -620,6 +654,72 @@ fn lower_priority() {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
+}
+
+/// Reads the active tokens the start did not, a step at a time in id order, into the cache
+/// until it holds as many as it may keep: after a start, calls across many tokens find them
+/// in memory within seconds instead of each reading its row first. A step read while rows
+/// were dropped or a change committed is not kept (calls read those rows themselves).
+fn preload(shared: &Shared, reader: &UsageReader) {
+    let started = Instant::now();
+    let mut after = String::new();
+    let mut added = 0usize;
+    loop {
+        let (gen, drops, full) = {
+            let cache = shared.cache();
+            (cache.gen, cache.drops, cache.tokens.len() >= cache.max_tokens)
+        };
+        if full || shared.store.is_closed() {
+            break;
+        }
+        let tokens = match reader.active_after(&after, PRELOAD_STEP) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading tokens ahead of calls stopped");
+                return;
+            }
+        };
+        let Some(last) = tokens.last() else {
+            break;
+        };
+        after = last.id.to_string();
+        let mut accounts = HashMap::new();
+        {
+            let cache = shared.cache();
+            for t in &tokens {
+                if !cache.accounts.contains_key(&*t.account_id) {
+                    accounts.insert(t.account_id.to_string(), None);
+                }
+            }
+        }
+        for (id, slot) in accounts.iter_mut() {
+            match reader.account(id) {
+                Ok(a) => *slot = a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading tokens ahead of calls stopped");
+                    return;
+                }
+            }
+        }
+        let mut cache = shared.cache();
+        if cache.gen != gen || cache.drops != drops || shared.store.change_no() != gen {
+            continue;
+        }
+        for t in tokens {
+            if cache.tokens.len() >= cache.max_tokens {
+                break;
+            }
+            let a = accounts.get_mut(&*t.account_id).and_then(Option::take);
+            let before = cache.tokens.len();
+            cache.insert(t, a);
+            added += cache.tokens.len() - before;
+        }
+    }
+    tracing::info!(
+        tokens = added,
+        ms = started.elapsed().as_millis() as u64,
+        "read tokens ahead of calls"
+    );
 }
 
 /// The fold thread: folds when due or asked, looks for other processes' changes every `POLL`,
@@ -754,7 +854,7 @@ fn fold(shared: &Shared, conn: &mut UsageConn, epoch: u64) -> Result<(), StoreEr
         // what waits now is refusals only, which need no cached row.
         cache.clear_rows();
         cache.gen = gen;
-    } else if cache.tokens.len() > MAX_CACHED_TOKENS {
+    } else if cache.tokens.len() > cache.max_tokens {
         cache.trim();
     } else if cache.jwt_uses.len() > MAX_CACHED_JWTS {
         cache.trim_jwts();

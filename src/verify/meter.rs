@@ -16,6 +16,12 @@ use crate::domain::plan::{Consume, Decided, Denial};
 use crate::store::{Store, StoreError};
 use crate::verify::copies::Copies;
 use crate::verify::ledger::Ledger;
+
+/// What one token kept in memory costs (`database.token_cache_mib`): its state in a shared
+/// allocation and its slot in the table, measured by `bench/scale.sh`. The PostgreSQL
+/// writer's copies also hold each token's statistics of the day and its row version.
+const LEDGER_TOKEN_BYTES: u64 = 256;
+const COPY_TOKEN_BYTES: u64 = 384;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +35,12 @@ const QUEUE: usize = 8192;
 enum Msg {
     Consume(Consume, oneshot::Sender<Result<Decided, StoreError>>),
     Deny(Denial),
+    /// Rows read in the background after a start, to copy unless copied already.
+    Warm(Vec<crate::store::usage::Versioned>),
 }
+
+/// Tokens read by one background read after a start (PostgreSQL).
+const WARM_STEP: usize = 20_000;
 
 /// Handle to the meter; cheap to clone. It stops once every handle is dropped, after what was
 /// counted is committed, so nothing counted is lost on shutdown.
@@ -107,15 +118,20 @@ impl Meter {
                     flush,
                     config.usage_log_bytes,
                     config.fold_interval,
+                    (config.token_cache_bytes / LEDGER_TOKEN_BYTES) as usize,
                 )?;
                 let _ = settle.0.set(Arc::downgrade(&ledger));
                 Ok((Meter(Inner::Ledger(ledger)), task))
             }
             None => {
-                let copies = Copies::warm(&store).await;
+                let max_tokens = (config.token_cache_bytes / COPY_TOKEN_BYTES) as usize;
+                let copies = Copies::warm(&store, max_tokens).await;
                 let (tx, rx) = mpsc::channel(QUEUE);
+                if copies.room() > 0 {
+                    tokio::spawn(warm(store.clone(), tx.downgrade(), copies.room()));
+                }
                 let health = Arc::new(Health::default());
-                let task = tokio::spawn(run(store, rx, flush, copies, health.clone()));
+                let task = tokio::spawn(run(store, rx, flush, copies, health.clone(), max_tokens));
                 Ok((Meter(Inner::Batches(tx, health)), task))
             }
         }
@@ -184,6 +200,40 @@ impl Meter {
     }
 }
 
+/// Reads the active tokens a step at a time in id order and hands them to the writer, up to
+/// `room` of them: after a start, calls across many tokens find copies instead of each batch
+/// reading its rows first. Stops when the meter does.
+async fn warm(store: Store, tx: mpsc::WeakSender<Msg>, room: usize) {
+    let started = Instant::now();
+    let mut after = String::new();
+    let mut sent = 0;
+    while sent < room {
+        let rows = match store.read_active_after(&after, WARM_STEP.min(room - sent)).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading tokens ahead of calls stopped");
+                return;
+            }
+        };
+        let Some(last) = rows.last() else {
+            break;
+        };
+        after = last.token.id.to_string();
+        sent += rows.len();
+        let Some(tx) = tx.upgrade() else {
+            return;
+        };
+        if tx.send(Msg::Warm(rows)).await.is_err() {
+            return;
+        }
+    }
+    tracing::info!(
+        tokens = sent,
+        ms = started.elapsed().as_millis() as u64,
+        "read tokens ahead of calls"
+    );
+}
+
 /// Splits a drained batch into calls to consume (with their reply slots) and denials to count;
 /// `None` when nothing is left to write.
 type Split = (Vec<Consume>, Replies, Vec<Denial>);
@@ -202,6 +252,8 @@ fn split(batch: &mut Vec<Msg>) -> Option<Split> {
                 replies.push(r);
             }
             Msg::Deny(d) => denials.push(d),
+            // Taken out by the writer before.
+            Msg::Warm(_) => {}
         }
     }
     if consumes.is_empty() && denials.is_empty() {
@@ -224,10 +276,22 @@ async fn run(
     flush: bool,
     mut copies: Copies,
     health: Arc<Health>,
+    max_tokens: usize,
 ) {
     let deadline = store.usage_timeout();
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        batch.retain_mut(|m| match m {
+            Msg::Warm(rows) => {
+                for v in std::mem::take(rows) {
+                    if !copies.put_absent(v) {
+                        break;
+                    }
+                }
+                false
+            }
+            _ => true,
+        });
         let Some((consumes, replies, denials)) = split(&mut batch) else {
             continue;
         };
@@ -251,7 +315,7 @@ async fn run(
                 );
                 health.stalled.store(true, Ordering::Release);
                 // What the rows hold now is unknown: read them again.
-                copies = Copies::default();
+                copies = Copies::new(max_tokens);
                 store.replace_usage_connection();
                 consumes
                     .iter()

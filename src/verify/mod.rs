@@ -25,6 +25,7 @@ pub mod jwt;
 pub mod ledger;
 pub mod meter;
 pub mod service;
+pub mod table;
 pub mod usage_log;
 
 pub use crate::domain::verdict::{decide, AccountState, Check, Outcome, MAX_COST};

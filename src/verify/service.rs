@@ -6,6 +6,7 @@ use super::{jwt, meter::Meter, Check, Outcome};
 use crate::clock::SharedClock;
 use crate::domain::credential::{self, Presented};
 use crate::domain::model::Token;
+use crate::domain::state::TokenState;
 use crate::domain::plan::{Consume, Denial, JwtUse};
 use crate::seal::MasterKey;
 use crate::store::{Store, StoreError};
@@ -19,7 +20,7 @@ pub struct Verdict {
     /// What was decided.
     pub outcome: Outcome,
     /// The token, once identified (also for most refusals), as it stands after this call.
-    pub token: Option<Arc<Token>>,
+    pub token: Option<Arc<TokenState>>,
     /// The instant of the check: what "this month" means for the token's counter.
     pub at: DateTime<Utc>,
 }
