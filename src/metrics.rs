@@ -25,6 +25,10 @@ pub const OUTBOX: &str = "tokenwarden_outbox_messages";
 /// none of their calls counted, the writer's connection replaced.
 pub const BATCH_TIMEOUTS: &str = "tokenwarden_meter_batch_timeouts_total";
 
+/// Tokens verification holds in memory: the SQLite ledger's cache, or the PostgreSQL writer's
+/// copies (at most what `database.token_cache_mib` holds).
+pub const CACHED_TOKENS: &str = "tokenwarden_cached_tokens";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The verification counters (in `Outcome::ALL` order) and latency histogram, registered once

@@ -582,8 +582,8 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
     if !(1..=4096).contains(&raw.database.usage_log_mib) {
         bad("database.usage_log_mib", "must be 1 to 4096".into());
     }
-    if !(16..=1_048_576).contains(&raw.database.token_cache_mib) {
-        bad("database.token_cache_mib", "must be 16 to 1048576".into());
+    if !(1..=1_048_576).contains(&raw.database.token_cache_mib) {
+        bad("database.token_cache_mib", "must be 1 to 1048576".into());
     }
     if !(1..=3600).contains(&raw.database.fold_interval_seconds) {
         bad("database.fold_interval_seconds", "must be 1 to 3600".into());
@@ -883,7 +883,7 @@ mod tests {
         let c = load(Some(f.path()), &Overrides::default()).unwrap();
         assert_eq!(c.usage_log_bytes, 2 << 20);
         assert_eq!(c.token_cache_bytes, 64 << 20);
-        for bad in [0, 15, 1_048_577] {
+        for bad in [0, 1_048_577] {
             let f = file(&format!("[database]\ntoken_cache_mib = {bad}\n"));
             let errs = load(Some(f.path()), &Overrides::default()).unwrap_err().0;
             assert_eq!(errs[0].key, "database.token_cache_mib");

@@ -89,10 +89,15 @@ mod tests {
         let dec = Month::parse("2026-12").unwrap();
         let jan = Month::parse("2027-01").unwrap();
         assert!(dec < jan);
-        assert_eq!((dec.to_string(), jan.to_string()), ("2026-12".into(), "2027-01".into()));
+        assert_eq!(
+            (dec.to_string(), jan.to_string()),
+            ("2026-12".into(), "2027-01".into())
+        );
         assert_eq!(Month::of(month_start("2027-01").unwrap()), jan);
         assert_eq!(Month::parse("0000-01").unwrap().to_string(), "0000-01");
-        for bad in ["2026-13", "2026-00", "2026-1", "226-12", "2026_12", "", "2026-1x"] {
+        for bad in [
+            "2026-13", "2026-00", "2026-1", "226-12", "2026_12", "", "2026-1x",
+        ] {
             assert_eq!(Month::parse(bad), None, "{bad}");
         }
     }

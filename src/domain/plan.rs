@@ -410,7 +410,8 @@ fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: b
         if changed {
             dirty(&mut dirty_tokens, &t.id);
         }
-        archives.extend(archived.map(|(p, n)| (Archive::Token, t.id.to_string(), p.to_string(), n)));
+        archives
+            .extend(archived.map(|(p, n)| (Archive::Token, t.id.to_string(), p.to_string(), n)));
         let (changed, archived) = a.roll_month(period.key);
         if changed {
             dirty(&mut dirty_accounts, &a.id);

@@ -135,7 +135,10 @@ impl TokenState {
         let mut changed = false;
         let mut archived = None;
         if self.calls_month_period.is_some_and(|p| p < period) {
-            archived = self.calls_month_period.take().map(|p| (p, self.calls_month));
+            archived = self
+                .calls_month_period
+                .take()
+                .map(|p| (p, self.calls_month));
             self.calls_month = 0;
             self.calls_month_period = Some(period);
             changed = true;

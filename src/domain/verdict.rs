@@ -7,8 +7,8 @@
 use super::{
     code::Code,
     model::Account,
-    state::TokenState,
     period::month_key,
+    state::TokenState,
     status::{AccountStatus, TokenStatus},
     ParseError,
 };
@@ -207,7 +207,12 @@ impl AccountState {
 /// Decides a verification for a token whose secret matched, against the token and account state
 /// the usage writer holds for its batch (so quota and uses already reflect the batch's earlier
 /// calls). `Valid` means the call may consume its cost.
-pub fn decide(token: &TokenState, account: &AccountState, check: &Check, now: DateTime<Utc>) -> Outcome {
+pub fn decide(
+    token: &TokenState,
+    account: &AccountState,
+    check: &Check,
+    now: DateTime<Utc>,
+) -> Outcome {
     match token.status_at(now) {
         TokenStatus::Revoked => return Outcome::Revoked,
         TokenStatus::Expired => return Outcome::Expired,
@@ -285,7 +290,10 @@ mod tests {
         c.bound_ip = Some("10.0.0.1".parse().unwrap());
         // Revoked, expired and inactive are told before the JWT's address.
         t.status = TokenStatus::Revoked;
-        assert_eq!(decide(&TokenState::from(&t), &a, &c, now()), Outcome::Revoked);
+        assert_eq!(
+            decide(&TokenState::from(&t), &a, &c, now()),
+            Outcome::Revoked
+        );
         t.status = TokenStatus::Active;
         assert_eq!(
             decide(&TokenState::from(&t), &a, &c, now()),
@@ -293,13 +301,23 @@ mod tests {
             "no client IP"
         );
         c.client_ip = Some("10.0.0.2".parse().unwrap());
-        assert_eq!(decide(&TokenState::from(&t), &a, &c, now()), Outcome::IpNotAllowed);
+        assert_eq!(
+            decide(&TokenState::from(&t), &a, &c, now()),
+            Outcome::IpNotAllowed
+        );
         c.client_ip = Some("::ffff:10.0.0.1".parse().unwrap());
-        assert_eq!(decide(&TokenState::from(&t), &a, &c, now()), Outcome::Valid, "IPv4-mapped");
+        assert_eq!(
+            decide(&TokenState::from(&t), &a, &c, now()),
+            Outcome::Valid,
+            "IPv4-mapped"
+        );
         // Before the scope check.
         t.scopes = vec![Scope::parse("convert:*", "scopes").unwrap()];
         c.client_ip = Some("10.0.0.2".parse().unwrap());
-        assert_eq!(decide(&TokenState::from(&t), &a, &c, now()), Outcome::IpNotAllowed);
+        assert_eq!(
+            decide(&TokenState::from(&t), &a, &c, now()),
+            Outcome::IpNotAllowed
+        );
     }
 
     #[test]
@@ -311,22 +329,40 @@ mod tests {
         t.remaining = Some(0);
         let mut a = account();
         a.status = AccountStatus::Inactive;
-        assert_eq!(decide(&TokenState::from(&t), &a, &check(), now()), Outcome::Revoked);
+        assert_eq!(
+            decide(&TokenState::from(&t), &a, &check(), now()),
+            Outcome::Revoked
+        );
         t.status = TokenStatus::Active;
-        assert_eq!(decide(&TokenState::from(&t), &a, &check(), now()), Outcome::Expired);
+        assert_eq!(
+            decide(&TokenState::from(&t), &a, &check(), now()),
+            Outcome::Expired
+        );
         t.expires_at = None;
-        assert_eq!(decide(&TokenState::from(&t), &a, &check(), now()), Outcome::AccountInactive);
+        assert_eq!(
+            decide(&TokenState::from(&t), &a, &check(), now()),
+            Outcome::AccountInactive
+        );
         a.status = AccountStatus::Active;
-        assert_eq!(decide(&TokenState::from(&t), &a, &check(), now()), Outcome::IpNotAllowed);
+        assert_eq!(
+            decide(&TokenState::from(&t), &a, &check(), now()),
+            Outcome::IpNotAllowed
+        );
         let mut c = check();
         c.client_ip = Some("10.9.8.7".parse().unwrap());
         t.scopes = vec![Scope::parse("convert:*", "scopes").unwrap()];
-        assert_eq!(decide(&TokenState::from(&t), &a, &c, now()), Outcome::ScopeDenied);
+        assert_eq!(
+            decide(&TokenState::from(&t), &a, &c, now()),
+            Outcome::ScopeDenied
+        );
         c.call = Some("convert:pdf".into());
         a.monthly_quota = Some(5);
         a.quota_used = 5;
         a.quota_period = Some("2026-11".into());
-        assert_eq!(decide(&TokenState::from(&t), &a, &c, now()), Outcome::AccountQuotaExceeded);
+        assert_eq!(
+            decide(&TokenState::from(&t), &a, &c, now()),
+            Outcome::AccountQuotaExceeded
+        );
         a.quota_period = Some("2026-10".into());
         assert_eq!(
             decide(&TokenState::from(&t), &a, &c, now()),
@@ -336,7 +372,10 @@ mod tests {
         t.remaining = Some(1);
         assert_eq!(decide(&TokenState::from(&t), &a, &c, now()), Outcome::Valid);
         c.cost = 2;
-        assert_eq!(decide(&TokenState::from(&t), &a, &c, now()), Outcome::UsageExceeded);
+        assert_eq!(
+            decide(&TokenState::from(&t), &a, &c, now()),
+            Outcome::UsageExceeded
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use super::StoreError;
 use crate::domain::model::{Account, DayCounts, Token, User};
 use crate::domain::period::Month;
-use crate::domain::state::{Hash, PreviousSecret, Rules, TokenState};
 use crate::domain::plan::StatRow;
+use crate::domain::state::{Hash, PreviousSecret, Rules, TokenState};
 use crate::domain::{net, scope::Scope};
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
@@ -317,10 +317,7 @@ impl TryFrom<StateRow> for TokenState {
             account_id: r.account_id.into(),
             secret_hash: hash("token secret_hash", &r.secret_hash)?,
             previous,
-            rules: Rules::boxed(
-                parse_scopes(&r.scopes)?,
-                parse_allowed_ips(&r.allowed_ips)?,
-            ),
+            rules: Rules::boxed(parse_scopes(&r.scopes)?, parse_allowed_ips(&r.allowed_ips)?),
             today,
             remaining: r.remaining,
             refill_monthly: r.refill_monthly,

@@ -5,11 +5,11 @@
 use super::rows::{StatRecord, TokenAccountRow, VersionedRow, ACCOUNT_COLS, STATE_COLS};
 use super::{sql, Arg, Backend, Result, Store, StoreError};
 use crate::domain::model::Account;
-use crate::domain::state::TokenState;
 use crate::domain::plan::{
     batch_jwt_keys, batch_token_ids, plan, Archive, BatchState, Consume, Decided, Denial, Plan,
     StatRow, STAT_COLUMNS,
 };
+use crate::domain::state::TokenState;
 use chrono::NaiveDate;
 
 /// A token and its account, each with the version it was read at (PostgreSQL's `xmin`, which

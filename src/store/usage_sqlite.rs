@@ -10,10 +10,10 @@
 use super::rows::{StateRow, ACCOUNT_COLS, STATE_COLS};
 use super::{Result, StoreError};
 use crate::domain::model::Account;
-use crate::domain::state::TokenState;
 use crate::domain::plan::{
     batch_jwt_keys, batch_token_ids, fold_plan, BatchState, Consume, Denial, Plan, STAT_COLUMNS,
 };
+use crate::domain::state::TokenState;
 use crate::domain::status::TokenStatus;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use rusqlite::types::Value;
@@ -488,8 +488,7 @@ impl UsageReader {
             tokens.push(t??);
         }
         // Few accounts for many tokens: each read by id rather than the tokens sorted again.
-        let ids: std::collections::BTreeSet<&str> =
-            tokens.iter().map(|t| &*t.account_id).collect();
+        let ids: std::collections::BTreeSet<&str> = tokens.iter().map(|t| &*t.account_id).collect();
         let mut accounts = Vec::with_capacity(ids.len());
         for id in ids {
             accounts.extend(self.account(id)?);

@@ -12,17 +12,18 @@
 
 use super::table::{Keyed, Tokens};
 use crate::domain::model::Account;
-use crate::domain::state::TokenState;
 use crate::domain::plan::{
     batch_token_ids, plan, secret_matches, BatchState, Consume, Decided, Denial, Plan,
 };
+use crate::domain::state::TokenState;
 use crate::store::{usage::Versioned, Store, StoreError};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Active tokens read at start, before serving (the most recently used first).
-const PRELOADED: usize = 100_000;
+/// Active tokens read at start, before serving (the most recently used first); the rest, up to
+/// `max_tokens`, are read in the background once serving has begun (`meter::warm`).
+const PRELOADED: usize = 10_000;
 /// How long batches are decided under locks after a write found a row changed.
 const LOCKED_AFTER_CONFLICT: Duration = Duration::from_secs(1);
 
@@ -101,6 +102,11 @@ impl Copies {
         true
     }
 
+    /// Copies held.
+    pub fn held(&self) -> usize {
+        self.tokens.len()
+    }
+
     /// Active tokens past those `warm` read: how many more a background read may bring.
     pub fn room(&self) -> usize {
         self.max_tokens.saturating_sub(self.tokens.len())
@@ -108,7 +114,12 @@ impl Copies {
 
     fn set(&mut self, state: TokenState, version: u32) {
         match self.tokens.get_mut(&state.id) {
-            Some(c) => *c = Copied { state: Arc::new(state), version },
+            Some(c) => {
+                *c = Copied {
+                    state: Arc::new(state),
+                    version,
+                }
+            }
             None => {
                 self.tokens.insert_new(Copied {
                     state: Arc::new(state),
@@ -125,11 +136,7 @@ impl Copies {
             return;
         }
         self.tokens.shrink_to(self.max_tokens / 4 * 3, |_| false);
-        let keep: HashSet<&str> = self
-            .tokens
-            .values()
-            .map(|c| &*c.state.account_id)
-            .collect();
+        let keep: HashSet<&str> = self.tokens.values().map(|c| &*c.state.account_id).collect();
         self.accounts.retain(|id, _| keep.contains(id.as_str()));
     }
 
@@ -153,6 +160,7 @@ impl Copies {
         flush: bool,
     ) -> Results {
         self.trim();
+        metrics::gauge!(crate::metrics::CACHED_TOKENS).set(self.tokens.len() as f64);
         let locked = self.locked_until.is_some_and(|t| Instant::now() < t);
         if !locked && reqs.iter().all(|r| r.jwt.is_none()) {
             return every(reqs.len(), self.unlocked(store, reqs, denials, flush).await);
@@ -264,7 +272,12 @@ impl Copies {
         let account_versions = plan
             .accounts
             .iter()
-            .map(|a| self.accounts.get(&a.id).map(|c| c.1.clone()).unwrap_or_default())
+            .map(|a| {
+                self.accounts
+                    .get(&a.id)
+                    .map(|c| c.1.clone())
+                    .unwrap_or_default()
+            })
             .collect();
         let unwritten_accounts = decided_on
             .into_iter()

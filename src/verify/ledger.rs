@@ -28,8 +28,8 @@
 //! folded, so reading it from the store gives its whole state. Records are appended only for
 //! cached rows, and the cache is emptied only when no record waiting was decided on it.
 
-use super::usage_log::{self, Durability, LogError, Seq, UsageLog};
 use super::table::Tokens;
+use super::usage_log::{self, Durability, LogError, Seq, UsageLog};
 use crate::domain::model::Account;
 use crate::domain::plan::{consume_one, secret_matches, Consume, Decided, Denial, JwtUse, Keys};
 use crate::domain::state::TokenState;
@@ -57,7 +57,7 @@ const RETRY_FAILED_FOLD: Duration = Duration::from_millis(250);
 const MAX_CACHED_JWTS: usize = 100_000;
 /// Active tokens read at start, before serving (the most recently used first); the rest, up to
 /// the cache's size, are read in the background once serving has begun.
-const PRELOADED_TOKENS: usize = 100_000;
+const PRELOADED_TOKENS: usize = 10_000;
 /// Tokens read by one background read.
 const PRELOAD_STEP: usize = 20_000;
 
@@ -553,6 +553,11 @@ impl Ledger {
                 .or_insert(uses);
         }
         cache.insert(token, Some(account));
+        // Past its size the cache is trimmed by a fold, which frees what no record needs.
+        if cache.tokens.len() > cache.max_tokens && !cache.fold_asked {
+            cache.fold_asked = true;
+            let _ = self.folds.send(FoldCall::Soon);
+        }
         Ok(true)
     }
 
@@ -667,7 +672,11 @@ fn preload(shared: &Shared, reader: &UsageReader) {
     loop {
         let (gen, drops, full) = {
             let cache = shared.cache();
-            (cache.gen, cache.drops, cache.tokens.len() >= cache.max_tokens)
+            (
+                cache.gen,
+                cache.drops,
+                cache.tokens.len() >= cache.max_tokens,
+            )
         };
         if full || shared.store.is_closed() {
             break;
@@ -714,6 +723,7 @@ fn preload(shared: &Shared, reader: &UsageReader) {
             cache.insert(t, a);
             added += cache.tokens.len() - before;
         }
+        metrics::gauge!(crate::metrics::CACHED_TOKENS).set(cache.tokens.len() as f64);
     }
     tracing::info!(
         tokens = added,
@@ -859,6 +869,7 @@ fn fold(shared: &Shared, conn: &mut UsageConn, epoch: u64) -> Result<(), StoreEr
     } else if cache.jwt_uses.len() > MAX_CACHED_JWTS {
         cache.trim_jwts();
     }
+    metrics::gauge!(crate::metrics::CACHED_TOKENS).set(cache.tokens.len() as f64);
     Ok(())
 }
 

@@ -208,7 +208,10 @@ async fn warm(store: Store, tx: mpsc::WeakSender<Msg>, room: usize) {
     let mut after = String::new();
     let mut sent = 0;
     while sent < room {
-        let rows = match store.read_active_after(&after, WARM_STEP.min(room - sent)).await {
+        let rows = match store
+            .read_active_after(&after, WARM_STEP.min(room - sent))
+            .await
+        {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "reading tokens ahead of calls stopped");
@@ -281,6 +284,7 @@ async fn run(
     let deadline = store.usage_timeout();
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut warmed = false;
         batch.retain_mut(|m| match m {
             Msg::Warm(rows) => {
                 for v in std::mem::take(rows) {
@@ -288,10 +292,14 @@ async fn run(
                         break;
                     }
                 }
+                warmed = true;
                 false
             }
             _ => true,
         });
+        if warmed {
+            metrics::gauge!(crate::metrics::CACHED_TOKENS).set(copies.held() as f64);
+        }
         let Some((consumes, replies, denials)) = split(&mut batch) else {
             continue;
         };

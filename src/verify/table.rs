@@ -157,7 +157,9 @@ mod tests {
         // Every even entry must stay.
         t.shrink_to(600, |e| e.1 % 2 == 0);
         assert_eq!(t.len(), 600);
-        assert!((0..1000).step_by(2).all(|i| t.get(&format!("t{i}")).is_some()));
+        assert!((0..1000)
+            .step_by(2)
+            .all(|i| t.get(&format!("t{i}")).is_some()));
         // Nothing to drop but spared entries: it stops above the target.
         t.shrink_to(10, |e| e.1 % 2 == 0);
         assert_eq!(t.len(), 500);

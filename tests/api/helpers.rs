@@ -246,6 +246,18 @@ impl TestApp {
         self._pg.as_ref().map(|p| p.url.clone())
     }
 
+    /// Stops the daemon and starts it again on the same store, configuration and clock.
+    pub async fn restart(mut self) -> TestApp {
+        let config = (*self.ctx.config).clone();
+        let (pg, dir) = (self._pg.take(), self._dir.take());
+        let clock = self.clock.clone();
+        self.stop().await;
+        let mut app = launch(config, clock).await.expect("restart");
+        app._pg = pg;
+        app._dir = dir;
+        app
+    }
+
     /// Stops the daemon the way SIGTERM does and waits until it has finished.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {

@@ -5,12 +5,15 @@
 use crate::helpers::{spawn_app, spawn_app_with, Backend, TestApp};
 use crate::{both_backends, postgres_only};
 use chrono::{TimeZone, Utc};
+use futures::StreamExt;
 use serde_json::{json, Value};
 use tokenwarden::jobs::{Job, RunOutcome};
 
 both_backends!(
     the_monthly_reset_walks_each_token_once_in_short_steps,
     the_live_token_count_follows_every_change_and_issuing_reads_no_token_list,
+    the_tokens_kept_in_memory_stay_within_token_cache_mib,
+    a_start_reads_the_active_tokens_into_memory_in_the_background,
 );
 
 postgres_only!(expiry_runs_while_a_monthly_reset_is_in_progress,);
@@ -108,6 +111,14 @@ async fn verify(app: &TestApp, token: &str) -> Value {
         .await;
     assert_eq!(s.as_u16(), 200, "{v}");
     v
+}
+
+/// The daemon's `tokenwarden_cached_tokens` gauge (0 before it is first set).
+async fn cached_tokens(app: &TestApp) -> u64 {
+    let text = app.metrics().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("tokenwarden_cached_tokens "))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
 }
 
 async fn big_account(app: &TestApp) -> (String, String) {
@@ -407,4 +418,73 @@ async fn an_empty_sqlite_store_is_small_on_disk() {
         p.push(suffix);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 2 << 20, "{p:?}");
     }
+}
+
+/// With `token_cache_mib = 1` the daemon keeps no more tokens in memory than that holds (4096 on
+/// SQLite, 2730 on PostgreSQL, whose copies also hold each token's day), however many are
+/// used; calls on tokens it dropped read them again and count on from the stored counters.
+async fn the_tokens_kept_in_memory_stay_within_token_cache_mib(b: Backend) {
+    let app = spawn_app_with(b, |c| {
+        c.token_cache_bytes = 1 << 20;
+        c.tokens.max_count_per_request = 1000;
+    })
+    .await;
+    let cap = match b {
+        Backend::Sqlite => 4096,
+        Backend::Postgres => 2730,
+    };
+    let (_, secret) = big_account(&app).await;
+    let mut plain = Vec::new();
+    for _ in 0..6 {
+        let (s, v) = app
+            .post(
+                "/v1/tokens",
+                &secret,
+                json!({"name": "many", "count": 1000}),
+            )
+            .await;
+        assert_eq!(s.as_u16(), 201, "{v}");
+        for t in v["tokens"].as_array().unwrap() {
+            plain.push(t["token"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(plain.len(), 6000);
+    for round in 1..=2 {
+        let answers: Vec<Value> = futures::stream::iter(plain.iter())
+            .map(|t| verify(&app, t))
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for v in &answers {
+            assert_eq!(v["result"], "VALID", "{v}");
+            assert_eq!(v["calls_this_month"], round, "{v}");
+        }
+        app.settled().await;
+        let held = cached_tokens(&app).await;
+        assert!(held > 0 && held <= cap, "round {round}: {held} tokens held");
+    }
+}
+
+/// A start reads a few of the most recently used tokens before it serves, and the rest of the
+/// active tokens in the background: with no call made, the cache soon holds all of them.
+async fn a_start_reads_the_active_tokens_into_memory_in_the_background(b: Backend) {
+    let app = spawn_app(b).await;
+    let db = Db::of(&app).await;
+    let (_, secret) = big_account(&app).await;
+    let (id, plain) = app.token(&secret, json!({"name": "first"})).await;
+    // Half the clones are exhausted: 15,000 active ones, and the first.
+    db.clone_token(&id, 30_000).await;
+    drop(db);
+    let app = app.restart().await;
+    let mut held = 0;
+    for _ in 0..300 {
+        held = cached_tokens(&app).await;
+        if held == 15_001 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(held, 15_001, "active tokens held after the start");
+    let v = verify(&app, &plain).await;
+    assert_eq!(v["result"], "VALID", "{v}");
 }
