@@ -672,6 +672,8 @@ impl TokenChange {
                 "the token is revoked and can no longer be changed".into(),
             ));
         }
+        // The uses left this month are the starting point of a new limit.
+        t.apply_refill(now);
         if let Some(n) = &self.name {
             t.name = n.clone();
         }

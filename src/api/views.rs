@@ -183,7 +183,7 @@ impl TokenView {
             scopes: crate::domain::scope::to_strings(&t.scopes),
             allowed_ips: t.allowed_ips.iter().map(ToString::to_string).collect(),
             usage_limit: t.usage_limit,
-            remaining: t.remaining,
+            remaining: t.remaining_at(now),
             refill_monthly: t.refill_monthly,
             expires_at: t.expires_at,
             expires_soon,

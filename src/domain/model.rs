@@ -169,9 +169,42 @@ impl Token {
         }
     }
 
-    /// Its status at `now`.
+    /// Its status at `now`, a monthly refill due by then included.
     pub fn status_at(&self, now: DateTime<Utc>) -> TokenStatus {
-        TokenStatus::effective(self.status, self.expires_at, self.remaining, now)
+        TokenStatus::effective(self.status, self.expires_at, self.remaining_at(now), now)
+    }
+
+    /// Whether a monthly refill is due in the month of `now`. No job rewrites the tokens at a
+    /// month's start: the row keeps the last refill applied until a call, a change or a view
+    /// meets the token in a later month, and each of them applies it the same way
+    /// (`TokenState::roll_month` for calls, `apply_refill` for changes, `remaining_at` for
+    /// views).
+    pub fn refill_due(&self, now: DateTime<Utc>) -> bool {
+        self.refill_monthly.is_some()
+            && self
+                .refill_period
+                .as_deref()
+                .is_none_or(|p| p < crate::domain::period::month_key(now).as_str())
+    }
+
+    /// Uses left at `now`, a monthly refill due by then included; `None` = unlimited.
+    pub fn remaining_at(&self, now: DateTime<Utc>) -> Option<i64> {
+        if self.refill_due(now) {
+            self.refill_monthly
+        } else {
+            self.remaining
+        }
+    }
+
+    /// Applies a monthly refill due at `now` to the record, so a change written back keeps it.
+    pub fn apply_refill(&mut self, now: DateTime<Utc>) {
+        if let (true, Some(refill)) = (self.refill_due(now), self.refill_monthly) {
+            self.remaining = Some(refill);
+            self.refill_period = Some(crate::domain::period::month_key(now));
+            if self.status == TokenStatus::Exhausted && refill > 0 {
+                self.status = TokenStatus::Active;
+            }
+        }
     }
 
     /// Whether a call from `ip` may use the token (any address when it has no IP rules; none

@@ -34,7 +34,7 @@ pub struct JobRun {
     pub error: Option<String>,
 }
 
-/// What one step of the monthly roll did (`Store::roll_tokens_step`).
+/// What one step of a keyset walk did (`Store::roll_accounts_step`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollStep {
     /// Where the next step starts; `None` when the walk is done.
@@ -177,7 +177,8 @@ impl Store {
 
     // ----- monthly reset -----
 
-    /// Rows per step of a keyset walk over the tokens (the monthly roll, housekeeping). On
+    /// Rows per step of a keyset walk (the accounts' monthly roll, housekeeping's clearing of
+    /// old day counters from the tokens). On
     /// PostgreSQL a step locks its rows, and a call to one of them waits for the step: 2,000
     /// rows keep that to milliseconds. SQLite's ledger decides calls in memory and only its fold
     /// waits for a step, so steps are larger there and the walk takes fewer lock turns against
@@ -189,49 +190,9 @@ impl Store {
         }
     }
 
-    /// Rolls the next `limit` tokens by id after `after` (`""` to start) into `period`: a
-    /// counter from before it is archived and restarted, a monthly refill due is applied, as
-    /// `TokenState::roll_month` does. A keyset walk: each step reads its own id range once, so the
-    /// whole roll reads every token once, and each write transaction covers `limit` rows only
-    /// (verification waits for it at most that long).
-    ///
-    /// The change number is not bumped: the SQLite ledger applies the same roll to the rows it
-    /// holds when it meets them in the new month, so its cache stays right without a reread.
-    pub async fn roll_tokens_step(
-        &self,
-        period: &str,
-        after: &str,
-        limit: i64,
-    ) -> Result<RollStep> {
-        const DUE: &str = "(calls_month_period < $3 OR (refill_monthly IS NOT NULL \
-            AND status <> 'revoked' AND (refill_period IS NULL OR refill_period < $3)))";
-        // Applied as `TokenState::roll_month` does (a revoked token met by a call is refilled too);
-        // every expression reads the row as it was before the statement.
-        const REFILL: &str =
-            "(refill_monthly IS NOT NULL AND (refill_period IS NULL OR refill_period < $3))";
-        let lock = format!(
-            "SELECT id FROM tokens WHERE id > $1 AND id <= $2 AND {DUE} ORDER BY id FOR UPDATE"
-        );
-        let archive = format!(
-            "{} SELECT id, calls_month_period, calls_month FROM tokens \
-             WHERE id > $1 AND id <= $2 AND calls_month_period < $3 ON CONFLICT DO NOTHING",
-            super::usage::archive_insert(Archive::Token)
-        );
-        let update = format!(
-            "UPDATE tokens SET \
-             calls_month = CASE WHEN calls_month_period < $3 THEN 0 ELSE calls_month END, \
-             calls_month_period = CASE WHEN calls_month_period < $3 THEN $3 ELSE calls_month_period END, \
-             remaining = CASE WHEN {REFILL} THEN refill_monthly ELSE remaining END, \
-             status = CASE WHEN {REFILL} AND status = 'exhausted' AND refill_monthly > 0 \
-                      THEN 'active' ELSE status END, \
-             refill_period = CASE WHEN {REFILL} THEN $3 ELSE refill_period END \
-             WHERE id > $1 AND id <= $2 AND {DUE}"
-        );
-        self.walk_step("tokens", after, limit, period, &lock, &[&archive, &update])
-            .await
-    }
-
-    /// `roll_tokens_step` for accounts' quota counters.
+    /// Rolls the next `limit` accounts by id after `after` (`""` to start) into `period`: a
+    /// quota counter from before it is archived and restarted. A keyset walk: each step reads
+    /// its own id range once, and each write transaction covers `limit` rows only.
     pub async fn roll_accounts_step(
         &self,
         period: &str,

@@ -870,6 +870,12 @@ impl Store {
         if let Some(s) = f.status {
             use crate::domain::status::TokenStatus::*;
             let t = next(Arg::Time(now));
+            // Uses left, a monthly refill due by now included (`Token::remaining_at`).
+            let m = next(Arg::Str(crate::domain::period::month_key(now)));
+            let remaining = format!(
+                "(CASE WHEN refill_monthly IS NOT NULL AND (refill_period IS NULL OR refill_period < {m}) \
+                 THEN refill_monthly ELSE remaining END)"
+            );
             w.push(match s {
                 Revoked => "status = 'revoked'".into(),
                 Expired => {
@@ -877,11 +883,11 @@ impl Store {
                 }
                 Exhausted => format!(
                     "status <> 'revoked' AND (expires_at IS NULL OR expires_at > {t}) \
-                     AND remaining IS NOT NULL AND remaining <= 0"
+                     AND {remaining} IS NOT NULL AND {remaining} <= 0"
                 ),
                 Active => format!(
                     "status <> 'revoked' AND (expires_at IS NULL OR expires_at > {t}) \
-                     AND (remaining IS NULL OR remaining > 0)"
+                     AND ({remaining} IS NULL OR {remaining} > 0)"
                 ),
             });
         }

@@ -209,10 +209,12 @@ async fn month_boundary_issues_resets_and_refills(b: Backend) {
         );
     }
 
-    // The refill token: counter archived and restarted, remaining back to 5.
+    // The refill token reads as rolled: counter restarted, remaining back to 5; its first call
+    // in December archives November's count.
     let (_, v) = app.get(&format!("/v1/tokens/{refill_id}"), &secret).await;
     assert_eq!(v["token"]["remaining"], 5, "{v}");
     assert_eq!(v["token"]["calls_this_month"], 0, "{v}");
+    assert_eq!(verify(&app, &refill).await["remaining"], 4);
     assert_eq!(
         app.settled()
             .await

@@ -1,6 +1,7 @@
-//! Work that grows with the number of tokens, at a size CI affords: the monthly reset walks each
-//! token once in short steps, jobs do not wait behind a long reset, and issuing a token checks
-//! `max_tokens` against a count kept up to date rather than counted.
+//! Work that grows with the number of tokens, at a size CI affords: the monthly reset rewrites no
+//! token, jobs do not wait behind a long reset, issuing a token checks `max_tokens` against a
+//! count kept up to date rather than counted, and the tokens kept in memory stay within their
+//! configured size and are read ahead after a start.
 
 use crate::helpers::{spawn_app, spawn_app_with, Backend, TestApp};
 use crate::{both_backends, postgres_only};
@@ -10,7 +11,7 @@ use serde_json::{json, Value};
 use tokenwarden::jobs::{Job, RunOutcome};
 
 both_backends!(
-    the_monthly_reset_walks_each_token_once_in_short_steps,
+    the_monthly_reset_rewrites_no_token_and_every_token_reads_as_rolled,
     the_live_token_count_follows_every_change_and_issuing_reads_no_token_list,
     the_tokens_kept_in_memory_stay_within_token_cache_mib,
     a_start_reads_the_active_tokens_into_memory_in_the_background,
@@ -126,9 +127,11 @@ async fn big_account(app: &TestApp) -> (String, String) {
         .await
 }
 
-/// The reset rolls every token, applying refills and archiving November, in steps that each
-/// read their own range of ids: the rows read over a whole walk are the tokens, once.
-async fn the_monthly_reset_walks_each_token_once_in_short_steps(b: Backend) {
+/// The monthly reset rewrites no token: with 50,000 tokens holding November's counters it
+/// rolls the account alone, and every token reads as rolled from December's first instant (its
+/// counter zero, its refill applied, the exhausted half active again, in views and in the
+/// status filter); the first call or change in December writes the roll.
+async fn the_monthly_reset_rewrites_no_token_and_every_token_reads_as_rolled(b: Backend) {
     let app = spawn_app(b).await;
     let db = Db::of(&app).await;
     let (acct, secret) = big_account(&app).await;
@@ -143,11 +146,9 @@ async fn the_monthly_reset_walks_each_token_once_in_short_steps(b: Backend) {
     app.settled().await;
     db.clone_token(&id, CLONES).await;
     let total = CLONES + 1;
-    assert_eq!(
-        db.int("SELECT COUNT(*) FROM tokens").await,
-        total,
-        "fixture"
-    );
+    let in_november = "SELECT COUNT(*) FROM tokens WHERE calls_month_period = '2026-11' \
+         AND refill_period = '2026-11'";
+    assert_eq!(db.int(in_november).await, total, "fixture");
 
     app.clock
         .set(Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 30).unwrap());
@@ -158,78 +159,60 @@ async fn the_monthly_reset_walks_each_token_once_in_short_steps(b: Backend) {
         .unwrap();
     assert_eq!(
         r.outcome,
-        RunOutcome::Ran(format!("rolled {total} tokens and 1 accounts into 2026-12"))
-    );
-    // Every clone: November archived, the counter restarted, the refill applied (and the
-    // exhausted half active again).
-    assert_eq!(
-        db.int("SELECT COUNT(*) FROM token_monthly_usage WHERE period = '2026-11' AND calls = 3")
-            .await,
-        CLONES
-    );
-    assert_eq!(
-        db.int(
-            "SELECT COUNT(*) FROM tokens WHERE calls_month = 0 AND calls_month_period = '2026-12' \
-             AND remaining = 10 AND refill_period = '2026-12' AND status = 'active'"
+        RunOutcome::Ran(
+            "rolled 1 accounts into 2026-12; tokens roll as they are next used or changed".into()
         )
-        .await,
-        total,
-        "the clones and the token they were made from"
     );
-    let clone = app
-        .settled()
-        .await
-        .token(&format!("{id}-2"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(clone.remaining, Some(10));
-    assert_eq!(clone.calls_month, 0);
-    let v: Value = app.get(&format!("/v1/accounts/{acct}"), &secret).await.1;
-    assert_eq!(v["account"]["id"], acct.as_str(), "{v}");
-
-    // The walk into January, step by step: each step reads `limit` ids past the last one, so
-    // the steps' ranges never overlap and together hold every token once.
-    app.clock
-        .set(Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 30).unwrap());
-    let limit = 4_000;
-    let (mut after, mut steps, mut read, mut rolled) = (String::new(), 0, 0, 0);
-    loop {
-        let s = app
-            .ctx
-            .store
-            .roll_tokens_step("2027-01", &after, limit)
-            .await
-            .unwrap();
-        steps += 1;
-        read += s.scanned;
-        rolled += s.rolled;
-        assert!(s.rolled <= s.scanned);
-        match s.next {
-            Some(next) => {
-                assert_eq!(
-                    s.scanned, limit as u64,
-                    "a step short of the limit ends the walk"
-                );
-                assert!(next > after, "the walk moves forward: {next} after {after}");
-                after = next;
-            }
-            None => break,
-        }
-    }
-    assert_eq!(read, total as u64, "every token read once");
-    assert_eq!(rolled, total as u64);
-    assert_eq!(steps, (total + limit - 1) / limit);
-    // A second walk finds nothing left to roll.
-    let again = app
-        .ctx
-        .store
-        .roll_tokens_step("2027-01", "", total + 1)
-        .await
-        .unwrap();
+    assert_eq!(db.int(in_november).await, total, "no token row written");
     assert_eq!(
-        (again.scanned, again.rolled, again.next),
-        (total as u64, 0, None)
+        app.settled()
+            .await
+            .account_month_archive(&acct)
+            .await
+            .unwrap(),
+        vec![("2026-11".to_string(), 1)]
+    );
+
+    // An exhausted clone reads as refilled and active.
+    let (_, v) = app.get(&format!("/v1/tokens/{id}-2"), &secret).await;
+    let t = &v["token"];
+    assert_eq!(
+        (&t["remaining"], &t["status"], &t["calls_this_month"]),
+        (&json!(10), &json!("active"), &json!(0)),
+        "{v}"
+    );
+    let (_, v) = app.get("/v1/tokens?status=exhausted", &secret).await;
+    assert_eq!(v["tokens"], json!([]), "{v}");
+    let (_, v) = app.get("/v1/tokens?status=active&limit=1", &secret).await;
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 1, "{v}");
+
+    // A change starts from the refilled uses: a new limit of 20 with none used leaves 20.
+    let (s, v) = app
+        .patch(
+            &format!("/v1/tokens/{id}-4"),
+            &secret,
+            json!({"usage_limit": 20}),
+        )
+        .await;
+    assert_eq!(s.as_u16(), 200, "{v}");
+    assert_eq!(v["token"]["remaining"], 20, "{v}");
+
+    // The first call in December rolls the token it uses, archiving its November.
+    let v = verify(&app, &plain).await;
+    assert_eq!(
+        (&v["result"], &v["remaining"], &v["calls_this_month"]),
+        (&json!("VALID"), &json!(9), &json!(1)),
+        "{v}"
+    );
+    let store = app.settled().await;
+    assert_eq!(
+        store.token_month_archive(&id).await.unwrap(),
+        vec![("2026-11".to_string(), 1)]
+    );
+    assert_eq!(
+        db.int(in_november).await,
+        total - 2,
+        "the token called and the clone changed are written"
     );
 }
 
@@ -327,27 +310,31 @@ async fn the_live_token_count_follows_every_change_and_issuing_reads_no_token_li
     );
 }
 
-/// A reset held up (a row it must roll is locked by another transaction) does not hold back
-/// expiry, which runs and finishes meanwhile; the reset finishes once the row is free.
+/// A reset held up (an account row it must roll is locked by another transaction) does not
+/// hold back expiry of another account's token, which runs and finishes meanwhile; the reset
+/// finishes once the row is free.
 async fn expiry_runs_while_a_monthly_reset_is_in_progress(b: Backend) {
     let app = spawn_app_with(b, |c| {
         c.db_lock_timeout = std::time::Duration::from_secs(60);
     })
     .await;
     let db = Db::of(&app).await;
-    let (_, secret) = big_account(&app).await;
-    let (held, held_plain) = app.token(&secret, json!({"name": "held"})).await;
+    let (acct, secret) = big_account(&app).await;
+    let (_, held_plain) = app.token(&secret, json!({"name": "held"})).await;
+    // In an account with no call in November, which the reset has nothing to roll for.
+    let (_, other) = app.account("other").await;
     let (due, _) = app
-        .token(&secret, json!({"name": "due", "lifetime_seconds": 3600}))
+        .token(&other, json!({"name": "due", "lifetime_seconds": 3600}))
         .await;
-    // A call in November: the reset has this token to roll.
+    // A call in November: the reset has the account's quota counter to roll.
     verify(&app, &held_plain).await;
+    app.settled().await;
     let Db::Postgres(pool) = &db else {
         unreachable!("PostgreSQL only")
     };
     let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("SELECT id FROM tokens WHERE id = $1 FOR UPDATE")
-        .bind(&held)
+    sqlx::query("SELECT id FROM accounts WHERE id = $1 FOR UPDATE")
+        .bind(&acct)
         .execute(&mut *blocker)
         .await
         .unwrap();
