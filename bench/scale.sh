@@ -5,14 +5,15 @@
 # - creation through the API, 1000 tokens a request, two clients: total time, and the latency of
 #   the first and the last requests (a constant cost shows as equal latencies);
 # - the disk of an empty store and of the full one (SQLite);
-# - the daemon's RSS empty, after random verification across every token (steady), and its peak
-#   (VmHWM) over the whole run;
+# - the tokens read into memory after a start (how many, how long, the RSS they add: bytes a
+#   token), the daemon's RSS empty, after random verification across every token (steady), and
+#   its peak (VmHWM) over the whole run;
 # - verification across all the tokens at random against the first 100,000 (16 connections);
 # - the monthly reset of every token (each has a monthly refill due) under verification load:
 #   how long it takes, and the verify latency in 3-second windows before, during and after it.
 #
 # The daemon runs under libfaketime: first on 2026-12-15 to create the tokens, then from
-# 2026-12-31 23:59:20 so that the reset starts at midnight, under load. Everything runs on this
+# 2026-12-31 23:58:50 so that the reset starts at midnight, under load. Everything runs on this
 # machine over loopback. Results: bench/out/scale/results.jsonl and a summary on stdout.
 #
 #   bash bench/scale.sh                           # TOKENS=1000000 BACKENDS="sqlite postgres"
@@ -107,13 +108,23 @@ PY
     stop
 
     # Verification across every token and across the first 100,000, then across midnight.
-    fake0="2026-12-31 23:59:20"
+    fake0="2026-12-31 23:58:50"
     serve "$fake0"
     real0=$real_start
     start_rss=$(status_kb "$daemon" VmRSS)
+    # The tokens read ahead after the start: until the cache stops growing.
+    warm0=$(date +%s.%N); prev=-1; cached=0
+    for _ in $(seq 1 600); do
+        cached=$(curl -s "$base/metrics" | awk '$1 == "tokenwarden_cached_tokens" {print int($2)}')
+        cached=${cached:-0}
+        [ "$cached" != 0 ] && [ "$cached" = "$prev" ] && break
+        prev=$cached; sleep 0.5
+    done
+    warm_s=$(python3 -c "import time; print(round(time.time() - $warm0, 1))")
+    warm_rss=$(status_kb "$daemon" VmRSS)
     line=$(TOKENS_FILE=$OUT/tokens.txt wrk -t2 -c16 -d10s -s bench/verify.lua "$base/v1/verify" | grep '^JSON ' | cut -c6-)
     steady_rss=$(status_kb "$daemon" VmRSS)
-    record "{\"backend\":\"$backend\",\"what\":\"verify_all\",\"wrk\":$line,\"start_rss_kb\":$start_rss,\"steady_rss_kb\":$steady_rss}"
+    record "{\"backend\":\"$backend\",\"what\":\"verify_all\",\"wrk\":$line,\"start_rss_kb\":$start_rss,\"warm_s\":$warm_s,\"cached\":$cached,\"warm_rss_kb\":$warm_rss,\"steady_rss_kb\":$steady_rss}"
     line=$(TOKENS_FILE=$OUT/tokens-100k.txt wrk -t2 -c16 -d8s -s bench/verify.lua "$base/v1/verify" | grep '^JSON ' | cut -c6-)
     record "{\"backend\":\"$backend\",\"what\":\"verify_100k\",\"wrk\":$line}"
     sleep "$(until_fake "$fake0" "$real0" "2026-12-31 23:59:51")"
@@ -146,7 +157,9 @@ for b in dict.fromkeys(r["backend"] for r in rows):
     print(f"## {b}")
     print(f"- create {c['result']['tokens']} tokens: {c['result']['seconds']} s; a 1000-token request first {c['result']['first_10_median_ms']} ms, last {c['result']['last_10_median_ms']} ms")
     print(f"- disk: empty {c['empty_disk_kb']/1024:.1f} MiB, full {c['full_disk_kb']/1024:.1f} MiB")
-    print(f"- RSS: empty {c['empty_rss_kb']/1024:.0f} MiB, after start {r['verify_all']['start_rss_kb']/1024:.0f} MiB, after 10 s across all {r['verify_all']['steady_rss_kb']/1024:.0f} MiB, peak {r['reset']['peak_rss_kb']/1024:.0f} MiB")
+    v = r["verify_all"]
+    print(f"- read ahead after the start: {v['cached']} tokens in {v['warm_s']} s")
+    print(f"- RSS: empty {c['empty_rss_kb']/1024:.0f} MiB, after start {v['start_rss_kb']/1024:.0f} MiB, tokens read ahead {v['warm_rss_kb']/1024:.0f} MiB, after 10 s across all {v['steady_rss_kb']/1024:.0f} MiB, peak {r['reset']['peak_rss_kb']/1024:.0f} MiB; {(v['warm_rss_kb'] - v['start_rss_kb']) * 1024 / max(1, v['cached'] - min(v['cached'], 10000)):.0f} bytes a token read ahead")
     print(f"- verify across all: {a['rps']:.0f} req/s, p99 {a['p99_ms']:.2f} ms; across 100k: {h['rps']:.0f} req/s, p99 {h['p99_ms']:.2f} ms; ratio {a['rps']/h['rps']:.2f}")
     print(f"- reset: {run.get('result') if run else None}, {took} s")
     print("- windows of 3 s from 23:59:51 (req/s, p99 ms, max ms, non-2xx): " + "; ".join(f"{x['rps']:.0f}/{x['p99_ms']:.1f}/{x['max_ms']:.0f}/{x['non2xx']}" for x in w))

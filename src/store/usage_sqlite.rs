@@ -496,12 +496,12 @@ impl UsageReader {
         Ok((tokens, accounts))
     }
 
-    /// Up to `limit` active tokens with ids after `after`, in id order: a background read of
-    /// the rest of the tokens, a step at a time, each step a short read of the primary key.
-    pub fn active_after(&self, after: &str, limit: usize) -> Result<Vec<TokenState>> {
+    /// The next `limit` tokens by id after `after`, whatever their status: a background read
+    /// of the tokens, a step at a time, each a range of the primary key and nothing else (so
+    /// no plan sorts the table).
+    pub fn tokens_after(&self, after: &str, limit: usize) -> Result<Vec<TokenState>> {
         let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {STATE_COLS} FROM tokens WHERE id > ?1 AND status = 'active' \
-             ORDER BY id LIMIT ?2"
+            "SELECT {STATE_COLS} FROM tokens WHERE id > ?1 ORDER BY id LIMIT ?2"
         ))?;
         let mut tokens = Vec::new();
         for t in st.query_map(rusqlite::params![after, limit as i64], state_of)? {

@@ -60,6 +60,10 @@ const MAX_CACHED_JWTS: usize = 100_000;
 const PRELOADED_TOKENS: usize = 10_000;
 /// Tokens read by one background read.
 const PRELOAD_STEP: usize = 20_000;
+/// Records folded by one transaction: a fold of more is several transactions, each recording
+/// how far the log is folded, so the rows a fold holds in memory and the time it holds the
+/// write lock stay bounded however many calls waited.
+const FOLD_CHUNK: usize = 20_000;
 
 /// A call counted in memory and in the log, not yet folded into the store.
 #[derive(Debug, Clone)]
@@ -180,6 +184,25 @@ impl Pending {
     /// Bytes these records take in the log.
     fn log_bytes(&self) -> u64 {
         (self.bytes.len() + self.ends.len() * usage_log::HEADER) as u64
+    }
+
+    /// The first `n` records, and the rest.
+    fn split_front(self, n: usize) -> (Pending, Pending) {
+        if n >= self.ends.len() {
+            return (self, Pending::default());
+        }
+        let cut = self.ends[n - 1];
+        let mut bytes = self.bytes;
+        let rest_bytes = bytes.split_off(cut);
+        let mut ends = self.ends;
+        let rest_ends = ends.split_off(n).into_iter().map(|e| e - cut).collect();
+        (
+            Pending { bytes, ends },
+            Pending {
+                bytes: rest_bytes,
+                ends: rest_ends,
+            },
+        )
     }
 
     /// Puts `earlier` in front.
@@ -681,7 +704,7 @@ fn preload(shared: &Shared, reader: &UsageReader) {
         if full || shared.store.is_closed() {
             break;
         }
-        let tokens = match reader.active_after(&after, PRELOAD_STEP) {
+        let mut tokens = match reader.tokens_after(&after, PRELOAD_STEP) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "reading tokens ahead of calls stopped");
@@ -692,6 +715,7 @@ fn preload(shared: &Shared, reader: &UsageReader) {
             break;
         };
         after = last.id.to_string();
+        tokens.retain(|t| t.status == crate::domain::status::TokenStatus::Active);
         let mut accounts = HashMap::new();
         {
             let cache = shared.cache();
@@ -837,21 +861,32 @@ fn fold(shared: &Shared, conn: &mut UsageConn, epoch: u64) -> Result<(), StoreEr
         conn.probe()?;
     } else {
         let n = entries.len();
-        metrics::histogram!(crate::metrics::BATCH_SIZE).record(n as f64);
-        let (uses, denials) = split(entries.entries().flatten());
-        if let Err(e) = conn.fold(
-            &uses,
-            &denials,
-            LogPosition {
-                epoch,
-                folded: upto,
-            },
-        ) {
-            // Back in front of what came meanwhile, for the next fold.
-            shared.cache().pending.prepend(entries);
-            return Err(e);
+        // The records are numbered without a gap up to `upto`.
+        let mut folded = upto - n as Seq;
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_front(FOLD_CHUNK);
+            metrics::histogram!(crate::metrics::BATCH_SIZE).record(chunk.len() as f64);
+            let through = folded + chunk.len() as Seq;
+            let (uses, denials) = split(chunk.entries().flatten());
+            if let Err(e) = conn.fold(
+                &uses,
+                &denials,
+                LogPosition {
+                    epoch,
+                    folded: through,
+                },
+            ) {
+                // Back in front of what came meanwhile, for the next fold.
+                let mut back = tail;
+                back.prepend(chunk);
+                shared.cache().pending.prepend(back);
+                return Err(e);
+            }
+            shared.log.release(through);
+            folded = through;
+            rest = tail;
         }
-        shared.log.release(upto);
         tracing::debug!(
             records = n,
             ms = started.elapsed().as_millis() as u64,
@@ -1112,6 +1147,31 @@ mod tests {
                 (d.token_id, d.account_id, d.outcome, d.at)
             );
         }
+    }
+
+    /// A fold takes the waiting records a chunk at a time; a chunk that fails goes back in
+    /// front of the rest, in order.
+    #[test]
+    fn waiting_records_split_into_chunks_and_join_back_in_order() {
+        let mut p = Pending::default();
+        for i in 0..5u8 {
+            p.push(&vec![i; usize::from(i) + 1]);
+        }
+        let (front, rest) = p.split_front(2);
+        assert_eq!((front.len(), rest.len()), (2, 3));
+        assert_eq!(front.bytes, [0, 1, 1]);
+        assert_eq!(rest.ends, [3, 7, 12]);
+        let (all, none) = Pending {
+            bytes: rest.bytes.clone(),
+            ends: rest.ends.clone(),
+        }
+        .split_front(9);
+        assert_eq!((all.len(), none.len()), (3, 0));
+        let mut back = rest;
+        back.prepend(front);
+        assert_eq!(back.len(), 5);
+        assert_eq!(back.ends, [1, 3, 6, 10, 15]);
+        assert_eq!(&back.bytes[10..], [4; 5]);
     }
 
     #[test]

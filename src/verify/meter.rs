@@ -208,10 +208,7 @@ async fn warm(store: Store, tx: mpsc::WeakSender<Msg>, room: usize) {
     let mut after = String::new();
     let mut sent = 0;
     while sent < room {
-        let rows = match store
-            .read_active_after(&after, WARM_STEP.min(room - sent))
-            .await
-        {
+        let mut rows = match store.read_after(&after, WARM_STEP).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "reading tokens ahead of calls stopped");
@@ -222,6 +219,8 @@ async fn warm(store: Store, tx: mpsc::WeakSender<Msg>, room: usize) {
             break;
         };
         after = last.token.id.to_string();
+        rows.retain(|v| v.token.status == crate::domain::status::TokenStatus::Active);
+        rows.truncate(room - sent);
         sent += rows.len();
         let Some(tx) = tx.upgrade() else {
             return;
