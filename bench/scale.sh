@@ -134,8 +134,8 @@ PY
     done
     # The reset's run record: start and end on the daemon's clock.
     for _ in $(seq 1 600); do
-        run=$(curl -s "$base/v1/jobs" -H "Authorization: Bearer $op" | jq -c '[.jobs[] | select(.name == "monthly_reset") | .last_run] | first')
-        [ "$(echo "$run" | jq -r '.period + " " + .status')" = "2027-01 done" ] && break
+        run=$(curl -s "$base/v1/jobs" -H "Authorization: Bearer $op" | jq -c '[.jobs[]? | select(.name == "monthly_reset") | .last_run] | first' || true)
+        [ "$(echo "$run" | jq -r '.period + " " + .status' 2>/dev/null || true)" = "2027-01 done" ] && break
         sleep 1
     done
     record "{\"backend\":\"$backend\",\"what\":\"reset\",\"run\":$run,\"peak_rss_kb\":$(status_kb "$daemon" VmHWM),\"end_rss_kb\":$(status_kb "$daemon" VmRSS)}"

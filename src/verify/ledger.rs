@@ -60,6 +60,10 @@ const MAX_CACHED_JWTS: usize = 100_000;
 const PRELOADED_TOKENS: usize = 10_000;
 /// Tokens read by one background read.
 const PRELOAD_STEP: usize = 20_000;
+/// Records waiting past which a fold is asked for at once, whatever the fold interval: under
+/// heavy load a fold stays a few chunks long, so an admin request or a job, which folds first,
+/// waits about a second at most.
+const FOLD_SOON_RECORDS: usize = 100_000;
 /// Records folded by one transaction: a fold of more is several transactions, each recording
 /// how far the log is folded, so the rows a fold holds in memory and the time it holds the
 /// write lock stay bounded however many calls waited.
@@ -527,7 +531,9 @@ impl Ledger {
         let (seq, durable) = appended.map_err(log_refused)?;
         cache.pending.push(&bytes);
         cache.last_seq = seq;
-        if cache.pending.log_bytes() >= self.shared.early_fold && !cache.fold_asked {
+        let due = cache.pending.log_bytes() >= self.shared.early_fold
+            || cache.pending.len() >= FOLD_SOON_RECORDS;
+        if due && !cache.fold_asked {
             cache.fold_asked = true;
             let _ = self.folds.send(FoldCall::Soon);
         }
