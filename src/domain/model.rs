@@ -124,8 +124,9 @@ pub struct Token {
 /// `token_stats_daily` archive and start again.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DayCounts {
-    /// The `YYYY-MM-DD` day the counters belong to; `None` before the first call.
-    pub day: Option<String>,
+    /// The UTC day the counters belong to (`YYYY-MM-DD` when stored); `None` before the first
+    /// call. A date rather than its text: verification's copies hold one per token.
+    pub day: Option<chrono::NaiveDate>,
     /// The counters, in `plan::STAT_COLUMNS` order.
     pub counts: [i64; 10],
 }

@@ -268,16 +268,16 @@ fn archive_count(
 /// back) is counted in the archive directly.
 fn count(
     t: &mut TokenState,
-    day: &str,
+    (date, day): (NaiveDate, &str),
     col: &str,
     n: i64,
     stats: &mut HashMap<(String, String), StatRow>,
 ) {
     let (id, account) = (&t.id, &t.account_id);
     let today = t.today.get_or_insert_with(Box::default);
-    match today.day.as_deref() {
-        Some(d) if d == day => {}
-        Some(d) if d > day => {
+    match today.day {
+        Some(d) if d == date => {}
+        Some(d) if d > date => {
             return archive_count(stats, id, account, day, col, n);
         }
         held => {
@@ -290,7 +290,7 @@ fn count(
                 }
             }
             **today = DayCounts {
-                day: Some(day.to_string()),
+                day: Some(date),
                 counts: [0; 10],
             };
         }
@@ -337,7 +337,7 @@ impl Keys {
         self.of(at).1
     }
 
-    fn of(&mut self, at: DateTime<Utc>) -> (&str, Period<'_>) {
+    fn of(&mut self, at: DateTime<Utc>) -> ((NaiveDate, &str), Period<'_>) {
         let date = at.date_naive();
         if self.date != Some(date) {
             self.date = Some(date);
@@ -347,7 +347,7 @@ impl Keys {
         }
         let month = self.month_no.unwrap_or_else(|| Month::of(at));
         (
-            &self.day,
+            (date, &self.day),
             Period {
                 key: &self.month,
                 month,
@@ -615,7 +615,7 @@ mod tests {
             "today's statistics stay in the token's row"
         );
         let c = t.today().counts;
-        assert_eq!(t.today().day.as_deref(), Some("2026-11-27"));
+        assert_eq!(t.today().day, NaiveDate::from_ymd_opt(2026, 11, 27));
         assert_eq!((c[0], c[1], c[8]), (2, 2, 1), "valid, cost, usage_exceeded");
         assert_eq!(p.accounts[0].quota_used, 2);
     }
@@ -797,7 +797,7 @@ mod tests {
             .collect();
         assert_eq!(days, [("2026-11-25", 1, 5, 0), ("2026-11-26", 1, 1, 1)]);
         let t = &p.tokens[0];
-        assert_eq!(t.today().day.as_deref(), Some("2026-11-27"));
+        assert_eq!(t.today().day, NaiveDate::from_ymd_opt(2026, 11, 27));
         assert_eq!(t.today().counts[..3], [1, 1, 0]);
     }
 }

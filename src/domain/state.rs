@@ -216,6 +216,8 @@ mod tests {
             "{}",
             std::mem::size_of::<TokenState>()
         );
+        // A writer that keeps the day's statistics holds one of these per token.
+        assert!(std::mem::size_of::<super::DayCounts>() <= 88);
         // Ids are inline.
         let id: CompactString = "AbCdEfGh".into();
         assert!(!id.is_heap_allocated());

@@ -222,7 +222,7 @@ impl TryFrom<TokenRow> for Token {
             updated_at: r.updated_at,
             revoked_at: r.revoked_at,
             today: DayCounts {
-                day: r.stats_day,
+                day: stats_day(r.stats_day.as_deref())?,
                 counts: [
                     r.day_valid,
                     r.day_cost,
@@ -275,6 +275,15 @@ pub(crate) struct StateRow {
     pub day_bad_jwt: i64,
 }
 
+/// A token's `stats_day`, `YYYY-MM-DD`.
+fn stats_day(d: Option<&str>) -> Result<Option<chrono::NaiveDate>, StoreError> {
+    d.map(|d| {
+        chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .map_err(|e| corrupt("token stats_day", format!("{d:?}: {e}")))
+    })
+    .transpose()
+}
+
 fn hash(what: &str, h: &[u8]) -> Result<Hash, StoreError> {
     Hash::try_from(h).map_err(|_| corrupt(what, format!("{} bytes, not 32", h.len())))
 }
@@ -299,12 +308,9 @@ impl TryFrom<StateRow> for TokenState {
             r.day_usage_exceeded,
             r.day_bad_jwt,
         ];
-        let today = (r.stats_day.is_some() || counts != [0; 10]).then(|| {
-            Box::new(DayCounts {
-                day: r.stats_day,
-                counts,
-            })
-        });
+        let day = stats_day(r.stats_day.as_deref())?;
+        let today =
+            (day.is_some() || counts != [0; 10]).then(|| Box::new(DayCounts { day, counts }));
         let previous = match (r.prev_secret_hash, r.prev_secret_valid_until) {
             (Some(h), Some(valid_until)) => Some(Box::new(PreviousSecret {
                 hash: hash("token prev_secret_hash", &h)?,

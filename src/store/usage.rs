@@ -353,7 +353,7 @@ fn bind_plan(
     let mut q = q.bind(
         tokens
             .iter()
-            .map(|t| t.today.as_ref().and_then(|d| d.day.clone()))
+            .map(|t| t.today.as_ref().and_then(|d| d.day).map(|d| d.to_string()))
             .collect::<Vec<_>>(),
     );
     for i in 0..STAT_COLUMNS.len() {

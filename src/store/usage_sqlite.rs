@@ -393,7 +393,11 @@ impl UsageConn {
                     ts_opt(t.last_used_at).into(),
                     t.last_used_ip.map(|ip| ip.to_string()).into(),
                     t.refill_period.map(|m| m.to_string()).into(),
-                    t.today.as_ref().and_then(|d| d.day.clone()).into(),
+                    t.today
+                        .as_ref()
+                        .and_then(|d| d.day)
+                        .map(|d| d.to_string())
+                        .into(),
                 ];
                 let counts = t.today.as_ref().map_or([0; 10], |d| d.counts);
                 let values = with_counts(head, &counts);

@@ -45,7 +45,8 @@ impl Keyed for Copied {
 /// The writer's copies.
 pub struct Copies {
     tokens: Tokens<Copied>,
-    accounts: HashMap<String, (Account, String)>,
+    /// Keyed by the id the copied tokens share.
+    accounts: HashMap<Arc<str>, (Account, String)>,
     locked_until: Option<Instant>,
     /// Copies kept (`database.token_cache_mib`): past it some are dropped, and read again as
     /// calls need them.
@@ -83,7 +84,7 @@ impl Copies {
     /// Keeps `v`, in place of any copy of its rows.
     fn put(&mut self, v: Versioned) {
         self.accounts
-            .insert(v.account.id.clone(), (v.account, v.account_version));
+            .insert(v.account.id.as_str().into(), (v.account, v.account_version));
         self.set(v.token, version(&v.token_version));
     }
 
@@ -94,9 +95,10 @@ impl Copies {
             return false;
         }
         if self.tokens.get(&v.token.id).is_none() {
-            self.accounts
-                .entry(v.account.id.clone())
-                .or_insert((v.account, v.account_version));
+            if !self.accounts.contains_key(v.account.id.as_str()) {
+                self.accounts
+                    .insert(v.account.id.as_str().into(), (v.account, v.account_version));
+            }
             self.set(v.token, version(&v.token_version));
         }
         true
@@ -112,7 +114,11 @@ impl Copies {
         self.max_tokens.saturating_sub(self.tokens.len())
     }
 
-    fn set(&mut self, state: TokenState, version: u32) {
+    /// Keeps `state` (sharing its account's id with the account's copy) at `version`.
+    fn set(&mut self, mut state: TokenState, version: u32) {
+        if let Some((id, _)) = self.accounts.get_key_value(&*state.account_id) {
+            state.account_id = id.clone();
+        }
         match self.tokens.get_mut(&state.id) {
             Some(c) => {
                 *c = Copied {
@@ -137,7 +143,7 @@ impl Copies {
         }
         self.tokens.shrink_to(self.max_tokens / 4 * 3, |_| false);
         let keep: HashSet<&str> = self.tokens.values().map(|c| &*c.state.account_id).collect();
-        self.accounts.retain(|id, _| keep.contains(id.as_str()));
+        self.accounts.retain(|id, _| keep.contains(&**id));
     }
 
     /// Drops the copies of `ids` and of their accounts.
@@ -274,7 +280,7 @@ impl Copies {
             .iter()
             .map(|a| {
                 self.accounts
-                    .get(&a.id)
+                    .get(a.id.as_str())
                     .map(|c| c.1.clone())
                     .unwrap_or_default()
             })
@@ -282,7 +288,7 @@ impl Copies {
         let unwritten_accounts = decided_on
             .into_iter()
             .filter(|id| !plan.accounts.iter().any(|a| &a.id == id))
-            .filter_map(|id| self.accounts.get(&id).map(|c| (id, c.1.clone())))
+            .filter_map(|id| self.accounts.get(id.as_str()).map(|c| (id, c.1.clone())))
             .collect();
         match store
             .write_unlocked(
@@ -301,12 +307,18 @@ impl Copies {
                     accounts,
                     ..
                 } = plan;
+                for a in accounts {
+                    let entry = (a, v.clone());
+                    match self.accounts.get_mut(entry.0.id.as_str()) {
+                        Some(held) => *held = entry,
+                        None => {
+                            self.accounts.insert(entry.0.id.as_str().into(), entry);
+                        }
+                    }
+                }
                 let written = version(&v);
                 for t in tokens {
                     self.set(t, written);
-                }
-                for a in accounts {
-                    self.accounts.insert(a.id.clone(), (a, v.clone()));
                 }
                 Ok(decided)
             }

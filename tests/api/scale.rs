@@ -15,6 +15,7 @@ both_backends!(
     the_live_token_count_follows_every_change_and_issuing_reads_no_token_list,
     the_tokens_kept_in_memory_stay_within_token_cache_mib,
     a_start_reads_the_active_tokens_into_memory_in_the_background,
+    a_token_row_verification_cannot_read_is_never_valid,
 );
 
 postgres_only!(expiry_runs_while_a_monthly_reset_is_in_progress,);
@@ -474,4 +475,52 @@ async fn a_start_reads_the_active_tokens_into_memory_in_the_background(b: Backen
     assert_eq!(held, 15_001, "active tokens held after the start");
     let v = verify(&app, &plain).await;
     assert_eq!(v["result"], "VALID", "{v}");
+}
+
+/// Verification reads a token's state strictly: a stored day, month, hash or address it cannot
+/// read makes that token's calls fail as a server error (never VALID, nothing counted), and
+/// other tokens work.
+async fn a_token_row_verification_cannot_read_is_never_valid(b: Backend) {
+    let app = spawn_app(b).await;
+    let db = Db::of(&app).await;
+    let (_, secret) = app.account("acme").await;
+    let (good_id, good) = app.token(&secret, json!({"name": "good"})).await;
+    let short_hash = match b {
+        Backend::Sqlite => "X'0102'",
+        Backend::Postgres => "'\\x0102'::bytea",
+    };
+    let mut broken = Vec::new();
+    for set in [
+        "stats_day = 'yesterday'".to_string(),
+        "calls_month_period = '2026-13'".to_string(),
+        format!("secret_hash = {short_hash}"),
+        "last_used_ip = 'not an address'".to_string(),
+    ] {
+        let (id, plain) = app.token(&secret, json!({"name": "broken"})).await;
+        db.exec(&format!("UPDATE tokens SET {set} WHERE id = '{id}'"))
+            .await;
+        broken.push((set, plain));
+    }
+    for (set, plain) in &broken {
+        let (s, v) = app
+            .call(
+                reqwest::Method::POST,
+                "/v1/verify",
+                None,
+                Some(json!({"token": plain})),
+            )
+            .await;
+        assert!(s.is_server_error(), "{set}: {s} {v}");
+        assert_ne!(v["result"], "VALID", "{set}: {v}");
+    }
+    let v = verify(&app, &good).await;
+    assert_eq!(v["result"], "VALID", "{v}");
+    app.settled().await;
+    assert_eq!(
+        db.int("SELECT CAST(COALESCE(SUM(calls_total), 0) AS BIGINT) FROM tokens")
+            .await,
+        1,
+        "only the good token's call is counted"
+    );
+    let _ = good_id;
 }
