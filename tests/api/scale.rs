@@ -101,16 +101,16 @@ impl Db {
     }
 }
 
-/// One verification of `token`; its answer.
+/// One verification of `token`: the status and the answer.
+async fn verify_call(app: &TestApp, token: &str) -> (reqwest::StatusCode, Value) {
+    let body = json!({"token": token});
+    app.call(reqwest::Method::POST, "/v1/verify", None, Some(body))
+        .await
+}
+
+/// One verification of `token`, answered 200; its answer.
 async fn verify(app: &TestApp, token: &str) -> Value {
-    let (s, v) = app
-        .call(
-            reqwest::Method::POST,
-            "/v1/verify",
-            None,
-            Some(json!({"token": token})),
-        )
-        .await;
+    let (s, v) = verify_call(app, token).await;
     assert_eq!(s.as_u16(), 200, "{v}");
     v
 }
@@ -502,14 +502,7 @@ async fn a_token_row_verification_cannot_read_is_never_valid(b: Backend) {
         broken.push((set, plain));
     }
     for (set, plain) in &broken {
-        let (s, v) = app
-            .call(
-                reqwest::Method::POST,
-                "/v1/verify",
-                None,
-                Some(json!({"token": plain})),
-            )
-            .await;
+        let (s, v) = verify_call(&app, plain).await;
         assert!(s.is_server_error(), "{set}: {s} {v}");
         assert_ne!(v["result"], "VALID", "{set}: {v}");
     }
