@@ -83,7 +83,7 @@ impl Job {
     /// What it does, for people.
     pub fn description(self) -> &'static str {
         match self {
-            Job::MonthlyReset => "archive and restart monthly counters and account quotas, apply monthly refills (00:00 UTC on the 1st)",
+            Job::MonthlyReset => "archive and restart the accounts' monthly quotas; tokens' monthly counters and refills roll from the month's first instant without a rewrite (00:00 UTC on the 1st)",
             Job::MonthlyTokens => "issue each [[policy]]'s token for the month and deliver it (00:00 UTC on the 1st)",
             Job::Expiry => "mark tokens past their expiry as expired and send the optional notice (every minute)",
             Job::ExpiryWarnings => "queue the expiry warnings that are due (every minute)",
