@@ -32,17 +32,21 @@ pub fn minute_key(t: DateTime<Utc>) -> String {
 /// 00:00:00 UTC on the first day of the month `YYYY-MM` (years 1970 to 9999), or `None` when
 /// `key` is not one.
 pub fn month_start(key: &str) -> Option<DateTime<Utc>> {
+    let (year, month) = month_parts(key)?;
+    if year < 1970 {
+        return None;
+    }
+    Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0).single()
+}
+
+/// The year and month of a `YYYY-MM` key (four and two digits; the month unchecked).
+fn month_parts(key: &str) -> Option<(i32, u32)> {
     let (y, m) = key.split_once('-')?;
     let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|c| c.is_ascii_digit());
     if !digits(y, 4) || !digits(m, 2) {
         return None;
     }
-    let year: i32 = y.parse().ok()?;
-    if year < 1970 {
-        return None;
-    }
-    Utc.with_ymd_and_hms(year, m.parse().ok()?, 1, 0, 0, 0)
-        .single()
+    Some((y.parse().ok()?, m.parse().ok()?))
 }
 
 /// A calendar month in UTC, in four bytes (a token's counters hold two): `YYYY-MM` when written.
@@ -63,12 +67,8 @@ impl Month {
 
     /// Parses `YYYY-MM` (years 0 to 9999); `None` when `key` is not one.
     pub fn parse(key: &str) -> Option<Month> {
-        let (y, m) = key.split_once('-')?;
-        let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|c| c.is_ascii_digit());
-        if !digits(y, 4) || !digits(m, 2) {
-            return None;
-        }
-        Month::from_parts(y.parse().ok()?, m.parse().ok()?)
+        let (year, month) = month_parts(key)?;
+        Month::from_parts(year, month)
     }
 }
 

@@ -258,6 +258,16 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
     }
 
+    /// `decide` on the state of a test's token.
+    fn decide_on(
+        t: &crate::domain::model::Token,
+        a: &AccountState,
+        c: &Check,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        decide(&TokenState::from(t), a, c, now)
+    }
+
     fn token() -> crate::domain::model::Token {
         crate::domain::model::Token {
             usage_limit: Some(10),
@@ -290,34 +300,21 @@ mod tests {
         c.bound_ip = Some("10.0.0.1".parse().unwrap());
         // Revoked, expired and inactive are told before the JWT's address.
         t.status = TokenStatus::Revoked;
-        assert_eq!(
-            decide(&TokenState::from(&t), &a, &c, now()),
-            Outcome::Revoked
-        );
+        assert_eq!(decide_on(&t, &a, &c, now()), Outcome::Revoked);
         t.status = TokenStatus::Active;
         assert_eq!(
-            decide(&TokenState::from(&t), &a, &c, now()),
+            decide_on(&t, &a, &c, now()),
             Outcome::IpNotAllowed,
             "no client IP"
         );
         c.client_ip = Some("10.0.0.2".parse().unwrap());
-        assert_eq!(
-            decide(&TokenState::from(&t), &a, &c, now()),
-            Outcome::IpNotAllowed
-        );
+        assert_eq!(decide_on(&t, &a, &c, now()), Outcome::IpNotAllowed);
         c.client_ip = Some("::ffff:10.0.0.1".parse().unwrap());
-        assert_eq!(
-            decide(&TokenState::from(&t), &a, &c, now()),
-            Outcome::Valid,
-            "IPv4-mapped"
-        );
+        assert_eq!(decide_on(&t, &a, &c, now()), Outcome::Valid, "IPv4-mapped");
         // Before the scope check.
         t.scopes = vec![Scope::parse("convert:*", "scopes").unwrap()];
         c.client_ip = Some("10.0.0.2".parse().unwrap());
-        assert_eq!(
-            decide(&TokenState::from(&t), &a, &c, now()),
-            Outcome::IpNotAllowed
-        );
+        assert_eq!(decide_on(&t, &a, &c, now()), Outcome::IpNotAllowed);
     }
 
     #[test]
@@ -329,53 +326,32 @@ mod tests {
         t.remaining = Some(0);
         let mut a = account();
         a.status = AccountStatus::Inactive;
-        assert_eq!(
-            decide(&TokenState::from(&t), &a, &check(), now()),
-            Outcome::Revoked
-        );
+        assert_eq!(decide_on(&t, &a, &check(), now()), Outcome::Revoked);
         t.status = TokenStatus::Active;
-        assert_eq!(
-            decide(&TokenState::from(&t), &a, &check(), now()),
-            Outcome::Expired
-        );
+        assert_eq!(decide_on(&t, &a, &check(), now()), Outcome::Expired);
         t.expires_at = None;
-        assert_eq!(
-            decide(&TokenState::from(&t), &a, &check(), now()),
-            Outcome::AccountInactive
-        );
+        assert_eq!(decide_on(&t, &a, &check(), now()), Outcome::AccountInactive);
         a.status = AccountStatus::Active;
-        assert_eq!(
-            decide(&TokenState::from(&t), &a, &check(), now()),
-            Outcome::IpNotAllowed
-        );
+        assert_eq!(decide_on(&t, &a, &check(), now()), Outcome::IpNotAllowed);
         let mut c = check();
         c.client_ip = Some("10.9.8.7".parse().unwrap());
         t.scopes = vec![Scope::parse("convert:*", "scopes").unwrap()];
-        assert_eq!(
-            decide(&TokenState::from(&t), &a, &c, now()),
-            Outcome::ScopeDenied
-        );
+        assert_eq!(decide_on(&t, &a, &c, now()), Outcome::ScopeDenied);
         c.call = Some("convert:pdf".into());
         a.monthly_quota = Some(5);
         a.quota_used = 5;
         a.quota_period = Some("2026-11".into());
-        assert_eq!(
-            decide(&TokenState::from(&t), &a, &c, now()),
-            Outcome::AccountQuotaExceeded
-        );
+        assert_eq!(decide_on(&t, &a, &c, now()), Outcome::AccountQuotaExceeded);
         a.quota_period = Some("2026-10".into());
         assert_eq!(
-            decide(&TokenState::from(&t), &a, &c, now()),
+            decide_on(&t, &a, &c, now()),
             Outcome::UsageExceeded,
             "last month's quota counts as zero"
         );
         t.remaining = Some(1);
-        assert_eq!(decide(&TokenState::from(&t), &a, &c, now()), Outcome::Valid);
+        assert_eq!(decide_on(&t, &a, &c, now()), Outcome::Valid);
         c.cost = 2;
-        assert_eq!(
-            decide(&TokenState::from(&t), &a, &c, now()),
-            Outcome::UsageExceeded
-        );
+        assert_eq!(decide_on(&t, &a, &c, now()), Outcome::UsageExceeded);
     }
 
     #[test]

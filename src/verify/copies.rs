@@ -71,21 +71,41 @@ impl Copies {
     }
 
     /// Copies of the most recently used active tokens and their accounts (at most
-    /// `max_tokens`). A read that fails leaves them empty: calls then read the rows they need.
-    pub async fn warm(store: &Store, max_tokens: usize) -> Copies {
+    /// `max_tokens`), and whether active tokens may be left to read ahead (the read was cut at
+    /// its limit, or failed). A read that fails leaves them empty: calls then read the rows they
+    /// need.
+    pub async fn warm(store: &Store, max_tokens: usize) -> (Copies, bool) {
         let mut copies = Copies::new(max_tokens);
-        match store.read_active_versioned(PRELOADED.min(max_tokens)).await {
-            Ok(rows) => rows.into_iter().for_each(|v| copies.put(v)),
-            Err(e) => tracing::warn!(error = %e, "cannot read tokens ahead of the first calls"),
-        }
-        copies
+        let limit = PRELOADED.min(max_tokens);
+        let more = match store.read_active_versioned(limit).await {
+            Ok(rows) => {
+                let cut = rows.len() == limit;
+                rows.into_iter().for_each(|v| copies.put(v));
+                cut
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read tokens ahead of the first calls");
+                true
+            }
+        };
+        let more = more && copies.room() > 0;
+        (copies, more)
     }
 
     /// Keeps `v`, in place of any copy of its rows.
     fn put(&mut self, v: Versioned) {
-        self.accounts
-            .insert(v.account.id.as_str().into(), (v.account, v.account_version));
+        self.keep_account(v.account, v.account_version);
         self.set(v.token, version(&v.token_version));
+    }
+
+    /// Keeps the copy of an account at `version`, in place of any other.
+    fn keep_account(&mut self, a: Account, version: String) {
+        match self.accounts.get_mut(a.id.as_str()) {
+            Some(held) => *held = (a, version),
+            None => {
+                self.accounts.insert(a.id.as_str().into(), (a, version));
+            }
+        }
     }
 
     /// Keeps `v` unless its token has a copy already or the copies are full (a background
@@ -96,8 +116,7 @@ impl Copies {
         }
         if self.tokens.get(&v.token.id).is_none() {
             if !self.accounts.contains_key(v.account.id.as_str()) {
-                self.accounts
-                    .insert(v.account.id.as_str().into(), (v.account, v.account_version));
+                self.keep_account(v.account, v.account_version);
             }
             self.set(v.token, version(&v.token_version));
         }
@@ -308,13 +327,7 @@ impl Copies {
                     ..
                 } = plan;
                 for a in accounts {
-                    let entry = (a, v.clone());
-                    match self.accounts.get_mut(entry.0.id.as_str()) {
-                        Some(held) => *held = entry,
-                        None => {
-                            self.accounts.insert(entry.0.id.as_str().into(), entry);
-                        }
-                    }
+                    self.keep_account(a, v.clone());
                 }
                 let written = version(&v);
                 for t in tokens {

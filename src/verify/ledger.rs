@@ -138,9 +138,8 @@ impl Cache {
         }
         self.tokens
             .shrink_to(self.max_tokens / 4 * 3, |t| needed.contains(t.id.as_str()));
-        let accounts: HashSet<&Arc<str>> = self.tokens.values().map(|t| &t.account_id).collect();
-        let keep: HashSet<Arc<str>> = accounts.into_iter().cloned().collect();
-        self.accounts.retain(|id, _| keep.contains(id));
+        let keep: HashSet<&str> = self.tokens.values().map(|t| &*t.account_id).collect();
+        self.accounts.retain(|id, _| keep.contains(&**id));
     }
 
     /// Adds a token read from the store (unless it is held already), sharing its account's id
@@ -343,7 +342,10 @@ impl Ledger {
         // Nothing is counted yet (the log was just folded), so the rows in the store are whole.
         // The change number is taken first: a change committed meanwhile makes them stale.
         let gen = store.change_no();
-        let (tokens, accounts) = reader.active_rows(PRELOADED_TOKENS.min(max_tokens))?;
+        let limit = PRELOADED_TOKENS.min(max_tokens);
+        let (tokens, accounts) = reader.active_rows(limit)?;
+        // A read cut short of its limit read every active token: nothing left to read ahead.
+        let more = tokens.len() == limit && max_tokens > limit;
         let mut cache = Cache {
             gen,
             max_tokens,
@@ -385,7 +387,7 @@ impl Ledger {
                 tracing::error!("the fold thread panicked; the next start folds the usage log");
             }
         });
-        if max_tokens > PRELOADED_TOKENS {
+        if more {
             let shared = shared.clone();
             let reader = UsageReader::open(path, lock_timeout)?;
             let spawned = std::thread::Builder::new()
@@ -531,13 +533,20 @@ impl Ledger {
         let (seq, durable) = appended.map_err(log_refused)?;
         cache.pending.push(&bytes);
         cache.last_seq = seq;
-        let due = cache.pending.log_bytes() >= self.shared.early_fold
-            || cache.pending.len() >= FOLD_SOON_RECORDS;
-        if due && !cache.fold_asked {
+        if cache.pending.log_bytes() >= self.shared.early_fold
+            || cache.pending.len() >= FOLD_SOON_RECORDS
+        {
+            self.fold_soon(cache);
+        }
+        Ok(durable)
+    }
+
+    /// Asks the fold thread for a fold, unless one is asked for already.
+    fn fold_soon(&self, cache: &mut Cache) {
+        if !cache.fold_asked {
             cache.fold_asked = true;
             let _ = self.folds.send(FoldCall::Soon);
         }
-        Ok(durable)
     }
 
     /// Reads the rows `c` needs into the cache (keeping those already there, which may hold
@@ -583,9 +592,8 @@ impl Ledger {
         }
         cache.insert(token, Some(account));
         // Past its size the cache is trimmed by a fold, which frees what no record needs.
-        if cache.tokens.len() > cache.max_tokens && !cache.fold_asked {
-            cache.fold_asked = true;
-            let _ = self.folds.send(FoldCall::Soon);
+        if cache.tokens.len() > cache.max_tokens {
+            self.fold_soon(&mut cache);
         }
         Ok(true)
     }

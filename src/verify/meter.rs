@@ -126,9 +126,9 @@ impl Meter {
             }
             None => {
                 let max_tokens = (config.token_cache_bytes / COPY_TOKEN_BYTES) as usize;
-                let copies = Copies::warm(&store, max_tokens).await;
+                let (copies, more) = Copies::warm(&store, max_tokens).await;
                 let (tx, rx) = mpsc::channel(QUEUE);
-                if copies.room() > 0 {
+                if more {
                     tokio::spawn(warm(store.clone(), tx.downgrade(), copies.room()));
                 }
                 let health = Arc::new(Health::default());

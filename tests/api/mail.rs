@@ -190,12 +190,20 @@ async fn two_daemons_on_one_postgres_over_a_month_boundary_do_everything_once() 
     let (warned, _) = app
         .token(&secret, json!({"name": "w", "expires_on": "2026-12-08"}))
         .await;
-    let (refill, _) = app
+    let (refill, refill_plain) = app
         .token(
             &secret,
             json!({"name": "r", "usage_limit": 3, "refill_monthly": 3}),
         )
         .await;
+    // November's three uses spent: December's refill is what brings them back.
+    for _ in 0..3 {
+        let body = json!({"token": refill_plain});
+        let (_, v) = app
+            .call(reqwest::Method::POST, "/v1/verify", None, Some(body))
+            .await;
+        assert_eq!(v["result"], "VALID", "{v}");
+    }
     let file = env.dir.path().join("acme.token");
     let policy = format!(
         "[[policy]]\nname = \"p\"\naccount = \"acme\"\ndeliver_file = \"{}\"\ndeliver_email = [\"ops@acme.example\"]\n",
@@ -266,6 +274,7 @@ async fn two_daemons_on_one_postgres_over_a_month_boundary_do_everything_once() 
     );
     // The refill reads as applied in December (its row is written by its next call or change).
     let t = store.token(&refill).await.unwrap().unwrap();
+    assert_eq!(t.remaining, Some(0), "spent in November");
     assert_eq!(t.remaining_at(at(2026, 12, 1, 0)), Some(3));
 }
 
