@@ -135,68 +135,47 @@ impl TryFrom<UserRow> for User {
     }
 }
 
+/// A whole token row: its state's columns and the record's others.
 #[derive(sqlx::FromRow)]
 pub(super) struct TokenRow {
-    id: String,
-    account_id: String,
+    #[sqlx(flatten)]
+    state: StateRow,
     user_id: Option<String>,
     issued_by: String,
     policy_name: Option<String>,
     policy_period: Option<String>,
     name: String,
     description: Option<String>,
-    role: String,
-    scopes: String,
-    allowed_ips: String,
     usage_limit: Option<i64>,
-    remaining: Option<i64>,
-    refill_monthly: Option<i64>,
-    refill_period: Option<String>,
-    expires_at: Option<DateTime<Utc>>,
-    status: String,
     jwt_enabled: bool,
     sealed_secret: Option<Vec<u8>>,
-    secret_hash: Vec<u8>,
-    prev_secret_hash: Option<Vec<u8>>,
-    prev_secret_valid_until: Option<DateTime<Utc>>,
-    calls_month: i64,
-    calls_month_period: Option<String>,
-    calls_total: i64,
-    last_used_at: Option<DateTime<Utc>>,
-    last_used_ip: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     revoked_at: Option<DateTime<Utc>>,
-    stats_day: Option<String>,
-    day_valid: i64,
-    day_cost: i64,
-    day_revoked: i64,
-    day_expired: i64,
-    day_account_inactive: i64,
-    day_ip_not_allowed: i64,
-    day_scope_denied: i64,
-    day_account_quota_exceeded: i64,
-    day_usage_exceeded: i64,
-    day_bad_jwt: i64,
 }
 
 impl TokenRow {
     /// The token's id.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.state.id
     }
 }
 
 impl TryFrom<TokenRow> for Token {
     type Error = StoreError;
     fn try_from(r: TokenRow) -> Result<Self, StoreError> {
+        let today = DayCounts {
+            day: stats_day(r.state.stats_day.as_deref())?,
+            counts: r.state.day_counts(),
+        };
+        let s = r.state;
         Ok(Token {
-            role: r.role.parse().map_err(|e| corrupt("token role", e))?,
-            status: r.status.parse().map_err(|e| corrupt("token status", e))?,
-            scopes: parse_scopes(&r.scopes)?,
-            allowed_ips: parse_allowed_ips(&r.allowed_ips)?,
-            id: r.id,
-            account_id: r.account_id,
+            role: s.role.parse().map_err(|e| corrupt("token role", e))?,
+            status: s.status.parse().map_err(|e| corrupt("token status", e))?,
+            scopes: parse_scopes(&s.scopes)?,
+            allowed_ips: parse_allowed_ips(&s.allowed_ips)?,
+            id: s.id,
+            account_id: s.account_id,
             user_id: r.user_id,
             issued_by: r.issued_by,
             policy_name: r.policy_name,
@@ -204,38 +183,24 @@ impl TryFrom<TokenRow> for Token {
             name: r.name,
             description: r.description,
             usage_limit: r.usage_limit,
-            remaining: r.remaining,
-            refill_monthly: r.refill_monthly,
-            refill_period: r.refill_period,
-            expires_at: r.expires_at,
+            remaining: s.remaining,
+            refill_monthly: s.refill_monthly,
+            refill_period: s.refill_period,
+            expires_at: s.expires_at,
             jwt_enabled: r.jwt_enabled,
             sealed_secret: r.sealed_secret,
-            secret_hash: r.secret_hash,
-            prev_secret_hash: r.prev_secret_hash,
-            prev_secret_valid_until: r.prev_secret_valid_until,
-            calls_month: r.calls_month,
-            calls_month_period: r.calls_month_period,
-            calls_total: r.calls_total,
-            last_used_at: r.last_used_at,
-            last_used_ip: r.last_used_ip,
+            secret_hash: s.secret_hash,
+            prev_secret_hash: s.prev_secret_hash,
+            prev_secret_valid_until: s.prev_secret_valid_until,
+            calls_month: s.calls_month,
+            calls_month_period: s.calls_month_period,
+            calls_total: s.calls_total,
+            last_used_at: s.last_used_at,
+            last_used_ip: s.last_used_ip,
             created_at: r.created_at,
             updated_at: r.updated_at,
             revoked_at: r.revoked_at,
-            today: DayCounts {
-                day: stats_day(r.stats_day.as_deref())?,
-                counts: [
-                    r.day_valid,
-                    r.day_cost,
-                    r.day_revoked,
-                    r.day_expired,
-                    r.day_account_inactive,
-                    r.day_ip_not_allowed,
-                    r.day_scope_denied,
-                    r.day_account_quota_exceeded,
-                    r.day_usage_exceeded,
-                    r.day_bad_jwt,
-                ],
-            },
+            today,
         })
     }
 }
@@ -275,6 +240,24 @@ pub(crate) struct StateRow {
     pub day_bad_jwt: i64,
 }
 
+impl StateRow {
+    /// The `day_*` counters, in `plan::STAT_COLUMNS` order.
+    fn day_counts(&self) -> [i64; 10] {
+        [
+            self.day_valid,
+            self.day_cost,
+            self.day_revoked,
+            self.day_expired,
+            self.day_account_inactive,
+            self.day_ip_not_allowed,
+            self.day_scope_denied,
+            self.day_account_quota_exceeded,
+            self.day_usage_exceeded,
+            self.day_bad_jwt,
+        ]
+    }
+}
+
 /// A token's `stats_day`, `YYYY-MM-DD`.
 fn stats_day(d: Option<&str>) -> Result<Option<chrono::NaiveDate>, StoreError> {
     d.map(|d| {
@@ -296,18 +279,7 @@ fn month(what: &str, p: Option<&str>) -> Result<Option<Month>, StoreError> {
 impl TryFrom<StateRow> for TokenState {
     type Error = StoreError;
     fn try_from(r: StateRow) -> Result<Self, StoreError> {
-        let counts = [
-            r.day_valid,
-            r.day_cost,
-            r.day_revoked,
-            r.day_expired,
-            r.day_account_inactive,
-            r.day_ip_not_allowed,
-            r.day_scope_denied,
-            r.day_account_quota_exceeded,
-            r.day_usage_exceeded,
-            r.day_bad_jwt,
-        ];
+        let counts = r.day_counts();
         let day = stats_day(r.stats_day.as_deref())?;
         let today =
             (day.is_some() || counts != [0; 10]).then(|| Box::new(DayCounts { day, counts }));
