@@ -298,8 +298,7 @@ async fn write_tokens(
 ) -> Result<Vec<(Token, Plain)>> {
     let mut plains = Vec::with_capacity(spec.count);
     let mut new = Vec::with_capacity(spec.count);
-    for _ in 0..spec.count {
-        let id = credential::new_token_id();
+    for id in credential::new_token_ids(spec.count) {
         let plain = credential::new_token(&ctx.config.tokens.prefix, &id);
         let sealed_secret = spec.jwt.then(|| ctx.master_key.seal(&plain, &id));
         new.push(NewToken {

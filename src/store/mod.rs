@@ -270,6 +270,7 @@ fn insert_tokens(
             false => format!("${}", i * PARAMS_PER_ROW + k),
         };
         // status 'active', counters at zero; `remaining` starts at `usage_limit` ($12 = $13).
+        // `NewToken::inserted` builds the same token without reading it back.
         let p: Vec<String> = (1..=PARAMS_PER_ROW).map(n).collect();
         values.push(format!(
             "({}, 'active', {}, 0, 0, {})",
@@ -305,10 +306,30 @@ fn insert_tokens(
         "INSERT INTO tokens (id, account_id, user_id, issued_by, policy_name, policy_period, \
          name, description, role, scopes, allowed_ips, usage_limit, remaining, refill_monthly, \
          refill_period, expires_at, status, jwt_enabled, sealed_secret, secret_hash, calls_month, \
-         calls_total, created_at, updated_at) VALUES {} RETURNING {TOKEN_COLS}",
+         calls_total, created_at, updated_at) VALUES {}",
         values.join(", ")
     );
     (q, args)
+}
+
+/// Settings SQLite takes once per process, before its first connection. Memory statistics off:
+/// with them on, every allocation SQLite makes takes one process-wide mutex, which the
+/// connections' threads contend for.
+fn sqlite_process_settings() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int; called before any connection opens
+        // (once it is initialised SQLite refuses with SQLITE_MISUSE and keeps its setting).
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS,
+                0 as std::ffi::c_int,
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            tracing::debug!(rc, "SQLite memory statistics stay on");
+        }
+    });
 }
 
 /// See `WritePool::note_change`.
@@ -393,6 +414,7 @@ impl Store {
         let mut usage_pg = None;
         let backend = match loc {
             StoreLocation::Sqlite(path) => {
+                sqlite_process_settings();
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
@@ -812,21 +834,16 @@ impl Store {
             if active + tokens.len() as i64 > max {
                 return Err(StoreError::TokenLimit { max, active });
             }
-            let mut out = Vec::with_capacity(tokens.len());
             for chunk in tokens.chunks(INSERT_ROWS) {
                 let (q, args) = insert_tokens(account_id, chunk, now, p.anonymous_params());
-                let rows = bind_args!(sqlx::query_as::<_, TokenRow>(sql(q)), args)
-                    .fetch_all(&mut *tx).await?;
-                // RETURNING promises no order: put the rows in the order asked for.
-                let mut by_id: std::collections::HashMap<String, TokenRow> =
-                    rows.into_iter().map(|r| (r.id().to_string(), r)).collect();
-                for t in chunk {
-                    let row = by_id.remove(&t.id).ok_or_else(|| {
-                        StoreError::Other(format!("token {} was not inserted", t.id))
-                    })?;
-                    out.push(Token::try_from(row)?);
+                let inserted = bind_args!(sqlx::query(sql(q)), args)
+                    .execute(&mut *tx).await?.rows_affected();
+                if inserted != chunk.len() as u64 {
+                    return Err(StoreError::Other(format!(
+                        "{inserted} of {} tokens were inserted", chunk.len())));
                 }
             }
+            let out = tokens.iter().map(|t| t.inserted(account_id, now)).collect();
             queue_messages!(tx, messages, now);
             tx.commit().await?;
             self.observe_change(change);

@@ -154,13 +154,6 @@ pub(super) struct TokenRow {
     revoked_at: Option<DateTime<Utc>>,
 }
 
-impl TokenRow {
-    /// The token's id.
-    pub fn id(&self) -> &str {
-        &self.state.id
-    }
-}
-
 impl TryFrom<TokenRow> for Token {
     type Error = StoreError;
     fn try_from(r: TokenRow) -> Result<Self, StoreError> {

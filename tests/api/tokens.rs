@@ -10,6 +10,7 @@ use tokenwarden::clock::Clock;
 both_backends!(
     create_returns_the_plain_token_once,
     count_creates_distinct_tokens,
+    a_created_token_is_the_token_the_store_reads_back,
     both_date_forms_expire_at_midnight_utc,
     seed_aliases_are_accepted,
     create_bad_input_names_the_field_and_creates_nothing,
@@ -113,6 +114,49 @@ async fn count_creates_distinct_tokens(b: Backend) {
     plains.dedup();
     assert_eq!((ids.len(), plains.len()), (5, 5));
     assert_eq!(app.token_ids(&account).await.len(), 5);
+}
+
+/// Creation answers with tokens built from what it inserted, not read back: every field of
+/// them, a policy's and a JWT signer's included, is what a later read finds.
+async fn a_created_token_is_the_token_the_store_reads_back(b: Backend) {
+    use tokenwarden::store::NewToken;
+    let app = spawn_app(b).await;
+    let (account, _) = app.account("acme").await;
+    let user = app.user(&account, "dev@example.com", "engineer").await;
+    let now = app.clock.now();
+    let new = |id: &str, policy: Option<(String, String)>| NewToken {
+        id: id.into(),
+        account_id: account.clone(),
+        user_id: Some(user.clone()),
+        issued_by: format!("user:{user}"),
+        policy,
+        name: "ci".into(),
+        description: Some("build box".into()),
+        role: tokenwarden::domain::role::Role::Engineer,
+        scopes: vec![tokenwarden::domain::scope::Scope::parse("files:read", "scopes").unwrap()],
+        allowed_ips: vec!["10.0.0.0/8".parse().unwrap()],
+        usage_limit: Some(50),
+        refill_monthly: Some(40),
+        expires_at: Some(now + TimeDelta::days(30)),
+        jwt_enabled: true,
+        sealed_secret: Some(vec![1, 2, 3]),
+        secret_hash: vec![7; 32],
+    };
+    let store = &app.ctx.store;
+    let plain = store
+        .create_tokens(&account, &[new("Ab000001", None)], now)
+        .await
+        .unwrap();
+    let mut policy = new("Ab000002", Some(("monthly".into(), "2026-12".into())));
+    (policy.usage_limit, policy.refill_monthly, policy.expires_at) = (None, None, None);
+    let by_policy = store
+        .create_tokens_with(&account, &[policy], Some(("monthly", "2026-12")), &[], now)
+        .await
+        .unwrap();
+    for created in plain.into_iter().chain(by_policy) {
+        let read = store.token(&created.id).await.unwrap().unwrap();
+        assert_eq!(created, read);
+    }
 }
 
 async fn both_date_forms_expire_at_midnight_utc(b: Backend) {
