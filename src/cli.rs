@@ -145,6 +145,15 @@ pub enum TokenCmd {
         /// Seconds the old secret keeps working.
         #[arg(long)]
         grace_seconds: Option<i64>,
+        /// A new lifetime in seconds from now.
+        #[arg(long, conflicts_with_all = ["expires_on", "never_expires"])]
+        lifetime_seconds: Option<i64>,
+        /// A new expiry date (UTC), YYYY-MM-DD or dd/MM/yyyy.
+        #[arg(long, conflicts_with = "never_expires")]
+        expires_on: Option<String>,
+        /// Never expires from now on.
+        #[arg(long)]
+        never_expires: bool,
     },
 }
 
@@ -561,9 +570,23 @@ async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::R
             }))?;
             delivered.map(|_| ())
         }
-        Command::Token(TokenCmd::Regenerate { id, grace_seconds }) => {
-            let (t, p) =
-                admin::regenerate_token(ctx, &op, &id, Regenerate { grace_seconds }).await?;
+        Command::Token(TokenCmd::Regenerate {
+            id,
+            grace_seconds,
+            lifetime_seconds,
+            expires_on,
+            never_expires,
+        }) => {
+            let input = Regenerate {
+                grace_seconds,
+                lifetime_seconds: if never_expires {
+                    Patch::Null
+                } else {
+                    Patch::from_option(lifetime_seconds)
+                },
+                expires_on: Patch::from_option(expires_on),
+            };
+            let (t, p) = admin::regenerate_token(ctx, &op, &id, input).await?;
             print(json!({ "token": TokenView::new(&t, now, soon).with_secret(p.expose()) }))
         }
     }

@@ -16,7 +16,7 @@ use crate::domain::{
     ParseError,
 };
 use crate::patch::Patch;
-use crate::store::{NewAccount, NewToken, Owner, StoreError, TokenFilter};
+use crate::store::{NewAccount, NewSecret, NewToken, Owner, StoreError, TokenFilter};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -39,8 +39,9 @@ pub use users::*;
 /// an exit code in `cli`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad input; names the field.
-    #[error("{}: {}", .0.field, .0.reason)]
+    /// Bad input; names the field. Transparent: the parse error is the whole message, not a
+    /// cause printed again after it.
+    #[error(transparent)]
     Invalid(#[from] ParseError),
     /// No credential was presented.
     #[error("no credentials given: send Authorization: Bearer <credential>, Authorization: APIKey <credential>, or ?Secret=<credential>")]

@@ -64,6 +64,44 @@ fn expiry_request(
     }
 }
 
+/// A change of expiry asked for (`None`: none), and the instant it resolves to (`Some(None)`:
+/// never), by the rules of creation.
+#[allow(clippy::type_complexity)]
+fn changed_expiry(
+    lifetime: Patch<i64>,
+    on: Patch<String>,
+    cfg: &crate::config::TokenSettings,
+    now: DateTime<Utc>,
+) -> Result<(Option<ExpiryRequest>, Option<Option<DateTime<Utc>>>), ParseError> {
+    let expiry = expiry_request(lifetime, on, None)?;
+    let expires_at = expiry
+        .as_ref()
+        .map(|req| {
+            limits::resolve_expiry(
+                req,
+                cfg.max_lifetime_seconds,
+                now,
+                "lifetime_seconds",
+                "expires_on",
+            )
+        })
+        .transpose()?;
+    Ok((expiry, expires_at))
+}
+
+/// A change that would bring one token back to life counts it against `max_tokens`; the
+/// refusal says one was asked for. A token gone is `NotFound("token")`.
+fn one_token_back(e: Error) -> Error {
+    match e {
+        Error::TokenLimit { max, active, .. } => Error::TokenLimit {
+            max,
+            active,
+            requested: 1,
+        },
+        e => not_found_as("token")(e),
+    }
+}
+
 /// A token credential never issues or extends a token beyond its own expiry; with no expiry
 /// asked for, the new one expires with it.
 fn cap_expiry(
@@ -579,16 +617,9 @@ pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken
         change.expires_at = Some(cap_expiry(p, at, &change.expiry)?);
     }
     ctx.store
-        .update_token(id, now, |t| change.apply(t, now))
+        .update_token(id, now, None, |t| change.apply(t, now))
         .await
-        .map_err(|e| match e {
-            Error::TokenLimit { max, active, .. } => Error::TokenLimit {
-                max,
-                active,
-                requested: 1,
-            },
-            e => not_found_as("token")(e),
-        })
+        .map_err(one_token_back)
 }
 
 /// What `PATCH /v1/tokens/{id}` asks to change, checked; `None` leaves a field as it is.
@@ -637,19 +668,8 @@ impl TokenChange {
         let usage_limit = input
             .usage_limit
             .try_given(|v| limits::usage_limit(v, "usage_limit"))?;
-        let expiry = expiry_request(input.lifetime_seconds, input.expires_on, None)?;
-        let expires_at = expiry
-            .as_ref()
-            .map(|req| {
-                limits::resolve_expiry(
-                    req,
-                    cfg.max_lifetime_seconds,
-                    now,
-                    "lifetime_seconds",
-                    "expires_on",
-                )
-            })
-            .transpose()?;
+        let (expiry, expires_at) =
+            changed_expiry(input.lifetime_seconds, input.expires_on, cfg, now)?;
         let refill_monthly = input.refill_monthly.try_given(refill)?;
         Ok(TokenChange {
             name,
@@ -726,7 +746,7 @@ pub async fn revoke_token(ctx: &Ctx, p: &Principal, id: &str) -> Result<Token> {
     let now = ctx.clock.now();
     load_token(ctx, p, id, Access::Revoke).await?;
     ctx.store
-        .update_token(id, now, |mut t| {
+        .update_token(id, now, None, |mut t| {
             if t.status != TokenStatus::Revoked {
                 t.status = TokenStatus::Revoked;
                 t.revoked_at = Some(now);
@@ -743,10 +763,21 @@ pub async fn revoke_token(ctx: &Ctx, p: &Principal, id: &str) -> Result<Token> {
 pub struct Regenerate {
     /// Seconds the old secret keeps working (default 0: it stops at once).
     pub grace_seconds: Option<i64>,
+    /// A new lifetime from now; `null` = never expires. Absent (with `expires_on`): the expiry
+    /// stays.
+    #[serde(default, alias = "Lifetime")]
+    #[schema(value_type = Option<i64>)]
+    pub lifetime_seconds: Patch<i64>,
+    /// A new expiry date (UTC midnight); `null` = never expires.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub expires_on: Patch<String>,
 }
 
-/// Gives a token a new secret with the same id, settings and counters; returns the new plain
-/// value once.
+/// Gives a token a new secret with the same id, settings and counters, and with
+/// `lifetime_seconds` or `expires_on` a new expiry, in one write; returns the new plain value
+/// once. A token may rotate itself (`tokens.self_regenerate`), so a service can renew its own
+/// credential before it expires.
 pub async fn regenerate_token(
     ctx: &Ctx,
     p: &Principal,
@@ -754,7 +785,8 @@ pub async fn regenerate_token(
     input: Regenerate,
 ) -> Result<(Token, Plain)> {
     let now = ctx.clock.now();
-    let max = ctx.config.tokens.max_regenerate_grace_seconds;
+    let cfg = &ctx.config.tokens;
+    let max = cfg.max_regenerate_grace_seconds;
     let grace = match input.grace_seconds {
         None | Some(0) => None,
         Some(s) if (1..=max).contains(&s) => Some(now + TimeDelta::seconds(s)),
@@ -762,23 +794,50 @@ pub async fn regenerate_token(
             return Err(ParseError::new("grace_seconds", format!("must be 0 to {max}")).into())
         }
     };
-    let token = load_token(ctx, p, id, Access::Manage).await?;
-    let plain = credential::new_token(&ctx.config.tokens.prefix, &token.id);
-    let sealed = token
-        .jwt_enabled
-        .then(|| ctx.master_key.seal(&plain, &token.id));
-    let token = match ctx
-        .store
-        .regenerate_token(id, &plain.hash(), sealed.as_deref(), grace, now)
-        .await
-    {
-        // Revoked, even since it was read: the store regenerates only a token not revoked.
-        Err(StoreError::NotFound) => {
-            return Err(Error::Conflict(
-                "the token is revoked; create a new one instead".into(),
-            ))
+    let (expiry, mut expires_at) =
+        changed_expiry(input.lifetime_seconds, input.expires_on, cfg, now)?;
+    let itself = matches!(p, Principal::Token { token, .. } if token.id == id);
+    let token = if itself {
+        if !cfg.self_regenerate {
+            return Err(Error::Forbidden(
+                "a token may not regenerate itself here (tokens.self_regenerate is off); ask an admin"
+                    .into(),
+            ));
         }
-        r => r.map_err(|e| not_found_as("token")(e.into()))?,
+        load_token(ctx, p, id, Access::Show).await?
+    } else {
+        let token = load_token(ctx, p, id, Access::Manage).await?;
+        // A managing token never gives another a life beyond its own.
+        if let Some(at) = expires_at {
+            expires_at = Some(cap_expiry(p, at, &expiry)?);
+        }
+        token
     };
+    let plain = credential::new_token(&cfg.prefix, &token.id);
+    let secret = NewSecret {
+        hash: plain.hash(),
+        sealed: token
+            .jwt_enabled
+            .then(|| ctx.master_key.seal(&plain, &token.id)),
+        grace_until: grace,
+    };
+    let token = ctx
+        .store
+        .update_token(id, now, Some(&secret), |mut t| {
+            // Revoked, even since it was read.
+            if t.status == TokenStatus::Revoked {
+                return Err(Error::Conflict(
+                    "the token is revoked; create a new one instead".into(),
+                ));
+            }
+            t.apply_refill(now);
+            if let Some(e) = expires_at {
+                t.expires_at = e;
+            }
+            t.status = t.status_at(now);
+            Ok(t)
+        })
+        .await
+        .map_err(one_token_back)?;
     Ok((token, plain))
 }

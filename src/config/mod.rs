@@ -127,6 +127,8 @@ pub struct RawTokens {
     pub expires_soon_days: i64,
     /// Longest grace period a regeneration may keep the old secret working.
     pub max_regenerate_grace_seconds: i64,
+    /// A token may regenerate (rotate) itself, a new expiry included.
+    pub self_regenerate: bool,
     /// Longest lifetime of a JWT minted by `POST /v1/jwt`.
     pub max_jwt_lifetime_seconds: i64,
 }
@@ -209,6 +211,7 @@ impl Default for RawTokens {
             max_count_per_request: 100,
             expires_soon_days: 7,
             max_regenerate_grace_seconds: 7 * 24 * 3600,
+            self_regenerate: true,
             max_jwt_lifetime_seconds: 24 * 3600,
         }
     }
@@ -267,6 +270,8 @@ pub struct TokenSettings {
     pub expires_soon_days: i64,
     /// Maximum regeneration grace, in seconds.
     pub max_regenerate_grace_seconds: i64,
+    /// A token may regenerate itself.
+    pub self_regenerate: bool,
     /// Maximum lifetime of a minted JWT, in seconds.
     pub max_jwt_lifetime_seconds: i64,
 }
@@ -707,6 +712,7 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
                 max_count_per_request: t.max_count_per_request,
                 expires_soon_days: t.expires_soon_days,
                 max_regenerate_grace_seconds: t.max_regenerate_grace_seconds,
+                self_regenerate: t.self_regenerate,
                 max_jwt_lifetime_seconds: t.max_jwt_lifetime_seconds,
             },
             default_max_tokens: raw.accounts.default_max_tokens,

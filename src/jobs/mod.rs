@@ -313,9 +313,31 @@ impl Runner {
             }
             Some(p) => p.to_string(),
         };
-        self.run_period(job, &period, true, false)
+        // Policies configured since the period's run get their token now, not next month.
+        let reopen = job == Job::MonthlyTokens
+            && self
+                .policy_token_missing(&period)
+                .await
+                .map_err(RunError::Store)?;
+        self.run_period(job, &period, true, reopen)
             .await
             .map_err(RunError::Store)
+    }
+
+    /// Whether a configured policy has no token for `period`.
+    async fn policy_token_missing(&self, period: &str) -> Result<bool, crate::store::StoreError> {
+        for p in &self.live.get().config.policies {
+            if self
+                .ctx
+                .store
+                .policy_token(&p.name, period)
+                .await?
+                .is_none()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Puts a reloaded configuration's policies, notification and email settings and templates
@@ -373,16 +395,7 @@ impl Runner {
     /// token now rather than next month.
     pub async fn reconcile_policies(&self) -> Result<Option<RunReport>, crate::store::StoreError> {
         let period = Job::MonthlyTokens.period_at(self.ctx.clock.now());
-        let mut missing = false;
-        for p in &self.live.get().config.policies {
-            missing |= self
-                .ctx
-                .store
-                .policy_token(&p.name, &period)
-                .await?
-                .is_none();
-        }
-        if !missing {
+        if !self.policy_token_missing(&period).await? {
             return Ok(None);
         }
         self.run_period(Job::MonthlyTokens, &period, false, true)

@@ -136,6 +136,7 @@ pub fn token_context(config: &Config, t: &TokenFacts, account: &Account) -> Valu
         },
         "account": {"id": account.id, "name": account.name},
         "regenerate_command": format!("tokenwarden token regenerate {}", t.id),
+        "rotate_command": format!("tokenwarden token regenerate {} --expires-on YYYY-MM-DD", t.id),
         "regenerate_url": format!("{base}/v1/tokens/{}/regenerate", t.id),
         "token_url": format!("{base}/v1/tokens/{}", t.id),
         "secret": null,

@@ -143,6 +143,7 @@ pub fn sample(topic: &str, secret: bool) -> serde_json::Value {
         },
         "account": {"id": "Acct000001", "name": "acme"},
         "regenerate_command": "tokenwarden token regenerate AbCdEf12",
+        "rotate_command": "tokenwarden token regenerate AbCdEf12 --expires-on YYYY-MM-DD",
         "regenerate_url": "http://127.0.0.1:8470/v1/tokens/AbCdEf12/regenerate",
         "token_url": "http://127.0.0.1:8470/v1/tokens/AbCdEf12",
         "secret": null,

@@ -227,11 +227,6 @@ trait WritePool {
     async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
     /// Suffix that locks the selected rows until commit (PostgreSQL); SQLite's lock is the database.
     fn for_update(&self) -> &'static str;
-    /// Whether a statement built with many parameters writes them as `?`, bound in order
-    /// (SQLite), rather than `$1`, `$2`… (PostgreSQL). SQLite looks a numbered parameter up by
-    /// name in a list, both when it parses the statement and when sqlx binds it: a cost that
-    /// grows with the square of the parameters.
-    fn anonymous_params(&self) -> bool;
     /// Counts a change to what verification decides on (a token's or an account's settings)
     /// in `settings.change_no`, inside the transaction making it, and returns the new number
     /// for `Store::observe_change` after the commit. SQLite only (its daemon keeps those rows
@@ -253,8 +248,10 @@ const INSERT_ROWS: usize = 500;
 /// Each token's parameters, `now` written twice.
 const PARAMS_PER_ROW: usize = 21;
 
-/// One statement inserting `tokens` into `account_id`, returning the rows; its parameters
-/// `?` when `anonymous` (`WritePool::anonymous_params`), else numbered.
+/// One statement inserting `tokens` into `account_id`. Its parameters are `?`, bound in order,
+/// when `anonymous` (SQLite), else `$1`, `$2`… (PostgreSQL): SQLite looks a numbered parameter
+/// up by name in a list, both when it parses the statement and when sqlx binds it, a cost that
+/// grows with the square of the parameters.
 fn insert_tokens(
     account_id: &str,
     tokens: &[NewToken],
@@ -345,9 +342,6 @@ impl WritePool for SqlitePool {
     fn for_update(&self) -> &'static str {
         ""
     }
-    fn anonymous_params(&self) -> bool {
-        true
-    }
     async fn note_change(&self, tx: &mut Transaction<'static, Sqlite>) -> Result<u64, sqlx::Error> {
         let n: i64 = sqlx::query_scalar(NOTE_CHANGE).fetch_one(&mut **tx).await?;
         Ok(n as u64)
@@ -361,9 +355,6 @@ impl WritePool for PgPool {
     }
     fn for_update(&self) -> &'static str {
         " FOR UPDATE"
-    }
-    fn anonymous_params(&self) -> bool {
-        false
     }
     async fn note_change(
         &self,
@@ -808,6 +799,16 @@ impl Store {
         messages: &[NewMessage],
         now: DateTime<Utc>,
     ) -> Result<Vec<Token>> {
+        // The statements are built before the account's row is locked: creations in one
+        // account wait for each other on that lock, so it is held for the writes alone.
+        let anonymous = matches!(&*self.backend, Backend::Sqlite(_));
+        let inserts: Vec<(usize, String, Vec<Arg>)> = tokens
+            .chunks(INSERT_ROWS)
+            .map(|chunk| {
+                let (q, args) = insert_tokens(account_id, chunk, now, anonymous);
+                (chunk.len(), q, args)
+            })
+            .collect();
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
             let mut change = 0;
@@ -834,13 +835,12 @@ impl Store {
             if active + tokens.len() as i64 > max {
                 return Err(StoreError::TokenLimit { max, active });
             }
-            for chunk in tokens.chunks(INSERT_ROWS) {
-                let (q, args) = insert_tokens(account_id, chunk, now, p.anonymous_params());
+            for (rows, q, args) in inserts {
                 let inserted = bind_args!(sqlx::query(sql(q)), args)
                     .execute(&mut *tx).await?.rows_affected();
-                if inserted != chunk.len() as u64 {
+                if inserted != rows as u64 {
                     return Err(StoreError::Other(format!(
-                        "{inserted} of {} tokens were inserted", chunk.len())));
+                        "{inserted} of {rows} tokens were inserted")));
                 }
             }
             let out = tokens.iter().map(|t| t.inserted(account_id, now)).collect();
@@ -956,17 +956,35 @@ impl Store {
     }
 
     /// Reads a token under a write lock, lets `f` change it, and writes the editable fields and
-    /// status back in the same transaction, so no concurrent use is lost in between.
-    pub async fn update_token<E, F>(&self, id: &str, now: DateTime<Utc>, f: F) -> Result<Token, E>
+    /// status back in the same transaction, so no concurrent use is lost in between. With
+    /// `secret`, the token gets that new secret in the same write (a rotation).
+    pub async fn update_token<E, F>(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        secret: Option<&NewSecret>,
+        f: F,
+    ) -> Result<Token, E>
     where
         E: From<StoreError>,
         F: FnOnce(Token) -> Result<Token, E>,
     {
         let select = format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = $1");
+        // The secret's columns only when it changes; with a grace period the old hash stays
+        // accepted until then, without one it stops at once.
+        let rotate = match secret {
+            Some(_) => {
+                ", prev_secret_hash = CASE WHEN $17 IS NULL THEN NULL ELSE secret_hash END, \
+                 prev_secret_valid_until = $17, secret_hash = $15, \
+                 sealed_secret = CASE WHEN jwt_enabled THEN $16 ELSE NULL END"
+            }
+            None => "",
+        };
         let update = format!(
             "UPDATE tokens SET name = $2, description = $3, role = $4, scopes = $5, allowed_ips = $6, \
              usage_limit = $7, remaining = $8, refill_monthly = $9, expires_at = $10, status = $11, \
-             updated_at = $12, revoked_at = $13, refill_period = $14 WHERE id = $1 RETURNING {TOKEN_COLS}"
+             updated_at = $12, revoked_at = $13, refill_period = $14{rotate} WHERE id = $1 \
+             RETURNING {TOKEN_COLS}"
         );
         // Counted against max_tokens: not revoked and not past its expiry.
         let counted =
@@ -996,47 +1014,19 @@ impl Store {
                     return Err(StoreError::TokenLimit { max, active }.into());
                 }
             }
-            let row = sqlx::query_as::<_, TokenRow>(sql(update))
+            let mut q = sqlx::query_as::<_, TokenRow>(sql(update))
                 .bind(id).bind(&t.name).bind(&t.description).bind(t.role.as_str())
                 .bind(rows::json_list(&t.scopes)).bind(rows::json_list(&t.allowed_ips))
                 .bind(t.usage_limit).bind(t.remaining).bind(t.refill_monthly).bind(t.expires_at)
-                .bind(t.status.as_str()).bind(now).bind(t.revoked_at).bind(&t.refill_period)
-                .fetch_one(&mut *tx).await.map_err(StoreError::from)?;
+                .bind(t.status.as_str()).bind(now).bind(t.revoked_at).bind(&t.refill_period);
+            if let Some(n) = secret {
+                q = q.bind(&n.hash).bind(&n.sealed).bind(n.grace_until);
+            }
+            let row = q.fetch_one(&mut *tx).await.map_err(StoreError::from)?;
             let n = p.note_change(&mut tx).await.map_err(StoreError::from)?;
             tx.commit().await.map_err(StoreError::from)?;
             self.observe_change(n);
             Ok(Token::try_from(row)?)
         })
-    }
-
-    /// Gives a token a new secret. With `grace_until`, the old secret keeps working until then;
-    /// without, it stops at once. Settings and counters stay. A revoked token is left alone
-    /// (`NotFound`), even one revoked after the caller read it.
-    pub async fn regenerate_token(
-        &self,
-        id: &str,
-        new_hash: &[u8],
-        sealed_secret: Option<&[u8]>,
-        grace_until: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-    ) -> Result<Token> {
-        let q = format!(
-            "UPDATE tokens SET prev_secret_hash = CASE WHEN $4 IS NULL THEN NULL ELSE secret_hash END, \
-             prev_secret_valid_until = $4, secret_hash = $2, \
-             sealed_secret = CASE WHEN jwt_enabled THEN $3 ELSE NULL END, updated_at = $5 \
-             WHERE id = $1 AND status <> 'revoked' RETURNING {TOKEN_COLS}"
-        );
-        let row = with_pool!(self, p => {
-            let mut tx = p.begin_write().await?;
-            let row = sqlx::query_as::<_, TokenRow>(sql(q))
-                .bind(id).bind(new_hash).bind(sealed_secret).bind(grace_until).bind(now)
-                .fetch_optional(&mut *tx).await?;
-            let n = p.note_change(&mut tx).await?;
-            tx.commit().await?;
-            self.observe_change(n);
-            row
-        })
-        .ok_or(StoreError::NotFound)?;
-        row.try_into()
     }
 }

@@ -103,6 +103,17 @@ impl NewToken {
     }
 }
 
+/// A token's new secret, given in a rotation.
+#[derive(Debug, Clone)]
+pub struct NewSecret {
+    /// SHA-256 of the new plain token.
+    pub hash: Vec<u8>,
+    /// The new plain token sealed (kept only on a JWT signer).
+    pub sealed: Option<Vec<u8>>,
+    /// Until when the previous secret keeps working; `None`: it stops at once.
+    pub grace_until: Option<DateTime<Utc>>,
+}
+
 /// Which tokens a listing returns.
 #[derive(Debug, Clone, Default)]
 pub struct TokenFilter {

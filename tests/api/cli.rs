@@ -17,6 +17,18 @@ fn tw(cwd: &Path) -> Command {
     c
 }
 
+/// A PostgreSQL database of the test's own and its URL, on that backend.
+async fn pg_for(b: Backend) -> (Option<PgDb>, Option<String>) {
+    match b {
+        Backend::Sqlite => (None, None),
+        Backend::Postgres => {
+            let db = PgDb::create().await;
+            let url = db.url.clone();
+            (Some(db), Some(url))
+        }
+    }
+}
+
 fn json_out(o: &Output) -> Value {
     assert!(
         o.status.success(),
@@ -87,7 +99,8 @@ async fn serve_with_nothing_given_runs_on_8470_from_data() {
 
 both_backends!(
     second_daemon_on_one_store_writes_no_operator_file,
-    store_subcommands_work_without_the_daemon
+    store_subcommands_work_without_the_daemon,
+    jobs_run_monthly_tokens_issues_a_newly_configured_policys_token
 );
 
 async fn second_daemon_on_one_store_writes_no_operator_file(b: Backend) {
@@ -127,18 +140,9 @@ async fn second_daemon_on_one_store_writes_no_operator_file(b: Backend) {
 
 async fn store_subcommands_work_without_the_daemon(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let _pg;
+    let (_pg, pg_url) = pg_for(b).await;
     let run = {
         let data = dir.path().join("data");
-        let pg_url = match b {
-            Backend::Sqlite => None,
-            Backend::Postgres => {
-                let db = PgDb::create().await;
-                let u = db.url.clone();
-                _pg = db;
-                Some(u)
-            }
-        };
         let cwd = dir.path().to_path_buf();
         move |args: &[&str]| {
             let mut c = tw(&cwd);
@@ -187,6 +191,14 @@ async fn store_subcommands_work_without_the_daemon(b: Backend) {
     assert_eq!(v["token"]["status"], "revoked");
     let v = json_out(&run(&["token", "regenerate", &id2]));
     assert_ne!(v["token"]["token"], tokens[1]["token"]);
+    let v = json_out(&run(&[
+        "token",
+        "regenerate",
+        &id2,
+        "--expires-on",
+        "2031-01-01",
+    ]));
+    assert_eq!(v["token"]["expires_at"], "2031-01-01T00:00:00Z", "{v}");
     let v = json_out(&run(&[
         "token",
         "list",
@@ -572,7 +584,52 @@ fn jobs_run_on_the_store_directly_and_only_once_per_period() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--period"));
+    // Said once, naming the flag.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("is not a month").count(), 1, "{err}");
+    assert!(err.contains("--period"), "{err}");
+}
+
+/// A policy added to the configuration after the month's run gets its token from `jobs run
+/// monthly_tokens`, without a daemon start; the policies that have one get no second.
+async fn jobs_run_monthly_tokens_issues_a_newly_configured_policys_token(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_pg, pg_url) = pg_for(b).await;
+    let cfg = dir.path().join("tw.toml");
+    let policy = |name: &str| {
+        format!(
+            "[[policy]]\nname = \"{name}\"\naccount = \"acme\"\ndeliver_file = \"{}\"\n",
+            dir.path().join(format!("{name}.token")).display()
+        )
+    };
+    let run = |args: &[&str]| {
+        let mut c = tw(dir.path());
+        c.arg("--data-dir").arg(dir.path().join("data"));
+        c.arg("--config").arg(&cfg).args(args);
+        if let Some(u) = &pg_url {
+            c.env("TOKENWARDEN_DATABASE__URL", u);
+        }
+        c.output().unwrap()
+    };
+    std::fs::write(&cfg, policy("first")).unwrap();
+    json_out(&run(&["account", "create", "acme"]));
+    let v = json_out(&run(&["jobs", "run", "monthly_tokens"]));
+    assert_eq!(v["outcome"], "ran", "{v}");
+    let first = std::fs::read_to_string(dir.path().join("first.token")).unwrap();
+    std::fs::write(&cfg, policy("first") + &policy("second")).unwrap();
+    let v = json_out(&run(&["jobs", "run", "monthly_tokens"]));
+    assert_eq!(v["outcome"], "ran", "{v}");
+    let second = std::fs::read_to_string(dir.path().join("second.token")).unwrap();
+    assert!(second.trim().starts_with("tw_"), "{second}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("first.token")).unwrap(),
+        first,
+        "the first policy's token is not issued again"
+    );
+    let v = json_out(&run(&["jobs", "run", "monthly_tokens"]));
+    assert_eq!(v["outcome"], "already_done", "{v}");
+    let listed = json_out(&run(&["token", "list", "--account", "acme"]));
+    assert_eq!(listed["tokens"].as_array().unwrap().len(), 2, "{listed}");
 }
 
 /// A configuration file in `dir` with one policy for the account `ghost`.

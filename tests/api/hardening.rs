@@ -33,12 +33,17 @@ async fn a_token_cannot_lift_its_own_limits(b: Backend) {
         4030,
         None,
     );
+    // Rotating itself takes a new secret and expiry only, never a limit.
     assert_error(
-        &app.post(&format!("{path}/regenerate"), &me, json!({}))
-            .await,
-        403,
-        4030,
-        None,
+        &app.post(
+            &format!("{path}/regenerate"),
+            &me,
+            json!({"usage_limit": null}),
+        )
+        .await,
+        422,
+        4221,
+        Some("usage_limit"),
     );
     let (_, v) = app.get(&path, &secret).await;
     assert_eq!(

@@ -124,9 +124,18 @@ async fn emails_reach_a_real_smtp_server_with_auth(b: Backend) {
         subject,
         "Token \"nightly export\" expires in 7 days (2026-12-10T00:00:00Z)"
     );
+    // It leads with the step that keeps the service running: a rotation to a later expiry,
+    // before extending the expiry alone.
+    let rotate = format!("tokenwarden token regenerate {warned} --expires-on YYYY-MM-DD");
+    let first_step = text
+        .lines()
+        .find(|l| l.starts_with("    "))
+        .unwrap_or_default()
+        .trim();
+    assert_eq!(first_step, rotate, "{text}");
     assert!(
-        text.contains(&format!("tokenwarden token regenerate {warned}")),
-        "{text}"
+        text.find(&rotate) < text.find("PATCH"),
+        "rotation before the extension: {text}"
     );
     assert!(text.contains(&format!("/v1/tokens/{warned}/regenerate")));
     assert!(html.contains("<strong>nightly export</strong>"), "{html}");

@@ -23,6 +23,8 @@ both_backends!(
     update_bad_input_changes_nothing,
     revoke_keeps_the_token_for_audit,
     regenerate_keeps_id_settings_and_grace,
+    regenerate_with_a_new_expiry_outlives_the_old_one,
+    a_token_rotates_itself_unless_self_regenerate_is_off,
     expiry_is_exact_to_the_millisecond,
     accounts_cannot_see_each_others_tokens,
 );
@@ -578,17 +580,15 @@ async fn role_rules(b: Backend) {
         4030,
         None,
     );
-    assert_error(
-        &app.post(
+    // ...but it may rotate itself (`tokens.self_regenerate`, on by default).
+    let (s, v) = app
+        .post(
             &format!("/v1/tokens/{ann_user}/regenerate"),
             &ann_user_plain,
             json!({}),
         )
-        .await,
-        403,
-        4030,
-        None,
-    );
+        .await;
+    assert_eq!((s, v["code"].as_u64()), (StatusCode::OK, Some(2004)), "{v}");
     // The admin may revoke anyone's.
     let (s, v) = app
         .delete(&format!("/v1/tokens/{bob_user}"), &admin_plain)
@@ -899,33 +899,166 @@ async fn revoke_keeps_the_token_for_audit(b: Backend) {
         4090,
         None,
     );
+    // Nor regenerated: the refusal is decided on the row as locked for the write (so also for a
+    // regeneration that read the token before a concurrent revocation), and the revoked
+    // secret stays.
+    let before = app.settled().await.token(&id).await.unwrap().unwrap();
     assert_error(
-        &app.post(&format!("/v1/tokens/{id}/regenerate"), &secret, json!({}))
-            .await,
+        &app.post(
+            &format!("/v1/tokens/{id}/regenerate"),
+            &secret,
+            json!({"lifetime_seconds": 3600}),
+        )
+        .await,
         409,
         4090,
         None,
     );
-    // Nor by a regeneration that read the token before it was revoked (a race with the
-    // revocation): the store's own write refuses it, and the revoked secret stays.
-    let before = app.settled().await.token(&id).await.unwrap().unwrap();
-    let late = app
-        .ctx
-        .store
-        .regenerate_token(&id, &[7; 32], None, None, app.clock.now())
-        .await;
-    assert!(
-        matches!(late, Err(tokenwarden::store::StoreError::NotFound)),
-        "{late:?}"
-    );
     let after = app.settled().await.token(&id).await.unwrap().unwrap();
-    assert_eq!(after.secret_hash, before.secret_hash);
+    assert_eq!(after, before);
     assert_error(
         &app.delete("/v1/tokens/AAAAAAAA", &secret).await,
         404,
         4040,
         None,
     );
+}
+
+/// Verifies `plain` on `app`; returns the result.
+async fn verdict(app: &TestApp, plain: &str) -> String {
+    let (_, v) = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/verify",
+            None,
+            Some(json!({ "token": plain })),
+        )
+        .await;
+    v["result"].as_str().unwrap_or_default().to_string()
+}
+
+async fn regenerate_with_a_new_expiry_outlives_the_old_one(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, old) = app
+        .token(
+            &secret,
+            json!({"name": "svc", "lifetime_seconds": 10 * 86400, "usage_limit": 5}),
+        )
+        .await;
+    let path = format!("/v1/tokens/{id}/regenerate");
+    let (_, before) = app.get(&format!("/v1/tokens/{id}"), &secret).await;
+    // Bad input names the field and changes nothing: the old secret and expiry stay.
+    for (body, field) in [
+        (json!({"expires_on": "2027-13-01"}), "expires_on"),
+        (json!({"lifetime_seconds": 0}), "lifetime_seconds"),
+        (
+            json!({"lifetime_seconds": 60, "expires_on": "2027-03-01"}),
+            "expires_on",
+        ),
+    ] {
+        assert_error(
+            &app.post(&path, &secret, body).await,
+            422,
+            4220,
+            Some(field),
+        );
+    }
+    let (_, unchanged) = app.get(&format!("/v1/tokens/{id}"), &secret).await;
+    assert_eq!(unchanged, before);
+    assert_eq!(verdict(&app, &old).await, "VALID");
+
+    let new_expiry = (app.clock.now() + TimeDelta::days(60)).date_naive();
+    let (s, v) = app
+        .post(
+            &path,
+            &secret,
+            json!({"expires_on": new_expiry.to_string()}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["token"]["expires_at"],
+        format!("{new_expiry}T00:00:00Z"),
+        "{v}"
+    );
+    assert_eq!(v["token"]["usage_limit"], 5);
+    let new = v["token"]["token"].as_str().unwrap().to_string();
+    assert_eq!(verdict(&app, &old).await, "NOT_FOUND");
+    // Past the old expiry the rotated token still works.
+    app.clock.advance(TimeDelta::days(20));
+    assert_eq!(verdict(&app, &new).await, "VALID");
+
+    // An expired token rotated with a later expiry comes back.
+    let (id2, _) = app
+        .token(&secret, json!({"name": "late", "lifetime_seconds": 60}))
+        .await;
+    app.clock.advance(TimeDelta::minutes(5));
+    let (s, v) = app
+        .post(
+            &format!("/v1/tokens/{id2}/regenerate"),
+            &secret,
+            json!({"lifetime_seconds": 3600}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["token"]["status"], "active", "{v}");
+    let back = v["token"]["token"].as_str().unwrap().to_string();
+    assert_eq!(verdict(&app, &back).await, "VALID");
+}
+
+async fn a_token_rotates_itself_unless_self_regenerate_is_off(b: Backend) {
+    let app = spawn_app(b).await;
+    let (_, secret) = app.account("acme").await;
+    let (id, me) = app
+        .token(
+            &secret,
+            json!({"name": "svc", "role": "readonly", "lifetime_seconds": 86400}),
+        )
+        .await;
+    let (s, v) = app
+        .post(
+            &format!("/v1/tokens/{id}/regenerate"),
+            &me,
+            json!({"lifetime_seconds": 30 * 86400}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rotated = v["token"]["token"].as_str().unwrap().to_string();
+    let expires: chrono::DateTime<chrono::Utc> =
+        v["token"]["expires_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(expires, app.clock.now() + TimeDelta::days(30));
+    assert_eq!(verdict(&app, &me).await, "NOT_FOUND");
+    assert_eq!(verdict(&app, &rotated).await, "VALID");
+    // It rotates itself only: another token of the account stays out of its sight.
+    let (other, _) = app.token(&secret, json!({"name": "other"})).await;
+    let (s, _) = app
+        .post(
+            &format!("/v1/tokens/{other}/regenerate"),
+            &rotated,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let off = spawn_app_with(b, |c| c.tokens.self_regenerate = false).await;
+    let (_, secret) = off.account("acme").await;
+    let (id, me) = off
+        .token(&secret, json!({"name": "svc", "lifetime_seconds": 86400}))
+        .await;
+    let (_, before) = off.get(&format!("/v1/tokens/{id}"), &secret).await;
+    assert_error(
+        &off.post(&format!("/v1/tokens/{id}/regenerate"), &me, json!({}))
+            .await,
+        403,
+        4030,
+        None,
+    );
+    assert_eq!(
+        off.get(&format!("/v1/tokens/{id}"), &secret).await.1,
+        before
+    );
+    assert_eq!(verdict(&off, &me).await, "VALID");
 }
 
 async fn regenerate_keeps_id_settings_and_grace(b: Backend) {
