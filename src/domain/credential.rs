@@ -68,15 +68,10 @@ pub fn new_token(prefix: &str, id: &str) -> Plain {
     seal(format!("{prefix}_{id}{}", random_secret()))
 }
 
-/// A new public token id.
-pub fn new_token_id() -> String {
-    random_id(TOKEN_ID_LEN)
-}
-
 /// Characters a batch of token ids shares at its start.
 const BATCH_ID_PREFIX: usize = 2;
 
-/// `n` new public token ids for one creation: a random prefix they share, then distinct random
+/// `n` new public token ids for one creation (`n` = 1 for a single token): a random prefix they share, then distinct random
 /// characters. The store's index of ids then takes a batch in one place, a few pages, rather
 /// than a page per token scattered over the whole index (which made each creation slower as the
 /// tokens grew). Every id is still uniform over all ids; only the batch is seen to belong
@@ -177,6 +172,7 @@ fn expect_shape(rest: &str, body_len: usize) -> Result<(), Malformed> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use std::collections::HashSet;
 
     #[test]
@@ -196,8 +192,6 @@ mod tests {
             assert!(seen.len() > 50, "position {pos}: {}", seen.len());
         }
     }
-
-    use super::*;
 
     #[test]
     fn a_new_token_parses_back_to_its_id_and_hash() {

@@ -313,8 +313,10 @@ impl Runner {
             }
             Some(p) => p.to_string(),
         };
-        // Policies configured since the period's run get their token now, not next month.
+        // Policies configured since this month's run get their token now, not next month (as
+        // at a start or a reload); a past month stays as it was run.
         let reopen = job == Job::MonthlyTokens
+            && period == job.period_at(now)
             && self
                 .policy_token_missing(&period)
                 .await

@@ -125,7 +125,7 @@ async fn monthly_tokens(ctx: &Ctx, live: &Live, period: &str) -> Result<String, 
                 continue;
             }
         }
-        let id = credential::new_token_id();
+        let id = credential::new_token_ids(1).remove(0);
         let plain = credential::new_token(&config.tokens.prefix, &id);
         let new = NewToken {
             id: id.clone(),

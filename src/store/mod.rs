@@ -275,7 +275,7 @@ struct TokenColumns {
 }
 
 /// `TokenColumns` inserted into account `$1` at `$3`, the refill of month `$2` taken: the rows
-/// `insert_tokens` writes on SQLite.
+/// `insert_values` writes on SQLite.
 const INSERT_UNNEST: &str = "INSERT INTO tokens (id, account_id, user_id, issued_by, policy_name, \
      policy_period, name, description, role, scopes, allowed_ips, usage_limit, remaining, \
      refill_monthly, refill_period, expires_at, status, jwt_enabled, sealed_secret, secret_hash, \
