@@ -46,6 +46,9 @@ pub enum Command {
     /// Accounts.
     #[command(subcommand)]
     Account(AccountCmd),
+    /// Users of an account.
+    #[command(subcommand)]
+    User(UserCmd),
     /// Tokens.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -118,6 +121,41 @@ pub enum AccountCmd {
     Show {
         /// Account id or name.
         account: String,
+    },
+}
+
+/// `user` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Add a user to an account.
+    Create {
+        /// Account id or name.
+        account: String,
+        /// Where its notifications go; unique within the account.
+        #[arg(long)]
+        email: String,
+        /// admin, engineer, user (default) or readonly.
+        #[arg(long)]
+        role: Option<String>,
+        /// No expiry emails for this user.
+        #[arg(long)]
+        no_expiry_emails: bool,
+    },
+    /// Switch a user off: every token issued for it answers USER_INACTIVE until it is
+    /// activated again.
+    Deactivate {
+        /// User id.
+        id: String,
+    },
+    /// Switch a user back on: its tokens work again.
+    Activate {
+        /// User id.
+        id: String,
+    },
+    /// Delete a user: its tokens are revoked; it stays listed as deleted.
+    Delete {
+        /// User id.
+        id: String,
     },
 }
 
@@ -219,9 +257,12 @@ pub struct TokenListArgs {
     /// Role.
     #[arg(long)]
     pub role: Option<String>,
-    /// Issuer or user id.
+    /// The credential that issued them: operator, cli, account, token:<id>, policy:<name>.
     #[arg(long)]
     pub issued_by: Option<String>,
+    /// Issued for this user id.
+    #[arg(long)]
+    pub user: Option<String>,
     /// Expiring within N days.
     #[arg(long)]
     pub expiring_within_days: Option<i64>,
@@ -376,8 +417,23 @@ async fn check_policy_accounts(c: &Config) -> anyhow::Result<()> {
     checked
 }
 
+/// `user activate|deactivate ID`.
+async fn set_user_status(
+    ctx: &crate::context::Ctx,
+    op: &Principal,
+    id: &str,
+    status: &str,
+) -> anyhow::Result<()> {
+    let input = admin::UpdateUser {
+        status: Some(status.into()),
+        ..Default::default()
+    };
+    let u = admin::update_user(ctx, op, id, input).await?;
+    print(json!({ "user": crate::api::views::UserView::from(&u) }))
+}
+
 async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::Result<()> {
-    let op = Principal::Operator;
+    let op = Principal::Cli;
     let now = ctx.clock.now();
     let soon = ctx.config.tokens.expires_soon_days;
     match cmd {
@@ -433,6 +489,32 @@ async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::R
             let users: Vec<crate::api::views::UserView> = users.iter().map(Into::into).collect();
             print(json!({"account": AccountView::new(&a, now), "users": users}))
         }
+        Command::User(UserCmd::Create {
+            account,
+            email,
+            role,
+            no_expiry_emails,
+        }) => {
+            let a = admin::find_account(ctx, &account).await?;
+            let input = admin::CreateUser {
+                email: Some(email),
+                role,
+                notify_expiry: Some(!no_expiry_emails),
+            };
+            let u = admin::create_user(ctx, &op, &a.id, input).await?;
+            print(json!({ "user": crate::api::views::UserView::from(&u) }))
+        }
+        Command::User(UserCmd::Deactivate { id }) => {
+            set_user_status(ctx, &op, &id, "inactive").await
+        }
+        Command::User(UserCmd::Activate { id }) => set_user_status(ctx, &op, &id, "active").await,
+        Command::User(UserCmd::Delete { id }) => {
+            let (u, revoked) = admin::delete_user(ctx, &op, &id).await?;
+            print(json!({
+                "user": crate::api::views::UserView::from(&u),
+                "tokens_revoked": revoked,
+            }))
+        }
         Command::Token(TokenCmd::Create(a)) => {
             let a = *a;
             let account = admin::find_account(ctx, &a.account).await?;
@@ -476,6 +558,7 @@ async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::R
                 status: a.status,
                 role: a.role,
                 issued_by: a.issued_by,
+                user_id: a.user,
                 expiring_within_days: a.expiring_within_days,
                 q: a.q,
                 limit: a.limit,

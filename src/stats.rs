@@ -59,8 +59,10 @@ pub async fn rows(
 ) -> Result<Vec<StatRow>, admin::Error> {
     let account = match (p, account) {
         // An account the operator names must exist: a typo is an error, not an empty export.
-        (Principal::Operator, Some(a)) => Some(admin::find_account(ctx, a).await?.id),
-        (Principal::Operator, None) => None,
+        (Principal::Operator | Principal::Cli, Some(a)) => {
+            Some(admin::find_account(ctx, a).await?.id)
+        }
+        (Principal::Operator | Principal::Cli, None) => None,
         (_, Some(a)) if Some(a) != p.account_id() => {
             return Err(admin::Error::Forbidden(
                 "account_id: only your own account's statistics".into(),
@@ -146,11 +148,11 @@ mod tests {
         let mut lines = csv.lines();
         assert_eq!(
             lines.next(),
-            Some("day,token_id,account_id,valid,cost,revoked,expired,account_inactive,ip_not_allowed,scope_denied,account_quota_exceeded,usage_exceeded,bad_jwt")
+            Some("day,token_id,account_id,valid,cost,revoked,expired,account_inactive,ip_not_allowed,scope_denied,account_quota_exceeded,usage_exceeded,bad_jwt,user_inactive")
         );
         assert_eq!(
             lines.next(),
-            Some("2026-11-27,AAAAAAAA,acct,3,5,0,0,0,0,0,0,1,0")
+            Some("2026-11-27,AAAAAAAA,acct,3,5,0,0,0,0,0,0,1,0,0")
         );
         assert_eq!(lines.next(), None);
     }

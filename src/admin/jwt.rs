@@ -57,6 +57,7 @@ pub async fn mint_jwt(ctx: &Ctx, input: MintJwt) -> Result<(String, crate::verif
         valid_until: until.timestamp(),
         user_ip,
         api_key: token.id.clone(),
+        role: Some(token.effective_role()),
     };
     let jwt = crate::verify::jwt::sign(&claims, presented.trim().as_bytes())
         .map_err(|e| Error::Store(StoreError::Other(format!("cannot sign a JWT: {e}"))))?;

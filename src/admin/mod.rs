@@ -12,7 +12,7 @@ use crate::domain::{
     net,
     role::Role,
     scope,
-    status::{AccountStatus, TokenStatus},
+    status::{AccountStatus, TokenStatus, UserStatus},
     ParseError,
 };
 use crate::patch::Patch;
@@ -55,6 +55,9 @@ pub enum Error {
     /// The credential's account is inactive.
     #[error("the account is inactive")]
     AccountInactive,
+    /// The user the credential token was issued for is inactive.
+    #[error("the token's user is inactive")]
+    UserInactive,
     /// The credential may not do this.
     #[error("{0}")]
     Forbidden(String),
@@ -92,6 +95,7 @@ impl From<StoreError> for Error {
         match e {
             StoreError::NotFound => Error::NotFound("record"),
             StoreError::Conflict(what) => Error::Conflict(format!("{what} already exists")),
+            StoreError::Refused(why) => Error::Conflict(why),
             StoreError::TokenLimit { max, active } => Error::TokenLimit {
                 max,
                 active,
@@ -109,6 +113,9 @@ type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Principal {
     /// The operator credential: every account.
     Operator,
+    /// The command line on the server (`tokenwarden token create`, …): operator rights, given
+    /// by access to the store itself.
+    Cli,
     /// An account secret: that account's admin.
     Account(Account),
     /// An API token of an account, with its role.
@@ -126,7 +133,7 @@ impl Principal {
     /// The role the principal acts with.
     pub fn role(&self) -> Role {
         match self {
-            Principal::Operator | Principal::Account(_) => Role::Admin,
+            Principal::Operator | Principal::Cli | Principal::Account(_) => Role::Admin,
             Principal::Token { role, .. } => *role,
         }
     }
@@ -134,9 +141,22 @@ impl Principal {
     /// The account the principal belongs to (`None` for the operator).
     pub fn account_id(&self) -> Option<&str> {
         match self {
-            Principal::Operator => None,
+            Principal::Operator | Principal::Cli => None,
             Principal::Account(a) => Some(&a.id),
             Principal::Token { account, .. } => Some(&account.id),
+        }
+    }
+
+    /// Whether it has operator rights (the operator credential or the CLI).
+    pub fn is_operator(&self) -> bool {
+        matches!(self, Principal::Operator | Principal::Cli)
+    }
+
+    /// What a token it issues records in `issued_by`: the credential, never a secret.
+    pub fn issuer(&self) -> String {
+        match self {
+            Principal::Account(_) => "account".into(),
+            other => other.label(),
         }
     }
 
@@ -144,6 +164,7 @@ impl Principal {
     pub fn label(&self) -> String {
         match self {
             Principal::Operator => "operator".into(),
+            Principal::Cli => "cli".into(),
             Principal::Account(a) => format!("account:{}", a.id),
             Principal::Token { token, .. } => format!("token:{}", token.id),
         }
@@ -151,7 +172,7 @@ impl Principal {
 
     pub(crate) fn is_account_admin_of(&self, account_id: &str) -> bool {
         match self {
-            Principal::Operator => true,
+            Principal::Operator | Principal::Cli => true,
             Principal::Account(a) => a.id == account_id,
             Principal::Token { account, role, .. } => {
                 account.id == account_id && *role == Role::Admin
@@ -205,15 +226,9 @@ pub async fn authenticate(
                     "this token may not be used from this address".into(),
                 ));
             }
-            // A token acts with at most its user's current role: demoting a user demotes the
-            // tokens issued for it.
-            let mut role = token.role;
-            if let Some(u) = &token.user_id {
-                match ctx.store.user(u).await? {
-                    Some(user) => role = role.min(user.role),
-                    None => return Err(Error::BadToken("unknown")),
-                }
-            }
+            // A token acts with at most its user's current role (kept in its row): demoting a
+            // user demotes the tokens issued for it.
+            let role = token.effective_role();
             Ok(Principal::Token {
                 token: Box::new(token),
                 account,
@@ -254,12 +269,15 @@ pub(crate) async fn usable_token(
     if account.status == AccountStatus::Inactive {
         return Err(Error::AccountInactive);
     }
+    if !token.user_active {
+        return Err(Error::UserInactive);
+    }
     Ok((token, account))
 }
 
 pub(crate) fn require_operator(p: &Principal, what: &str) -> Result<()> {
     match p {
-        Principal::Operator => Ok(()),
+        Principal::Operator | Principal::Cli => Ok(()),
         _ => Err(Error::Forbidden(format!(
             "only the operator credential may {what}"
         ))),

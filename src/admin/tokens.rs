@@ -161,7 +161,7 @@ pub async fn create_tokens(
         });
     }
     let expires_at = cap_expiry(p, spec.expires_at, &spec.expiry)?;
-    if let Principal::Operator = p {
+    if p.is_operator() {
         let account = ctx
             .store
             .account(&account_id)
@@ -173,11 +173,12 @@ pub async fn create_tokens(
             ));
         }
     }
-    let (user_id, issued_by) = issued_for(ctx, p, input.user_id, &account_id, spec.role).await?;
+    let (user_id, user_role) = issued_for(ctx, p, input.user_id, &account_id, spec.role).await?;
     let issue = Issue {
         account_id,
         user_id,
-        issued_by,
+        user_role,
+        issued_by: p.issuer(),
         expires_at,
     };
     write_tokens(ctx, &spec, issue, now).await
@@ -257,11 +258,11 @@ impl TokenSpec {
 /// The account new tokens go to: the operator names it; anyone else issues in their own.
 async fn issuing_account(ctx: &Ctx, p: &Principal, asked: Option<&str>) -> Result<String> {
     match (p, asked) {
-        (Principal::Operator, Some(a)) => Ok(find_account(ctx, a)
+        (Principal::Operator | Principal::Cli, Some(a)) => Ok(find_account(ctx, a)
             .await
             .map_err(|_| Error::Invalid(ParseError::new("account_id", "no such account")))?
             .id),
-        (Principal::Operator, None) => Err(ParseError::new(
+        (Principal::Operator | Principal::Cli, None) => Err(ParseError::new(
             "account_id",
             "is required when the operator creates tokens",
         )
@@ -273,19 +274,18 @@ async fn issuing_account(ctx: &Ctx, p: &Principal, asked: Option<&str>) -> Resul
     }
 }
 
-/// Whom new tokens are for (`user_id`) and who issues them (`issued_by`). Only an admin (or the
-/// account secret, or the operator) issues for another user, and never above that user's role.
+/// Whom new tokens are for: the user and that user's role as read now (the creation refuses
+/// the issue if either changes before it commits). Only an admin (or the account secret, the
+/// operator or the CLI) issues for another user, never above that user's role, and never for a
+/// user who is not active.
 async fn issued_for(
     ctx: &Ctx,
     p: &Principal,
     asked: Option<String>,
     account_id: &str,
     role: Role,
-) -> Result<(Option<String>, String)> {
-    let own = |token: &Token| match &token.user_id {
-        Some(u) => (Some(u.clone()), format!("user:{u}")),
-        None => (None, format!("token:{}", token.id)),
-    };
+) -> Result<(Option<String>, Option<Role>)> {
+    let own = |token: &Token| (token.user_id.clone(), token.user_role);
     match (p, asked) {
         (Principal::Token { token, role, .. }, given) if *role != Role::Admin => {
             if given.is_some() && given != token.user_id {
@@ -304,17 +304,22 @@ async fn issued_for(
                 .ok_or_else(|| {
                     Error::Invalid(ParseError::new("user_id", "no such user in this account"))
                 })?;
+            if user.status != UserStatus::Active {
+                return Err(Error::Conflict(format!(
+                    "user_id: the user is {}",
+                    user.status.as_str()
+                )));
+            }
             if role > user.role {
                 return Err(Error::RoleTooHigh {
                     requested: role,
                     allowed: user.role,
                 });
             }
-            Ok((Some(user.id.clone()), format!("user:{}", user.id)))
+            Ok((Some(user.id), Some(user.role)))
         }
-        (Principal::Operator, None) => Ok((None, "operator".to_string())),
-        (Principal::Account(_), None) => Ok((None, "account".to_string())),
         (Principal::Token { token, .. }, None) => Ok(own(token)),
+        (_, None) => Ok((None, None)),
     }
 }
 
@@ -322,6 +327,7 @@ async fn issued_for(
 struct Issue {
     account_id: String,
     user_id: Option<String>,
+    user_role: Option<Role>,
     issued_by: String,
     expires_at: Option<DateTime<Utc>>,
 }
@@ -343,6 +349,7 @@ async fn write_tokens(
             id,
             account_id: issue.account_id.clone(),
             user_id: issue.user_id.clone(),
+            user_role: issue.user_role,
             issued_by: issue.issued_by.clone(),
             policy: None,
             name: spec.name.clone(),
@@ -386,8 +393,11 @@ pub struct ListTokens {
     pub status: Option<String>,
     /// Only this role.
     pub role: Option<String>,
-    /// Only tokens issued by this user id or issuer (`operator`, `account`, `user:<id>`, `policy:<name>`).
+    /// Only tokens issued by this credential: `operator`, `cli`, `account`, `token:<id>`,
+    /// `policy:<name>` or `unknown`.
     pub issued_by: Option<String>,
+    /// Only tokens issued for this user.
+    pub user_id: Option<String>,
     /// Only tokens that expire within this many days (0 to 3650).
     pub expiring_within_days: Option<i64>,
     /// Name or description contains this (case-insensitive).
@@ -455,8 +465,9 @@ pub async fn list_tokens(
     let after = q.page.as_deref().map(parse_cursor).transpose()?;
     let text = opt_text(q.q.as_deref(), 100, "q")?;
     let issued_by = opt_text(q.issued_by.as_deref(), 200, "issued_by")?;
+    let user_id = opt_text(q.user_id.as_deref(), 100, "user_id")?;
     let account_id = match (p, q.account_id) {
-        (Principal::Operator, a) => a,
+        (Principal::Operator | Principal::Cli, a) => a,
         (_, Some(a)) if Some(a.as_str()) != p.account_id() => {
             return Err(Error::Forbidden(
                 "account_id: only your own account's tokens can be listed".into(),
@@ -477,6 +488,7 @@ pub async fn list_tokens(
         status,
         role,
         issued_by,
+        user_id,
         expiring_before,
         q: text,
         after,
@@ -503,7 +515,7 @@ enum Access {
 
 fn access(p: &Principal, t: &Token) -> Access {
     match p {
-        Principal::Operator => Access::Manage,
+        Principal::Operator | Principal::Cli => Access::Manage,
         Principal::Account(a) if a.id == t.account_id => Access::Manage,
         Principal::Account(_) => Access::None,
         Principal::Token {

@@ -226,7 +226,9 @@ pub async fn list_users(
     }))
 }
 
-/// Change a user's role or notification preference (operator, or the account's admin).
+/// Change a user's role, notification preference or status (operator, or the account's admin).
+/// `"status": "inactive"` makes every token issued for the user answer USER_INACTIVE (4017) at
+/// once, on every daemon sharing the store; `"active"` restores them.
 #[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", params(("id" = String, Path, description = "user id")),
     request_body = UpdateUser,
     responses((status = 200, body = UserAnswer), (status = "4XX", body = ErrorBody)),
@@ -241,5 +243,34 @@ pub async fn update_user(
     Ok(Json(UserAnswer {
         code: Code::Ok.number(),
         user: (&u).into(),
+    }))
+}
+
+/// The answer to a user's deletion.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserDeleted {
+    /// 2002.
+    pub code: u32,
+    /// The user, now `deleted`.
+    pub user: UserView,
+    /// How many of its tokens the deletion revoked.
+    pub tokens_revoked: u64,
+}
+
+/// Delete a user (operator, or the account's admin): its tokens are revoked in the same
+/// transaction, and it stays listed as `deleted` for the record.
+#[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", params(("id" = String, Path, description = "user id")),
+    responses((status = 200, body = UserDeleted), (status = "4XX", body = ErrorBody)),
+    security(("credential" = [])))]
+pub async fn delete_user(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserDeleted>> {
+    let (u, revoked) = admin::delete_user(&s.ctx, &p, &id).await?;
+    Ok(Json(UserDeleted {
+        code: Code::Ok.number(),
+        user: (&u).into(),
+        tokens_revoked: revoked,
     }))
 }

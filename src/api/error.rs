@@ -107,6 +107,7 @@ impl From<admin::Error> for ApiError {
             E::BadSecret => Code::BadSecret,
             E::BadToken(_) => Code::BadToken,
             E::AccountInactive => Code::AccountInactive,
+            E::UserInactive => Code::UserInactive,
             E::Forbidden(_) => Code::Forbidden,
             E::NotFound(_) => Code::NotFound,
             E::Conflict(_) => Code::Conflict,

@@ -293,7 +293,7 @@ pub async fn notifications(
         }
     }
     let account_id = match &p {
-        Principal::Operator => q.account_id.clone(),
+        Principal::Operator | Principal::Cli => q.account_id.clone(),
         other => {
             let own = other.account_id().unwrap_or_default().to_string();
             if !other.is_account_admin_of(&own) {

@@ -70,7 +70,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(accounts::show, accounts::update))
         .routes(routes!(accounts::reset_secret))
         .routes(routes!(accounts::create_user, accounts::list_users))
-        .routes(routes!(accounts::update_user))
+        .routes(routes!(accounts::update_user, accounts::delete_user))
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::show, tokens::update, tokens::revoke))
         .routes(routes!(tokens::regenerate))

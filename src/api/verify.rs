@@ -45,7 +45,8 @@ pub struct VerifyAnswer {
     /// Its account.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
-    /// Its role, for the protected service to authorise on.
+    /// The role it acts with, for the protected service to authorise on: its own, capped by
+    /// its user's current role.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// Its scopes.
@@ -71,7 +72,7 @@ impl From<&Verdict> for VerifyAnswer {
             result: v.outcome,
             token_id: t.map(|t| t.id.to_string()),
             account_id: t.map(|t| t.account_id.to_string()),
-            role: t.map(|t| t.role.to_string()),
+            role: t.map(|t| t.effective_role().to_string()),
             scopes: t.map(|t| crate::domain::scope::to_strings(t.scopes())),
             remaining: t.map(|t| t.remaining),
             expires_at: t.map(|t| {
@@ -358,7 +359,7 @@ async fn forwarded(
         verdict
             .token
             .as_ref()
-            .and_then(|t| header("x-tokenwarden-role", t.role.as_str())),
+            .and_then(|t| header("x-tokenwarden-role", t.effective_role().as_str())),
         verdict.token.as_ref().and_then(|t| {
             header(
                 "x-tokenwarden-scopes",

@@ -3,7 +3,7 @@
 use crate::domain::model::{Account, Token, User};
 use crate::domain::{
     role::Role,
-    status::{AccountStatus, TokenStatus},
+    status::{AccountStatus, TokenStatus, UserStatus},
 };
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::{Serialize, Serializer};
@@ -78,10 +78,20 @@ pub struct UserView {
     pub role: Role,
     /// Whether it gets expiry emails.
     pub notify_expiry: bool,
+    /// `active`, `inactive` (its tokens answer USER_INACTIVE) or `deleted`.
+    pub status: UserStatus,
     /// Creation time (UTC).
     #[serde(serialize_with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
+    /// Last change (UTC).
+    #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: DateTime<Utc>,
+    /// Deletion time (UTC), once deleted.
+    #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 impl From<&User> for UserView {
@@ -92,7 +102,10 @@ impl From<&User> for UserView {
             email: u.email.clone(),
             role: u.role,
             notify_expiry: u.notify_expiry,
+            status: u.status,
             created_at: u.created_at,
+            updated_at: u.updated_at,
+            deleted_at: u.deleted_at,
         }
     }
 }
@@ -109,7 +122,8 @@ pub struct TokenView {
     pub account_id: String,
     /// The user it was issued for.
     pub user_id: Option<String>,
-    /// Who issued it.
+    /// The credential that issued it: `operator`, `cli`, `account`, `token:<id>`,
+    /// `policy:<name>`, or `unknown` (issued before issuers were recorded).
     pub issued_by: String,
     /// Name.
     pub name: String,
@@ -117,6 +131,11 @@ pub struct TokenView {
     pub description: Option<String>,
     /// Role.
     pub role: Role,
+    /// The role it acts with: `role`, capped by its user's current role.
+    pub effective_role: Role,
+    /// Whether its user is active (always true for a token issued for no user); while not,
+    /// the token answers USER_INACTIVE.
+    pub user_active: bool,
     /// Allowed calls; empty = all.
     pub scopes: Vec<String>,
     /// Allowed client IPs/CIDRs; empty = any.
@@ -180,6 +199,8 @@ impl TokenView {
             name: t.name.clone(),
             description: t.description.clone(),
             role: t.role,
+            effective_role: t.effective_role(),
+            user_active: t.user_active,
             scopes: crate::domain::scope::to_strings(&t.scopes),
             allowed_ips: t.allowed_ips.iter().map(ToString::to_string).collect(),
             usage_limit: t.usage_limit,

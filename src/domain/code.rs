@@ -36,6 +36,8 @@ pub enum Code {
     TokenRevoked = 4015,
     /// 4016: a verification: the token is past its expiry.
     TokenExpired = 4016,
+    /// 4017: the user the token was issued for is inactive (verification and management).
+    UserInactive = 4017,
     /// 4030: the credential may not do this.
     Forbidden = 4030,
     /// 4031: a role above the credential's.
@@ -87,7 +89,7 @@ impl Code {
             TokenDeleted | Ok | TokenRegenerated | Verified => 200,
             MalformedRequest => 400,
             BadSecret | BadToken | BadJwt | NoCredentials | AccountInactive | TokenRevoked
-            | TokenExpired => 401,
+            | TokenExpired | UserInactive => 401,
             Forbidden | RoleTooHigh | IpNotAllowed | ScopeDenied => 403,
             NotFound | NoRoute => 404,
             MethodNotAllowed => 405,
@@ -121,6 +123,7 @@ impl Code {
             AccountInactive => "ACCOUNT_INACTIVE",
             TokenRevoked => "REVOKED",
             TokenExpired => "EXPIRED",
+            UserInactive => "USER_INACTIVE",
             Forbidden => "FORBIDDEN",
             RoleTooHigh => "ROLE_TOO_HIGH",
             IpNotAllowed => "IP_NOT_ALLOWED",

@@ -5,7 +5,7 @@
 use super::{
     role::Role,
     scope::Scope,
-    status::{AccountStatus, TokenStatus},
+    status::{AccountStatus, TokenStatus, UserStatus},
 };
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
@@ -46,10 +46,14 @@ pub struct User {
     pub role: Role,
     /// Whether it receives expiry emails.
     pub notify_expiry: bool,
+    /// Active, inactive or deleted.
+    pub status: UserStatus,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// When it was deleted.
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 /// An API token as stored (never the plain value).
@@ -61,7 +65,8 @@ pub struct Token {
     pub account_id: String,
     /// The user it was issued for, if any.
     pub user_id: Option<String>,
-    /// Who issued it: `operator`, `account`, `user:<id>`, `token:<id>` or `policy:<name>`.
+    /// The credential that issued it: `operator`, `cli`, `account`, `token:<id>`,
+    /// `policy:<name>`, or `unknown` (issued before issuers were recorded).
     pub issued_by: String,
     /// The policy that issued it, if any.
     pub policy_name: Option<String>,
@@ -73,6 +78,10 @@ pub struct Token {
     pub description: Option<String>,
     /// Role.
     pub role: Role,
+    /// Its user's current role (`None`: issued for no user); the token acts with at most it.
+    pub user_role: Option<Role>,
+    /// Whether its user is active (always, for a token issued for no user).
+    pub user_active: bool,
     /// Allowed calls; empty = all.
     pub scopes: Vec<Scope>,
     /// Allowed client networks; empty = any.
@@ -119,6 +128,9 @@ pub struct Token {
     pub today: DayCounts,
 }
 
+/// Counters of a token's day: `plan::STAT_COLUMNS`.
+pub const STAT_COUNTERS: usize = 11;
+
 /// A token's statistics for one UTC day, kept in the token's own row: a counted call then
 /// rewrites one row, not two. When a call on a later day arrives the counters move to the
 /// `token_stats_daily` archive and start again.
@@ -128,7 +140,7 @@ pub struct DayCounts {
     /// call. A date rather than its text: verification's copies hold one per token.
     pub day: Option<chrono::NaiveDate>,
     /// The counters, in `plan::STAT_COLUMNS` order.
-    pub counts: [i64; 10],
+    pub counts: [i64; STAT_COUNTERS],
 }
 
 impl Token {
@@ -145,6 +157,8 @@ impl Token {
             name: "t".into(),
             description: None,
             role: Role::User,
+            user_role: None,
+            user_active: true,
             scopes: vec![],
             allowed_ips: vec![],
             usage_limit: None,
@@ -168,6 +182,11 @@ impl Token {
             revoked_at: None,
             today: DayCounts::default(),
         }
+    }
+
+    /// The role it acts with: its own, capped by its user's current role.
+    pub fn effective_role(&self) -> Role {
+        super::role::effective(self.role, self.user_role)
     }
 
     /// Its status at `now`, a monthly refill due by then included.

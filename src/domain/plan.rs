@@ -4,7 +4,7 @@
 //! and the PostgreSQL writers share it, and each only reads state and writes the plan.
 
 use super::credential::hashes_match;
-use super::model::{Account, DayCounts};
+use super::model::{Account, DayCounts, STAT_COUNTERS};
 use super::period::{day_key, month_key, Month};
 use super::state::TokenState;
 use super::status::TokenStatus;
@@ -95,10 +95,13 @@ pub struct StatRow {
     pub usage_exceeded: i64,
     /// Denials: bad JWT.
     pub bad_jwt: i64,
+    /// Denials: the token's user inactive.
+    pub user_inactive: i64,
 }
 
-/// The statistics columns, in CSV order after day, token and account.
-pub const STAT_COLUMNS: [&str; 10] = [
+/// The statistics columns, in CSV order after day, token and account (a new one goes last, so
+/// readers of the CSV by position keep working).
+pub const STAT_COLUMNS: [&str; STAT_COUNTERS] = [
     "valid",
     "cost",
     "revoked",
@@ -109,6 +112,7 @@ pub const STAT_COLUMNS: [&str; 10] = [
     "account_quota_exceeded",
     "usage_exceeded",
     "bad_jwt",
+    "user_inactive",
 ];
 
 impl StatRow {
@@ -125,13 +129,14 @@ impl StatRow {
             "account_quota_exceeded" => &mut self.account_quota_exceeded,
             "usage_exceeded" => &mut self.usage_exceeded,
             "bad_jwt" => &mut self.bad_jwt,
+            "user_inactive" => &mut self.user_inactive,
             _ => return,
         };
         *slot += n;
     }
 
     /// The counters in `STAT_COLUMNS` order.
-    pub fn counts(&self) -> [i64; 10] {
+    pub fn counts(&self) -> [i64; STAT_COUNTERS] {
         [
             self.valid,
             self.cost,
@@ -143,6 +148,7 @@ impl StatRow {
             self.account_quota_exceeded,
             self.usage_exceeded,
             self.bad_jwt,
+            self.user_inactive,
         ]
     }
 }
@@ -291,7 +297,7 @@ fn count(
             }
             **today = DayCounts {
                 day: Some(date),
-                counts: [0; 10],
+                counts: [0; STAT_COUNTERS],
             };
         }
     }

@@ -46,6 +46,12 @@ impl Role {
     }
 }
 
+/// The role a token acts with: its own, capped by its user's current role (`None`: a token
+/// issued for no user). Verification, forward auth, JWTs and management all use this one.
+pub fn effective(token: Role, user: Option<Role>) -> Role {
+    user.map_or(token, |u| token.min(u))
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -75,6 +81,13 @@ mod tests {
         assert!(Role::Engineer > Role::User);
         assert!(Role::User > Role::Readonly);
         assert!(Role::Engineer.may_manage_tokens() && !Role::User.may_manage_tokens());
+    }
+
+    #[test]
+    fn a_token_acts_with_the_lower_of_its_role_and_its_users() {
+        assert_eq!(effective(Role::Admin, Some(Role::Readonly)), Role::Readonly);
+        assert_eq!(effective(Role::User, Some(Role::Admin)), Role::User);
+        assert_eq!(effective(Role::Engineer, None), Role::Engineer);
     }
 
     #[test]

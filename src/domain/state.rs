@@ -53,6 +53,10 @@ pub struct TokenState {
     pub refill_period: Option<Month>,
     /// Role.
     pub role: Role,
+    /// Its user's current role (`None`: issued for no user).
+    pub user_role: Option<Role>,
+    /// Whether its user is active (always, for a token issued for no user).
+    pub user_active: bool,
     /// Stored status (see `TokenStatus::effective` for the status at an instant).
     pub status: TokenStatus,
 }
@@ -96,6 +100,11 @@ impl TokenState {
     /// Allowed client networks; empty = any.
     pub fn allowed_ips(&self) -> &[IpNet] {
         self.rules.as_ref().map_or(&[], |r| &r.allowed_ips)
+    }
+
+    /// The role it acts with: its own, capped by its user's current role.
+    pub fn effective_role(&self) -> Role {
+        super::role::effective(self.role, self.user_role)
     }
 
     /// Its status at `now`.
@@ -194,6 +203,8 @@ impl From<&super::model::Token> for TokenState {
             calls_month_period: t.calls_month_period.as_deref().and_then(Month::parse),
             refill_period: t.refill_period.as_deref().and_then(Month::parse),
             role: t.role,
+            user_role: t.user_role,
+            user_active: t.user_active,
             status: t.status,
         }
     }
@@ -213,7 +224,7 @@ mod tests {
             std::mem::size_of::<TokenState>()
         );
         // A writer that keeps the day's statistics holds one of these per token.
-        assert!(std::mem::size_of::<super::DayCounts>() <= 88);
+        assert!(std::mem::size_of::<super::DayCounts>() <= 96);
         // Ids are inline.
         let id: CompactString = "AbCdEfGh".into();
         assert!(!id.is_heap_allocated());

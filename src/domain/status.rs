@@ -1,4 +1,4 @@
-//! Token and account status, and the status a token has at a given instant.
+//! Token, account and user status, and the status a token has at a given instant.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,41 @@ impl FromStr for AccountStatus {
             "active" => Ok(AccountStatus::Active),
             "inactive" => Ok(AccountStatus::Inactive),
             _ => Err("must be active or inactive".into()),
+        }
+    }
+}
+
+/// A user's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UserStatus {
+    /// Its tokens work.
+    Active,
+    /// Its tokens are refused with USER_INACTIVE until it is active again.
+    Inactive,
+    /// Deleted: its tokens are revoked and it stays listed for the record. Final.
+    Deleted,
+}
+
+impl UserStatus {
+    /// The stored and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Inactive => "inactive",
+            UserStatus::Deleted => "deleted",
+        }
+    }
+}
+
+impl FromStr for UserStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(UserStatus::Active),
+            "inactive" => Ok(UserStatus::Inactive),
+            "deleted" => Ok(UserStatus::Deleted),
+            _ => Err("must be active, inactive or deleted".into()),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The verdict of one call: which outcome a presented token earns for a check, decided from the
 //! token, its account and the instant, with no I/O. Checks run in an order that never spends a
 //! use on a call refused for another reason: malformed → unknown → revoked → expired → account
-//! inactive → IP → scope → account quota → usage. The usage writer calls `decide` against the
+//! inactive → user inactive → IP → scope → account quota → usage. The usage writer calls `decide` against the
 //! state its commit holds to, so every answer reflects the store at the moment the call counts.
 
 use super::{
@@ -35,6 +35,8 @@ pub enum Outcome {
     Expired,
     /// Its account is inactive.
     AccountInactive,
+    /// The user it was issued for is inactive.
+    UserInactive,
     /// The client IP is not among the allowed ones.
     IpNotAllowed,
     /// The call is outside the token's scopes.
@@ -48,8 +50,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Every outcome, in check order.
-    pub const ALL: [Outcome; 11] = [
+    /// Every outcome. A denial in the SQLite usage log names its outcome by its place here, so
+    /// the order never changes and a new outcome goes last.
+    pub const ALL: [Outcome; 12] = [
         Outcome::Valid,
         Outcome::Malformed,
         Outcome::NotFound,
@@ -61,6 +64,7 @@ impl Outcome {
         Outcome::AccountQuotaExceeded,
         Outcome::UsageExceeded,
         Outcome::BadJwt,
+        Outcome::UserInactive,
     ];
 
     /// The word on the wire.
@@ -72,6 +76,7 @@ impl Outcome {
             Outcome::Revoked => "REVOKED",
             Outcome::Expired => "EXPIRED",
             Outcome::AccountInactive => "ACCOUNT_INACTIVE",
+            Outcome::UserInactive => "USER_INACTIVE",
             Outcome::IpNotAllowed => "IP_NOT_ALLOWED",
             Outcome::ScopeDenied => "SCOPE_DENIED",
             Outcome::AccountQuotaExceeded => "ACCOUNT_QUOTA_EXCEEDED",
@@ -89,6 +94,7 @@ impl Outcome {
             Outcome::Malformed | Outcome::NotFound => Code::BadToken,
             Outcome::BadJwt => Code::BadJwt,
             Outcome::AccountInactive => Code::AccountInactive,
+            Outcome::UserInactive => Code::UserInactive,
             Outcome::Revoked => Code::TokenRevoked,
             Outcome::Expired => Code::TokenExpired,
             Outcome::IpNotAllowed => Code::IpNotAllowed,
@@ -110,6 +116,7 @@ impl Outcome {
             Outcome::Revoked => "revoked",
             Outcome::Expired => "expired",
             Outcome::AccountInactive => "account_inactive",
+            Outcome::UserInactive => "user_inactive",
             Outcome::IpNotAllowed => "ip_not_allowed",
             Outcome::ScopeDenied => "scope_denied",
             Outcome::AccountQuotaExceeded => "account_quota_exceeded",
@@ -221,6 +228,9 @@ pub fn decide(
     if account.status == AccountStatus::Inactive {
         return Outcome::AccountInactive;
     }
+    if !token.user_active {
+        return Outcome::UserInactive;
+    }
     if !token.allows_ip(check.client_ip) {
         return Outcome::IpNotAllowed;
     }
@@ -330,8 +340,11 @@ mod tests {
         t.status = TokenStatus::Active;
         assert_eq!(decide_on(&t, &a, &check(), now()), Outcome::Expired);
         t.expires_at = None;
+        t.user_active = false;
         assert_eq!(decide_on(&t, &a, &check(), now()), Outcome::AccountInactive);
         a.status = AccountStatus::Active;
+        assert_eq!(decide_on(&t, &a, &check(), now()), Outcome::UserInactive);
+        t.user_active = true;
         assert_eq!(decide_on(&t, &a, &check(), now()), Outcome::IpNotAllowed);
         let mut c = check();
         c.client_ip = Some("10.9.8.7".parse().unwrap());
@@ -363,6 +376,8 @@ mod tests {
         assert_eq!(Outcome::AccountQuotaExceeded.http_status(), 429);
         assert_eq!(Outcome::BadJwt.code().number(), 4012);
         assert_eq!(Outcome::Revoked.code().number(), 4015);
+        assert_eq!(Outcome::UserInactive.code().number(), 4017);
+        assert_eq!(Outcome::UserInactive.http_status(), 401);
         assert_eq!(Outcome::Valid.code().number(), 2005);
     }
 

@@ -131,6 +131,7 @@ async fn monthly_tokens(ctx: &Ctx, live: &Live, period: &str) -> Result<String, 
             id: id.clone(),
             account_id: account.id.clone(),
             user_id: None,
+            user_role: None,
             issued_by: format!("policy:{}", p.name),
             policy: Some((p.name.clone(), period.to_string())),
             name: p.token_name_for(period),
@@ -209,8 +210,9 @@ async fn expiry(ctx: &Ctx, live: &Live) -> Result<String, StoreError> {
         }
         let mut progressed = false;
         for t in due {
+            // Nothing is sent about the token of an inactive or deleted user.
             let messages = match (
-                config.notifications.expired_notice,
+                config.notifications.expired_notice && t.user_active,
                 people.of(ctx, &t.account_id).await?,
             ) {
                 (true, Some((account, users))) => {

@@ -12,6 +12,7 @@ pub mod templates;
 use crate::config::{Config, Policy};
 use crate::domain::model::{Account, Token, User};
 use crate::domain::scope;
+use crate::domain::status::UserStatus;
 use crate::domain::{credential::Plain, ids, warnings};
 use crate::seal::MasterKey;
 use crate::store::{MessageKind, NewMessage, NewToken};
@@ -144,15 +145,19 @@ pub fn token_context(config: &Config, t: &TokenFacts, account: &Account) -> Valu
 }
 
 /// Who hears about a token's expiry: the user it was issued for and the account's admins,
-/// each only with expiry emails on, each address once.
+/// each only while active and with expiry emails on, each address once. Nobody hears about a
+/// token whose user is inactive or deleted.
 pub fn expiry_recipients(t: &Token, users: &[User]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
+    if !t.user_active {
+        return out;
+    }
     let issuer = users.iter().filter(|u| Some(&u.id) == t.user_id.as_ref());
     let admins = users
         .iter()
         .filter(|u| u.role == crate::domain::role::Role::Admin);
     for u in issuer.chain(admins) {
-        if u.notify_expiry && !out.contains(&u.email) {
+        if u.status == UserStatus::Active && u.notify_expiry && !out.contains(&u.email) {
             out.push(u.email.clone());
         }
     }

@@ -273,7 +273,7 @@ impl Store {
             &["UPDATE tokens SET stats_day = NULL, day_valid = 0, day_cost = 0, day_revoked = 0, \
                day_expired = 0, day_account_inactive = 0, day_ip_not_allowed = 0, \
                day_scope_denied = 0, day_account_quota_exceeded = 0, day_usage_exceeded = 0, \
-               day_bad_jwt = 0 WHERE id > $1 AND id <= $2 AND stats_day < $3"],
+               day_bad_jwt = 0, day_user_inactive = 0 WHERE id > $1 AND id <= $2 AND stats_day < $3"],
         )
         .await
     }
@@ -334,8 +334,8 @@ impl Store {
 
     // ----- expiry warnings -----
 
-    /// Tokens that may be due a warning: usable, expiring after `now` and by `until`, with the
-    /// thresholds already claimed for their current expiry.
+    /// Tokens that may be due a warning: usable, their user (if any) active, expiring after
+    /// `now` and by `until`, with the thresholds already claimed for their current expiry.
     pub async fn warning_candidates(
         &self,
         now: DateTime<Utc>,
@@ -343,7 +343,7 @@ impl Store {
     ) -> Result<Vec<(Token, Vec<u32>)>> {
         let q = format!(
             "SELECT {TOKEN_COLS} FROM tokens WHERE status IN ('active', 'exhausted') \
-             AND expires_at > $1 AND expires_at <= $2 ORDER BY expires_at, id"
+             AND user_active AND expires_at > $1 AND expires_at <= $2 ORDER BY expires_at, id"
         );
         let (rows, claims) = with_pool!(self, p => {
             let rows = sqlx::query_as::<_, TokenRow>(sql(q)).bind(now).bind(until).fetch_all(p).await?;

@@ -14,7 +14,7 @@ pub use model::*;
 pub use outbox::{Message, MessageKind, NewMessage};
 
 use crate::domain::model::{Account, Token, User};
-use crate::domain::status::TokenStatus;
+use crate::domain::status::{TokenStatus, UserStatus};
 use chrono::{DateTime, Utc};
 use rows::{AccountRow, TokenRow, UserRow, ACCOUNT_COLS, TOKEN_COLS, USER_COLS};
 use sqlx::{
@@ -41,6 +41,9 @@ pub enum StoreError {
         /// Active tokens it has now.
         active: i64,
     },
+    /// The record's state, read under its lock, does not allow the change; the string says why.
+    #[error("{0}")]
+    Refused(String),
     /// The database cannot be reached.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -227,6 +230,8 @@ trait WritePool {
     async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
     /// Suffix that locks the selected rows until commit (PostgreSQL); SQLite's lock is the database.
     fn for_update(&self) -> &'static str;
+    /// Suffix that keeps the selected rows from changing until commit (PostgreSQL).
+    fn for_share(&self) -> &'static str;
     /// Counts a change to what verification decides on (a token's or an account's settings)
     /// in `settings.change_no`, inside the transaction making it, and returns the new number
     /// for `Store::observe_change` after the commit. SQLite only (its daemon keeps those rows
@@ -258,6 +263,7 @@ enum TokenInserts {
 struct TokenColumns {
     id: Vec<String>,
     user_id: Vec<Option<String>>,
+    user_role: Vec<Option<String>>,
     issued_by: Vec<String>,
     policy_name: Vec<Option<String>>,
     policy_period: Vec<Option<String>>,
@@ -279,16 +285,17 @@ struct TokenColumns {
 const INSERT_UNNEST: &str = "INSERT INTO tokens (id, account_id, user_id, issued_by, policy_name, \
      policy_period, name, description, role, scopes, allowed_ips, usage_limit, remaining, \
      refill_monthly, refill_period, expires_at, status, jwt_enabled, sealed_secret, secret_hash, \
-     calls_month, calls_total, created_at, updated_at) \
+     calls_month, calls_total, created_at, updated_at, user_role) \
      SELECT u.id, $1, u.user_id, u.issued_by, u.policy_name, u.policy_period, u.name, \
      u.description, u.role, u.scopes, u.allowed_ips, u.usage_limit, u.usage_limit, \
      u.refill_monthly, $2, u.expires_at, 'active', u.jwt_enabled, u.sealed_secret, \
-     u.secret_hash, 0, 0, $3, $3 \
+     u.secret_hash, 0, 0, $3, $3, u.user_role \
      FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
      $10::text[], $11::text[], $12::text[], $13::text[], $14::int8[], $15::int8[], \
-     $16::timestamptz[], $17::bool[], $18::bytea[], $19::bytea[]) \
+     $16::timestamptz[], $17::bool[], $18::bytea[], $19::bytea[], $20::text[]) \
      AS u (id, user_id, issued_by, policy_name, policy_period, name, description, role, scopes, \
-     allowed_ips, usage_limit, refill_monthly, expires_at, jwt_enabled, sealed_secret, secret_hash)";
+     allowed_ips, usage_limit, refill_monthly, expires_at, jwt_enabled, sealed_secret, secret_hash, \
+     user_role)";
 
 impl TokenInserts {
     fn of(backend: &Backend, account_id: &str, tokens: &[NewToken], now: DateTime<Utc>) -> Self {
@@ -305,6 +312,8 @@ impl TokenInserts {
                     let (pname, pperiod) = t.policy.clone().unzip();
                     c.id.push(t.id.clone());
                     c.user_id.push(t.user_id.clone());
+                    c.user_role
+                        .push(t.user_role.map(|r| r.as_str().to_string()));
                     c.issued_by.push(t.issued_by.clone());
                     c.policy_name.push(pname);
                     c.policy_period.push(pperiod);
@@ -332,10 +341,10 @@ impl TokenInserts {
 pub const LAPSED_LIVE_TOKENS: &str = "SELECT COUNT(*) FROM tokens WHERE account_id = $1 \
      AND status IN ('active', 'exhausted') AND expires_at <= $2";
 
-/// Tokens per SQLite insert statement: 10,500 parameters (it allows 32,766).
+/// Tokens per SQLite insert statement: 11,000 parameters (it allows 32,766).
 const INSERT_ROWS: usize = 500;
 /// Each token's parameters, `now` written twice.
-const PARAMS_PER_ROW: usize = 21;
+const PARAMS_PER_ROW: usize = 22;
 
 /// One SQLite statement inserting `tokens` into `account_id`. Its parameters are `?`, bound in
 /// order: SQLite looks a numbered parameter up by name in a list, both when it parses the
@@ -378,13 +387,17 @@ fn insert_values(account_id: &str, tokens: &[NewToken], now: DateTime<Utc>) -> (
             Arg::OptBytes(t.sealed_secret.clone()),
             Arg::Bytes(t.secret_hash.clone()),
         ]);
-        args.extend([Arg::Time(now), Arg::Time(now)]);
+        args.extend([
+            Arg::Time(now),
+            Arg::Time(now),
+            Arg::OptStr(t.user_role.map(|r| r.as_str().to_string())),
+        ]);
     }
     let q = format!(
         "INSERT INTO tokens (id, account_id, user_id, issued_by, policy_name, policy_period, \
          name, description, role, scopes, allowed_ips, usage_limit, remaining, refill_monthly, \
          refill_period, expires_at, status, jwt_enabled, sealed_secret, secret_hash, calls_month, \
-         calls_total, created_at, updated_at) VALUES {}",
+         calls_total, created_at, updated_at, user_role) VALUES {}",
         values.join(", ")
     );
     (q, args)
@@ -423,6 +436,9 @@ impl WritePool for SqlitePool {
     fn for_update(&self) -> &'static str {
         ""
     }
+    fn for_share(&self) -> &'static str {
+        ""
+    }
     async fn note_change(&self, tx: &mut Transaction<'static, Sqlite>) -> Result<u64, sqlx::Error> {
         let n: i64 = sqlx::query_scalar(NOTE_CHANGE).fetch_one(&mut **tx).await?;
         Ok(n as u64)
@@ -455,6 +471,9 @@ impl WritePool for PgPool {
     }
     fn for_update(&self) -> &'static str {
         " FOR UPDATE"
+    }
+    fn for_share(&self) -> &'static str {
+        " FOR SHARE"
     }
     async fn note_change(
         &self,
@@ -492,6 +511,7 @@ impl WritePool for PgPool {
             .bind(c.jwt_enabled)
             .bind(c.sealed_secret)
             .bind(c.secret_hash)
+            .bind(c.user_role)
             .execute(&mut **tx)
             .await?;
         Ok(inserted.rows_affected())
@@ -883,27 +903,68 @@ impl Store {
         rows.into_iter().map(User::try_from).collect()
     }
 
-    /// Reads a user under a write lock, lets `f` change it, and writes role and preference.
-    pub async fn update_user<E, F>(&self, id: &str, now: DateTime<Utc>, f: F) -> Result<User, E>
+    /// Reads a user under a write lock, lets `f` change it, and writes role, preference and
+    /// status. In the same transaction the user's tokens take its new role and status (the
+    /// copy verification reads), and a user deleted has its tokens revoked. Returns the user
+    /// and how many tokens were revoked.
+    pub async fn update_user<E, F>(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        f: F,
+    ) -> Result<(User, u64), E>
     where
         E: From<StoreError>,
         F: FnOnce(User) -> Result<User, E>,
     {
         let select = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
         let update = format!(
-            "UPDATE users SET role = $2, notify_expiry = $3, updated_at = $4 WHERE id = $1 RETURNING {USER_COLS}"
+            "UPDATE users SET role = $2, notify_expiry = $3, status = $4, deleted_at = $5, \
+             updated_at = $6 WHERE id = $1 RETURNING {USER_COLS}"
         );
         with_pool!(self, p => {
             let mut tx = p.begin_write().await.map_err(StoreError::from)?;
+            // The user's tokens before the user: the usage writer locks tokens first, and a
+            // creation for this user holds the user until it commits.
+            sqlx::query(sql(format!(
+                "SELECT id FROM tokens WHERE user_id = $1 ORDER BY id{}", p.for_update())))
+                .bind(id).fetch_all(&mut *tx).await.map_err(StoreError::from)?;
             let row = sqlx::query_as::<_, UserRow>(sql(format!("{select}{}", p.for_update())))
                 .bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?
                 .ok_or(StoreError::NotFound)?;
-            let next = f(User::try_from(row)?)?;
+            let before = User::try_from(row)?;
+            let next = f(before.clone())?;
+            let deleted_at = match next.status {
+                UserStatus::Deleted => before.deleted_at.or(Some(now)),
+                _ => None,
+            };
             let row = sqlx::query_as::<_, UserRow>(sql(update))
-                .bind(id).bind(next.role.as_str()).bind(next.notify_expiry).bind(now)
+                .bind(id).bind(next.role.as_str()).bind(next.notify_expiry)
+                .bind(next.status.as_str()).bind(deleted_at).bind(now)
                 .fetch_one(&mut *tx).await.map_err(StoreError::from)?;
+            let mut revoked = 0;
+            if next.status == UserStatus::Deleted && before.status != UserStatus::Deleted {
+                revoked = sqlx::query(
+                    "UPDATE tokens SET status = 'revoked', revoked_at = $2, updated_at = $2 \
+                     WHERE user_id = $1 AND status <> 'revoked'")
+                    .bind(id).bind(now).execute(&mut *tx).await.map_err(StoreError::from)?
+                    .rows_affected();
+            }
+            let mut change = 0;
+            if next.role != before.role || next.status != before.status {
+                let n = sqlx::query(
+                    "UPDATE tokens SET user_role = $2, user_active = $3, updated_at = $4 \
+                     WHERE user_id = $1")
+                    .bind(id).bind(next.role.as_str()).bind(next.status == UserStatus::Active)
+                    .bind(now).execute(&mut *tx).await.map_err(StoreError::from)?
+                    .rows_affected();
+                if n > 0 {
+                    change = p.note_change(&mut tx).await.map_err(StoreError::from)?;
+                }
+            }
             tx.commit().await.map_err(StoreError::from)?;
-            Ok(User::try_from(row)?)
+            self.observe_change(change);
+            Ok((User::try_from(row)?, revoked))
         })
     }
 
@@ -959,6 +1020,28 @@ impl Store {
             let active = live - lapsed;
             if active + tokens.len() as i64 > max {
                 return Err(StoreError::TokenLimit { max, active });
+            }
+            // The user the tokens are for, held until the commit: a change to the user (which
+            // rewrites its tokens' copy of its role and status) waits for these tokens, or
+            // these wait for it and are refused if it changed since the issue read it.
+            if let Some(first) = tokens.first() {
+                if tokens.iter().any(|t| t.user_id != first.user_id || t.user_role != first.user_role) {
+                    return Err(StoreError::Other("one creation issues for one user".into()));
+                }
+                if let Some(u) = &first.user_id {
+                    let (role, status): (String, String) = sqlx::query_as(sql(format!(
+                        "SELECT role, status FROM users WHERE id = $1 AND account_id = $2{}",
+                        p.for_share())))
+                        .bind(u).bind(account_id).fetch_optional(&mut *tx).await?
+                        .ok_or(StoreError::NotFound)?;
+                    if status != "active" {
+                        return Err(StoreError::Refused(format!("user_id: the user is {status}")));
+                    }
+                    if first.user_role.map(|r| r.as_str()) != Some(role.as_str()) {
+                        return Err(StoreError::Refused(
+                            "user_id: the user's role changed during the issue; try again".into()));
+                    }
+                }
             }
             let inserted = p.insert_tokens(&mut tx, inserts).await?;
             if inserted != tokens.len() as u64 {
@@ -1034,8 +1117,10 @@ impl Store {
             w.push(format!("role = {}", next(Arg::Str(r.as_str().into()))));
         }
         if let Some(by) = &f.issued_by {
-            let a = next(Arg::Str(by.clone()));
-            w.push(format!("(issued_by = {a} OR user_id = {a})"));
+            w.push(format!("issued_by = {}", next(Arg::Str(by.clone()))));
+        }
+        if let Some(u) = &f.user_id {
+            w.push(format!("user_id = {}", next(Arg::Str(u.clone()))));
         }
         if let Some(until) = f.expiring_before {
             let n = next(Arg::Time(now));

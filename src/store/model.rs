@@ -33,7 +33,10 @@ pub struct NewToken {
     pub account_id: String,
     /// The user it is issued for.
     pub user_id: Option<String>,
-    /// Who issues it.
+    /// That user's role as the issue read it; the creation refuses the issue if the user's
+    /// role or status changed before its transaction locked the user.
+    pub user_role: Option<Role>,
+    /// The credential that issues it.
     pub issued_by: String,
     /// Issuing policy and its period.
     pub policy: Option<(String, String)>,
@@ -77,6 +80,8 @@ impl NewToken {
             name: self.name.clone(),
             description: self.description.clone(),
             role: self.role,
+            user_role: self.user_role,
+            user_active: true,
             scopes: self.scopes.clone(),
             allowed_ips: self.allowed_ips.clone(),
             usage_limit: self.usage_limit,
@@ -125,8 +130,10 @@ pub struct TokenFilter {
     pub status: Option<TokenStatus>,
     /// Only this role.
     pub role: Option<Role>,
-    /// Only those issued by this issuer string or user id.
+    /// Only those issued by this credential (`issued_by`).
     pub issued_by: Option<String>,
+    /// Only those issued for this user.
+    pub user_id: Option<String>,
     /// Only those expiring (and not yet expired) before this instant.
     pub expiring_before: Option<DateTime<Utc>>,
     /// Name or description containing this (case-insensitive).

@@ -1,7 +1,7 @@
 //! Raw rows as both backends return them, and their conversion into typed records.
 
 use super::StoreError;
-use crate::domain::model::{Account, DayCounts, Token, User};
+use crate::domain::model::{Account, DayCounts, Token, User, STAT_COUNTERS};
 use crate::domain::period::Month;
 use crate::domain::plan::StatRow;
 use crate::domain::state::{Hash, PreviousSecret, Rules, TokenState};
@@ -13,7 +13,7 @@ pub(super) const ACCOUNT_COLS: &str = "id, name, status, max_tokens, monthly_quo
      quota_period, created_at, updated_at";
 
 pub(super) const USER_COLS: &str =
-    "id, account_id, email, role, notify_expiry, created_at, updated_at";
+    "id, account_id, email, role, notify_expiry, status, created_at, updated_at, deleted_at";
 
 pub(super) const TOKEN_COLS: &str = "id, account_id, user_id, issued_by, policy_name, \
      policy_period, name, description, role, scopes, allowed_ips, usage_limit, remaining, \
@@ -21,7 +21,8 @@ pub(super) const TOKEN_COLS: &str = "id, account_id, user_id, issued_by, policy_
      prev_secret_hash, prev_secret_valid_until, calls_month, calls_month_period, calls_total, \
      last_used_at, last_used_ip, created_at, updated_at, revoked_at, stats_day, day_valid, \
      day_cost, day_revoked, day_expired, day_account_inactive, day_ip_not_allowed, \
-     day_scope_denied, day_account_quota_exceeded, day_usage_exceeded, day_bad_jwt";
+     day_scope_denied, day_account_quota_exceeded, day_usage_exceeded, day_bad_jwt, \
+     day_user_inactive, user_role, user_active";
 
 /// The columns of a token's state (`StateRow`): what verification reads and changes.
 pub(crate) const STATE_COLS: &str = "id, account_id, role, scopes, allowed_ips, remaining, \
@@ -29,7 +30,7 @@ pub(crate) const STATE_COLS: &str = "id, account_id, role, scopes, allowed_ips, 
      prev_secret_valid_until, calls_month, calls_month_period, calls_total, last_used_at, \
      last_used_ip, stats_day, day_valid, day_cost, day_revoked, day_expired, \
      day_account_inactive, day_ip_not_allowed, day_scope_denied, day_account_quota_exceeded, \
-     day_usage_exceeded, day_bad_jwt";
+     day_usage_exceeded, day_bad_jwt, day_user_inactive, user_role, user_active";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Other(format!("stored {what} is unreadable: {e}"))
@@ -116,8 +117,10 @@ pub(super) struct UserRow {
     email: String,
     role: String,
     notify_expiry: bool,
+    status: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<UserRow> for User {
@@ -125,6 +128,8 @@ impl TryFrom<UserRow> for User {
     fn try_from(r: UserRow) -> Result<Self, StoreError> {
         Ok(User {
             role: r.role.parse().map_err(|e| corrupt("user role", e))?,
+            status: r.status.parse().map_err(|e| corrupt("user status", e))?,
+            deleted_at: r.deleted_at,
             id: r.id,
             account_id: r.account_id,
             email: r.email,
@@ -164,6 +169,8 @@ impl TryFrom<TokenRow> for Token {
         let s = r.state;
         Ok(Token {
             role: s.role.parse().map_err(|e| corrupt("token role", e))?,
+            user_role: user_role(s.user_role.as_deref())?,
+            user_active: s.user_active,
             status: s.status.parse().map_err(|e| corrupt("token status", e))?,
             scopes: parse_scopes(&s.scopes)?,
             allowed_ips: parse_allowed_ips(&s.allowed_ips)?,
@@ -231,11 +238,14 @@ pub(crate) struct StateRow {
     pub day_account_quota_exceeded: i64,
     pub day_usage_exceeded: i64,
     pub day_bad_jwt: i64,
+    pub day_user_inactive: i64,
+    pub user_role: Option<String>,
+    pub user_active: bool,
 }
 
 impl StateRow {
     /// The `day_*` counters, in `plan::STAT_COLUMNS` order.
-    fn day_counts(&self) -> [i64; 10] {
+    fn day_counts(&self) -> [i64; STAT_COUNTERS] {
         [
             self.day_valid,
             self.day_cost,
@@ -247,6 +257,7 @@ impl StateRow {
             self.day_account_quota_exceeded,
             self.day_usage_exceeded,
             self.day_bad_jwt,
+            self.day_user_inactive,
         ]
     }
 }
@@ -258,6 +269,12 @@ fn stats_day(d: Option<&str>) -> Result<Option<chrono::NaiveDate>, StoreError> {
             .map_err(|e| corrupt("token stats_day", format!("{d:?}: {e}")))
     })
     .transpose()
+}
+
+/// A token's `user_role`: its user's current role, `None` for a token issued for no user.
+fn user_role(r: Option<&str>) -> Result<Option<crate::domain::role::Role>, StoreError> {
+    r.map(|r| r.parse().map_err(|e| corrupt("token user_role", e)))
+        .transpose()
 }
 
 fn hash(what: &str, h: &[u8]) -> Result<Hash, StoreError> {
@@ -274,8 +291,8 @@ impl TryFrom<StateRow> for TokenState {
     fn try_from(r: StateRow) -> Result<Self, StoreError> {
         let counts = r.day_counts();
         let day = stats_day(r.stats_day.as_deref())?;
-        let today =
-            (day.is_some() || counts != [0; 10]).then(|| Box::new(DayCounts { day, counts }));
+        let today = (day.is_some() || counts != [0; STAT_COUNTERS])
+            .then(|| Box::new(DayCounts { day, counts }));
         let previous = match (r.prev_secret_hash, r.prev_secret_valid_until) {
             (Some(h), Some(valid_until)) => Some(Box::new(PreviousSecret {
                 hash: hash("token prev_secret_hash", &h)?,
@@ -303,6 +320,8 @@ impl TryFrom<StateRow> for TokenState {
             calls_month_period: month("token calls_month_period", r.calls_month_period.as_deref())?,
             refill_period: month("token refill_period", r.refill_period.as_deref())?,
             role: r.role.parse().map_err(|e| corrupt("token role", e))?,
+            user_role: user_role(r.user_role.as_deref())?,
+            user_active: r.user_active,
             status: r.status.parse().map_err(|e| corrupt("token status", e))?,
         })
     }
@@ -356,6 +375,7 @@ pub(super) struct StatRecord {
     account_quota_exceeded: i64,
     usage_exceeded: i64,
     bad_jwt: i64,
+    user_inactive: i64,
 }
 
 impl From<StatRecord> for StatRow {
@@ -374,6 +394,7 @@ impl From<StatRecord> for StatRow {
             account_quota_exceeded: r.account_quota_exceeded,
             usage_exceeded: r.usage_exceeded,
             bad_jwt: r.bad_jwt,
+            user_inactive: r.user_inactive,
         }
     }
 }

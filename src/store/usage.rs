@@ -123,8 +123,8 @@ fn pg_write(guard: Option<bool>) -> String {
     let (t_guard_arg, a_guard_arg, guard_col, t_guard, a_guard) = match guard {
         None => ("", "", "", "", ""),
         Some(_) => (
-            ", $47::text[]",
-            ", $48::text[]",
+            ", $49::text[]",
+            ", $50::text[]",
             ", xmin",
             " AND tokens.xmin = v.xmin::xid",
             " AND accounts.xmin = v.xmin::xid",
@@ -134,13 +134,13 @@ fn pg_write(guard: Option<bool>) -> String {
         None => " SELECT 1".to_string(),
         // One row: the check (1, or the error), the version every written row now has (all
         // were written by this statement's transaction), and the commit setting. The check
-        // also covers the accounts the batch decided on without writing them ($49, $50: ids
+        // also covers the accounts the batch decided on without writing them ($51, $52: ids
         // and versions), as a refusal can come from an account's state.
         Some(flush) => format!(
             " SELECT (1 / ((SELECT count(*) FROM t) = cardinality($1::text[]) \
              AND (SELECT count(*) FROM a) = cardinality($10::text[]) \
-             AND (SELECT count(*) FROM accounts JOIN unnest($49::text[], $50::text[]) AS k(id, xmin) \
-                  ON accounts.id = k.id AND accounts.xmin = k.xmin::xid) = cardinality($49::text[]) \
+             AND (SELECT count(*) FROM accounts JOIN unnest($51::text[], $52::text[]) AS k(id, xmin) \
+                  ON accounts.id = k.id AND accounts.xmin = k.xmin::xid) = cardinality($51::text[]) \
              )::int)::int8 AS ok, \
              COALESCE((SELECT min(x) FROM t), (SELECT min(x) FROM a)) AS version, \
              {} AS sync",
@@ -157,15 +157,17 @@ fn pg_write(guard: Option<bool>) -> String {
        day_account_inactive = v.day_account_inactive, day_ip_not_allowed = v.day_ip_not_allowed, \
        day_scope_denied = v.day_scope_denied, \
        day_account_quota_exceeded = v.day_account_quota_exceeded, \
-       day_usage_exceeded = v.day_usage_exceeded, day_bad_jwt = v.day_bad_jwt \
+       day_usage_exceeded = v.day_usage_exceeded, day_bad_jwt = v.day_bad_jwt, \
+       day_user_inactive = v.day_user_inactive \
        FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], \
                    $7::timestamptz[], $8::text[], $9::text[], $36::text[], $37::int8[], $38::int8[], \
                    $39::int8[], $40::int8[], $41::int8[], $42::int8[], $43::int8[], $44::int8[], \
-                   $45::int8[], $46::int8[]{t_guard_arg}) \
+                   $45::int8[], $46::int8[], $47::int8[]{t_guard_arg}) \
             AS v(id, status, remaining, calls_month, calls_month_period, calls_total, last_used_at, \
                  last_used_ip, refill_period, stats_day, day_valid, day_cost, day_revoked, \
                  day_expired, day_account_inactive, day_ip_not_allowed, day_scope_denied, \
-                 day_account_quota_exceeded, day_usage_exceeded, day_bad_jwt{guard_col}) \
+                 day_account_quota_exceeded, day_usage_exceeded, day_bad_jwt, \
+                 day_user_inactive{guard_col}) \
        WHERE tokens.id = v.id{t_guard} RETURNING tokens.xmin::text AS x), \
  a AS (UPDATE accounts SET quota_used = v.quota_used, quota_period = v.quota_period \
        FROM unnest($10::text[], $11::int8[], $12::text[]{a_guard_arg}) \
@@ -176,10 +178,11 @@ fn pg_write(guard: Option<bool>) -> String {
  aa AS (INSERT INTO account_monthly_usage (account_id, period, calls) \
         SELECT * FROM unnest($16::text[], $17::text[], $18::int8[]) ON CONFLICT DO NOTHING RETURNING 1), \
  s AS (INSERT INTO token_stats_daily (token_id, day, account_id, valid, cost, revoked, expired, \
-       account_inactive, ip_not_allowed, scope_denied, account_quota_exceeded, usage_exceeded, bad_jwt) \
+       account_inactive, ip_not_allowed, scope_denied, account_quota_exceeded, usage_exceeded, bad_jwt, \
+       user_inactive) \
        SELECT * FROM unnest($19::text[], $20::text[], $21::text[], $22::int8[], $23::int8[], \
             $24::int8[], $25::int8[], $26::int8[], $27::int8[], $28::int8[], $29::int8[], \
-            $30::int8[], $31::int8[]) \
+            $30::int8[], $31::int8[], $48::int8[]) \
        ON CONFLICT (token_id, day) DO UPDATE SET \
        valid = token_stats_daily.valid + excluded.valid, cost = token_stats_daily.cost + excluded.cost, \
        revoked = token_stats_daily.revoked + excluded.revoked, \
@@ -189,7 +192,8 @@ fn pg_write(guard: Option<bool>) -> String {
        scope_denied = token_stats_daily.scope_denied + excluded.scope_denied, \
        account_quota_exceeded = token_stats_daily.account_quota_exceeded + excluded.account_quota_exceeded, \
        usage_exceeded = token_stats_daily.usage_exceeded + excluded.usage_exceeded, \
-       bad_jwt = token_stats_daily.bad_jwt + excluded.bad_jwt RETURNING 1), \
+       bad_jwt = token_stats_daily.bad_jwt + excluded.bad_jwt, \
+       user_inactive = token_stats_daily.user_inactive + excluded.user_inactive RETURNING 1), \
  j AS (INSERT INTO jwt_uses (token_id, jwt_id, uses, expires_at) \
        SELECT * FROM unnest($32::text[], $33::text[], $34::int8[], $35::timestamptz[]) \
        ON CONFLICT (token_id, jwt_id) DO UPDATE SET uses = excluded.uses, \
@@ -364,7 +368,8 @@ fn bind_plan(
                 .collect::<Vec<_>>(),
         );
     }
-    q
+    // $48: the statistics' last column, added after the others were numbered.
+    q.bind(col(&|s| s.user_inactive))
 }
 
 impl Store {

@@ -9,7 +9,7 @@
 
 use super::rows::{StateRow, ACCOUNT_COLS, STATE_COLS};
 use super::{Result, StoreError};
-use crate::domain::model::Account;
+use crate::domain::model::{Account, STAT_COUNTERS};
 use crate::domain::plan::{
     batch_jwt_keys, batch_token_ids, fold_plan, BatchState, Consume, Denial, Plan, STAT_COLUMNS,
 };
@@ -104,6 +104,9 @@ fn state_of(row: &Row) -> rusqlite::Result<std::result::Result<TokenState, Store
         day_account_quota_exceeded: row.get(26)?,
         day_usage_exceeded: row.get(27)?,
         day_bad_jwt: row.get(28)?,
+        day_user_inactive: row.get(29)?,
+        user_role: row.get(30)?,
+        user_active: row.get(31)?,
     };
     Ok(TokenState::try_from(r))
 }
@@ -131,7 +134,8 @@ fn account_of(row: &Row) -> rusqlite::Result<std::result::Result<Account, StoreE
 const STATS_UPSERT: &str =
     "INSERT INTO token_stats_daily (token_id, day, account_id, valid, cost, \
      revoked, expired, account_inactive, ip_not_allowed, scope_denied, account_quota_exceeded, \
-     usage_exceeded, bad_jwt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+     usage_exceeded, bad_jwt, user_inactive) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
      ON CONFLICT (token_id, day) DO UPDATE SET \
      valid = valid + excluded.valid, cost = cost + excluded.cost, \
      revoked = revoked + excluded.revoked, expired = expired + excluded.expired, \
@@ -140,9 +144,10 @@ const STATS_UPSERT: &str =
      scope_denied = scope_denied + excluded.scope_denied, \
      account_quota_exceeded = account_quota_exceeded + excluded.account_quota_exceeded, \
      usage_exceeded = usage_exceeded + excluded.usage_exceeded, \
-     bad_jwt = bad_jwt + excluded.bad_jwt";
+     bad_jwt = bad_jwt + excluded.bad_jwt, \
+     user_inactive = user_inactive + excluded.user_inactive";
 
-/// The token columns a batch writes, from `?2` on (`?1` is the id), before the ten `day_*`
+/// The token columns a batch writes, from `?2` on (`?1` is the id), before the `day_*`
 /// statistics counters.
 const TOKEN_WRITE_COLS: [&str; 8] = [
     "remaining",
@@ -179,10 +184,10 @@ static TOKEN_WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| to
 static TOKEN_WRITE_WITH_STATUS: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| token_write(true));
 
-/// `head` followed by the ten statistics counters, as one statement's parameters.
+/// `head` followed by the statistics counters, as one statement's parameters.
 fn with_counts<const N: usize>(
     head: [Value; N],
-    counts: &[i64; 10],
+    counts: &[i64; STAT_COUNTERS],
 ) -> impl Iterator<Item = Value> + '_ {
     head.into_iter()
         .chain(counts.iter().map(|&n| Value::Integer(n)))
@@ -399,7 +404,7 @@ impl UsageConn {
                         .map(|d| d.to_string())
                         .into(),
                 ];
-                let counts = t.today.as_ref().map_or([0; 10], |d| d.counts);
+                let counts = t.today.as_ref().map_or([0; STAT_COUNTERS], |d| d.counts);
                 let values = with_counts(head, &counts);
                 if statuses.get(t.id.as_str()) == Some(&t.status) {
                     write.execute(params_from_iter(values))?;

@@ -1,6 +1,6 @@
 //! Short-lived JWTs (HS256) signed with a JWT-enabled token: the token itself is the HMAC key,
 //! and the claims are the seeds' `Id`, `RequestCount`, `ValidUntil`, `UserIp` and `ApiKey` (the
-//! signing token's public id).
+//! signing token's public id), and the signer's `Role`.
 
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -22,6 +22,11 @@ pub struct Claims {
     pub user_ip: String,
     /// The signing token's public id.
     pub api_key: String,
+    /// The role the signing token acted with when it signed (its own, capped by its user's).
+    /// Informative only: whoever holds the token can sign any claims, so verification reports
+    /// the signing token's role at the moment of the call, never this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::domain::role::Role>,
 }
 
 /// Why a JWT was refused before any token check.
@@ -120,6 +125,7 @@ mod tests {
             valid_until: now().timestamp() + 60,
             user_ip: String::new(),
             api_key: "AbCdEf12".into(),
+            role: None,
         }
     }
 

@@ -29,6 +29,20 @@ async fn pg_for(b: Backend) -> (Option<PgDb>, Option<String>) {
     }
 }
 
+/// Runs the binary in `dir` on the store `data` there (or on PostgreSQL at `pg_url`).
+fn store_commands(dir: &Path, pg_url: Option<String>) -> impl Fn(&[&str]) -> Output {
+    let data = dir.join("data");
+    let cwd = dir.to_path_buf();
+    move |args: &[&str]| {
+        let mut c = tw(&cwd);
+        c.arg("--data-dir").arg(&data).args(args);
+        if let Some(u) = &pg_url {
+            c.env("TOKENWARDEN_DATABASE__URL", u);
+        }
+        c.output().unwrap()
+    }
+}
+
 fn json_out(o: &Output) -> Value {
     assert!(
         o.status.success(),
@@ -100,7 +114,8 @@ async fn serve_with_nothing_given_runs_on_8470_from_data() {
 both_backends!(
     second_daemon_on_one_store_writes_no_operator_file,
     store_subcommands_work_without_the_daemon,
-    jobs_run_monthly_tokens_issues_a_newly_configured_policys_token
+    jobs_run_monthly_tokens_issues_a_newly_configured_policys_token,
+    user_commands_switch_users_off_and_on_and_delete_them,
 );
 
 async fn second_daemon_on_one_store_writes_no_operator_file(b: Backend) {
@@ -141,18 +156,7 @@ async fn second_daemon_on_one_store_writes_no_operator_file(b: Backend) {
 async fn store_subcommands_work_without_the_daemon(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (_pg, pg_url) = pg_for(b).await;
-    let run = {
-        let data = dir.path().join("data");
-        let cwd = dir.path().to_path_buf();
-        move |args: &[&str]| {
-            let mut c = tw(&cwd);
-            c.arg("--data-dir").arg(&data).args(args);
-            if let Some(u) = &pg_url {
-                c.env("TOKENWARDEN_DATABASE__URL", u);
-            }
-            c.output().unwrap()
-        }
-    };
+    let run = store_commands(dir.path(), pg_url);
     assert!(run(&["migrate"]).status.success());
     let v = json_out(&run(&["account", "create", "acme", "--max-tokens", "5"]));
     assert!(v["secret"].as_str().unwrap().starts_with("tw_sk_"));
@@ -267,6 +271,110 @@ async fn store_subcommands_work_without_the_daemon(b: Backend) {
     assert!(run(&["operator", "reset"]).status.success());
     let after = std::fs::read_to_string(dir.path().join("data/operator.token")).unwrap();
     assert_ne!(Some(after), before);
+}
+
+/// `user create|deactivate|activate|delete` change the store as the API does: a token of a
+/// deactivated user is refused, its tokens are revoked on deletion, and tokens the CLI issues
+/// record `cli` as their issuer.
+async fn user_commands_switch_users_off_and_on_and_delete_them(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_pg, pg_url) = pg_for(b).await;
+    let run = store_commands(dir.path(), pg_url);
+    json_out(&run(&["account", "create", "acme"]));
+    let v = json_out(&run(&[
+        "user",
+        "create",
+        "acme",
+        "--email",
+        "ann@acme.example",
+        "--role",
+        "engineer",
+    ]));
+    assert_eq!(v["user"]["status"], "active", "{v}");
+    let ann = v["user"]["id"].as_str().unwrap().to_string();
+    let v = json_out(&run(&[
+        "token",
+        "create",
+        "--account",
+        "acme",
+        "--name",
+        "ci",
+        "--user",
+        &ann,
+    ]));
+    let id = v["tokens"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(v["tokens"][0]["issued_by"], "cli", "{v}");
+    assert_eq!(v["tokens"][0]["user_id"], ann.as_str());
+
+    let v = json_out(&run(&["user", "deactivate", &ann]));
+    assert_eq!(v["user"]["status"], "inactive", "{v}");
+    let v = json_out(&run(&["token", "show", &id]));
+    assert_eq!(v["token"]["user_active"], false, "{v}");
+    // No token for an inactive user: exit 4 (conflict), nothing created.
+    let o = run(&[
+        "token",
+        "create",
+        "--account",
+        "acme",
+        "--name",
+        "more",
+        "--user",
+        &ann,
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("inactive"),
+        "{o:?}"
+    );
+    let v = json_out(&run(&[
+        "token",
+        "list",
+        "--account",
+        "acme",
+        "--user",
+        &ann,
+    ]));
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 1, "{v}");
+    let v = json_out(&run(&[
+        "token",
+        "list",
+        "--account",
+        "acme",
+        "--issued-by",
+        "cli",
+    ]));
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 1, "{v}");
+
+    let v = json_out(&run(&["user", "activate", &ann]));
+    assert_eq!(v["user"]["status"], "active");
+    let v = json_out(&run(&["token", "show", &id]));
+    assert_eq!(v["token"]["user_active"], true, "{v}");
+
+    let v = json_out(&run(&["user", "delete", &ann]));
+    assert_eq!(v["user"]["status"], "deleted", "{v}");
+    assert_eq!(v["tokens_revoked"], 1);
+    let v = json_out(&run(&["token", "show", &id]));
+    assert_eq!(v["token"]["status"], "revoked", "{v}");
+    let v = json_out(&run(&["account", "show", "acme"]));
+    assert_eq!(
+        v["users"][0]["status"], "deleted",
+        "listed for the record: {v}"
+    );
+    // Final; an unknown user is "not found" (exit 3); errors print once.
+    let o = run(&["user", "activate", &ann]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("deleted").count(), 1, "{err}");
+    assert_eq!(
+        run(&["user", "deactivate", "nosuchuser"]).status.code(),
+        Some(3)
+    );
+    let o = run(&["user", "create", "acme", "--email", "not-an-email"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("email"),
+        "{o:?}"
+    );
 }
 
 /// A reset whose new file cannot be written is refused before the store takes the new
@@ -774,8 +882,9 @@ fn only_serve_and_migrate_upgrade_a_store_and_a_set_up_store_keeps_its_master_ke
     );
 }
 
-/// A store an older version set up (every migration but the last, applied for real, holding
-/// an account) is upgraded by `migrate` and keeps its data; until then commands refuse it.
+/// A store an older version set up (the migrations before users could be switched off and
+/// issuers were recorded, applied for real, holding an account, a user and tokens) is upgraded
+/// by `migrate` and keeps its data; until then commands refuse it.
 #[test]
 fn migrate_upgrades_a_store_an_older_version_set_up_and_keeps_its_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -789,7 +898,10 @@ fn migrate_upgrades_a_store_an_older_version_set_up_and_keeps_its_data() {
             .collect();
     files.sort();
     let all = files.len();
-    for f in &files[..all - 1] {
+    for f in files
+        .iter()
+        .filter(|f| f.file_name().unwrap().to_str().unwrap() < "0006")
+    {
         std::fs::copy(f, older.path().join(f.file_name().unwrap())).unwrap();
     }
     let db = data.join("tokenwarden.db");
@@ -812,6 +924,32 @@ fn migrate_upgrades_a_store_an_older_version_set_up_and_keeps_its_data() {
         .execute(&pool)
         .await
         .unwrap();
+        // A user and two tokens as the older version wrote them: one issued for the user
+        // (whose issuer it did not record), one by the account secret.
+        sqlx::query(
+            "INSERT INTO users (id, account_id, email, role, notify_expiry, created_at, updated_at) \
+             VALUES ('usr_old', 'acc_old', 'ann@old.example', 'engineer', 1, \
+             '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        for (id, user, by) in [
+            ("Old00001", Some("usr_old"), "user:usr_old"),
+            ("Old00002", None, "account"),
+        ] {
+            sqlx::query(
+                "INSERT INTO tokens (id, account_id, user_id, issued_by, name, role, status, \
+                 secret_hash, created_at, updated_at) VALUES ($1, 'acc_old', $2, $3, 'old', \
+                 'user', 'active', x'00', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
+            )
+            .bind(id)
+            .bind(user)
+            .bind(by)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
         pool.close().await;
     });
     let run = |args: &[&str]| tw(dir.path()).args(args).output().unwrap();
@@ -834,6 +972,26 @@ fn migrate_upgrades_a_store_an_older_version_set_up_and_keeps_its_data() {
     drop(conn);
     let listed = json_out(&run(&["account", "list"])).to_string();
     assert!(listed.contains("oldco"), "{listed}");
+    // The issuer the older version did not record is `unknown`, and the store says how many;
+    // the user's token carries the user's role and status.
+    let v = json_out(&run(&["token", "show", "Old00001"]));
+    assert_eq!(v["token"]["issued_by"], "unknown", "{v}");
+    assert_eq!(v["token"]["user_id"], "usr_old");
+    assert_eq!(v["token"]["effective_role"], "user");
+    assert_eq!(v["token"]["user_active"], true);
+    let v = json_out(&run(&["token", "show", "Old00002"]));
+    assert_eq!(v["token"]["issued_by"], "account", "{v}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (unknown, role): (String, String) = conn
+        .query_row(
+            "SELECT (SELECT value FROM settings WHERE key = 'issuer_unknown_tokens'), \
+             (SELECT user_role FROM tokens WHERE id = 'Old00001')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((unknown.as_str(), role.as_str()), ("1", "engineer"));
+    drop(conn);
     // And it works as a store of this version: a token on the old account.
     let v = json_out(&run(&[
         "token",

@@ -79,6 +79,7 @@ postgres_only!(
     two_daemons_on_one_store_never_overspend,
     revocation_and_regeneration_on_another_daemon_apply_at_once,
     an_account_shared_by_two_daemons_keeps_its_quota_and_its_changes_apply_at_once,
+    a_user_changed_on_one_daemon_is_decided_on_as_it_now_is_by_the_other,
 );
 
 /// A second daemon on one SQLite file stops at start, naming the reason, and the first keeps
@@ -581,4 +582,82 @@ async fn the_cli_and_a_running_sqlite_daemon_see_each_others_changes() {
         cli(&["token", "show", &other_id])["token"]["calls_total"],
         2
     );
+}
+
+/// A user deactivated, reactivated, demoted or deleted through daemon a is decided on as it now
+/// is by daemon b at the very next call, though b holds the user's token in its copies.
+async fn a_user_changed_on_one_daemon_is_decided_on_as_it_now_is_by_the_other(b: Backend) {
+    let d = TwoDaemons::start(b).await;
+    let (bases, op) = (d.bases.clone(), d.operator.clone());
+    let client = reqwest::Client::new();
+    let send = |method: reqwest::Method, url: String, cred: Option<String>, body: Value| {
+        send(&client, method, url, cred, body)
+    };
+    let acc = send(
+        reqwest::Method::POST,
+        format!("{}/v1/accounts", bases[0]),
+        Some(op.clone()),
+        json!({"name": "acme"}),
+    )
+    .await;
+    let (account, secret) = (
+        acc["account"]["id"].as_str().unwrap().to_string(),
+        acc["secret"].as_str().unwrap().to_string(),
+    );
+    let user = send(
+        reqwest::Method::POST,
+        format!("{}/v1/accounts/{account}/users", bases[0]),
+        Some(secret.clone()),
+        json!({"email": "ann@acme.example", "role": "admin"}),
+    )
+    .await;
+    let ann = user["user"]["id"].as_str().unwrap().to_string();
+    let tok = send(
+        reqwest::Method::POST,
+        format!("{}/v1/tokens", bases[0]),
+        Some(secret.clone()),
+        json!({"name": "ann", "role": "admin", "user_id": ann}),
+    )
+    .await;
+    let t = tok["tokens"][0]["token"].as_str().unwrap().to_string();
+    let on_b = || {
+        send(
+            reqwest::Method::POST,
+            format!("{}/v1/verify", bases[1]),
+            None,
+            json!({"token": t}),
+        )
+    };
+    let change = |body: Value| {
+        send(
+            reqwest::Method::PATCH,
+            format!("{}/v1/users/{ann}", bases[0]),
+            Some(secret.clone()),
+            body,
+        )
+    };
+    // b holds the token in its copies.
+    assert_eq!(on_b().await["result"], "VALID");
+    assert_eq!(on_b().await["role"], "admin");
+    change(json!({"status": "inactive"})).await;
+    let v = on_b().await;
+    assert_eq!(
+        (v["result"].as_str(), v["code"].as_u64()),
+        (Some("USER_INACTIVE"), Some(4017)),
+        "{v}"
+    );
+    // A refusal is decided on the current rows too: reactivation restores it at once.
+    change(json!({"status": "active"})).await;
+    assert_eq!(on_b().await["result"], "VALID");
+    change(json!({"role": "user"})).await;
+    assert_eq!(on_b().await["role"], "user");
+    let deleted = send(
+        reqwest::Method::DELETE,
+        format!("{}/v1/users/{ann}", bases[0]),
+        Some(secret.clone()),
+        json!({}),
+    )
+    .await;
+    assert_eq!(deleted["tokens_revoked"], 1, "{deleted}");
+    assert_eq!(on_b().await["result"], "REVOKED");
 }

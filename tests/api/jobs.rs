@@ -72,6 +72,7 @@ both_backends!(
     month_boundary_issues_resets_and_refills,
     expiry_at_utc_midnight_with_notice,
     seven_and_one_day_warnings_go_to_issuer_and_admins_once,
+    inactive_users_get_no_expiry_mail_and_their_tokens_none_while_inactive,
     a_token_that_never_had_seven_days_gets_only_the_one_day_warning,
     downtime_across_the_seven_day_window_sends_only_the_one_day_warning,
     a_daemon_down_across_the_month_boundary_catches_up_once_at_start,
@@ -425,6 +426,89 @@ async fn seven_and_one_day_warnings_go_to_issuer_and_admins_once(b: Backend) {
     env.clock.set(at(2026, 12, 24, 12, 0));
     app.tick().await;
     assert!(warnings_of(&app, &gone).await.is_empty());
+}
+
+/// An inactive user hears nothing, and nothing is sent about its tokens while it is inactive:
+/// no warning (its tokens are not warned at all, so the one due after reactivation still goes)
+/// and no expired notice.
+async fn inactive_users_get_no_expiry_mail_and_their_tokens_none_while_inactive(b: Backend) {
+    let env = Env::new(b, at(2026, 11, 27, 12, 0)).await;
+    let app = env.start("[notifications]\nexpired_notice = true\n").await;
+    let (account, secret, eng) = acme(&app, None).await;
+    let ops = app.user(&account, "ops@acme.example", "admin").await;
+    let (of_eng, _) = app
+        .token(
+            &secret,
+            json!({"name": "eng-ci", "user_id": eng, "expires_on": "2026-12-20"}),
+        )
+        .await;
+    let (shared, _) = app
+        .token(
+            &secret,
+            json!({"name": "shared", "expires_on": "2026-12-20"}),
+        )
+        .await;
+    let status = |id: String, s: &'static str| {
+        let app = &app;
+        async move {
+            let (code, v) = app
+                .patch(
+                    &format!("/v1/users/{id}"),
+                    &app.operator.clone(),
+                    json!({"status": s}),
+                )
+                .await;
+            assert_eq!(code, StatusCode::OK, "{v}");
+        }
+    };
+    status(eng.clone(), "inactive").await;
+    status(ops, "inactive").await;
+    env.clock.set(at(2026, 12, 13, 0, 0));
+    app.tick().await;
+    assert!(
+        warnings_of(&app, &of_eng).await.is_empty(),
+        "no warning about an inactive user's token"
+    );
+    assert_eq!(
+        warnings_of(&app, &shared).await,
+        vec![(7, "admin@acme.example".to_string())],
+        "the inactive admin gets none"
+    );
+    // Active again: the warning then due goes to the user and the active admin.
+    status(eng.clone(), "active").await;
+    env.clock.set(at(2026, 12, 19, 0, 0));
+    app.tick().await;
+    assert_eq!(
+        warnings_of(&app, &of_eng).await,
+        vec![
+            (1, "admin@acme.example".to_string()),
+            (1, "eng@acme.example".to_string())
+        ]
+    );
+    // Inactive again at its expiry: it expires, and no notice is sent about it.
+    status(eng, "inactive").await;
+    env.clock.set(at(2026, 12, 20, 0, 0));
+    app.tick().await;
+    let t = app.settled().await.token(&of_eng).await.unwrap().unwrap();
+    assert_eq!(t.status.as_str(), "expired");
+    let notices: Vec<(String, Option<String>)> = app
+        .ctx
+        .store
+        .list_messages(&tokenwarden::store::outbox::MessageFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .filter(|m| m.topic == "expired")
+        .map(|m| (m.target.clone(), m.token_id.clone()))
+        .collect();
+    assert_eq!(
+        notices,
+        vec![("admin@acme.example".to_string(), Some(shared))],
+        "only the shared token's notice"
+    );
 }
 
 async fn a_token_that_never_had_seven_days_gets_only_the_one_day_warning(b: Backend) {

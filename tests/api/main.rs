@@ -15,6 +15,7 @@ mod legacy;
 mod mail;
 mod nginx;
 mod ops;
+mod people;
 mod scale;
 mod service;
 mod tokens;

@@ -56,6 +56,7 @@ async fn openapi_covers_every_route(b: Backend) {
         ("post", "/v1/accounts/{id}/users"),
         ("get", "/v1/accounts/{id}/users"),
         ("patch", "/v1/users/{id}"),
+        ("delete", "/v1/users/{id}"),
         ("post", "/v1/tokens"),
         ("get", "/v1/tokens"),
         ("get", "/v1/tokens/{id}"),

@@ -130,7 +130,8 @@ async fn a_created_token_is_the_token_the_store_reads_back(b: Backend) {
         id: id.into(),
         account_id: account.clone(),
         user_id: Some(user.clone()),
-        issued_by: format!("user:{user}"),
+        user_role: Some(tokenwarden::domain::role::Role::Engineer),
+        issued_by: "token:Zz000001".into(),
         policy,
         name: "ci".into(),
         description: Some("build box".into()),
@@ -477,7 +478,8 @@ async fn role_rules(b: Backend) {
         )
         .await;
     let (_, v) = app.get(&format!("/v1/tokens/{ann_user}"), &secret).await;
-    assert_eq!(v["token"]["issued_by"], format!("user:{ann}"));
+    // Issued by the engineer's token, for the engineer's user.
+    assert_eq!(v["token"]["issued_by"], format!("token:{ann_eng}"));
     assert_eq!(v["token"]["user_id"], ann.as_str());
 
     // Engineers see their own user's tokens; admins and the account secret see all.
@@ -654,10 +656,21 @@ async fn list_filters_and_paging(b: Backend) {
         [c.as_str(), bb.as_str(), a.as_str()]
     );
     assert_eq!(q("role=readonly").await, [c.as_str()]);
-    assert_eq!(q(&format!("issued_by={ann}")).await, [bb.as_str()]);
+    // `bb` was issued by the account secret, for ann: the issuer is the credential, the user
+    // is whom it is for, and each is its own filter.
+    assert_eq!(q(&format!("user_id={ann}")).await, [bb.as_str()]);
+    assert_eq!(
+        q(&format!("issued_by={ann}")).await,
+        Vec::<String>::new(),
+        "a user is not an issuer"
+    );
     assert_eq!(
         q("issued_by=account").await,
-        [d.as_str(), c.as_str(), a.as_str()]
+        [d.as_str(), c.as_str(), bb.as_str(), a.as_str()]
+    );
+    assert_eq!(
+        q(&format!("issued_by=account&user_id={ann}")).await,
+        [bb.as_str()]
     );
     assert_eq!(
         q("q=build").await,

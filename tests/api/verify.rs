@@ -858,7 +858,7 @@ async fn statistics_per_token_and_day_as_csv(b: Backend) {
     assert_eq!(s, 200, "{body}");
     assert_eq!(ct.as_deref(), Some("text/csv; charset=utf-8"));
     let lines: Vec<&str> = body.lines().collect();
-    assert_eq!(lines[0], "day,token_id,account_id,valid,cost,revoked,expired,account_inactive,ip_not_allowed,scope_denied,account_quota_exceeded,usage_exceeded,bad_jwt");
+    assert_eq!(lines[0], "day,token_id,account_id,valid,cost,revoked,expired,account_inactive,ip_not_allowed,scope_denied,account_quota_exceeded,usage_exceeded,bad_jwt,user_inactive");
     let acct = app
         .settled()
         .await
@@ -869,11 +869,11 @@ async fn statistics_per_token_and_day_as_csv(b: Backend) {
         .account_id;
     assert_eq!(
         lines[1],
-        format!("2026-11-30,{id},{acct},2,4,0,0,0,0,1,0,1,0")
+        format!("2026-11-30,{id},{acct},2,4,0,0,0,0,1,0,1,0,0")
     );
     assert_eq!(
         lines[2],
-        format!("2026-12-01,{id},{acct},1,2,0,0,0,0,0,0,0,0")
+        format!("2026-12-01,{id},{acct},1,2,0,0,0,0,0,0,0,0,0")
     );
     assert_eq!(lines.len(), 3);
     // The default range is the current month; last month's rows are kept, not reset.
