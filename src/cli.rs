@@ -1,7 +1,7 @@
 //! The command line. `serve` runs the daemon; every other subcommand works on the store directly,
 //! with operator rights, so an operator can script it without the HTTP port.
 
-use crate::admin::{self, CreateAccount, CreateTokens, ListTokens, Principal, Regenerate};
+use crate::admin::{self, CreateAccount, CreateTokens, ListTokens, Regenerate};
 use crate::api::views::{AccountView, TokenView};
 use crate::app::{self, App};
 use crate::clock::{SharedClock, SystemClock};
@@ -58,6 +58,45 @@ pub enum Command {
     /// Scheduled jobs.
     #[command(subcommand)]
     Jobs(JobsCmd),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Records, newest first, one JSON object a line.
+    List {
+        /// Only about this account (id or name).
+        #[arg(long)]
+        account: Option<String>,
+        /// Only this actor: operator, cli, anonymous, account:<id>, token:<id>, job:<name>, or a
+        /// kind alone.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this target: account:<id>, user:<id>, token:<id>, operator, job:<name>.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only this action (token.revoke, user.update, …).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only ok (changes made) or refused (attempts refused).
+        #[arg(long)]
+        outcome: Option<String>,
+        /// From this instant (RFC 3339) or UTC day on.
+        #[arg(long)]
+        from: Option<String>,
+        /// Before this instant, or up to the end of this UTC day.
+        #[arg(long)]
+        to: Option<String>,
+        /// At most this many records (default 100, at most 500).
+        #[arg(long)]
+        limit: Option<i64>,
+        /// Older than the record with this id.
+        #[arg(long)]
+        before: Option<i64>,
+    },
 }
 
 /// `jobs` subcommands.
@@ -420,7 +459,7 @@ async fn check_policy_accounts(c: &Config) -> anyhow::Result<()> {
 /// `user activate|deactivate ID`.
 async fn set_user_status(
     ctx: &crate::context::Ctx,
-    op: &Principal,
+    op: &admin::Caller,
     id: &str,
     status: &str,
 ) -> anyhow::Result<()> {
@@ -433,7 +472,7 @@ async fn set_user_status(
 }
 
 async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::Result<()> {
-    let op = Principal::Cli;
+    let op = admin::Caller::cli();
     let now = ctx.clock.now();
     let soon = ctx.config.tokens.expires_soon_days;
     match cmd {
@@ -444,7 +483,7 @@ async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::R
             let plain = admin::new_operator_credential(ctx);
             let path = ctx.config.operator_token_path();
             let staged = crate::files::stage_secret_file(&path, plain.expose())?;
-            admin::replace_operator(ctx, &plain).await?;
+            admin::replace_operator(ctx, &op, &plain).await?;
             staged.publish()?;
             eprintln!(
                 "new operator credential written to {} (mode 0600); the old one no longer works",
@@ -606,6 +645,43 @@ async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::R
                 .collect();
             print(json!({ "jobs": jobs }))
         }
+        Command::Audit(AuditCmd::List {
+            account,
+            actor,
+            target,
+            action,
+            outcome,
+            from,
+            to,
+            limit,
+            before,
+        }) => {
+            let account_id = match account {
+                Some(a) => Some(admin::find_account(ctx, &a).await?.id),
+                None => None,
+            };
+            let q = crate::api::audit::AuditQuery {
+                account_id,
+                actor,
+                target,
+                action,
+                outcome,
+                from,
+                to,
+                limit,
+                page: before.map(|b| b.to_string()),
+            };
+            let mut f = crate::api::audit::filter(&op, q)?;
+            f.limit -= 1;
+            let rows = ctx.store.list_audit(&f).await?;
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            for (id, e) in rows {
+                let line = serde_json::to_string(&crate::api::audit::AuditRecord::new(id, e))?;
+                writeln!(out, "{line}")?;
+            }
+            Ok(())
+        }
         Command::Jobs(JobsCmd::Run { job, period }) => {
             let job: crate::jobs::Job = job
                 .parse()
@@ -617,6 +693,8 @@ async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::R
                 }
                 crate::jobs::RunError::Store(e) => admin::Error::Store(e).into(),
             })?;
+            admin::record_job_run(ctx, &op, job.as_str(), &report.period, report.outcome.word())
+                .await?;
             use crate::jobs::RunOutcome::*;
             let (outcome, result) = match report.outcome {
                 Ran(r) => ("ran", Some(r)),

@@ -55,7 +55,7 @@ fn monthly_quota(v: i64) -> Result<i64, ParseError> {
 /// Creates an account and its secret (returned once).
 pub async fn create_account(
     ctx: &Ctx,
-    p: &Principal,
+    p: &Caller,
     input: CreateAccount,
 ) -> Result<(Account, Plain)> {
     require_operator(p, "create accounts")?;
@@ -75,6 +75,7 @@ pub async fn create_account(
                 secret_hash: secret.hash(),
             },
             ctx.clock.now(),
+            &p.stamp("account.create"),
         )
         .await
         .map_err(|e| match e {
@@ -120,7 +121,7 @@ pub async fn list_accounts(
 /// Changes an account's status, max_tokens or quota (operator only).
 pub async fn update_account(
     ctx: &Ctx,
-    p: &Principal,
+    p: &Caller,
     id: &str,
     input: UpdateAccount,
 ) -> Result<Account> {
@@ -136,7 +137,7 @@ pub async fn update_account(
     let max = input.max_tokens.map(max_tokens).transpose()?;
     let quota = input.monthly_quota.try_given(monthly_quota)?;
     ctx.store
-        .update_account(id, ctx.clock.now(), |mut a| {
+        .update_account(id, ctx.clock.now(), &p.stamp("account.update"), |mut a| {
             if let Some(s) = status {
                 a.status = s;
             }
@@ -153,11 +154,16 @@ pub async fn update_account(
 }
 
 /// Gives an account a new secret (returned once); the old one stops working at once.
-pub async fn reset_account_secret(ctx: &Ctx, p: &Principal, id: &str) -> Result<Plain> {
+pub async fn reset_account_secret(ctx: &Ctx, p: &Caller, id: &str) -> Result<Plain> {
     require_account_admin(p, id)?;
     let secret = credential::new_account_secret(&ctx.config.tokens.prefix, id);
     ctx.store
-        .set_account_secret(id, &secret.hash(), ctx.clock.now())
+        .set_account_secret(
+            id,
+            &secret.hash(),
+            ctx.clock.now(),
+            &p.stamp("account.secret_reset"),
+        )
         .await
         .map_err(|e| not_found_as("account")(e.into()))?;
     Ok(secret)

@@ -4,6 +4,7 @@
 //! name the caller's field), and the shared `Ctx`. It parses the input into domain values once,
 //! applies the role rules of the spec, and calls the store. Nothing here knows HTTP.
 
+use crate::domain::audit::{self, Actor, Stamp};
 use crate::domain::model::{Account, Token, User};
 use crate::domain::{
     credential::{self, hashes_match, Plain, Presented},
@@ -129,7 +130,65 @@ pub enum Principal {
     },
 }
 
+/// Who is asking and from where: the credential, and the client's address (`cli` for the
+/// command line). Every change records both in the audit log. It reads as its `Principal`.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The credential.
+    pub who: Principal,
+    /// The client's IP address, or `cli`.
+    pub from: String,
+}
+
+impl std::ops::Deref for Caller {
+    type Target = Principal;
+    fn deref(&self) -> &Principal {
+        &self.who
+    }
+}
+
+impl Caller {
+    /// The command line on the server.
+    pub fn cli() -> Caller {
+        Caller {
+            who: Principal::Cli,
+            from: "cli".into(),
+        }
+    }
+
+    /// The audit stamp of `action` done by this caller.
+    pub fn stamp(&self, action: &'static str) -> Stamp {
+        Stamp {
+            actor: self.who.actor(),
+            origin: self.from.clone(),
+            action,
+        }
+    }
+}
+
 impl Principal {
+    /// Who it is in the audit log: its kind and id, never a secret.
+    pub fn actor(&self) -> Actor {
+        match self {
+            Principal::Operator => Actor {
+                kind: "operator",
+                id: None,
+            },
+            Principal::Cli => Actor {
+                kind: "cli",
+                id: None,
+            },
+            Principal::Account(a) => Actor {
+                kind: "account",
+                id: Some(a.id.clone()),
+            },
+            Principal::Token { token, .. } => Actor {
+                kind: "token",
+                id: Some(token.id.clone()),
+            },
+        }
+    }
+
     /// The role the principal acts with.
     pub fn role(&self) -> Role {
         match self {

@@ -8,9 +8,10 @@ pub fn new_operator_credential(ctx: &Ctx) -> Plain {
 }
 
 /// Makes `plain` the operator credential; the old one stops working.
-pub async fn replace_operator(ctx: &Ctx, plain: &Plain) -> Result<()> {
+pub async fn replace_operator(ctx: &Ctx, p: &Caller, plain: &Plain) -> Result<()> {
+    require_operator(p, "replace the operator credential")?;
     ctx.store
-        .operator_replace(&plain.hash(), ctx.clock.now())
+        .operator_replace(&plain.hash(), ctx.clock.now(), &p.stamp("operator.reset"))
         .await?;
     Ok(())
 }
@@ -21,7 +22,28 @@ pub async fn init_operator(ctx: &Ctx) -> Result<Option<Plain>> {
     let plain = new_operator_credential(ctx);
     let created = ctx
         .store
-        .operator_init(&plain.hash(), ctx.clock.now())
+        .operator_init(
+            &plain.hash(),
+            ctx.clock.now(),
+            &Stamp::job("start", "operator.create"),
+        )
         .await?;
     Ok(created.then_some(plain))
+}
+
+/// Records that `p` ran `job` for `period` on demand, with its outcome (`ran`, `already_done`,
+/// `busy`, `failed`). What the run changed is recorded by the job itself, change by change.
+pub async fn record_job_run(
+    ctx: &Ctx,
+    p: &Caller,
+    job: &str,
+    period: &str,
+    outcome: &str,
+) -> Result<()> {
+    let changes = audit::set(&[("period", period.into()), ("outcome", outcome.into())]);
+    let entry = p
+        .stamp("job.run")
+        .done(ctx.clock.now(), format!("job:{job}"), None, changes);
+    ctx.store.append_audit(&entry).await?;
+    Ok(())
 }

@@ -141,7 +141,7 @@ fn refill(v: i64) -> Result<i64, ParseError> {
 /// Creates `count` tokens; returns each with its plain value, which is never shown again.
 pub async fn create_tokens(
     ctx: &Ctx,
-    p: &Principal,
+    p: &Caller,
     input: CreateTokens,
 ) -> Result<Vec<(Token, Plain)>> {
     let now = ctx.clock.now();
@@ -181,7 +181,7 @@ pub async fn create_tokens(
         issued_by: p.issuer(),
         expires_at,
     };
-    write_tokens(ctx, &spec, issue, now).await
+    write_tokens(ctx, &spec, issue, now, &p.stamp("token.create")).await
 }
 
 /// What `POST /v1/tokens` asks for, checked: every field valid, before any authorization.
@@ -339,6 +339,7 @@ async fn write_tokens(
     spec: &TokenSpec,
     issue: Issue,
     now: DateTime<Utc>,
+    stamp: &Stamp,
 ) -> Result<Vec<(Token, Plain)>> {
     let mut plains = Vec::with_capacity(spec.count);
     let mut new = Vec::with_capacity(spec.count);
@@ -368,7 +369,7 @@ async fn write_tokens(
     }
     let tokens = ctx
         .store
-        .create_tokens(&issue.account_id, &new, now)
+        .create_tokens(&issue.account_id, &new, now, stamp)
         .await
         .map_err(|e| match e {
             StoreError::TokenLimit { max, active } => Error::TokenLimit {
@@ -606,7 +607,7 @@ pub struct UpdateToken {
 }
 
 /// Changes a token's editable fields.
-pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken) -> Result<Token> {
+pub async fn update_token(ctx: &Ctx, p: &Caller, id: &str, input: UpdateToken) -> Result<Token> {
     let now = ctx.clock.now();
     let current = load_token(ctx, p, id, Access::Manage).await?;
     let mut change = TokenChange::parse(input, &ctx.config.tokens, now)?;
@@ -629,7 +630,9 @@ pub async fn update_token(ctx: &Ctx, p: &Principal, id: &str, input: UpdateToken
         change.expires_at = Some(cap_expiry(p, at, &change.expiry)?);
     }
     ctx.store
-        .update_token(id, now, None, |t| change.apply(t, now))
+        .update_token(id, now, None, &p.stamp("token.update"), |t| {
+            change.apply(t, now)
+        })
         .await
         .map_err(one_token_back)
 }
@@ -754,11 +757,11 @@ impl TokenChange {
 
 /// Revokes a token: it stops working at once and stays listed for audit. Revoking a revoked
 /// token changes nothing.
-pub async fn revoke_token(ctx: &Ctx, p: &Principal, id: &str) -> Result<Token> {
+pub async fn revoke_token(ctx: &Ctx, p: &Caller, id: &str) -> Result<Token> {
     let now = ctx.clock.now();
     load_token(ctx, p, id, Access::Revoke).await?;
     ctx.store
-        .update_token(id, now, None, |mut t| {
+        .update_token(id, now, None, &p.stamp("token.revoke"), |mut t| {
             if t.status != TokenStatus::Revoked {
                 t.status = TokenStatus::Revoked;
                 t.revoked_at = Some(now);
@@ -792,7 +795,7 @@ pub struct Regenerate {
 /// credential before it expires.
 pub async fn regenerate_token(
     ctx: &Ctx,
-    p: &Principal,
+    p: &Caller,
     id: &str,
     input: Regenerate,
 ) -> Result<(Token, Plain)> {
@@ -808,7 +811,7 @@ pub async fn regenerate_token(
     };
     let (expiry, mut expires_at) =
         changed_expiry(input.lifetime_seconds, input.expires_on, cfg, now)?;
-    let itself = matches!(p, Principal::Token { token, .. } if token.id == id);
+    let itself = matches!(&p.who, Principal::Token { token, .. } if token.id == id);
     let token = if itself {
         if !cfg.self_regenerate {
             return Err(Error::Forbidden(
@@ -835,20 +838,26 @@ pub async fn regenerate_token(
     };
     let token = ctx
         .store
-        .update_token(id, now, Some(&secret), |mut t| {
-            // Revoked, even since it was read.
-            if t.status == TokenStatus::Revoked {
-                return Err(Error::Conflict(
-                    "the token is revoked; create a new one instead".into(),
-                ));
-            }
-            t.apply_refill(now);
-            if let Some(e) = expires_at {
-                t.expires_at = e;
-            }
-            t.status = t.status_at(now);
-            Ok(t)
-        })
+        .update_token(
+            id,
+            now,
+            Some(&secret),
+            &p.stamp("token.regenerate"),
+            |mut t| {
+                // Revoked, even since it was read.
+                if t.status == TokenStatus::Revoked {
+                    return Err(Error::Conflict(
+                        "the token is revoked; create a new one instead".into(),
+                    ));
+                }
+                t.apply_refill(now);
+                if let Some(e) = expires_at {
+                    t.expires_at = e;
+                }
+                t.status = t.status_at(now);
+                Ok(t)
+            },
+        )
         .await
         .map_err(one_token_back)?;
     Ok((token, plain))

@@ -33,7 +33,7 @@ pub struct UpdateUser {
 /// Adds a user to an account (operator or the account's admin).
 pub async fn create_user(
     ctx: &Ctx,
-    p: &Principal,
+    p: &Caller,
     account_id: &str,
     input: CreateUser,
 ) -> Result<User> {
@@ -62,12 +62,15 @@ pub async fn create_user(
         updated_at: now,
         deleted_at: None,
     };
-    ctx.store.insert_user(&user).await.map_err(|e| match e {
-        StoreError::Conflict(_) => {
-            Error::Conflict("a user with this email already exists in the account".into())
-        }
-        e => e.into(),
-    })
+    ctx.store
+        .insert_user(&user, &p.stamp("user.create"))
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => {
+                Error::Conflict("a user with this email already exists in the account".into())
+            }
+            e => e.into(),
+        })
 }
 
 /// An account's users (operator or the account's admin).
@@ -82,12 +85,7 @@ pub async fn list_users(ctx: &Ctx, p: &Principal, account_id: &str) -> Result<Ve
 
 /// Changes a user's role, notification preference or status (operator or the account's
 /// admin). A deleted user changes no more; a credential does not deactivate its own user.
-pub async fn update_user(
-    ctx: &Ctx,
-    p: &Principal,
-    user_id: &str,
-    input: UpdateUser,
-) -> Result<User> {
+pub async fn update_user(ctx: &Ctx, p: &Caller, user_id: &str, input: UpdateUser) -> Result<User> {
     let role = input
         .role
         .as_deref()
@@ -112,21 +110,26 @@ pub async fn update_user(
     }
     let (user, _) = ctx
         .store
-        .update_user(user_id, ctx.clock.now(), |mut u| {
-            if u.status == UserStatus::Deleted {
-                return Err(Error::Conflict("the user is deleted".into()));
-            }
-            if let Some(r) = role {
-                u.role = r;
-            }
-            if let Some(n) = input.notify_expiry {
-                u.notify_expiry = n;
-            }
-            if let Some(s) = status {
-                u.status = s;
-            }
-            Ok::<_, Error>(u)
-        })
+        .update_user(
+            user_id,
+            ctx.clock.now(),
+            &p.stamp("user.update"),
+            |mut u| {
+                if u.status == UserStatus::Deleted {
+                    return Err(Error::Conflict("the user is deleted".into()));
+                }
+                if let Some(r) = role {
+                    u.role = r;
+                }
+                if let Some(n) = input.notify_expiry {
+                    u.notify_expiry = n;
+                }
+                if let Some(s) = status {
+                    u.status = s;
+                }
+                Ok::<_, Error>(u)
+            },
+        )
         .await
         .map_err(not_found_as("user"))?;
     Ok(user)
@@ -135,17 +138,22 @@ pub async fn update_user(
 /// Deletes a user (operator or the account's admin): its tokens are revoked in the same
 /// transaction, and the user stays listed, `deleted`, for the record. Returns the user and how
 /// many tokens were revoked.
-pub async fn delete_user(ctx: &Ctx, p: &Principal, user_id: &str) -> Result<(User, u64)> {
+pub async fn delete_user(ctx: &Ctx, p: &Caller, user_id: &str) -> Result<(User, u64)> {
     let user = visible_user(ctx, p, user_id).await?;
     not_self(p, &user, "delete")?;
     ctx.store
-        .update_user(user_id, ctx.clock.now(), |mut u| {
-            if u.status == UserStatus::Deleted {
-                return Err(Error::Conflict("the user is deleted already".into()));
-            }
-            u.status = UserStatus::Deleted;
-            Ok::<_, Error>(u)
-        })
+        .update_user(
+            user_id,
+            ctx.clock.now(),
+            &p.stamp("user.delete"),
+            |mut u| {
+                if u.status == UserStatus::Deleted {
+                    return Err(Error::Conflict("the user is deleted already".into()));
+                }
+                u.status = UserStatus::Deleted;
+                Ok::<_, Error>(u)
+            },
+        )
         .await
         .map_err(not_found_as("user"))
 }

@@ -125,7 +125,10 @@ impl From<crate::domain::ParseError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (http_status(self.code), Json(self.body())).into_response()
+        let mut r = (http_status(self.code), Json(self.body())).into_response();
+        // For the audit of refused attempts (`api::audit`), which reads the code, not the body.
+        r.extensions_mut().insert(self.code);
+        r
     }
 }
 

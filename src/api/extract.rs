@@ -3,7 +3,7 @@
 
 use super::error::{ApiError, Code};
 use super::AppState;
-use crate::admin::{self, Principal};
+use crate::admin::{self, Caller};
 use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Request},
@@ -308,7 +308,7 @@ fn hop_address(hop: &str) -> Option<std::net::IpAddr> {
 /// the calls counted so far into the store (SQLite), so what it reads (remaining uses,
 /// statistics) includes every call answered before it, and what it changes applies on top of
 /// them; an unauthenticated request folds nothing.
-pub struct Auth(pub Principal);
+pub struct Auth(pub Caller);
 
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
@@ -325,7 +325,12 @@ impl FromRequestParts<AppState> for Auth {
         if let admin::Principal::Token { token, .. } = &p {
             span.record("token_id", tracing::field::display(&token.id));
         }
+        // Who it is, for the audit of an attempt refused after this point.
+        if let Some(slot) = parts.extensions.get::<super::audit::Slot>() {
+            slot.set(p.actor(), p.account_id());
+        }
         state.ctx.usage.settle().await.map_err(admin::Error::from)?;
-        Ok(Auth(p))
+        let from = ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+        Ok(Auth(Caller { who: p, from }))
     }
 }

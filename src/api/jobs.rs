@@ -156,6 +156,14 @@ pub async fn run(
             RunError::Store(e) => admin::Error::Store(e).into(),
         })?;
     tracing::info!(job = job.as_str(), period = %report.period, by = %p.label(), "job run on demand");
+    admin::record_job_run(
+        &s.ctx,
+        &p,
+        job.as_str(),
+        &report.period,
+        report.outcome.word(),
+    )
+    .await?;
     let run = s
         .ctx
         .store
@@ -292,7 +300,7 @@ pub async fn notifications(
             .into());
         }
     }
-    let account_id = match &p {
+    let account_id = match &p.who {
         Principal::Operator | Principal::Cli => q.account_id.clone(),
         other => {
             let own = other.account_id().unwrap_or_default().to_string();

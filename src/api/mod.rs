@@ -2,6 +2,7 @@
 //! from the same route list (a route cannot be served without being documented).
 
 pub mod accounts;
+pub mod audit;
 pub mod error;
 pub mod extract;
 pub mod jobs;
@@ -81,6 +82,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::list))
         .routes(routes!(jobs::run))
         .routes(routes!(jobs::notifications))
+        .routes(routes!(audit::list))
         .routes(routes!(legacy::create))
         .routes(routes!(legacy::delete))
         .routes(routes!(ops::healthz))
@@ -131,6 +133,10 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method; see /openapi.json",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record_refusals,
+        ))
         .layer(Extension(Arc::new(doc)))
         .layer(axum::middleware::from_fn(refuse_nul_paths))
         .layer(DefaultBodyLimit::max(body_limit))

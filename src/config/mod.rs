@@ -47,8 +47,26 @@ pub struct RawConfig {
     pub notifications: RawNotifications,
     /// Job runs and housekeeping.
     pub jobs: RawJobs,
+    /// The audit log.
+    pub audit: RawAudit,
     /// Monthly quota token policies (`[[policy]]`).
     pub policy: Vec<RawPolicy>,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAudit {
+    /// Records older than this many days are deleted by housekeeping.
+    pub retention_days: i64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            retention_days: 400,
+        }
+    }
 }
 
 /// `[security]`
@@ -164,6 +182,7 @@ impl Default for RawConfig {
             email: RawEmail::default(),
             notifications: RawNotifications::default(),
             jobs: RawJobs::default(),
+            audit: RawAudit::default(),
             policy: Vec::new(),
         }
     }
@@ -333,6 +352,8 @@ pub struct Config {
     pub notifications: NotificationSettings,
     /// Job runs.
     pub jobs: JobSettings,
+    /// Days an audit record is kept.
+    pub audit_retention_days: i64,
     /// Monthly quota token policies.
     pub policies: Vec<Policy>,
     /// The raw values, for `check-config`.
@@ -657,6 +678,9 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
     if !(1..=max).contains(&raw.accounts.default_max_tokens) {
         bad("accounts.default_max_tokens", format!("must be 1 to {max}"));
     }
+    if !(1..=36_500).contains(&raw.audit.retention_days) {
+        bad("audit.retention_days", "must be 1 to 36500".into());
+    }
     if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err()
         || !every_directive_has_a_level(&raw.log.level)
     {
@@ -726,6 +750,7 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
             email: jobs.email,
             notifications: jobs.notifications,
             jobs: jobs.jobs,
+            audit_retention_days: raw.audit.retention_days,
             policies: jobs.policies,
             raw: raw.clone(),
         }),

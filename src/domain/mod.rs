@@ -2,6 +2,7 @@
 //! verdict of one call (`verdict`), the plan of a batch of calls (`plan`), the table of codes
 //! (`code`). Nothing here knows HTTP, SQL, files or the clock: `now` is always an argument.
 
+pub mod audit;
 pub mod code;
 pub mod credential;
 pub mod email;

@@ -172,6 +172,18 @@ pub enum RunOutcome {
     Failed(String),
 }
 
+impl RunOutcome {
+    /// Its word in answers and the audit log.
+    pub fn word(&self) -> &'static str {
+        match self {
+            RunOutcome::Ran(_) => "ran",
+            RunOutcome::AlreadyDone(_) => "already_done",
+            RunOutcome::Busy(_) => "busy",
+            RunOutcome::Failed(_) => "failed",
+        }
+    }
+}
+
 /// One job period's outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunReport {
@@ -479,8 +491,27 @@ impl Runner {
         let now = self.ctx.clock.now();
         let outcome = match result {
             Ok(summary) => {
+                // The monthly reset changes every account's counters at once: one record of
+                // the month it started, committed with the run's end. Other jobs record each
+                // change they make as they make it.
+                let audit =
+                    (job == Job::MonthlyReset).then(|| {
+                        let changes = crate::domain::audit::set(&[
+                            ("period", period.into()),
+                            ("result", summary.as_str().into()),
+                        ]);
+                        crate::domain::audit::Stamp::job(job.as_str(), "accounts.monthly_reset")
+                            .done(now, format!("job:{}", job.as_str()), None, changes)
+                    });
                 store
-                    .finish_run(job.as_str(), period, &self.owner, now, Ok(&summary))
+                    .finish_run(
+                        job.as_str(),
+                        period,
+                        &self.owner,
+                        now,
+                        Ok(&summary),
+                        audit.as_ref(),
+                    )
                     .await?;
                 tracing::info!(job = job.as_str(), %period, result = %summary, elapsed_ms = started.elapsed().as_millis() as u64, "job run done");
                 RunOutcome::Ran(summary)
@@ -502,6 +533,7 @@ impl Runner {
                         &self.owner,
                         now,
                         Err((&error, Utc::now() + wait)),
+                        None,
                     )
                     .await?;
                 tracing::error!(job = job.as_str(), %period, %error, retry_in_s = wait.num_seconds(), "job run failed");

@@ -157,6 +157,7 @@ async fn monthly_tokens(ctx: &Ctx, live: &Live, period: &str) -> Result<String, 
                 revoke,
                 &messages,
                 now,
+                &crate::domain::audit::Stamp::job("monthly_tokens", "policy.issue"),
             )
             .await
         {
@@ -303,7 +304,9 @@ async fn housekeeping(ctx: &Ctx, live: &Live) -> Result<String, StoreError> {
             &[Job::Expiry.as_str(), Job::ExpiryWarnings.as_str()],
         )
         .await?;
+    let audit_before = now - TimeDelta::days(live.config.audit_retention_days);
+    let audit = ctx.store.expire_audit(audit_before).await?;
     Ok(format!(
-        "dropped {jwt} JWT use records, {stats} statistics rows, {outbox} messages, {runs} run records; cleared {cleared} tokens' old day counters"
+        "dropped {jwt} JWT use records, {stats} statistics rows, {outbox} messages, {runs} run records, {audit} audit records; cleared {cleared} tokens' old day counters"
     ))
 }

@@ -4,7 +4,8 @@
 
 use super::outbox::NewMessage;
 use super::rows::{TokenRow, TOKEN_COLS};
-use super::{sql, Arg, Backend, Result, Store, WritePool};
+use super::{audit, sql, Arg, Backend, Result, Store, StoreError, WritePool};
+use crate::domain::audit::Stamp;
 use crate::domain::model::Token;
 use crate::domain::plan::Archive;
 use chrono::{DateTime, Utc};
@@ -119,7 +120,8 @@ impl Store {
     }
 
     /// Records the end of `owner`'s run: done with a result, or failed with an error and a
-    /// wall-clock time before which no retry starts.
+    /// wall-clock time before which no retry starts; with `record`, that audit record too, in the same
+    /// transaction.
     pub async fn finish_run(
         &self,
         job: &str,
@@ -127,16 +129,24 @@ impl Store {
         owner: &str,
         now: DateTime<Utc>,
         outcome: std::result::Result<&str, (&str, DateTime<Utc>)>,
+        record: Option<&crate::domain::audit::Entry>,
     ) -> Result<()> {
         let (status, result, error, until) = match outcome {
             Ok(r) => ("done", Some(r), None, now),
             Err((e, retry)) => ("failed", None, Some(e), retry),
         };
-        with_pool!(self, p => sqlx::query(
-            "UPDATE job_runs SET status = $4, result = $5, error = $6, finished_at = $7, lease_until = $8 \
-             WHERE job = $1 AND period = $2 AND owner = $3")
-            .bind(job).bind(period).bind(owner).bind(status).bind(result).bind(error).bind(now)
-            .bind(until).execute(p).await.map(|_| ()))?;
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            sqlx::query(
+                "UPDATE job_runs SET status = $4, result = $5, error = $6, finished_at = $7, \
+                 lease_until = $8 WHERE job = $1 AND period = $2 AND owner = $3")
+                .bind(job).bind(period).bind(owner).bind(status).bind(result).bind(error)
+                .bind(now).bind(until).execute(&mut *tx).await?;
+            if let Some(e) = record {
+                audit::record_audit!(tx, e);
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -317,18 +327,24 @@ impl Store {
     ) -> Result<bool> {
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            let n = sqlx::query(
+            let account: Option<String> = sqlx::query_scalar(
                 "UPDATE tokens SET status = 'expired', updated_at = $2 WHERE id = $1 \
-                 AND status IN ('active', 'exhausted') AND expires_at IS NOT NULL AND expires_at <= $2")
-                .bind(id).bind(now).execute(&mut *tx).await?.rows_affected();
+                 AND status IN ('active', 'exhausted') AND expires_at IS NOT NULL AND expires_at <= $2 \
+                 RETURNING account_id")
+                .bind(id).bind(now).fetch_optional(&mut *tx).await?;
             let mut change = 0;
-            if n == 1 {
+            let marked = account.is_some();
+            if let Some(account) = account {
                 queue_messages!(tx, messages, now);
+                let changes = crate::domain::audit::set(&[("status", "expired".into())]);
+                let entry = Stamp::job("expiry", "token.expire")
+                    .done(now, format!("token:{id}"), Some(account), changes);
+                audit::record_audit!(tx, &entry);
                 change = p.note_change(&mut tx).await?;
             }
             tx.commit().await?;
             self.observe_change(change);
-            Ok(n == 1)
+            Ok(marked)
         })
     }
 

@@ -13,6 +13,7 @@ pub use jobs::{Claim, JobRun, RollStep};
 pub use model::*;
 pub use outbox::{Message, MessageKind, NewMessage};
 
+use crate::domain::audit::Stamp;
 use crate::domain::model::{Account, Token, User};
 use crate::domain::status::{TokenStatus, UserStatus};
 use chrono::{DateTime, Utc};
@@ -335,6 +336,44 @@ impl TokenInserts {
     }
 }
 
+/// A uniqueness conflict named `what`; other errors as they are.
+fn conflict_as(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| match StoreError::from(e) {
+        StoreError::Conflict(_) => StoreError::Conflict(what.into()),
+        other => other,
+    }
+}
+
+/// The audit record of a creation: one per request, named after its first token, with the
+/// settings the tokens share, and, for several, how many and their ids.
+fn created_entry(
+    stamp: &Stamp,
+    account_id: &str,
+    tokens: &[Token],
+    first: &Token,
+    revoked: u64,
+    now: DateTime<Utc>,
+) -> crate::domain::audit::Entry {
+    let mut changes = crate::domain::audit::token_changes(None, first);
+    if tokens.len() > 1 {
+        let ids: Vec<&str> = tokens.iter().map(|t| t.id.as_str()).collect();
+        changes.insert("count".into(), serde_json::json!([null, tokens.len()]));
+        changes.insert("ids".into(), serde_json::json!([null, ids]));
+    }
+    if revoked > 0 {
+        changes.insert(
+            "revoked_previous".into(),
+            serde_json::json!([null, revoked]),
+        );
+    }
+    stamp.done(
+        now,
+        format!("token:{}", first.id),
+        Some(account_id.to_string()),
+        changes,
+    )
+}
+
 /// Live tokens of account `$1` whose expiry has passed at `$2` but which the expiry job has not
 /// marked yet: what issuing subtracts from `accounts.live_tokens`. It reads the partial index of
 /// live tokens by expiry, whatever the account's number of tokens.
@@ -518,6 +557,7 @@ impl WritePool for PgPool {
     }
 }
 
+pub mod audit;
 pub mod jobs;
 pub mod outbox;
 pub mod usage;
@@ -737,20 +777,46 @@ impl Store {
 
     /// Stores the operator credential's hash if the store has none. Returns whether this call
     /// stored it: a second daemon on the same database gets `false` and writes no file.
-    pub async fn operator_init(&self, hash: &[u8], now: DateTime<Utc>) -> Result<bool> {
-        let done = with_pool!(self, p => sqlx::query(
-            "INSERT INTO operator_credentials (id, secret_hash, created_at) VALUES (1, $1, $2) \
-             ON CONFLICT (id) DO NOTHING")
-            .bind(hash).bind(now).execute(p).await?.rows_affected());
+    pub async fn operator_init(
+        &self,
+        hash: &[u8],
+        now: DateTime<Utc>,
+        stamp: &Stamp,
+    ) -> Result<bool> {
+        let entry = stamp.done(now, "operator".into(), None, Default::default());
+        let done = with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let done = sqlx::query(
+                "INSERT INTO operator_credentials (id, secret_hash, created_at) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO NOTHING")
+                .bind(hash).bind(now).execute(&mut *tx).await?.rows_affected();
+            if done == 1 {
+                audit::record_audit!(tx, &entry);
+            }
+            tx.commit().await?;
+            done
+        });
         Ok(done == 1)
     }
 
     /// Replaces the operator credential; the old one stops working at once.
-    pub async fn operator_replace(&self, hash: &[u8], now: DateTime<Utc>) -> Result<()> {
-        with_pool!(self, p => sqlx::query(
-            "INSERT INTO operator_credentials (id, secret_hash, created_at) VALUES (1, $1, $2) \
-             ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash, created_at = excluded.created_at")
-            .bind(hash).bind(now).execute(p).await.map(|_| ()))?;
+    pub async fn operator_replace(
+        &self,
+        hash: &[u8],
+        now: DateTime<Utc>,
+        stamp: &Stamp,
+    ) -> Result<()> {
+        let changes = crate::domain::audit::set(&[("secret", "reset".into())]);
+        let entry = stamp.done(now, "operator".into(), None, changes);
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            sqlx::query(
+                "INSERT INTO operator_credentials (id, secret_hash, created_at) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash, created_at = excluded.created_at")
+                .bind(hash).bind(now).execute(&mut *tx).await?;
+            audit::record_audit!(tx, &entry);
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -776,20 +842,30 @@ impl Store {
     // ----- accounts -----
 
     /// Inserts an account; a taken name is `Conflict("account name")`.
-    pub async fn insert_account(&self, a: &NewAccount, now: DateTime<Utc>) -> Result<Account> {
+    pub async fn insert_account(
+        &self,
+        a: &NewAccount,
+        now: DateTime<Utc>,
+        stamp: &Stamp,
+    ) -> Result<Account> {
         let q = format!(
             "INSERT INTO accounts (id, name, status, max_tokens, monthly_quota, quota_used, \
              secret_hash, created_at, updated_at) VALUES ($1, $2, 'active', $3, $4, 0, $5, $6, $6) \
              RETURNING {ACCOUNT_COLS}"
         );
-        let row = with_pool!(self, p => sqlx::query_as::<_, AccountRow>(sql(q))
-            .bind(&a.id).bind(&a.name).bind(a.max_tokens).bind(a.monthly_quota)
-            .bind(&a.secret_hash).bind(now).fetch_one(p).await)
-        .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict(_) => StoreError::Conflict("account name".into()),
-            other => other,
-        })?;
-        row.try_into()
+        let conflict = conflict_as("account name");
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let row = sqlx::query_as::<_, AccountRow>(sql(q))
+                .bind(&a.id).bind(&a.name).bind(a.max_tokens).bind(a.monthly_quota)
+                .bind(&a.secret_hash).bind(now).fetch_one(&mut *tx).await.map_err(conflict)?;
+            let account = Account::try_from(row)?;
+            let changes = crate::domain::audit::account_changes(None, &account);
+            let entry = stamp.done(now, format!("account:{}", a.id), Some(a.id.clone()), changes);
+            audit::record_audit!(tx, &entry);
+            tx.commit().await?;
+            Ok(account)
+        })
     }
 
     /// One account by id.
@@ -828,6 +904,7 @@ impl Store {
         &self,
         id: &str,
         now: DateTime<Utc>,
+        stamp: &Stamp,
         f: F,
     ) -> Result<Account, E>
     where
@@ -844,14 +921,19 @@ impl Store {
             let row = sqlx::query_as::<_, AccountRow>(sql(format!("{select}{}", p.for_update())))
                 .bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?
                 .ok_or(StoreError::NotFound)?;
-            let next = f(Account::try_from(row)?)?;
+            let before = Account::try_from(row)?;
+            let next = f(before.clone())?;
             let row = sqlx::query_as::<_, AccountRow>(sql(update))
                 .bind(id).bind(next.status.as_str()).bind(next.max_tokens).bind(next.monthly_quota)
                 .bind(now).fetch_one(&mut *tx).await.map_err(StoreError::from)?;
+            let after = Account::try_from(row)?;
+            let changes = crate::domain::audit::account_changes(Some(&before), &after);
+            let entry = stamp.done(now, format!("account:{id}"), Some(id.to_string()), changes);
+            audit::record_audit!(tx, &entry);
             let n = p.note_change(&mut tx).await.map_err(StoreError::from)?;
             tx.commit().await.map_err(StoreError::from)?;
             self.observe_change(n);
-            Ok(Account::try_from(row)?)
+            Ok(after)
         })
     }
 
@@ -861,32 +943,46 @@ impl Store {
         id: &str,
         hash: &[u8],
         now: DateTime<Utc>,
+        stamp: &Stamp,
     ) -> Result<()> {
-        let n = with_pool!(self, p => sqlx::query(
-            "UPDATE accounts SET secret_hash = $2, updated_at = $3 WHERE id = $1")
-            .bind(id).bind(hash).bind(now).execute(p).await?.rows_affected());
-        if n == 0 {
-            return Err(StoreError::NotFound);
-        }
+        let changes = crate::domain::audit::set(&[("secret", "reset".into())]);
+        let entry = stamp.done(now, format!("account:{id}"), Some(id.to_string()), changes);
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let n = sqlx::query("UPDATE accounts SET secret_hash = $2, updated_at = $3 WHERE id = $1")
+                .bind(id).bind(hash).bind(now).execute(&mut *tx).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            audit::record_audit!(tx, &entry);
+            tx.commit().await?;
+        });
         Ok(())
     }
 
     // ----- users -----
 
     /// Inserts a user; an email already in the account is `Conflict("user email")`.
-    pub async fn insert_user(&self, u: &User) -> Result<User> {
+    pub async fn insert_user(&self, u: &User, stamp: &Stamp) -> Result<User> {
         let q = format!(
             "INSERT INTO users (id, account_id, email, role, notify_expiry, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {USER_COLS}"
         );
-        let row = with_pool!(self, p => sqlx::query_as::<_, UserRow>(sql(q))
-            .bind(&u.id).bind(&u.account_id).bind(&u.email).bind(u.role.as_str())
-            .bind(u.notify_expiry).bind(u.created_at).bind(u.updated_at).fetch_one(p).await)
-        .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict(_) => StoreError::Conflict("user email".into()),
-            other => other,
-        })?;
-        row.try_into()
+        let conflict = conflict_as("user email");
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let row = sqlx::query_as::<_, UserRow>(sql(q))
+                .bind(&u.id).bind(&u.account_id).bind(&u.email).bind(u.role.as_str())
+                .bind(u.notify_expiry).bind(u.created_at).bind(u.updated_at)
+                .fetch_one(&mut *tx).await.map_err(conflict)?;
+            let user = User::try_from(row)?;
+            let changes = crate::domain::audit::user_changes(None, &user);
+            let entry = stamp.done(
+                u.created_at, format!("user:{}", u.id), Some(u.account_id.clone()), changes);
+            audit::record_audit!(tx, &entry);
+            tx.commit().await?;
+            Ok(user)
+        })
     }
 
     /// One user by id.
@@ -911,6 +1007,7 @@ impl Store {
         &self,
         id: &str,
         now: DateTime<Utc>,
+        stamp: &Stamp,
         f: F,
     ) -> Result<(User, u64), E>
     where
@@ -962,9 +1059,17 @@ impl Store {
                     change = p.note_change(&mut tx).await.map_err(StoreError::from)?;
                 }
             }
+            let after = User::try_from(row)?;
+            let mut changes = crate::domain::audit::user_changes(Some(&before), &after);
+            if revoked > 0 {
+                changes.insert("tokens_revoked".into(), serde_json::json!([null, revoked]));
+            }
+            let entry = stamp.done(
+                now, format!("user:{id}"), Some(after.account_id.clone()), changes);
+            audit::record_audit!(tx, &entry);
             tx.commit().await.map_err(StoreError::from)?;
             self.observe_change(change);
-            Ok((User::try_from(row)?, revoked))
+            Ok((after, revoked))
         })
     }
 
@@ -978,8 +1083,9 @@ impl Store {
         account_id: &str,
         tokens: &[NewToken],
         now: DateTime<Utc>,
+        stamp: &Stamp,
     ) -> Result<Vec<Token>> {
-        self.create_tokens_with(account_id, tokens, None, &[], now)
+        self.create_tokens_with(account_id, tokens, None, &[], now, stamp)
             .await
     }
 
@@ -993,14 +1099,16 @@ impl Store {
         revoke_policy: Option<(&str, &str)>,
         messages: &[NewMessage],
         now: DateTime<Utc>,
+        stamp: &Stamp,
     ) -> Result<Vec<Token>> {
         let inserts = TokenInserts::of(&self.backend, account_id, tokens, now);
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
             let mut change = 0;
+            let mut revoked = 0;
             // Tokens before the account: the usage writer's lock order.
             if let Some((name, period)) = revoke_policy {
-                let revoked = sqlx::query(
+                revoked = sqlx::query(
                     "UPDATE tokens SET status = 'revoked', revoked_at = $3, updated_at = $3 \
                      WHERE policy_name = $1 AND policy_period < $2 AND status <> 'revoked'")
                     .bind(name).bind(period).bind(now).execute(&mut *tx).await?.rows_affected();
@@ -1048,7 +1156,11 @@ impl Store {
                 return Err(StoreError::Other(format!(
                     "{inserted} of {} tokens were inserted", tokens.len())));
             }
-            let out = tokens.iter().map(|t| t.inserted(account_id, now)).collect();
+            let out: Vec<Token> = tokens.iter().map(|t| t.inserted(account_id, now)).collect();
+            if let Some(first) = out.first() {
+                let entry = created_entry(stamp, account_id, &out, first, revoked, now);
+                audit::record_audit!(tx, &entry);
+            }
             queue_messages!(tx, messages, now);
             tx.commit().await?;
             self.observe_change(change);
@@ -1170,6 +1282,7 @@ impl Store {
         id: &str,
         now: DateTime<Utc>,
         secret: Option<&NewSecret>,
+        stamp: &Stamp,
         f: F,
     ) -> Result<Token, E>
     where
@@ -1210,6 +1323,7 @@ impl Store {
                 .ok_or(StoreError::NotFound)?;
             let was_counted = counted(&old);
             let account_id = old.account_id.clone();
+            let before = old.clone();
             let t = f(old)?;
             if !was_counted && counted(&t) {
                 // Bringing an expired token back must respect max_tokens like a new one.
@@ -1230,10 +1344,14 @@ impl Store {
                 q = q.bind(&n.hash).bind(&n.sealed).bind(n.grace_until);
             }
             let row = q.fetch_one(&mut *tx).await.map_err(StoreError::from)?;
+            let after = Token::try_from(row)?;
+            let changes = crate::domain::audit::token_changes(Some(&before), &after);
+            let entry = stamp.done(now, format!("token:{id}"), Some(account_id), changes);
+            audit::record_audit!(tx, &entry);
             let n = p.note_change(&mut tx).await.map_err(StoreError::from)?;
             tx.commit().await.map_err(StoreError::from)?;
             self.observe_change(n);
-            Ok(Token::try_from(row)?)
+            Ok(after)
         })
     }
 }

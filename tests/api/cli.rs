@@ -375,6 +375,47 @@ async fn user_commands_switch_users_off_and_on_and_delete_them(b: Backend) {
         String::from_utf8_lossy(&o.stderr).contains("email"),
         "{o:?}"
     );
+
+    // Each change made above is one audit record by the CLI, newest first, a JSON line each;
+    // the commands refused above left none.
+    let o = run(&["audit", "list", "--actor", "cli"]);
+    assert!(o.status.success(), "{o:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = lines
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "user.delete",
+            "user.update",
+            "user.update",
+            "token.create",
+            "user.create",
+            "account.create"
+        ]
+    );
+    assert!(lines
+        .iter()
+        .all(|r| r["origin"] == "cli" && r["outcome"] == "ok"));
+    let o = run(&[
+        "audit",
+        "list",
+        "--target",
+        &format!("user:{ann}"),
+        "--limit",
+        "1",
+    ]);
+    let one: Vec<&str> = std::str::from_utf8(&o.stdout).unwrap().lines().collect();
+    assert_eq!(one.len(), 1);
+    assert!(one[0].contains("user.delete"), "{one:?}");
+    let o = run(&["audit", "list", "--from", "someday"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("from"), "{o:?}");
 }
 
 /// A reset whose new file cannot be written is refused before the store takes the new

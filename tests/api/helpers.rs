@@ -241,6 +241,52 @@ impl TestApp {
         &self.ctx.store
     }
 
+    /// One text column of a query, read straight from the database (`sqlite_q` or `pg_q`,
+    /// by backend), not through the daemon.
+    pub async fn raw_strings(&self, sqlite_q: &str, pg_q: &'static str) -> Vec<String> {
+        match self.pg_url() {
+            Some(url) => {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                let v = sqlx::query_scalar::<_, String>(pg_q)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                v
+            }
+            None => {
+                let c = rusqlite::Connection::open(self.ctx.store.sqlite_file().unwrap()).unwrap();
+                let mut st = c.prepare(sqlite_q).unwrap();
+                st.query_map([], |r| r.get::<_, String>(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+        }
+    }
+
+    /// Every audit record's text columns, as stored.
+    pub async fn audit_table_text(&self) -> String {
+        const Q: &str =
+            "SELECT actor_kind || ' ' || COALESCE(actor_id, '') || ' ' || origin || ' ' \
+             || COALESCE(account_id, '') || ' ' || action || ' ' || target || ' ' || changes \
+             FROM audit_log";
+        self.raw_strings(Q, Q).await.join("\n")
+    }
+
+    /// The stored hashes of every token, account secret and operator credential, in hex.
+    pub async fn stored_hashes_hex(&self) -> Vec<String> {
+        self.raw_strings(
+            "SELECT lower(hex(secret_hash)) FROM tokens UNION ALL \
+             SELECT lower(hex(secret_hash)) FROM accounts UNION ALL \
+             SELECT lower(hex(secret_hash)) FROM operator_credentials",
+            "SELECT encode(secret_hash, 'hex') FROM tokens UNION ALL \
+             SELECT encode(secret_hash, 'hex') FROM accounts UNION ALL \
+             SELECT encode(secret_hash, 'hex') FROM operator_credentials",
+        )
+        .await
+    }
+
     /// The URL of the test's PostgreSQL database, when it runs on one.
     pub fn pg_url(&self) -> Option<String> {
         self._pg.as_ref().map(|p| p.url.clone())

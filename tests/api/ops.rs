@@ -70,6 +70,7 @@ async fn openapi_covers_every_route(b: Backend) {
         ("get", "/v1/jobs"),
         ("post", "/v1/jobs/{job}/run"),
         ("get", "/v1/notifications"),
+        ("get", "/v1/audit"),
         ("post", "/token/create"),
         ("delete", "/token/{id}"),
         ("get", "/healthz"),

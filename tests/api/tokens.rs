@@ -146,14 +146,22 @@ async fn a_created_token_is_the_token_the_store_reads_back(b: Backend) {
         secret_hash: vec![7; 32],
     };
     let store = &app.ctx.store;
+    let stamp = tokenwarden::domain::audit::Stamp::job("test", "token.create");
     let plain = store
-        .create_tokens(&account, &[new("Ab000001", None)], now)
+        .create_tokens(&account, &[new("Ab000001", None)], now, &stamp)
         .await
         .unwrap();
     let mut policy = new("Ab000002", Some(("monthly".into(), "2026-12".into())));
     (policy.usage_limit, policy.refill_monthly, policy.expires_at) = (None, None, None);
     let by_policy = store
-        .create_tokens_with(&account, &[policy], Some(("monthly", "2026-12")), &[], now)
+        .create_tokens_with(
+            &account,
+            &[policy],
+            Some(("monthly", "2026-12")),
+            &[],
+            now,
+            &stamp,
+        )
         .await
         .unwrap();
     for created in plain.into_iter().chain(by_policy) {
