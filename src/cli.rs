@@ -693,8 +693,7 @@ async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::R
                 }
                 crate::jobs::RunError::Store(e) => admin::Error::Store(e).into(),
             })?;
-            admin::record_job_run(ctx, &op, job.as_str(), &report.period, report.outcome.word())
-                .await?;
+            admin::record_job_run(ctx, &op, job.as_str(), &report.period, report.outcome.word()).await;
             use crate::jobs::RunOutcome::*;
             let (outcome, result) = match report.outcome {
                 Ran(r) => ("ran", Some(r)),

@@ -16,4 +16,4 @@ CREATE TABLE audit_log (
     code       INTEGER                       -- the numeric answer code of a refusal
 );
 CREATE INDEX audit_log_by_time ON audit_log (at, id);
-CREATE INDEX audit_log_by_account ON audit_log (account_id, at, id);
+CREATE INDEX audit_log_by_account ON audit_log (account_id, id);

@@ -7,6 +7,7 @@ use super::extract::{client_ip, Auth, Params};
 use super::AppState;
 use crate::admin::{self, Principal};
 use crate::domain::audit::{Actor, Entry, Stamp};
+use crate::domain::ids;
 use crate::store::audit::AuditFilter;
 use axum::{
     extract::{MatchedPath, Request, State},
@@ -69,12 +70,12 @@ fn action_of(method: &axum::http::Method, route: &str) -> Option<(&'static str, 
     })
 }
 
-/// Codes that refuse the caller rather than its input.
+/// Codes that refuse the caller rather than its input. A request with no credential at all is
+/// not recorded: it claims to be no one, and crawlers send many.
 fn refused(code: Code) -> bool {
     matches!(
         code,
-        Code::NoCredentials
-            | Code::BadSecret
+        Code::BadSecret
             | Code::BadToken
             | Code::BadJwt
             | Code::AccountInactive
@@ -85,23 +86,26 @@ fn refused(code: Code) -> bool {
     )
 }
 
-/// The path's one parameter, as a record may hold it: an id's characters only, at most 64;
-/// anything else (a traversal, NUL, text that is not an id) is recorded as `?`.
+/// The path's one parameter, as a record may hold it: only a value of the exact shape of the
+/// kind's ids (a token's 8 base62 characters, an account's or user's 10, a job's name). Anything
+/// else is recorded as `?`: a traversal, NUL, or a credential sent where an id belongs (a plain
+/// token in `DELETE /v1/tokens/{id}` must not reach the log).
 fn target_of(kind: &str, route: &str, path: &str) -> String {
     if kind.is_empty() {
         return route.to_string();
     }
+    let shaped = |v: &&str| match kind {
+        "token" => v.len() == ids::TOKEN_ID_LEN && ids::is_base62(v),
+        "account" | "user" => v.len() == ids::ENTITY_ID_LEN && ids::is_base62(v),
+        "job" => crate::jobs::ALL.iter().any(|j| j.as_str() == *v),
+        _ => false,
+    };
     let value = route
         .split('/')
         .zip(path.split('/'))
         .find(|(r, _)| r.starts_with('{'))
         .map(|(_, v)| v)
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        })
+        .filter(shaped)
         .unwrap_or("?");
     format!("{kind}:{value}")
 }

@@ -163,7 +163,7 @@ pub async fn run(
         &report.period,
         report.outcome.word(),
     )
-    .await?;
+    .await;
     let run = s
         .ctx
         .store

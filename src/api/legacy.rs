@@ -44,7 +44,7 @@ impl<E: Into<ApiError>> From<E> for Legacy {
 impl IntoResponse for Legacy {
     fn into_response(self) -> Response {
         let b = self.0.body();
-        (
+        let mut r = (
             super::error::http_status(self.0.code),
             Json(LegacyError {
                 code: b.code,
@@ -53,7 +53,10 @@ impl IntoResponse for Legacy {
                 field: b.field,
             }),
         )
-            .into_response()
+            .into_response();
+        // As `ApiError` does: the audit of refused attempts reads the code.
+        r.extensions_mut().insert(self.0.code);
+        r
     }
 }
 

@@ -12,6 +12,7 @@ pub(crate) const INSERT: &str = "INSERT INTO audit_log (at, actor_kind, actor_id
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 /// Appends `entry` inside the open transaction `tx`, so it commits (or not) with its change.
+/// Evaluates to the statement's `Result<_, sqlx::Error>`.
 macro_rules! record_audit {
     ($tx:expr, $entry:expr) => {{
         let e: &$crate::domain::audit::Entry = $entry;
@@ -28,7 +29,6 @@ macro_rules! record_audit {
             .bind(e.code.map(i64::from))
             .execute(&mut *$tx)
             .await
-            .map_err(StoreError::from)?;
     }};
 }
 pub(crate) use record_audit;
@@ -99,7 +99,7 @@ impl Store {
     pub async fn append_audit(&self, entry: &Entry) -> Result<()> {
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            record_audit!(tx, entry);
+            record_audit!(tx, entry)?;
             tx.commit().await?;
         });
         Ok(())

@@ -143,7 +143,7 @@ impl Store {
                 .bind(job).bind(period).bind(owner).bind(status).bind(result).bind(error)
                 .bind(now).bind(until).execute(&mut *tx).await?;
             if let Some(e) = record {
-                audit::record_audit!(tx, e);
+                audit::record_audit!(tx, e).map_err(StoreError::from)?;
             }
             tx.commit().await?;
         });
@@ -339,7 +339,7 @@ impl Store {
                 let changes = crate::domain::audit::set(&[("status", "expired".into())]);
                 let entry = Stamp::job("expiry", "token.expire")
                     .done(now, format!("token:{id}"), Some(account), changes);
-                audit::record_audit!(tx, &entry);
+                audit::record_audit!(tx, &entry).map_err(StoreError::from)?;
                 change = p.note_change(&mut tx).await?;
             }
             tx.commit().await?;

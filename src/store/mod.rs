@@ -336,6 +336,12 @@ impl TokenInserts {
     }
 }
 
+/// Whether PostgreSQL rolled the transaction back to break a deadlock (or a serialisation
+/// failure): running it again is the answer.
+fn deadlocked(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
 /// A uniqueness conflict named `what`; other errors as they are.
 fn conflict_as(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     move |e| match StoreError::from(e) {
@@ -345,13 +351,14 @@ fn conflict_as(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 }
 
 /// The audit record of a creation: one per request, named after its first token, with the
-/// settings the tokens share, and, for several, how many and their ids.
+/// settings the tokens share, for several how many and their ids, and the ids of the tokens a
+/// policy's new one revoked.
 fn created_entry(
     stamp: &Stamp,
     account_id: &str,
     tokens: &[Token],
     first: &Token,
-    revoked: u64,
+    revoked: &[String],
     now: DateTime<Utc>,
 ) -> crate::domain::audit::Entry {
     let mut changes = crate::domain::audit::token_changes(None, first);
@@ -360,7 +367,7 @@ fn created_entry(
         changes.insert("count".into(), serde_json::json!([null, tokens.len()]));
         changes.insert("ids".into(), serde_json::json!([null, ids]));
     }
-    if revoked > 0 {
+    if !revoked.is_empty() {
         changes.insert(
             "revoked_previous".into(),
             serde_json::json!([null, revoked]),
@@ -791,7 +798,7 @@ impl Store {
                  ON CONFLICT (id) DO NOTHING")
                 .bind(hash).bind(now).execute(&mut *tx).await?.rows_affected();
             if done == 1 {
-                audit::record_audit!(tx, &entry);
+                audit::record_audit!(tx, &entry).map_err(StoreError::from)?;
             }
             tx.commit().await?;
             done
@@ -814,7 +821,7 @@ impl Store {
                 "INSERT INTO operator_credentials (id, secret_hash, created_at) VALUES (1, $1, $2) \
                  ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash, created_at = excluded.created_at")
                 .bind(hash).bind(now).execute(&mut *tx).await?;
-            audit::record_audit!(tx, &entry);
+            audit::record_audit!(tx, &entry).map_err(StoreError::from)?;
             tx.commit().await?;
         });
         Ok(())
@@ -862,7 +869,7 @@ impl Store {
             let account = Account::try_from(row)?;
             let changes = crate::domain::audit::account_changes(None, &account);
             let entry = stamp.done(now, format!("account:{}", a.id), Some(a.id.clone()), changes);
-            audit::record_audit!(tx, &entry);
+            audit::record_audit!(tx, &entry).map_err(StoreError::from)?;
             tx.commit().await?;
             Ok(account)
         })
@@ -929,7 +936,7 @@ impl Store {
             let after = Account::try_from(row)?;
             let changes = crate::domain::audit::account_changes(Some(&before), &after);
             let entry = stamp.done(now, format!("account:{id}"), Some(id.to_string()), changes);
-            audit::record_audit!(tx, &entry);
+            audit::record_audit!(tx, &entry).map_err(StoreError::from)?;
             let n = p.note_change(&mut tx).await.map_err(StoreError::from)?;
             tx.commit().await.map_err(StoreError::from)?;
             self.observe_change(n);
@@ -954,7 +961,7 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
-            audit::record_audit!(tx, &entry);
+            audit::record_audit!(tx, &entry).map_err(StoreError::from)?;
             tx.commit().await?;
         });
         Ok(())
@@ -979,7 +986,7 @@ impl Store {
             let changes = crate::domain::audit::user_changes(None, &user);
             let entry = stamp.done(
                 u.created_at, format!("user:{}", u.id), Some(u.account_id.clone()), changes);
-            audit::record_audit!(tx, &entry);
+            audit::record_audit!(tx, &entry).map_err(StoreError::from)?;
             tx.commit().await?;
             Ok(user)
         })
@@ -1002,7 +1009,8 @@ impl Store {
     /// Reads a user under a write lock, lets `f` change it, and writes role, preference and
     /// status. In the same transaction the user's tokens take its new role and status (the
     /// copy verification reads), and a user deleted has its tokens revoked. Returns the user
-    /// and how many tokens were revoked.
+    /// and how many tokens were revoked. A transaction PostgreSQL rolls back as a deadlock
+    /// victim is run again (`f` then runs again on the user as it is).
     pub async fn update_user<E, F>(
         &self,
         id: &str,
@@ -1012,7 +1020,33 @@ impl Store {
     ) -> Result<(User, u64), E>
     where
         E: From<StoreError>,
-        F: FnOnce(User) -> Result<User, E>,
+        F: Fn(User) -> Result<User, E>,
+    {
+        let mut attempt = 1;
+        loop {
+            match self.update_user_once(id, now, stamp, &f).await {
+                Err(e) if attempt < 3 && deadlocked(&e) => {
+                    tracing::warn!(attempt, error = %e, "a user change was rolled back by a deadlock; running it again");
+                    attempt += 1;
+                }
+                Err(e) => return Err(StoreError::from(e).into()),
+                Ok(r) => return r,
+            }
+        }
+    }
+
+    /// One try of `update_user`: a database error is the outer one (to retry a deadlock),
+    /// anything else the inner.
+    async fn update_user_once<E, F>(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        stamp: &Stamp,
+        f: &F,
+    ) -> Result<Result<(User, u64), E>, sqlx::Error>
+    where
+        E: From<StoreError>,
+        F: Fn(User) -> Result<User, E>,
     {
         let select = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
         let update = format!(
@@ -1020,17 +1054,33 @@ impl Store {
              updated_at = $6 WHERE id = $1 RETURNING {USER_COLS}"
         );
         with_pool!(self, p => {
-            let mut tx = p.begin_write().await.map_err(StoreError::from)?;
-            // The user's tokens before the user: the usage writer locks tokens first, and a
-            // creation for this user holds the user until it commits.
+            // A user never changes account, so it is read before any lock.
+            let account: Option<String> =
+                sqlx::query_scalar("SELECT account_id FROM users WHERE id = $1")
+                    .bind(id).fetch_optional(p).await?;
+            let Some(account) = account else {
+                return Ok(Err(StoreError::NotFound.into()));
+            };
+            let mut tx = p.begin_write().await?;
+            // The locks in the order every writer takes them: the user's tokens (the usage
+            // writer's first), its account (which revoking tokens updates through the live
+            // count, and which a creation holds before the user), then the user.
             sqlx::query(sql(format!(
                 "SELECT id FROM tokens WHERE user_id = $1 ORDER BY id{}", p.for_update())))
-                .bind(id).fetch_all(&mut *tx).await.map_err(StoreError::from)?;
+                .bind(id).fetch_all(&mut *tx).await?;
+            sqlx::query(sql(format!("SELECT id FROM accounts WHERE id = $1{}", p.for_update())))
+                .bind(&account).fetch_optional(&mut *tx).await?;
             let row = sqlx::query_as::<_, UserRow>(sql(format!("{select}{}", p.for_update())))
-                .bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?
-                .ok_or(StoreError::NotFound)?;
-            let before = User::try_from(row)?;
-            let next = f(before.clone())?;
+                .bind(id).fetch_optional(&mut *tx).await?;
+            let before = match row.map(User::try_from) {
+                Some(Ok(u)) => u,
+                Some(Err(e)) => return Ok(Err(e.into())),
+                None => return Ok(Err(StoreError::NotFound.into())),
+            };
+            let next = match f(before.clone()) {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(e)),
+            };
             let deleted_at = match next.status {
                 UserStatus::Deleted => before.deleted_at.or(Some(now)),
                 _ => None,
@@ -1038,14 +1088,14 @@ impl Store {
             let row = sqlx::query_as::<_, UserRow>(sql(update))
                 .bind(id).bind(next.role.as_str()).bind(next.notify_expiry)
                 .bind(next.status.as_str()).bind(deleted_at).bind(now)
-                .fetch_one(&mut *tx).await.map_err(StoreError::from)?;
-            let mut revoked = 0;
+                .fetch_one(&mut *tx).await?;
+            let mut revoked: Vec<String> = Vec::new();
             if next.status == UserStatus::Deleted && before.status != UserStatus::Deleted {
-                revoked = sqlx::query(
+                revoked = sqlx::query_scalar(
                     "UPDATE tokens SET status = 'revoked', revoked_at = $2, updated_at = $2 \
-                     WHERE user_id = $1 AND status <> 'revoked'")
-                    .bind(id).bind(now).execute(&mut *tx).await.map_err(StoreError::from)?
-                    .rows_affected();
+                     WHERE user_id = $1 AND status <> 'revoked' RETURNING id")
+                    .bind(id).bind(now).fetch_all(&mut *tx).await?;
+                revoked.sort();
             }
             let mut change = 0;
             if next.role != before.role || next.status != before.status {
@@ -1053,23 +1103,25 @@ impl Store {
                     "UPDATE tokens SET user_role = $2, user_active = $3, updated_at = $4 \
                      WHERE user_id = $1")
                     .bind(id).bind(next.role.as_str()).bind(next.status == UserStatus::Active)
-                    .bind(now).execute(&mut *tx).await.map_err(StoreError::from)?
+                    .bind(now).execute(&mut *tx).await?
                     .rows_affected();
                 if n > 0 {
-                    change = p.note_change(&mut tx).await.map_err(StoreError::from)?;
+                    change = p.note_change(&mut tx).await?;
                 }
             }
-            let after = User::try_from(row)?;
+            let after = match User::try_from(row) {
+                Ok(u) => u,
+                Err(e) => return Ok(Err(e.into())),
+            };
             let mut changes = crate::domain::audit::user_changes(Some(&before), &after);
-            if revoked > 0 {
+            if !revoked.is_empty() {
                 changes.insert("tokens_revoked".into(), serde_json::json!([null, revoked]));
             }
-            let entry = stamp.done(
-                now, format!("user:{id}"), Some(after.account_id.clone()), changes);
-            audit::record_audit!(tx, &entry);
-            tx.commit().await.map_err(StoreError::from)?;
+            let entry = stamp.done(now, format!("user:{id}"), Some(account), changes);
+            audit::record_audit!(tx, &entry)?;
+            tx.commit().await?;
             self.observe_change(change);
-            Ok((after, revoked))
+            Ok(Ok((after, revoked.len() as u64)))
         })
     }
 
@@ -1105,14 +1157,15 @@ impl Store {
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
             let mut change = 0;
-            let mut revoked = 0;
+            let mut revoked: Vec<String> = Vec::new();
             // Tokens before the account: the usage writer's lock order.
             if let Some((name, period)) = revoke_policy {
-                revoked = sqlx::query(
+                revoked = sqlx::query_scalar(
                     "UPDATE tokens SET status = 'revoked', revoked_at = $3, updated_at = $3 \
-                     WHERE policy_name = $1 AND policy_period < $2 AND status <> 'revoked'")
-                    .bind(name).bind(period).bind(now).execute(&mut *tx).await?.rows_affected();
-                if revoked > 0 {
+                     WHERE policy_name = $1 AND policy_period < $2 AND status <> 'revoked' \
+                     RETURNING id")
+                    .bind(name).bind(period).bind(now).fetch_all(&mut *tx).await?;
+                if !revoked.is_empty() {
                     change = p.note_change(&mut tx).await?;
                 }
             }
@@ -1158,8 +1211,8 @@ impl Store {
             }
             let out: Vec<Token> = tokens.iter().map(|t| t.inserted(account_id, now)).collect();
             if let Some(first) = out.first() {
-                let entry = created_entry(stamp, account_id, &out, first, revoked, now);
-                audit::record_audit!(tx, &entry);
+                let entry = created_entry(stamp, account_id, &out, first, &revoked, now);
+                audit::record_audit!(tx, &entry).map_err(StoreError::from)?;
             }
             queue_messages!(tx, messages, now);
             tx.commit().await?;
@@ -1347,7 +1400,7 @@ impl Store {
             let after = Token::try_from(row)?;
             let changes = crate::domain::audit::token_changes(Some(&before), &after);
             let entry = stamp.done(now, format!("token:{id}"), Some(account_id), changes);
-            audit::record_audit!(tx, &entry);
+            audit::record_audit!(tx, &entry).map_err(StoreError::from)?;
             let n = p.note_change(&mut tx).await.map_err(StoreError::from)?;
             tx.commit().await.map_err(StoreError::from)?;
             self.observe_change(n);

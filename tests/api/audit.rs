@@ -209,7 +209,10 @@ async fn every_change_through_the_api_leaves_one_record_naming_actor_target_and_
     .await;
     assert_eq!(r[0]["action"], "user.delete");
     assert_eq!(r[0]["changes"]["status"], json!(["inactive", "deleted"]));
-    assert_eq!(r[0]["changes"]["tokens_revoked"], json!([null, 1]));
+    assert_eq!(
+        r[0]["changes"]["tokens_revoked"],
+        json!([null, [ids[1].clone()]])
+    );
     // The seeds' form of creation, and a job run on demand.
     let r = added(&app, 1, async {
         let (s, v) = app
@@ -274,7 +277,8 @@ async fn refused_attempts_are_recorded_without_a_body_and_change_nothing(b: Back
         .await;
     let tokens_before = app.token_ids(&account).await;
 
-    let r = added(&app, 1, async {
+    // No credential at all claims to be no one: not recorded.
+    added(&app, 0, async {
         let got = app
             .call(
                 Method::POST,
@@ -286,6 +290,17 @@ async fn refused_attempts_are_recorded_without_a_body_and_change_nothing(b: Back
         assert_error(&got, 401, 4013, None);
     })
     .await;
+    let r = added(&app, 1, async {
+        let got = app
+            .post(
+                "/v1/accounts",
+                "tw_op_0000000000000000000000000000",
+                json!({"name": "x"}),
+            )
+            .await;
+        assert_error(&got, 401, 4010, None);
+    })
+    .await;
     assert_eq!(who(&r[0]), ("anonymous".into(), None, "127.0.0.1".into()));
     assert_eq!(
         (
@@ -293,7 +308,7 @@ async fn refused_attempts_are_recorded_without_a_body_and_change_nothing(b: Back
             r[0]["outcome"].as_str(),
             r[0]["code"].as_u64()
         ),
-        (Some("account.create"), Some("refused"), Some(4013))
+        (Some("account.create"), Some("refused"), Some(4010))
     );
     assert_eq!(r[0]["changes"], json!({}), "no body");
     let r = added(&app, 1, async {
@@ -346,6 +361,35 @@ async fn refused_attempts_are_recorded_without_a_body_and_change_nothing(b: Back
     })
     .await;
     assert_eq!(r[0]["target"], "token:?");
+    // A plain token sent where an id belongs is not written: neither by the API's route nor by
+    // the seeds' one, whose refusals are recorded too.
+    let r = added(&app, 2, async {
+        let got = app
+            .delete(&format!("/v1/tokens/{eng_plain}"), &other_secret)
+            .await;
+        assert_eq!(got.0.as_u16(), 404, "{got:?}");
+        let got = app
+            .call(
+                Method::DELETE,
+                &format!("/token/{eng_plain}?Secret=tw_sk_bogus"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(got.0.as_u16(), 401, "{got:?}");
+    })
+    .await;
+    assert_eq!(r[0]["target"], "token:?");
+    assert_eq!(
+        (
+            r[1]["action"].as_str(),
+            r[1]["target"].as_str(),
+            r[1]["code"].as_u64()
+        ),
+        (Some("token.revoke"), Some("/token/{id}"), Some(4010))
+    );
+    let raw = app.audit_table_text().await;
+    assert!(!raw.contains(&eng_plain), "a token is in the audit log");
     // Bad input is not a refusal of the caller: no record, nothing changed.
     added(&app, 0, async {
         let got = app.post("/v1/tokens", &secret, json!({"name": ""})).await;

@@ -12,6 +12,7 @@ both_backends!(
     deleting_a_user_revokes_its_tokens_and_keeps_it_listed,
     user_changes_check_their_input_and_change_nothing_when_refused,
     a_token_records_the_credential_that_issued_it,
+    deleting_a_user_while_tokens_are_issued_for_it_never_fails_either,
 );
 
 async fn verify(app: &TestApp, token: &str) -> Value {
@@ -384,4 +385,47 @@ async fn a_token_records_the_credential_that_issued_it(b: Backend) {
         4220,
         Some("user_id"),
     );
+}
+
+/// A user deleted while tokens are being issued for it: each issue either lands before the
+/// deletion (and is revoked by it) or is refused after it (409); neither side fails. (The
+/// deletion's revocations update the account's live count, so it takes the account's lock
+/// before the user's, as an issue does.)
+async fn deleting_a_user_while_tokens_are_issued_for_it_never_fails_either(b: Backend) {
+    let app = spawn_app(b).await;
+    let (account, secret) = app
+        .account_with(json!({"name": "acme", "max_tokens": 1000}))
+        .await;
+    for round in 0..15 {
+        let user = app
+            .user(&account, &format!("u{round}@acme.example"), "user")
+            .await;
+        app.token(&secret, json!({"name": "first", "user_id": user}))
+            .await;
+        let issue = || {
+            app.post(
+                "/v1/tokens",
+                &secret,
+                json!({"name": "more", "user_id": user}),
+            )
+        };
+        let path = format!("/v1/users/{user}");
+        let (d, a, b2, c) = tokio::join!(app.delete(&path, &secret), issue(), issue(), issue());
+        assert_eq!(d.0, StatusCode::OK, "round {round}: delete {:?}", d.1);
+        for (s, v) in [a, b2, c] {
+            assert!(
+                s == StatusCode::CREATED || (s == StatusCode::CONFLICT && v["code"] == 4090),
+                "round {round}: issue {s} {v}"
+            );
+        }
+        // Whatever was issued is revoked: the user has no live token.
+        let (_, v) = app
+            .get(&format!("/v1/tokens?user_id={user}&status=active"), &secret)
+            .await;
+        assert_eq!(
+            v["tokens"].as_array().unwrap().len(),
+            0,
+            "round {round}: {v}"
+        );
+    }
 }
