@@ -1,5 +1,6 @@
 //! Statistics export: per token per UTC day, successful calls, the uses they consumed and
-//! denials by outcome, as CSV. The API (`/v1/stats.csv`) and the CLI (`stats export`) share it.
+//! denials by outcome, as CSV or JSON rows (per token, or summed per account). The API
+//! (`/v1/stats.csv`, `/v1/stats`) and the CLI (`stats export`) share it.
 
 use crate::admin::{self, Principal};
 use crate::context::Ctx;
@@ -78,6 +79,38 @@ pub async fn rows(
     Ok(ctx.store.stats(from, to, account.as_deref()).await?)
 }
 
+/// The rows summed per account and day (`token_id` empty), in day then account order.
+pub fn by_account(rows: &[StatRow]) -> Vec<StatRow> {
+    let mut sums: std::collections::BTreeMap<(String, String), StatRow> = Default::default();
+    for r in rows {
+        let sum = sums
+            .entry((r.day.clone(), r.account_id.clone()))
+            .or_insert_with(|| StatRow {
+                day: r.day.clone(),
+                account_id: r.account_id.clone(),
+                ..StatRow::default()
+            });
+        for (c, n) in STAT_COLUMNS.iter().zip(r.counts()) {
+            sum.add(c, n);
+        }
+    }
+    sums.into_values().collect()
+}
+
+/// One row as JSON: day, token (when per token), account, then every counter by its CSV name.
+pub fn to_json(r: &StatRow) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert("day".into(), r.day.clone().into());
+    if !r.token_id.is_empty() {
+        m.insert("token_id".into(), r.token_id.clone().into());
+    }
+    m.insert("account_id".into(), r.account_id.clone().into());
+    for (c, n) in STAT_COLUMNS.iter().zip(r.counts()) {
+        m.insert((*c).to_string(), n.into());
+    }
+    serde_json::Value::Object(m)
+}
+
 /// The CSV text: a header row, then one row per token and day.
 pub fn to_csv(rows: &[StatRow]) -> Result<String, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
@@ -131,6 +164,49 @@ mod tests {
         // A future `from` with no `to` names `from`.
         let e = range(Some("2026-12-05"), None, today).unwrap_err();
         assert_eq!(e.field, "from", "{e:?}");
+    }
+
+    #[test]
+    fn per_account_rows_sum_each_counter_of_a_day() {
+        let row = |day: &str, token: &str, account: &str, valid, denied| StatRow {
+            day: day.into(),
+            token_id: token.into(),
+            account_id: account.into(),
+            valid,
+            cost: valid * 2,
+            user_inactive: denied,
+            ..StatRow::default()
+        };
+        let sums = by_account(&[
+            row("2026-11-27", "A", "acct", 3, 1),
+            row("2026-11-27", "B", "acct", 4, 2),
+            row("2026-11-27", "C", "other", 1, 0),
+            row("2026-11-28", "A", "acct", 5, 0),
+        ]);
+        let got: Vec<(String, String, i64, i64, i64)> = sums
+            .iter()
+            .map(|r| {
+                (
+                    r.day.clone(),
+                    r.account_id.clone(),
+                    r.valid,
+                    r.cost,
+                    r.user_inactive,
+                )
+            })
+            .collect();
+        let s = |v: &str| v.to_string();
+        assert_eq!(
+            got,
+            [
+                (s("2026-11-27"), s("acct"), 7, 14, 3),
+                (s("2026-11-27"), s("other"), 1, 2, 0),
+                (s("2026-11-28"), s("acct"), 5, 10, 0)
+            ]
+        );
+        let j = to_json(&sums[0]);
+        assert!(j.get("token_id").is_none());
+        assert_eq!(j["user_inactive"], 3);
     }
 
     #[test]

@@ -61,7 +61,7 @@ fn action_of(method: &axum::http::Method, route: &str) -> Option<(&'static str, 
         // The seeds' route takes the token itself in the path: never recorded.
         (&M::DELETE, "/token/{id}") => ("token.revoke", ""),
         (&M::POST, "/v1/tokens/{id}/regenerate") => ("token.regenerate", "token"),
-        (&M::GET, "/v1/stats.csv") => ("stats.export", ""),
+        (&M::GET, "/v1/stats.csv") | (&M::GET, "/v1/stats") => ("stats.export", ""),
         (&M::GET, "/v1/jobs") => ("job.list", ""),
         (&M::POST, "/v1/jobs/{job}/run") => ("job.run", "job"),
         (&M::GET, "/v1/notifications") => ("notification.list", ""),

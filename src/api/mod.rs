@@ -78,6 +78,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(verify::verify))
         .routes(routes!(verify::forward_auth))
         .routes(routes!(verify::stats_csv))
+        .routes(routes!(verify::stats_json))
         .routes(routes!(verify::mint_jwt))
         .routes(routes!(jobs::list))
         .routes(routes!(jobs::run))

@@ -431,6 +431,82 @@ pub async fn stats_csv(
         .into_response())
 }
 
+/// `GET /v1/stats` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatsJsonQuery {
+    /// First UTC day (`YYYY-MM-DD` or `dd/MM/yyyy`); default the 1st of `to`'s month.
+    pub from: Option<String>,
+    /// Last UTC day, inclusive; default today.
+    pub to: Option<String>,
+    /// One account (operator only; others get their own).
+    pub account_id: Option<String>,
+    /// One token's rows only.
+    pub token_id: Option<String>,
+    /// `token` (default: a row per token and day) or `account` (a row per account and day).
+    pub per: Option<String>,
+}
+
+/// Statistics as JSON.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StatsAnswer {
+    /// 2002.
+    pub code: u32,
+    /// First day.
+    pub from: String,
+    /// Last day, inclusive.
+    pub to: String,
+    /// `token` or `account`.
+    pub per: &'static str,
+    /// One per token (or account) and day: `day`, `token_id` (per token), `account_id`, then
+    /// `valid`, `cost` and each denial by outcome, named as the CSV's columns.
+    #[schema(value_type = Vec<Object>)]
+    pub rows: Vec<serde_json::Value>,
+}
+
+/// Per-token (or per-account) daily statistics as JSON: the numbers of `/v1/stats.csv`.
+#[utoipa::path(get, path = "/v1/stats", tag = "verification", params(StatsJsonQuery),
+    responses((status = 200, body = StatsAnswer), (status = "4XX", body = ErrorBody)),
+    security(("credential" = [])))]
+pub async fn stats_json(
+    State(s): State<AppState>,
+    super::extract::Auth(p): super::extract::Auth,
+    super::extract::Params(q): super::extract::Params<StatsJsonQuery>,
+) -> Result<Json<StatsAnswer>, ApiError> {
+    let (from, to) = crate::stats::range(
+        q.from.as_deref(),
+        q.to.as_deref(),
+        s.ctx.clock.now().date_naive(),
+    )?;
+    let per = match q.per.as_deref() {
+        None | Some("token") => "token",
+        Some("account") => "account",
+        Some(_) => {
+            return Err(crate::domain::ParseError::new("per", "must be token or account").into())
+        }
+    };
+    if q.token_id.as_deref().is_some_and(|t| {
+        t.len() != crate::domain::ids::TOKEN_ID_LEN || !crate::domain::ids::is_base62(t)
+    }) {
+        return Err(crate::domain::ParseError::new("token_id", "is not a token id").into());
+    }
+    let mut rows = crate::stats::rows(&s.ctx, &p, from, to, q.account_id.as_deref()).await?;
+    if let Some(t) = &q.token_id {
+        rows.retain(|r| &r.token_id == t);
+    }
+    if per == "account" {
+        rows = crate::stats::by_account(&rows);
+    }
+    Ok(Json(StatsAnswer {
+        code: super::error::Code::Ok.number(),
+        from: from.to_string(),
+        to: to.to_string(),
+        per,
+        rows: rows.iter().map(crate::stats::to_json).collect(),
+    }))
+}
+
 /// A minted JWT.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JwtAnswer {

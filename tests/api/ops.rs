@@ -66,6 +66,7 @@ async fn openapi_covers_every_route(b: Backend) {
         ("post", "/v1/verify"),
         ("get", "/v1/auth"),
         ("get", "/v1/stats.csv"),
+        ("get", "/v1/stats"),
         ("post", "/v1/jwt"),
         ("get", "/v1/jobs"),
         ("post", "/v1/jobs/{job}/run"),

@@ -945,4 +945,62 @@ async fn statistics_per_token_and_day_as_csv(b: Backend) {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["field"], field, "{q}");
     }
+
+    // The same numbers as JSON: every CSV row, its columns by name.
+    let (_, _, csv) = get("from=2026-11-01&to=2026-12-31").await;
+    let (s, v) = app
+        .get("/v1/stats?from=2026-11-01&to=2026-12-31", &secret)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let rows = v["rows"].as_array().unwrap();
+    let csv_rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), csv_rows.len(), "{v}");
+    for (row, line) in rows.iter().zip(&csv_rows) {
+        let cells: Vec<String> = header
+            .iter()
+            .map(|h| match &row[*h] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        assert_eq!(cells.join(","), *line);
+    }
+    // Per account: the day's rows summed; one token's rows alone.
+    let (_, v) = app
+        .get(
+            "/v1/stats?from=2026-12-01&to=2026-12-01&per=account",
+            &secret,
+        )
+        .await;
+    assert_eq!(v["per"], "account");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["rows"][0]["valid"], 7, "{v}");
+    assert!(v["rows"][0].get("token_id").is_none());
+    let (_, v) = app
+        .get(
+            &format!("/v1/stats?from=2026-11-01&to=2026-12-31&token_id={id}"),
+            &secret,
+        )
+        .await;
+    assert_eq!(v["rows"].as_array().unwrap().len(), 2, "{v}");
+    for (q, field) in [
+        ("per=user", "per"),
+        ("token_id=../x", "token_id"),
+        ("from=2026-13-01", "from"),
+    ] {
+        assert_error(
+            &app.get(&format!("/v1/stats?{q}"), &secret).await,
+            422,
+            4220,
+            Some(field),
+        );
+    }
+    let (_, v) = app.get("/v1/stats?from=2026-11-01", &other).await;
+    assert_eq!(
+        v["rows"].as_array().unwrap().len(),
+        0,
+        "another account's rows: {v}"
+    );
 }
