@@ -598,12 +598,21 @@ async fn debug_logs_never_show_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let child = tw(dir.path())
+    let mut child = tw(dir.path())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "trace")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Read the trace log as it is written: a pipe read only at the end fills, and the daemon
+    // then blocks on its next log line.
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        use std::io::Read;
+        stderr.read_to_string(&mut log).unwrap();
+        log
+    });
     wait_for(&format!("{base}/healthz")).await;
     let op = std::fs::read_to_string(dir.path().join("data/operator.token"))
         .unwrap()
@@ -643,7 +652,13 @@ async fn debug_logs_never_show_credentials() {
         .send()
         .await
         .unwrap();
-    let log = stop(child);
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    let log = reader.join().unwrap();
+    assert!(status.success(), "daemon exited with {status}");
     assert!(
         log.contains("/token/{id}"),
         "requests are logged by route: {}",
