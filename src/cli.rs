@@ -671,8 +671,7 @@ async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::R
                 limit,
                 page: before.map(|b| b.to_string()),
             };
-            let mut f = crate::api::audit::filter(&op, q)?;
-            f.limit -= 1;
+            let f = crate::api::audit::filter(&op, q)?;
             let rows = ctx.store.list_audit(&f).await?;
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();

@@ -612,13 +612,9 @@ pub async fn update_token(ctx: &Ctx, p: &Caller, id: &str, input: UpdateToken) -
     let current = load_token(ctx, p, id, Access::Manage).await?;
     let mut change = TokenChange::parse(input, &ctx.config.tokens, now)?;
     if let Some(r) = change.role {
-        // Never above the caller, nor above the user the token was issued for.
-        let mut allowed = p.role();
-        if let Some(u) = &current.user_id {
-            if let Some(user) = ctx.store.user(u).await? {
-                allowed = allowed.min(user.role);
-            }
-        }
+        // Never above the caller, nor above the user the token was issued for (whose current
+        // role the token's row carries).
+        let allowed = crate::domain::role::effective(p.role(), current.user_role);
         if r > allowed {
             return Err(Error::RoleTooHigh {
                 requested: r,

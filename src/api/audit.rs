@@ -112,14 +112,13 @@ fn target_of(kind: &str, route: &str, path: &str) -> String {
 
 /// Middleware: records a management attempt refused for its caller, without its body.
 pub async fn record_refusals(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
-    let Some((action, kind)) = route.as_deref().and_then(|r| action_of(req.method(), r)) else {
+    // Verification and health routes pass without an allocation: only a management route's
+    // pattern is kept.
+    let Some((action, kind, route)) = req.extensions().get::<MatchedPath>().and_then(|m| {
+        action_of(req.method(), m.as_str()).map(|(a, k)| (a, k, m.as_str().to_string()))
+    }) else {
         return next.run(req).await;
     };
-    let route = route.unwrap_or_default();
     let path = req.uri().path().to_string();
     let origin = req
         .extensions()
@@ -328,7 +327,7 @@ pub fn filter(p: &Principal, q: AuditQuery) -> Result<AuditFilter, admin::Error>
         from,
         to,
         before_id,
-        limit: limit + 1,
+        limit,
     })
 }
 
@@ -342,8 +341,10 @@ pub async fn list(
     Auth(p): Auth,
     Params(q): Params<AuditQuery>,
 ) -> ApiResult<Json<AuditList>> {
-    let f = filter(&p, q)?;
-    let limit = (f.limit - 1) as usize;
+    let mut f = filter(&p, q)?;
+    let limit = f.limit as usize;
+    // One more than the page, to know whether another follows.
+    f.limit += 1;
     let mut rows = s
         .ctx
         .store
