@@ -6,6 +6,7 @@ use crate::api::views::{AccountView, TokenView};
 use crate::app::{self, App};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{self, Config, Overrides};
+use crate::domain::rate::RateLimitInput;
 use crate::patch::Patch;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -153,6 +154,9 @@ pub enum AccountCmd {
         /// Calls per calendar month over all its tokens.
         #[arg(long)]
         monthly_quota: Option<i64>,
+        /// At most LIMIT calls per SECONDS over all its tokens (`100/60`).
+        #[arg(long, value_name = "LIMIT/SECONDS", value_parser = rate_limit_arg)]
+        rate_limit: Option<RateLimitInput>,
     },
     /// List accounts.
     List,
@@ -282,6 +286,21 @@ pub struct TokenCreateArgs {
     /// The tokens may sign short-lived JWTs.
     #[arg(long)]
     pub jwt: bool,
+    /// At most LIMIT calls per SECONDS for each token (`100/60`).
+    #[arg(long, value_name = "LIMIT/SECONDS", value_parser = rate_limit_arg)]
+    pub rate_limit: Option<RateLimitInput>,
+}
+
+/// `LIMIT/SECONDS`, bounded later as the API bounds it.
+fn rate_limit_arg(s: &str) -> Result<RateLimitInput, String> {
+    let (l, w) = s
+        .split_once('/')
+        .ok_or_else(|| "write it as LIMIT/SECONDS, e.g. 100/60".to_string())?;
+    let num = |v: &str| v.trim().parse::<i64>().map_err(|e| format!("{v:?}: {e}"));
+    Ok(RateLimitInput {
+        limit: num(l)?,
+        window_seconds: num(w)?,
+    })
 }
 
 /// `token list` options.
@@ -495,6 +514,7 @@ async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::R
             name,
             max_tokens,
             monthly_quota,
+            rate_limit,
         }) => {
             let (a, secret) = admin::create_account(
                 ctx,
@@ -503,6 +523,7 @@ async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::R
                     name: Some(name),
                     max_tokens,
                     monthly_quota,
+                    rate_limit,
                 },
             )
             .await?;
@@ -579,6 +600,7 @@ async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::R
                 count: a.count,
                 refill_monthly: a.refill_monthly,
                 jwt: Some(a.jwt),
+                rate_limit: a.rate_limit,
             };
             let created = admin::create_tokens(ctx, &op, input).await?;
             let views: Vec<TokenView> = created

@@ -12,6 +12,9 @@ pub struct CreateAccount {
     pub max_tokens: Option<i64>,
     /// Calls per calendar month over all its tokens; absent = no account quota.
     pub monthly_quota: Option<i64>,
+    /// At most `limit` calls per `window_seconds` over all its tokens; absent or `null` = none.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitInput>,
 }
 
 /// `PATCH /v1/accounts/{id}`
@@ -28,6 +31,10 @@ pub struct UpdateAccount {
     #[serde(default)]
     #[schema(value_type = Option<i64>)]
     pub monthly_quota: Patch<i64>,
+    /// New rate limit over all its tokens; `null` removes it.
+    #[serde(default)]
+    #[schema(value_type = Option<RateLimitInput>)]
+    pub rate_limit: Patch<RateLimitInput>,
 }
 
 const MAX_QUOTA: i64 = 1_000_000_000_000;
@@ -62,6 +69,10 @@ pub async fn create_account(
     let name = limits::text(input.name.as_deref().unwrap_or(""), 100, true, "name")?;
     let max = max_tokens(input.max_tokens.unwrap_or(ctx.config.default_max_tokens))?;
     let quota = input.monthly_quota.map(monthly_quota).transpose()?;
+    let rate_limit = input
+        .rate_limit
+        .map(|r| r.check("rate_limit"))
+        .transpose()?;
     let id = ids::random_id(ids::ENTITY_ID_LEN);
     let secret = credential::new_account_secret(&ctx.config.tokens.prefix, &id);
     let account = ctx
@@ -73,6 +84,7 @@ pub async fn create_account(
                 max_tokens: max,
                 monthly_quota: quota,
                 secret_hash: secret.hash(),
+                rate_limit,
             },
             ctx.clock.now(),
             &p.stamp("account.create"),
@@ -136,6 +148,7 @@ pub async fn update_account(
         .transpose()?;
     let max = input.max_tokens.map(max_tokens).transpose()?;
     let quota = input.monthly_quota.try_given(monthly_quota)?;
+    let rate_limit = input.rate_limit.try_given(|r| r.check("rate_limit"))?;
     ctx.store
         .update_account(id, ctx.clock.now(), &p.stamp("account.update"), |mut a| {
             if let Some(s) = status {
@@ -146,6 +159,9 @@ pub async fn update_account(
             }
             if let Some(q) = quota {
                 a.monthly_quota = q;
+            }
+            if let Some(r) = rate_limit {
+                a.rate_limit = r;
             }
             Ok::<_, Error>(a)
         })

@@ -6,6 +6,7 @@
 
 use crate::domain::audit::{self, Actor, Stamp};
 use crate::domain::model::{Account, Token, User};
+use crate::domain::rate::{RateLimit, RateLimitInput};
 use crate::domain::{
     credential::{self, hashes_match, Plain, Presented},
     email, ids, limits,

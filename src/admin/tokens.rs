@@ -42,6 +42,9 @@ pub struct CreateTokens {
     /// Whether the tokens may sign short-lived JWTs (their secret is then kept sealed under the
     /// master key). Default false.
     pub jwt: Option<bool>,
+    /// At most `limit` calls per `window_seconds` for each token; absent or `null` = none.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitInput>,
 }
 
 fn expiry_request(
@@ -197,6 +200,7 @@ struct TokenSpec {
     count: usize,
     refill_monthly: Option<i64>,
     jwt: bool,
+    rate_limit: Option<RateLimit>,
 }
 
 impl TokenSpec {
@@ -239,6 +243,10 @@ impl TokenSpec {
                 "needs a usage_limit to refill",
             ));
         }
+        let rate_limit = input
+            .rate_limit
+            .map(|r| r.check("rate_limit"))
+            .transpose()?;
         Ok(TokenSpec {
             name,
             description,
@@ -251,6 +259,7 @@ impl TokenSpec {
             count,
             refill_monthly,
             jwt: input.jwt.unwrap_or(false),
+            rate_limit,
         })
     }
 }
@@ -358,6 +367,7 @@ async fn write_tokens(
             role: spec.role,
             scopes: spec.scopes.clone(),
             allowed_ips: spec.allowed_ips.clone(),
+            rate_limit: spec.rate_limit,
             usage_limit: spec.usage_limit,
             refill_monthly: spec.refill_monthly,
             expires_at: issue.expires_at,
@@ -604,6 +614,10 @@ pub struct UpdateToken {
     #[serde(default)]
     #[schema(value_type = Option<i64>)]
     pub refill_monthly: Patch<i64>,
+    /// New rate limit (`{limit, window_seconds}`); `null` = none.
+    #[serde(default)]
+    #[schema(value_type = Option<RateLimitInput>)]
+    pub rate_limit: Patch<RateLimitInput>,
 }
 
 /// Changes a token's editable fields.
@@ -644,6 +658,7 @@ struct TokenChange {
     expiry: Option<ExpiryRequest>,
     expires_at: Option<Option<DateTime<Utc>>>,
     refill_monthly: Option<Option<i64>>,
+    rate_limit: Option<Option<RateLimit>>,
 }
 
 impl TokenChange {
@@ -682,6 +697,7 @@ impl TokenChange {
         let (expiry, expires_at) =
             changed_expiry(input.lifetime_seconds, input.expires_on, cfg, now)?;
         let refill_monthly = input.refill_monthly.try_given(refill)?;
+        let rate_limit = input.rate_limit.try_given(|r| r.check("rate_limit"))?;
         Ok(TokenChange {
             name,
             description,
@@ -692,6 +708,7 @@ impl TokenChange {
             expiry,
             expires_at,
             refill_monthly,
+            rate_limit,
         })
     }
 
@@ -732,6 +749,9 @@ impl TokenChange {
         }
         if let Some(e) = self.expires_at {
             t.expires_at = e;
+        }
+        if let Some(r) = self.rate_limit {
+            t.rate_limit = r;
         }
         if let Some(r) = self.refill_monthly {
             if r.is_some() && t.usage_limit.is_none() {

@@ -4,6 +4,7 @@
 use super::error::{ApiError, ErrorBody};
 use super::extract::Body;
 use super::AppState;
+use crate::domain::rate::Standing;
 use crate::verify::{service, service::Verdict, Check, Outcome};
 use axum::{
     extract::{ConnectInfo, State},
@@ -61,6 +62,33 @@ pub struct VerifyAnswer {
     /// Uses this month after this call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calls_this_month: Option<i64>,
+    /// Where the call stands against the tightest rate limit of the token or its account,
+    /// when one applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateStanding>,
+}
+
+/// A call's standing against a rate limit.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RateStanding {
+    /// Calls allowed per window.
+    pub limit: u32,
+    /// Calls left in this window after this one.
+    pub remaining: u32,
+    /// When the window ends (UTC, RFC 3339): calls may come again then.
+    pub reset_at: String,
+}
+
+impl From<Standing> for RateStanding {
+    fn from(s: Standing) -> Self {
+        RateStanding {
+            limit: s.limit,
+            remaining: s.remaining,
+            reset_at: chrono::DateTime::from_timestamp(s.reset_at, 0)
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+        }
+    }
 }
 
 impl From<&Verdict> for VerifyAnswer {
@@ -80,6 +108,7 @@ impl From<&Verdict> for VerifyAnswer {
                     .map(|e| e.to_rfc3339_opts(SecondsFormat::AutoSi, true))
             }),
             calls_this_month: v.calls_this_month(),
+            rate_limit: v.rate.map(RateStanding::from),
         }
     }
 }
@@ -373,6 +402,24 @@ async fn forwarded(
     ];
     for (k, v) in pairs.into_iter().flatten() {
         h.insert(k, v);
+    }
+    if let Some(r) = verdict.rate {
+        // The conventional names (IETF draft, GitHub): Reset is the window's end in Unix
+        // seconds; Retry-After, on a refusal, the seconds until then.
+        let limit = [
+            ("x-ratelimit-limit", r.limit.to_string()),
+            ("x-ratelimit-remaining", r.remaining.to_string()),
+            ("x-ratelimit-reset", r.reset_at.to_string()),
+        ];
+        for (k, v) in limit.into_iter().filter_map(|(k, v)| header(k, &v)) {
+            h.insert(k, v);
+        }
+        if verdict.outcome == Outcome::RateLimited {
+            let wait = (r.reset_at - verdict.at.timestamp()).max(1);
+            if let Some((k, v)) = header("retry-after", &wait.to_string()) {
+                h.insert(k, v);
+            }
+        }
     }
     if verdict.outcome == Outcome::NotFound || verdict.outcome == Outcome::Malformed {
         h.insert(

@@ -1,6 +1,7 @@
 //! What the API (and the CLI) shows of accounts, users and tokens.
 
 use crate::domain::model::{Account, Token, User};
+use crate::domain::rate::{RateLimit, RateLimitInput};
 use crate::domain::{
     role::Role,
     status::{AccountStatus, TokenStatus, UserStatus},
@@ -34,6 +35,9 @@ pub struct AccountView {
     pub monthly_quota: Option<i64>,
     /// Calls counted against the quota this month.
     pub quota_used_this_month: i64,
+    /// At most `limit` calls per `window_seconds` over all its tokens; null = none.
+    #[schema(value_type = Option<RateLimitInput>)]
+    pub rate_limit: Option<RateLimit>,
     /// Creation time (UTC).
     #[serde(serialize_with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
@@ -59,6 +63,7 @@ impl AccountView {
             } else {
                 0
             },
+            rate_limit: a.rate_limit,
             created_at: a.created_at,
             updated_at: a.updated_at,
         }
@@ -146,6 +151,9 @@ pub struct TokenView {
     pub remaining: Option<i64>,
     /// Monthly refill amount.
     pub refill_monthly: Option<i64>,
+    /// At most `limit` calls per `window_seconds`; null = none.
+    #[schema(value_type = Option<RateLimitInput>)]
+    pub rate_limit: Option<RateLimit>,
     /// Expiry (UTC); null = never.
     #[serde(serialize_with = "rfc3339_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -206,6 +214,7 @@ impl TokenView {
             usage_limit: t.usage_limit,
             remaining: t.remaining_at(now),
             refill_monthly: t.refill_monthly,
+            rate_limit: t.rate_limit,
             expires_at: t.expires_at,
             expires_soon,
             status,

@@ -94,6 +94,9 @@ pub struct RawPolicy {
     pub scopes: Vec<String>,
     /// Allowed client IPs/CIDRs.
     pub allowed_ips: Vec<String>,
+    /// `{ limit = n, window_seconds = s }`: at most n calls per s seconds for each token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::domain::rate::RateLimitInput>,
     /// Note on each token.
     pub description: String,
     /// Revoke last month's token when this month's is issued.
@@ -271,6 +274,8 @@ pub struct Policy {
     pub scopes: Vec<scope::Scope>,
     /// Allowed client networks.
     pub allowed_ips: Vec<ipnet::IpNet>,
+    /// Calls allowed per window for each token.
+    pub rate_limit: Option<crate::domain::rate::RateLimit>,
     /// Note.
     pub description: Option<String>,
     /// Revoke the previous month's token.
@@ -584,6 +589,13 @@ pub(super) fn check(
                 Vec::new()
             }
         };
+        let rate_limit = match p.rate_limit.map(|r| r.check(&k("rate_limit"))).transpose() {
+            Ok(r) => r,
+            Err(e) => {
+                bad(&e.field, e.reason);
+                None
+            }
+        };
         let description = match limits::text(&p.description, 1000, false, &k("description")) {
             Ok(d) => (!d.is_empty()).then_some(d),
             Err(e) => {
@@ -638,6 +650,7 @@ pub(super) fn check(
                 role,
                 scopes,
                 allowed_ips,
+                rate_limit,
                 description,
                 revoke_previous: p.revoke_previous,
                 webhook,

@@ -128,27 +128,35 @@ fn diff(fields: Vec<(&'static str, Value, Value)>) -> Map<String, Value> {
         .collect()
 }
 
-fn account_fields(a: Option<&Account>) -> [Value; 4] {
+fn account_fields(a: Option<&Account>) -> [Value; 5] {
     match a {
-        None => [Value::Null, Value::Null, Value::Null, Value::Null],
+        None => [
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+        ],
         Some(a) => [
             json!(a.name),
             json!(a.status.as_str()),
             json!(a.max_tokens),
             json!(a.monthly_quota),
+            json!(a.rate_limit),
         ],
     }
 }
 
 /// What changed from `before` (none: created) to `after` of an account's settings.
 pub fn account_changes(before: Option<&Account>, after: &Account) -> Map<String, Value> {
-    let [n0, s0, m0, q0] = account_fields(before);
-    let [n1, s1, m1, q1] = account_fields(Some(after));
+    let [n0, s0, m0, q0, r0] = account_fields(before);
+    let [n1, s1, m1, q1, r1] = account_fields(Some(after));
     diff(vec![
         ("name", n0, n1),
         ("status", s0, s1),
         ("max_tokens", m0, m1),
         ("monthly_quota", q0, q1),
+        ("rate_limit", r0, r1),
     ])
 }
 
@@ -197,6 +205,7 @@ fn token_fields(t: Option<&Token>) -> Vec<(&'static str, Value)> {
         ("usage_limit", json!(t.usage_limit)),
         ("remaining", json!(t.remaining)),
         ("refill_monthly", json!(t.refill_monthly)),
+        ("rate_limit", json!(t.rate_limit)),
         ("expires_at", time(t.expires_at)),
         ("status", json!(t.status.as_str())),
         ("jwt", json!(t.jwt_enabled)),

@@ -72,6 +72,9 @@ pub enum Code {
     UsageExceeded = 4290,
     /// 4291: a verification: the account's monthly quota would be passed.
     AccountQuotaExceeded = 4291,
+    /// 4292: a verification: the token's or the account's rate limit has no room left in this
+    /// window (forward auth adds `Retry-After`).
+    RateLimited = 4292,
     /// 5000: internal error.
     Internal = 5000,
     /// 5001: a job run on demand failed (it will be retried).
@@ -99,7 +102,7 @@ impl Code {
             UnsupportedMediaType => 415,
             InvalidField | UnknownField => 422,
             Internal | JobFailed => 500,
-            UsageExceeded | AccountQuotaExceeded => 429,
+            UsageExceeded | AccountQuotaExceeded | RateLimited => 429,
             StoreUnavailable => 503,
         }
     }
@@ -141,6 +144,7 @@ impl Code {
             UnknownField => "UNKNOWN_FIELD",
             UsageExceeded => "USAGE_EXCEEDED",
             AccountQuotaExceeded => "ACCOUNT_QUOTA_EXCEEDED",
+            RateLimited => "RATE_LIMITED",
             Internal => "INTERNAL_ERROR",
             JobFailed => "JOB_FAILED",
             StoreUnavailable => "STORE_UNAVAILABLE",

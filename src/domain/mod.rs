@@ -12,6 +12,7 @@ pub mod model;
 pub mod net;
 pub mod period;
 pub mod plan;
+pub mod rate;
 pub mod retry;
 pub mod role;
 pub mod scope;

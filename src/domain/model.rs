@@ -3,6 +3,7 @@
 //! and IP rules are parsed when a row is read, so a check compares parsed values.
 
 use super::{
+    rate::RateLimit,
     role::Role,
     scope::Scope,
     status::{AccountStatus, TokenStatus, UserStatus},
@@ -27,6 +28,8 @@ pub struct Account {
     pub quota_used: i64,
     /// The `YYYY-MM` month `quota_used` belongs to.
     pub quota_period: Option<String>,
+    /// Calls allowed per window over all its tokens, if limited.
+    pub rate_limit: Option<RateLimit>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -86,6 +89,8 @@ pub struct Token {
     pub scopes: Vec<Scope>,
     /// Allowed client networks; empty = any.
     pub allowed_ips: Vec<IpNet>,
+    /// Calls allowed per window, if limited.
+    pub rate_limit: Option<RateLimit>,
     /// Uses allowed in all; `None` = unlimited.
     pub usage_limit: Option<i64>,
     /// Uses left; `None` = unlimited.
@@ -161,6 +166,7 @@ impl Token {
             user_active: true,
             scopes: vec![],
             allowed_ips: vec![],
+            rate_limit: None,
             usage_limit: None,
             remaining: None,
             refill_monthly: None,

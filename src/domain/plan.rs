@@ -6,6 +6,7 @@
 use super::credential::hashes_match;
 use super::model::{Account, DayCounts, STAT_COUNTERS};
 use super::period::{day_key, month_key, Month};
+use super::rate::{Standing, Windows};
 use super::state::TokenState;
 use super::status::TokenStatus;
 use super::verdict::{decide, AccountState, Check, Outcome};
@@ -51,6 +52,8 @@ pub struct Decided {
     /// The token as it stands after this call (`None` when it is unknown or the secret did not
     /// match); shared, as the SQLite ledger answers with its cached row.
     pub token: Option<std::sync::Arc<TokenState>>,
+    /// Where the call stands against the tightest rate limit that applied to it, if any.
+    pub rate: Option<Standing>,
 }
 
 /// A refused verification of a known token, counted in the daily statistics.
@@ -185,6 +188,8 @@ pub struct BatchState {
     pub accounts: HashMap<String, Account>,
     /// Uses recorded so far for the batch's JWTs, by (token id, JWT id); absent means none.
     pub jwt_uses: HashMap<(String, String), i64>,
+    /// The rate windows of the batch's tokens and accounts (this daemon's memory).
+    pub rates: Windows,
 }
 
 /// What a batch decided and what it must write: everything in memory, so each driver only
@@ -203,6 +208,8 @@ pub struct Plan {
     pub stats: Vec<StatRow>,
     /// JWT use counts to store.
     pub jwt_uses: Vec<JwtCount>,
+    /// The rate windows as the batch left them, for the daemon to keep once it is written.
+    pub rates: Windows,
 }
 
 /// The ids of the tokens a batch touches (its calls and its denials), sorted and unique: the
@@ -368,6 +375,7 @@ fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: b
         mut tokens,
         mut accounts,
         mut jwt_uses,
+        mut rates,
     } = state;
     // Rows for the archive: counters a token's row hands over when a later day starts, and
     // counts for a day before the one the row holds.
@@ -408,6 +416,7 @@ fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: b
             decided.push(Decided {
                 outcome: Outcome::NotFound,
                 token: None,
+                rate: None,
             });
             continue;
         };
@@ -430,7 +439,8 @@ fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: b
             let used = jwt_uses.get(&key).copied().unwrap_or(0);
             (key, used, j.expires_at)
         });
-        let outcome = consume_one(t, a, jwt.as_mut().map(|j| &mut j.1), r, period);
+        let (outcome, rate) =
+            consume_one(t, a, jwt.as_mut().map(|j| &mut j.1), &mut rates, r, period);
         if outcome == Outcome::Valid {
             if let Some((key, used, expires_at)) = jwt {
                 jwt_uses.insert(key.clone(), used);
@@ -447,6 +457,7 @@ fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: b
         decided.push(Decided {
             outcome,
             token: answers.then(|| std::sync::Arc::new(t.clone())),
+            rate,
         });
     }
     let mut dirty_tokens: Vec<String> = dirty_tokens.into_iter().collect();
@@ -478,6 +489,7 @@ fn plan_with(reqs: &[Consume], denials: &[Denial], state: BatchState, answers: b
         archives,
         stats,
         jwt_uses: jwts,
+        rates,
     }
 }
 
@@ -490,17 +502,32 @@ pub fn consume_one(
     t: &mut TokenState,
     a: &mut Account,
     jwt_used: Option<&mut i64>,
+    rates: &mut Windows,
     r: &Consume,
     period: Period<'_>,
-) -> Outcome {
+) -> (Outcome, Option<Standing>) {
     let cost = r.check.cost;
     let outcome = if r.decided {
         Outcome::Valid
     } else {
         decide(t, &AccountState::of(a), &r.check, r.now)
     };
+    // The rate limits come after every check of whether this credential may make this call at
+    // all, and before anything is spent: a call refused for its quota or uses still took its
+    // place in the window; a rate-limited one spends nothing.
+    let mut rate = None;
+    let spends = matches!(
+        outcome,
+        Outcome::Valid | Outcome::AccountQuotaExceeded | Outcome::UsageExceeded
+    );
+    if !r.decided && spends {
+        match rates.admit((&t.id, t.rate_limit()), (&a.id, a.rate_limit), r.now) {
+            Ok(s) => rate = s,
+            Err(s) => return (Outcome::RateLimited, Some(s)),
+        }
+    }
     if outcome != Outcome::Valid {
-        return outcome;
+        return (outcome, rate);
     }
     debug_assert_eq!(
         r.jwt.is_some(),
@@ -511,7 +538,7 @@ pub fn consume_one(
         // The JWT's own count: its signer's row is locked (or the ledger's cache), so this
         // read-decide-write holds.
         if !r.decided && *used + cost > j.limit {
-            return Outcome::UsageExceeded;
+            return (Outcome::UsageExceeded, rate);
         }
         *used += cost;
     }
@@ -536,7 +563,7 @@ pub fn consume_one(
         t.last_used_ip = r.check.client_ip;
     }
     t.last_used_at = Some(t.last_used_at.map_or(r.now, |l| l.max(r.now)));
-    Outcome::Valid
+    (Outcome::Valid, rate)
 }
 
 #[cfg(test)]
@@ -571,6 +598,7 @@ mod tests {
             monthly_quota: quota,
             quota_used: 0,
             quota_period: None,
+            rate_limit: None,
             created_at: at(1, 0),
             updated_at: at(1, 0),
         };
@@ -578,6 +606,7 @@ mod tests {
             tokens: tokens.into_iter().map(|t| (t.id.to_string(), t)).collect(),
             accounts: HashMap::from([("acct".to_string(), account)]),
             jwt_uses: HashMap::new(),
+            rates: Windows::default(),
         }
     }
 
@@ -624,6 +653,50 @@ mod tests {
         assert_eq!(t.today().day, NaiveDate::from_ymd_opt(2026, 11, 27));
         assert_eq!((c[0], c[1], c[8]), (2, 2, 1), "valid, cost, usage_exceeded");
         assert_eq!(p.accounts[0].quota_used, 2);
+    }
+
+    #[test]
+    fn a_rate_limited_call_spends_nothing_and_a_usage_refusal_still_takes_its_place() {
+        let mut t = token("AAAA", Some(3));
+        t.rules = crate::domain::state::Rules::boxed(
+            vec![],
+            vec![],
+            crate::domain::rate::RateLimit::new(4, 60, "rate_limit").ok(),
+        );
+        let reqs: Vec<Consume> = (0..6).map(|_| call("AAAA", 7, at(27, 12))).collect();
+        let p = plan(&reqs, &[], state(vec![t], None));
+        assert_eq!(
+            outcomes(&p),
+            [
+                Outcome::Valid,
+                Outcome::Valid,
+                Outcome::Valid,
+                Outcome::UsageExceeded,
+                Outcome::RateLimited,
+                Outcome::RateLimited
+            ]
+        );
+        assert_eq!(p.tokens[0].remaining, Some(0));
+        assert_eq!(p.accounts[0].quota_used, 3);
+        assert_eq!(p.rates.tokens["AAAA"].count, 4);
+        let standing = p.decided[5].rate.unwrap();
+        assert_eq!((standing.limit, standing.remaining), (4, 0));
+        // Refused for its rate, a call is in no statistics column: usage_exceeded counted one.
+        let c = p.tokens[0].today().counts;
+        assert_eq!((c[0], c[8]), (3, 1));
+        // A wrong secret is not the token's caller: it takes no place in the window.
+        let mut t = token("BBBB", None);
+        t.rules = crate::domain::state::Rules::boxed(
+            vec![],
+            vec![],
+            crate::domain::rate::RateLimit::new(1, 60, "rate_limit").ok(),
+        );
+        let p = plan(
+            &[call("BBBB", 9, at(27, 12)), call("BBBB", 7, at(27, 12))],
+            &[],
+            state(vec![t], None),
+        );
+        assert_eq!(outcomes(&p), [Outcome::NotFound, Outcome::Valid]);
     }
 
     /// A fold applies calls decided earlier as they were, on the rows as they are now: a

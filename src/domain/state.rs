@@ -7,6 +7,7 @@
 
 use super::model::DayCounts;
 use super::period::Month;
+use super::rate::RateLimit;
 use super::{role::Role, scope::Scope, status::TokenStatus};
 use chrono::{DateTime, Utc};
 use compact_str::CompactString;
@@ -77,15 +78,22 @@ pub struct Rules {
     pub scopes: Vec<Scope>,
     /// Allowed client networks; empty = any.
     pub allowed_ips: Vec<IpNet>,
+    /// Calls allowed per window, if limited.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Rules {
     /// The rules, boxed, or `None` when there are none (the common case costs no allocation).
-    pub fn boxed(scopes: Vec<Scope>, allowed_ips: Vec<IpNet>) -> Option<Box<Rules>> {
-        (!scopes.is_empty() || !allowed_ips.is_empty()).then(|| {
+    pub fn boxed(
+        scopes: Vec<Scope>,
+        allowed_ips: Vec<IpNet>,
+        rate_limit: Option<RateLimit>,
+    ) -> Option<Box<Rules>> {
+        (!scopes.is_empty() || !allowed_ips.is_empty() || rate_limit.is_some()).then(|| {
             Box::new(Rules {
                 scopes,
                 allowed_ips,
+                rate_limit,
             })
         })
     }
@@ -100,6 +108,11 @@ impl TokenState {
     /// Allowed client networks; empty = any.
     pub fn allowed_ips(&self) -> &[IpNet] {
         self.rules.as_ref().map_or(&[], |r| &r.allowed_ips)
+    }
+
+    /// Calls allowed per window, if limited.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.rules.as_ref().and_then(|r| r.rate_limit)
     }
 
     /// The role it acts with: its own, capped by its user's current role.
@@ -191,7 +204,7 @@ impl From<&super::model::Token> for TokenState {
                         valid_until,
                     })
                 }),
-            rules: Rules::boxed(t.scopes.clone(), t.allowed_ips.clone()),
+            rules: Rules::boxed(t.scopes.clone(), t.allowed_ips.clone(), t.rate_limit),
             today: (t.today != DayCounts::default()).then(|| Box::new(t.today.clone())),
             remaining: t.remaining,
             refill_monthly: t.refill_monthly,

@@ -47,12 +47,14 @@ pub enum Outcome {
     UsageExceeded,
     /// A JWT with a bad signature, expired, or malformed.
     BadJwt,
+    /// The token's or the account's rate limit has no room left in this window.
+    RateLimited,
 }
 
 impl Outcome {
     /// Every outcome. A denial in the SQLite usage log names its outcome by its place here, so
     /// the order never changes and a new outcome goes last.
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Valid,
         Outcome::Malformed,
         Outcome::NotFound,
@@ -65,6 +67,7 @@ impl Outcome {
         Outcome::UsageExceeded,
         Outcome::BadJwt,
         Outcome::UserInactive,
+        Outcome::RateLimited,
     ];
 
     /// The word on the wire.
@@ -82,6 +85,7 @@ impl Outcome {
             Outcome::AccountQuotaExceeded => "ACCOUNT_QUOTA_EXCEEDED",
             Outcome::UsageExceeded => "USAGE_EXCEEDED",
             Outcome::BadJwt => "BAD_JWT",
+            Outcome::RateLimited => "RATE_LIMITED",
         }
     }
 
@@ -101,6 +105,7 @@ impl Outcome {
             Outcome::ScopeDenied => Code::ScopeDenied,
             Outcome::UsageExceeded => Code::UsageExceeded,
             Outcome::AccountQuotaExceeded => Code::AccountQuotaExceeded,
+            Outcome::RateLimited => Code::RateLimited,
         }
     }
 
@@ -110,6 +115,7 @@ impl Outcome {
     }
 
     /// The per-day statistics column that counts this outcome, for outcomes tied to a token.
+    /// A rate-limited call has none: refusing a flood writes nothing (the metrics count it).
     pub fn stat_column(self) -> Option<&'static str> {
         Some(match self {
             Outcome::Valid => "valid",
@@ -122,7 +128,7 @@ impl Outcome {
             Outcome::AccountQuotaExceeded => "account_quota_exceeded",
             Outcome::UsageExceeded => "usage_exceeded",
             Outcome::BadJwt => "bad_jwt",
-            Outcome::Malformed | Outcome::NotFound => return None,
+            Outcome::Malformed | Outcome::NotFound | Outcome::RateLimited => return None,
         })
     }
 }
@@ -379,6 +385,8 @@ mod tests {
         assert_eq!(Outcome::UserInactive.code().number(), 4017);
         assert_eq!(Outcome::UserInactive.http_status(), 401);
         assert_eq!(Outcome::Valid.code().number(), 2005);
+        assert_eq!(Outcome::RateLimited.code().number(), 4292);
+        assert_eq!(Outcome::RateLimited.http_status(), 429);
     }
 
     #[test]

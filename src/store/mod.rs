@@ -15,6 +15,7 @@ pub use outbox::{Message, MessageKind, NewMessage};
 
 use crate::domain::audit::Stamp;
 use crate::domain::model::{Account, Token, User};
+use crate::domain::rate::RateLimit;
 use crate::domain::status::{TokenStatus, UserStatus};
 use chrono::{DateTime, Utc};
 use rows::{AccountRow, TokenRow, UserRow, ACCOUNT_COLS, TOKEN_COLS, USER_COLS};
@@ -279,6 +280,7 @@ struct TokenColumns {
     jwt_enabled: Vec<bool>,
     sealed_secret: Vec<Option<Vec<u8>>>,
     secret_hash: Vec<Vec<u8>>,
+    rate_limit: Vec<Option<String>>,
 }
 
 /// `TokenColumns` inserted into account `$1` at `$3`, the refill of month `$2` taken: the rows
@@ -286,17 +288,17 @@ struct TokenColumns {
 const INSERT_UNNEST: &str = "INSERT INTO tokens (id, account_id, user_id, issued_by, policy_name, \
      policy_period, name, description, role, scopes, allowed_ips, usage_limit, remaining, \
      refill_monthly, refill_period, expires_at, status, jwt_enabled, sealed_secret, secret_hash, \
-     calls_month, calls_total, created_at, updated_at, user_role) \
+     calls_month, calls_total, created_at, updated_at, user_role, rate_limit) \
      SELECT u.id, $1, u.user_id, u.issued_by, u.policy_name, u.policy_period, u.name, \
      u.description, u.role, u.scopes, u.allowed_ips, u.usage_limit, u.usage_limit, \
      u.refill_monthly, $2, u.expires_at, 'active', u.jwt_enabled, u.sealed_secret, \
-     u.secret_hash, 0, 0, $3, $3, u.user_role \
+     u.secret_hash, 0, 0, $3, $3, u.user_role, u.rate_limit \
      FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
      $10::text[], $11::text[], $12::text[], $13::text[], $14::int8[], $15::int8[], \
-     $16::timestamptz[], $17::bool[], $18::bytea[], $19::bytea[], $20::text[]) \
+     $16::timestamptz[], $17::bool[], $18::bytea[], $19::bytea[], $20::text[], $21::text[]) \
      AS u (id, user_id, issued_by, policy_name, policy_period, name, description, role, scopes, \
      allowed_ips, usage_limit, refill_monthly, expires_at, jwt_enabled, sealed_secret, secret_hash, \
-     user_role)";
+     user_role, rate_limit)";
 
 impl TokenInserts {
     fn of(backend: &Backend, account_id: &str, tokens: &[NewToken], now: DateTime<Utc>) -> Self {
@@ -329,6 +331,7 @@ impl TokenInserts {
                     c.jwt_enabled.push(t.jwt_enabled);
                     c.sealed_secret.push(t.sealed_secret.clone());
                     c.secret_hash.push(t.secret_hash.clone());
+                    c.rate_limit.push(t.rate_limit.map(RateLimit::to_column));
                 }
                 TokenInserts::Columns(account_id.to_string(), now, Box::new(c))
             }
@@ -390,7 +393,7 @@ pub const LAPSED_LIVE_TOKENS: &str = "SELECT COUNT(*) FROM tokens WHERE account_
 /// Tokens per SQLite insert statement: 11,000 parameters (it allows 32,766).
 const INSERT_ROWS: usize = 500;
 /// Each token's parameters, `now` written twice.
-const PARAMS_PER_ROW: usize = 22;
+const PARAMS_PER_ROW: usize = 23;
 
 /// One SQLite statement inserting `tokens` into `account_id`. Its parameters are `?`, bound in
 /// order: SQLite looks a numbered parameter up by name in a list, both when it parses the
@@ -437,13 +440,14 @@ fn insert_values(account_id: &str, tokens: &[NewToken], now: DateTime<Utc>) -> (
             Arg::Time(now),
             Arg::Time(now),
             Arg::OptStr(t.user_role.map(|r| r.as_str().to_string())),
+            Arg::OptStr(t.rate_limit.map(RateLimit::to_column)),
         ]);
     }
     let q = format!(
         "INSERT INTO tokens (id, account_id, user_id, issued_by, policy_name, policy_period, \
          name, description, role, scopes, allowed_ips, usage_limit, remaining, refill_monthly, \
          refill_period, expires_at, status, jwt_enabled, sealed_secret, secret_hash, calls_month, \
-         calls_total, created_at, updated_at, user_role) VALUES {}",
+         calls_total, created_at, updated_at, user_role, rate_limit) VALUES {}",
         values.join(", ")
     );
     (q, args)
@@ -558,6 +562,7 @@ impl WritePool for PgPool {
             .bind(c.sealed_secret)
             .bind(c.secret_hash)
             .bind(c.user_role)
+            .bind(c.rate_limit)
             .execute(&mut **tx)
             .await?;
         Ok(inserted.rows_affected())
@@ -857,15 +862,16 @@ impl Store {
     ) -> Result<Account> {
         let q = format!(
             "INSERT INTO accounts (id, name, status, max_tokens, monthly_quota, quota_used, \
-             secret_hash, created_at, updated_at) VALUES ($1, $2, 'active', $3, $4, 0, $5, $6, $6) \
-             RETURNING {ACCOUNT_COLS}"
+             secret_hash, created_at, updated_at, rate_limit) \
+             VALUES ($1, $2, 'active', $3, $4, 0, $5, $6, $6, $7) RETURNING {ACCOUNT_COLS}"
         );
         let conflict = conflict_as("account name");
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
             let row = sqlx::query_as::<_, AccountRow>(sql(q))
                 .bind(&a.id).bind(&a.name).bind(a.max_tokens).bind(a.monthly_quota)
-                .bind(&a.secret_hash).bind(now).fetch_one(&mut *tx).await.map_err(conflict)?;
+                .bind(&a.secret_hash).bind(now).bind(a.rate_limit.map(RateLimit::to_column))
+                .fetch_one(&mut *tx).await.map_err(conflict)?;
             let account = Account::try_from(row)?;
             let changes = crate::domain::audit::account_changes(None, &account);
             let entry = stamp.done(now, format!("account:{}", a.id), Some(a.id.clone()), changes);
@@ -920,8 +926,8 @@ impl Store {
     {
         let select = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1");
         let update = format!(
-            "UPDATE accounts SET status = $2, max_tokens = $3, monthly_quota = $4, updated_at = $5 \
-             WHERE id = $1 RETURNING {ACCOUNT_COLS}"
+            "UPDATE accounts SET status = $2, max_tokens = $3, monthly_quota = $4, updated_at = $5, \
+             rate_limit = $6 WHERE id = $1 RETURNING {ACCOUNT_COLS}"
         );
         with_pool!(self, p => {
             let mut tx = p.begin_write().await.map_err(StoreError::from)?;
@@ -932,7 +938,8 @@ impl Store {
             let next = f(before.clone())?;
             let row = sqlx::query_as::<_, AccountRow>(sql(update))
                 .bind(id).bind(next.status.as_str()).bind(next.max_tokens).bind(next.monthly_quota)
-                .bind(now).fetch_one(&mut *tx).await.map_err(StoreError::from)?;
+                .bind(now).bind(next.rate_limit.map(RateLimit::to_column))
+                .fetch_one(&mut *tx).await.map_err(StoreError::from)?;
             let after = Account::try_from(row)?;
             let changes = crate::domain::audit::account_changes(Some(&before), &after);
             let entry = stamp.done(now, format!("account:{id}"), Some(id.to_string()), changes);
@@ -1347,16 +1354,17 @@ impl Store {
         // accepted until then, without one it stops at once.
         let rotate = match secret {
             Some(_) => {
-                ", prev_secret_hash = CASE WHEN $17 IS NULL THEN NULL ELSE secret_hash END, \
-                 prev_secret_valid_until = $17, secret_hash = $15, \
-                 sealed_secret = CASE WHEN jwt_enabled THEN $16 ELSE NULL END"
+                ", prev_secret_hash = CASE WHEN $18 IS NULL THEN NULL ELSE secret_hash END, \
+                 prev_secret_valid_until = $18, secret_hash = $16, \
+                 sealed_secret = CASE WHEN jwt_enabled THEN $17 ELSE NULL END"
             }
             None => "",
         };
         let update = format!(
             "UPDATE tokens SET name = $2, description = $3, role = $4, scopes = $5, allowed_ips = $6, \
              usage_limit = $7, remaining = $8, refill_monthly = $9, expires_at = $10, status = $11, \
-             updated_at = $12, revoked_at = $13, refill_period = $14{rotate} WHERE id = $1 \
+             updated_at = $12, revoked_at = $13, refill_period = $14, rate_limit = $15{rotate} \
+             WHERE id = $1 \
              RETURNING {TOKEN_COLS}"
         );
         // Counted against max_tokens: not revoked and not past its expiry.
@@ -1392,7 +1400,8 @@ impl Store {
                 .bind(id).bind(&t.name).bind(&t.description).bind(t.role.as_str())
                 .bind(rows::json_list(&t.scopes)).bind(rows::json_list(&t.allowed_ips))
                 .bind(t.usage_limit).bind(t.remaining).bind(t.refill_monthly).bind(t.expires_at)
-                .bind(t.status.as_str()).bind(now).bind(t.revoked_at).bind(&t.refill_period);
+                .bind(t.status.as_str()).bind(now).bind(t.revoked_at).bind(&t.refill_period)
+                .bind(t.rate_limit.map(RateLimit::to_column));
             if let Some(n) = secret {
                 q = q.bind(&n.hash).bind(&n.sealed).bind(n.grace_until);
             }

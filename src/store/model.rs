@@ -2,6 +2,7 @@
 
 use crate::domain::{
     model::{DayCounts, Token},
+    rate::RateLimit,
     role::Role,
     scope::Scope,
     status::TokenStatus,
@@ -22,6 +23,8 @@ pub struct NewAccount {
     pub monthly_quota: Option<i64>,
     /// SHA-256 of the account secret.
     pub secret_hash: Vec<u8>,
+    /// Calls allowed per window over all its tokens, if limited.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Everything needed to insert a token.
@@ -50,6 +53,8 @@ pub struct NewToken {
     pub scopes: Vec<Scope>,
     /// Allowed client networks.
     pub allowed_ips: Vec<IpNet>,
+    /// Calls allowed per window, if limited.
+    pub rate_limit: Option<RateLimit>,
     /// Uses allowed; `remaining` starts here.
     pub usage_limit: Option<i64>,
     /// Monthly refill amount.
@@ -84,6 +89,7 @@ impl NewToken {
             user_active: true,
             scopes: self.scopes.clone(),
             allowed_ips: self.allowed_ips.clone(),
+            rate_limit: self.rate_limit,
             usage_limit: self.usage_limit,
             remaining: self.usage_limit,
             refill_monthly: self.refill_monthly,

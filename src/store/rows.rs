@@ -4,13 +4,14 @@ use super::StoreError;
 use crate::domain::model::{Account, DayCounts, Token, User, STAT_COUNTERS};
 use crate::domain::period::Month;
 use crate::domain::plan::StatRow;
+use crate::domain::rate::RateLimit;
 use crate::domain::state::{Hash, PreviousSecret, Rules, TokenState};
 use crate::domain::{net, scope::Scope};
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
 pub(super) const ACCOUNT_COLS: &str = "id, name, status, max_tokens, monthly_quota, quota_used, \
-     quota_period, created_at, updated_at";
+     quota_period, created_at, updated_at, rate_limit";
 
 pub(super) const USER_COLS: &str =
     "id, account_id, email, role, notify_expiry, status, created_at, updated_at, deleted_at";
@@ -22,7 +23,7 @@ pub(super) const TOKEN_COLS: &str = "id, account_id, user_id, issued_by, policy_
      last_used_at, last_used_ip, created_at, updated_at, revoked_at, stats_day, day_valid, \
      day_cost, day_revoked, day_expired, day_account_inactive, day_ip_not_allowed, \
      day_scope_denied, day_account_quota_exceeded, day_usage_exceeded, day_bad_jwt, \
-     day_user_inactive, user_role, user_active";
+     day_user_inactive, user_role, user_active, rate_limit";
 
 /// The columns of a token's state (`StateRow`): what verification reads and changes.
 pub(crate) const STATE_COLS: &str = "id, account_id, role, scopes, allowed_ips, remaining, \
@@ -30,7 +31,7 @@ pub(crate) const STATE_COLS: &str = "id, account_id, role, scopes, allowed_ips, 
      prev_secret_valid_until, calls_month, calls_month_period, calls_total, last_used_at, \
      last_used_ip, stats_day, day_valid, day_cost, day_revoked, day_expired, \
      day_account_inactive, day_ip_not_allowed, day_scope_denied, day_account_quota_exceeded, \
-     day_usage_exceeded, day_bad_jwt, day_user_inactive, user_role, user_active";
+     day_usage_exceeded, day_bad_jwt, day_user_inactive, user_role, user_active, rate_limit";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Other(format!("stored {what} is unreadable: {e}"))
@@ -47,6 +48,7 @@ pub(super) struct AccountRow {
     quota_period: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    rate_limit: Option<String>,
 }
 
 impl TryFrom<AccountRow> for Account {
@@ -60,6 +62,7 @@ impl TryFrom<AccountRow> for Account {
             monthly_quota: r.monthly_quota,
             quota_used: r.quota_used,
             quota_period: r.quota_period,
+            rate_limit: rate_limit("account", r.rate_limit.as_deref())?,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -81,6 +84,7 @@ pub(super) struct TokenAccountRow {
     a_quota_period: Option<String>,
     a_created_at: DateTime<Utc>,
     a_updated_at: DateTime<Utc>,
+    a_rate_limit: Option<String>,
 }
 
 impl TokenAccountRow {
@@ -96,6 +100,7 @@ impl TokenAccountRow {
             quota_period: self.a_quota_period,
             created_at: self.a_created_at,
             updated_at: self.a_updated_at,
+            rate_limit: self.a_rate_limit,
         };
         (self.token, account)
     }
@@ -174,6 +179,7 @@ impl TryFrom<TokenRow> for Token {
             status: s.status.parse().map_err(|e| corrupt("token status", e))?,
             scopes: parse_scopes(&s.scopes)?,
             allowed_ips: parse_allowed_ips(&s.allowed_ips)?,
+            rate_limit: rate_limit("token", s.rate_limit.as_deref())?,
             id: s.id,
             account_id: s.account_id,
             user_id: r.user_id,
@@ -241,6 +247,7 @@ pub(crate) struct StateRow {
     pub day_user_inactive: i64,
     pub user_role: Option<String>,
     pub user_active: bool,
+    pub rate_limit: Option<String>,
 }
 
 impl StateRow {
@@ -277,6 +284,16 @@ fn user_role(r: Option<&str>) -> Result<Option<crate::domain::role::Role>, Store
         .transpose()
 }
 
+/// A `rate_limit` column (`limit/window_seconds`). One that does not read is a corrupt row, not
+/// "no limit".
+pub(crate) fn rate_limit(of: &str, s: Option<&str>) -> Result<Option<RateLimit>, StoreError> {
+    s.map(|s| {
+        RateLimit::from_column(s)
+            .ok_or_else(|| corrupt(&format!("{of} rate_limit"), format!("{s:?}")))
+    })
+    .transpose()
+}
+
 fn hash(what: &str, h: &[u8]) -> Result<Hash, StoreError> {
     Hash::try_from(h).map_err(|_| corrupt(what, format!("{} bytes, not 32", h.len())))
 }
@@ -305,7 +322,11 @@ impl TryFrom<StateRow> for TokenState {
             account_id: r.account_id.into(),
             secret_hash: hash("token secret_hash", &r.secret_hash)?,
             previous,
-            rules: Rules::boxed(parse_scopes(&r.scopes)?, parse_allowed_ips(&r.allowed_ips)?),
+            rules: Rules::boxed(
+                parse_scopes(&r.scopes)?,
+                parse_allowed_ips(&r.allowed_ips)?,
+                rate_limit("token", r.rate_limit.as_deref())?,
+            ),
             today,
             remaining: r.remaining,
             refill_monthly: r.refill_monthly,

@@ -9,6 +9,7 @@ use crate::domain::plan::{
     batch_jwt_keys, batch_token_ids, plan, Archive, BatchState, Consume, Decided, Denial, Plan,
     StatRow, STAT_COLUMNS,
 };
+use crate::domain::rate::Windows;
 use crate::domain::state::TokenState;
 use chrono::NaiveDate;
 
@@ -135,12 +136,15 @@ fn pg_write(guard: Option<bool>) -> String {
         // One row: the check (1, or the error), the version every written row now has (all
         // were written by this statement's transaction), and the commit setting. The check
         // also covers the accounts the batch decided on without writing them ($51, $52: ids
-        // and versions), as a refusal can come from an account's state.
+        // and versions), as a refusal can come from an account's state, and the tokens it
+        // refused for their rate limit, which write nothing ($53, $54).
         Some(flush) => format!(
             " SELECT (1 / ((SELECT count(*) FROM t) = cardinality($1::text[]) \
              AND (SELECT count(*) FROM a) = cardinality($10::text[]) \
              AND (SELECT count(*) FROM accounts JOIN unnest($51::text[], $52::text[]) AS k(id, xmin) \
                   ON accounts.id = k.id AND accounts.xmin = k.xmin::xid) = cardinality($51::text[]) \
+             AND (SELECT count(*) FROM tokens JOIN unnest($53::text[], $54::text[]) AS k(id, xmin) \
+                  ON tokens.id = k.id AND tokens.xmin = k.xmin::xid) = cardinality($53::text[]) \
              )::int)::int8 AS ok, \
              COALESCE((SELECT min(x) FROM t), (SELECT min(x) FROM a)) AS version, \
              {} AS sync",
@@ -215,11 +219,15 @@ async fn pg_batch(
     reqs: &[Consume],
     denials: &[Denial],
     flush: bool,
-) -> std::result::Result<Vec<Decided>, sqlx::Error> {
+    rates: &Windows,
+) -> std::result::Result<(Vec<Decided>, Windows), sqlx::Error> {
     let ids = batch_token_ids(reqs, denials);
     let jwt_keys = batch_jwt_keys(reqs);
     let mut tx = p.begin().await?;
-    let mut state = BatchState::default();
+    let mut state = BatchState {
+        rates: rates.clone(),
+        ..BatchState::default()
+    };
     // Tokens, then their accounts, each in id order: the order every transaction that locks
     // both takes them in, so daemons sharing the database never deadlock on them.
     let lock = if flush { &*PG_LOCK } else { &*PG_LOCK_NO_FLUSH };
@@ -251,7 +259,7 @@ async fn pg_batch(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(plan.decided)
+    Ok((plan.decided, plan.rates))
 }
 
 /// `sql` (a `pg_write`) with `plan`'s arrays bound, $1 to $46.
@@ -379,16 +387,19 @@ impl Store {
     /// A batch PostgreSQL picks as a deadlock victim (another transaction locked the same rows
     /// in another order) rolled back whole, so it is run again. (On SQLite the ledger decides in
     /// memory and folds: `verify::ledger`, `usage_sqlite::UsageConn::fold`.)
+    /// `rates` are the daemon's rate windows of the batch's tokens and accounts; the windows as
+    /// the batch left them come back with the decisions.
     pub async fn consume_batch(
         &self,
         reqs: &[Consume],
         denials: &[Denial],
         flush: bool,
-    ) -> Result<Vec<Decided>> {
+        rates: &Windows,
+    ) -> Result<(Vec<Decided>, Windows)> {
         let p = &self.usage_pool("a usage batch").await?;
         let mut attempt = 1;
         loop {
-            match pg_batch(p, reqs, denials, flush).await {
+            match pg_batch(p, reqs, denials, flush, rates).await {
                 Err(sqlx::Error::Database(db))
                     if attempt < 3 && matches!(db.code().as_deref(), Some("40P01" | "40001")) =>
                 {
@@ -458,6 +469,7 @@ impl Store {
         token_versions: Vec<String>,
         account_versions: Vec<String>,
         unwritten_accounts: Vec<(String, String)>,
+        unwritten_tokens: Vec<(String, String)>,
         flush: bool,
     ) -> Result<Option<String>> {
         let p = &self
@@ -470,11 +482,15 @@ impl Store {
         };
         let (read_ids, read_versions): (Vec<String>, Vec<String>) =
             unwritten_accounts.into_iter().unzip();
+        let (limited_ids, limited_versions): (Vec<String>, Vec<String>) =
+            unwritten_tokens.into_iter().unzip();
         let written = bind_plan(sql.as_str(), plan)
             .bind(token_versions)
             .bind(account_versions)
             .bind(read_ids)
             .bind(read_versions)
+            .bind(limited_ids)
+            .bind(limited_versions)
             .fetch_one(p)
             .await;
         match written {

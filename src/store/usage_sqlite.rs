@@ -107,6 +107,7 @@ fn state_of(row: &Row) -> rusqlite::Result<std::result::Result<TokenState, Store
         day_user_inactive: row.get(29)?,
         user_role: row.get(30)?,
         user_active: row.get(31)?,
+        rate_limit: row.get(32)?,
     };
     Ok(TokenState::try_from(r))
 }
@@ -118,6 +119,11 @@ fn account_of(row: &Row) -> rusqlite::Result<std::result::Result<Account, StoreE
         Ok(s) => s,
         Err(e) => return Ok(Err(corrupt("account status", e))),
     };
+    let rate_limit: Option<String> = row.get(9)?;
+    let rate_limit = match super::rows::rate_limit("account", rate_limit.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
     Ok(Ok(Account {
         id: row.get(0)?,
         name: row.get(1)?,
@@ -126,6 +132,7 @@ fn account_of(row: &Row) -> rusqlite::Result<std::result::Result<Account, StoreE
         monthly_quota: row.get(4)?,
         quota_used: row.get(5)?,
         quota_period: row.get(6)?,
+        rate_limit,
         created_at: read_ts_req(row, 7)?,
         updated_at: read_ts_req(row, 8)?,
     }))

@@ -15,8 +15,10 @@ use crate::domain::model::Account;
 use crate::domain::plan::{
     batch_token_ids, plan, secret_matches, BatchState, Consume, Decided, Denial, Plan,
 };
+use crate::domain::rate::Windows;
 use crate::domain::state::TokenState;
 use crate::store::{usage::Versioned, Store, StoreError};
+use crate::verify::Outcome;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +53,9 @@ pub struct Copies {
     /// Copies kept (`database.token_cache_mib`): past it some are dropped, and read again as
     /// calls need them.
     max_tokens: usize,
+    /// This daemon's rate windows (memory only): the one writer decides every call, so they
+    /// are exact for it.
+    rates: Windows,
 }
 
 /// A row version as PostgreSQL writes it (`xmin::text`); 0, which no row has, for one that
@@ -67,6 +72,7 @@ impl Copies {
             accounts: HashMap::new(),
             locked_until: None,
             max_tokens,
+            rates: Windows::default(),
         }
     }
 
@@ -223,8 +229,16 @@ impl Copies {
         denials: &[Denial],
         flush: bool,
     ) -> Result<Vec<Decided>, StoreError> {
-        self.evict(&batch_token_ids(reqs, denials));
-        let decided = store.consume_batch(reqs, denials, flush).await?;
+        let ids = batch_token_ids(reqs, denials);
+        self.evict(&ids);
+        // The account windows are few; the batch's accounts are known only once it reads them.
+        let accounts: Vec<String> = self.rates.accounts.keys().cloned().collect();
+        let rates = self.rates.of(
+            ids.iter().map(String::as_str),
+            accounts.iter().map(String::as_str),
+        );
+        let (decided, rates) = store.consume_batch(reqs, denials, flush, &rates).await?;
+        self.rates.absorb(rates, latest(reqs));
         let tokens = decided.iter().filter_map(|d| d.token.as_deref());
         for account in tokens
             .map(|t| &*t.account_id)
@@ -284,11 +298,36 @@ impl Copies {
             }
         }
         let decided_on: Vec<String> = state.accounts.keys().cloned().collect();
-        let plan = plan(reqs, denials, state);
-        if plan.tokens.is_empty() && plan.accounts.is_empty() {
+        state.rates = self.rates.of(
+            state.tokens.keys().map(String::as_str),
+            decided_on.iter().map(String::as_str),
+        );
+        let mut plan = plan(reqs, denials, state);
+        // Tokens refused for their rate limit write nothing; their copies must still be the
+        // rows as they are (a limit lifted meanwhile), so the write checks their versions.
+        let mut limited: BTreeSet<&String> = reqs
+            .iter()
+            .zip(&plan.decided)
+            .filter(|(_, d)| d.outcome == Outcome::RateLimited)
+            .map(|(r, _)| &r.token_id)
+            .collect();
+        if !limited.is_empty() {
+            for t in &plan.tokens {
+                limited.remove(&t.id.to_string());
+            }
+        }
+        let limited: Vec<(String, String)> = limited
+            .into_iter()
+            .map(|id| {
+                let v = self.tokens.get(id).map_or(0, |c| c.version);
+                (id.clone(), v.to_string())
+            })
+            .collect();
+        if plan.tokens.is_empty() && plan.accounts.is_empty() && limited.is_empty() {
             // Nothing was counted (every call named an unknown token or a wrong secret).
             return Ok(plan.decided);
         }
+        let rates = std::mem::take(&mut plan.rates);
         let token_versions = plan
             .tokens
             .iter()
@@ -315,6 +354,7 @@ impl Copies {
                 token_versions,
                 account_versions,
                 unwritten_accounts,
+                limited,
                 flush,
             )
             .await
@@ -333,6 +373,7 @@ impl Copies {
                 for t in tokens {
                     self.set(t, written);
                 }
+                self.rates.absorb(rates, latest(reqs));
                 Ok(decided)
             }
             Ok(None) => {
@@ -349,6 +390,14 @@ impl Copies {
             }
         }
     }
+}
+
+/// The latest instant of a batch's calls: what "now" is for dropping ended rate windows.
+fn latest(reqs: &[Consume]) -> chrono::DateTime<chrono::Utc> {
+    reqs.iter()
+        .map(|r| r.now)
+        .max()
+        .unwrap_or(chrono::DateTime::UNIX_EPOCH)
 }
 
 /// One result per call: the decisions, or the error for each.

@@ -32,6 +32,7 @@ use super::table::Tokens;
 use super::usage_log::{self, Durability, LogError, Seq, UsageLog};
 use crate::domain::model::Account;
 use crate::domain::plan::{consume_one, secret_matches, Consume, Decided, Denial, JwtUse, Keys};
+use crate::domain::rate::Windows;
 use crate::domain::state::TokenState;
 use crate::store::usage_sqlite::{LogPosition, UsageConn, UsageReader};
 use crate::store::{Store, StoreError};
@@ -90,6 +91,9 @@ struct Cache {
     /// record needs.
     max_tokens: usize,
     jwt_uses: HashMap<(String, String), i64>,
+    /// The rate windows of the tokens and accounts used lately: memory only, kept when the
+    /// rows are dropped.
+    rates: Windows,
     /// Records appended and not yet folded, numbered up to `last_seq` without a gap.
     pending: Pending,
     last_seq: Seq,
@@ -430,6 +434,7 @@ impl Ledger {
                         return Ok(Decided {
                             outcome: Outcome::NotFound,
                             token: None,
+                            rate: None,
                         });
                     }
                 }
@@ -468,6 +473,7 @@ impl Ledger {
             let answer = Decided {
                 outcome: Outcome::NotFound,
                 token: None,
+                rate: None,
             };
             return Ok(Step::Decided(Box::new(answer), None));
         }
@@ -482,8 +488,17 @@ impl Ledger {
         // A new month restarts the counters and applies the refill; the fold archives them.
         t.roll_month(period.month);
         a.roll_month(period.key);
-        let outcome = consume_one(t, a, jwt_used, c, period);
+        let (outcome, rate) = consume_one(t, a, jwt_used, &mut cache.rates, c, period);
         let entry = match outcome {
+            // Not in the statistics: a flood of them writes nothing.
+            Outcome::RateLimited => {
+                let answer = Decided {
+                    outcome,
+                    token: Some(Arc::clone(row)),
+                    rate,
+                };
+                return Ok(Step::Decided(Box::new(answer), None));
+            }
             // What a fold needs, no more: it waits in memory until then.
             Outcome::Valid => Entry::Use(Consume {
                 token_id: c.token_id.clone(),
@@ -507,6 +522,7 @@ impl Ledger {
         let answer = Decided {
             outcome,
             token: Some(Arc::clone(row)),
+            rate,
         };
         let durable = self.append(cache, entry, outcome == Outcome::Valid)?;
         Ok(Step::Decided(Box::new(answer), durable))

@@ -7,6 +7,7 @@ use crate::clock::SharedClock;
 use crate::domain::credential::{self, Presented};
 use crate::domain::model::Token;
 use crate::domain::plan::{Consume, Denial, JwtUse};
+use crate::domain::rate::Standing;
 use crate::domain::state::TokenState;
 use crate::seal::MasterKey;
 use crate::store::{Store, StoreError};
@@ -23,6 +24,8 @@ pub struct Verdict {
     pub token: Option<Arc<TokenState>>,
     /// The instant of the check: what "this month" means for the token's counter.
     pub at: DateTime<Utc>,
+    /// Where the call stands against the tightest rate limit that applied, if one did.
+    pub rate: Option<Standing>,
 }
 
 impl Verdict {
@@ -32,6 +35,7 @@ impl Verdict {
             outcome,
             token: None,
             at,
+            rate: None,
         }
     }
 
@@ -86,6 +90,7 @@ pub async fn verify(v: &Verifier, presented: &str, check: &Check) -> Result<Verd
         outcome: decided.outcome,
         token: decided.token,
         at: now,
+        rate: decided.rate,
     })
 }
 
@@ -135,6 +140,7 @@ async fn verify_jwt(v: &Verifier, presented: &str, check: &Check) -> Result<Verd
         outcome: decided.outcome,
         token: decided.token,
         at: now,
+        rate: decided.rate,
     })
 }
 

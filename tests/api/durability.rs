@@ -80,6 +80,7 @@ postgres_only!(
     revocation_and_regeneration_on_another_daemon_apply_at_once,
     an_account_shared_by_two_daemons_keeps_its_quota_and_its_changes_apply_at_once,
     a_user_changed_on_one_daemon_is_decided_on_as_it_now_is_by_the_other,
+    two_daemons_admit_at_most_their_number_times_a_rate_limit_in_one_window,
 );
 
 /// A second daemon on one SQLite file stops at start, naming the reason, and the first keeps
@@ -660,4 +661,49 @@ async fn a_user_changed_on_one_daemon_is_decided_on_as_it_now_is_by_the_other(b:
     .await;
     assert_eq!(deleted["tokens_revoked"], 1, "{deleted}");
     assert_eq!(on_b().await["result"], "REVOKED");
+}
+
+/// Rate windows are each daemon's memory: two daemons sharing a store admit at most twice a
+/// token's limit in one window together, and each at most the limit.
+async fn two_daemons_admit_at_most_their_number_times_a_rate_limit_in_one_window(b: Backend) {
+    let d = TwoDaemons::start(b).await;
+    let (bases, op) = (d.bases.clone(), d.operator.clone());
+    let client = reqwest::Client::new();
+    let acc = send(
+        &client,
+        reqwest::Method::POST,
+        format!("{}/v1/accounts", bases[0]),
+        Some(op),
+        json!({"name": "acme"}),
+    )
+    .await;
+    let secret = acc["secret"].as_str().unwrap().to_string();
+    let tok = send(
+        &client,
+        reqwest::Method::POST,
+        format!("{}/v1/tokens", bases[1]),
+        Some(secret),
+        json!({"name": "shared", "rate_limit": {"limit": 10, "window_seconds": 60}}),
+    )
+    .await;
+    let token = tok["tokens"][0]["token"].as_str().unwrap().to_string();
+    let calls = (0..50).map(|i| {
+        let url = format!("{}/v1/verify", bases[i % 2]);
+        let body = json!({"token": token});
+        let client = client.clone();
+        async move {
+            let v = send(&client, reqwest::Method::POST, url, None, body).await;
+            (i % 2, v["result"].as_str().unwrap().to_string())
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    for node in 0..2 {
+        let valid = results
+            .iter()
+            .filter(|(n, r)| *n == node && r == "VALID")
+            .count();
+        assert_eq!(valid, 10, "daemon {node}: {results:?}");
+    }
+    let limited = results.iter().filter(|(_, r)| r == "RATE_LIMITED").count();
+    assert_eq!(limited, 30, "{results:?}");
 }

@@ -17,6 +17,7 @@ mod mail;
 mod nginx;
 mod ops;
 mod people;
+mod rate;
 mod scale;
 mod service;
 mod tokens;

@@ -104,7 +104,11 @@ async fn nginx_auth_request_guards_an_upstream(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-ratelimit-remaining"], "2");
+    assert_eq!(r.headers()["x-tokenwarden-remaining"], "2");
+    assert!(
+        r.headers().get("x-ratelimit-limit").is_none(),
+        "no rate limit, no header"
+    );
     let body = r.text().await.unwrap();
     assert!(
         body.starts_with(&format!("upstream ok token={id} ")) && body.ends_with("role=engineer"),
@@ -162,6 +166,34 @@ async fn nginx_auth_request_guards_an_upstream(b: Backend) {
     assert_eq!(r.status(), 429);
     let stored = app.settled().await.token(&id).await.unwrap().unwrap();
     assert_eq!((stored.remaining, stored.calls_total), (Some(0), 3));
+    // A rate limit: its standing on the way through, then 429 with Retry-After.
+    let (_, limited) = app
+        .token(
+            &secret,
+            json!({"name": "limited", "rate_limit": {"limit": 2, "window_seconds": 60}}),
+        )
+        .await;
+    let window_end = (t0() + chrono::TimeDelta::seconds(60))
+        .timestamp()
+        .to_string();
+    let limited_call = || {
+        client
+            .get(format!("{base}/convert"))
+            .bearer_auth(&limited)
+            .send()
+    };
+    for left in ["1", "0"] {
+        let r = limited_call().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-ratelimit-limit"], "2");
+        assert_eq!(r.headers()["x-ratelimit-remaining"], left);
+        assert_eq!(r.headers()["x-ratelimit-reset"], window_end.as_str());
+    }
+    let r = limited_call().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "60");
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+    assert!(!r.text().await.unwrap().contains("upstream ok"));
 
     let _ = Command::new("kill")
         .arg("-QUIT")

@@ -138,6 +138,7 @@ async fn a_created_token_is_the_token_the_store_reads_back(b: Backend) {
         role: tokenwarden::domain::role::Role::Engineer,
         scopes: vec![tokenwarden::domain::scope::Scope::parse("files:read", "scopes").unwrap()],
         allowed_ips: vec!["10.0.0.0/8".parse().unwrap()],
+        rate_limit: tokenwarden::domain::rate::RateLimit::new(7, 30, "rate_limit").ok(),
         usage_limit: Some(50),
         refill_monthly: Some(40),
         expires_at: Some(now + TimeDelta::days(30)),
