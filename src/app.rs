@@ -167,6 +167,19 @@ impl App {
         };
         let ctx = open_ctx(config, clock, Upgrade::Always).await?;
         ensure_operator(&ctx).await?;
+        // Accounts that leave secret calls to the daemon follow its setting from this start.
+        let changed = ctx
+            .store
+            .apply_secret_calls_default(ctx.config.secret_calls, ctx.clock.now())
+            .await
+            .context("cannot apply accounts.secret_calls")?;
+        if changed > 0 {
+            tracing::info!(
+                accounts = changed,
+                secret_calls = ctx.config.secret_calls,
+                "accounts.secret_calls applied to the accounts that leave it to the daemon"
+            );
+        }
         let runner = jobs_for(&ctx).await?;
         let listener = TcpListener::bind(listen)
             .await
@@ -243,6 +256,7 @@ impl App {
             master_key: self.ctx.master_key.clone(),
             prefix: config.tokens.prefix.as_str().into(),
             max_jwt_lifetime_seconds: config.tokens.max_jwt_lifetime_seconds,
+            api_keys: Default::default(),
         };
         let router = api::router(AppState {
             ctx: self.ctx,

@@ -157,6 +157,9 @@ pub enum AccountCmd {
         /// At most LIMIT calls per SECONDS over all its tokens (`100/60`).
         #[arg(long, value_name = "LIMIT/SECONDS", value_parser = rate_limit_arg)]
         rate_limit: Option<RateLimitInput>,
+        /// Whether its secret authenticates calls itself (default: accounts.secret_calls).
+        #[arg(long)]
+        secret_calls: Option<bool>,
     },
     /// List accounts.
     List,
@@ -515,6 +518,7 @@ async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::R
             max_tokens,
             monthly_quota,
             rate_limit,
+            secret_calls,
         }) => {
             let (a, secret) = admin::create_account(
                 ctx,
@@ -524,6 +528,7 @@ async fn run_store_command(ctx: &crate::context::Ctx, cmd: Command) -> anyhow::R
                     max_tokens,
                     monthly_quota,
                     rate_limit,
+                    secret_calls,
                 },
             )
             .await?;

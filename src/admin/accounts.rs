@@ -15,6 +15,9 @@ pub struct CreateAccount {
     /// At most `limit` calls per `window_seconds` over all its tokens; absent or `null` = none.
     #[serde(default)]
     pub rate_limit: Option<RateLimitInput>,
+    /// Whether the account's secret authenticates calls itself (`/v1/verify`, `/v1/auth`,
+    /// JWTs it signs); absent or `null` = the daemon's `accounts.secret_calls`.
+    pub secret_calls: Option<bool>,
 }
 
 /// `PATCH /v1/accounts/{id}`
@@ -35,6 +38,10 @@ pub struct UpdateAccount {
     #[serde(default)]
     #[schema(value_type = Option<RateLimitInput>)]
     pub rate_limit: Patch<RateLimitInput>,
+    /// Whether the secret authenticates calls; `null` = the daemon's default.
+    #[serde(default)]
+    #[schema(value_type = Option<bool>)]
+    pub secret_calls: Patch<bool>,
 }
 
 const MAX_QUOTA: i64 = 1_000_000_000_000;
@@ -75,6 +82,9 @@ pub async fn create_account(
         .transpose()?;
     let id = ids::random_id(ids::ENTITY_ID_LEN);
     let secret = credential::new_account_secret(&ctx.config.tokens.prefix, &id);
+    // The key row shares the tokens' id space (and table).
+    let api_key = credential::new_token_ids(1).remove(0);
+    let sealed_secret = ctx.master_key.seal(&secret, &api_key);
     let account = ctx
         .store
         .insert_account(
@@ -85,6 +95,10 @@ pub async fn create_account(
                 monthly_quota: quota,
                 secret_hash: secret.hash(),
                 rate_limit,
+                sealed_secret,
+                key_active: input.secret_calls.unwrap_or(ctx.config.secret_calls),
+                secret_calls: input.secret_calls,
+                api_key,
             },
             ctx.clock.now(),
             &p.stamp("account.create"),
@@ -149,22 +163,33 @@ pub async fn update_account(
     let max = input.max_tokens.map(max_tokens).transpose()?;
     let quota = input.monthly_quota.try_given(monthly_quota)?;
     let rate_limit = input.rate_limit.try_given(|r| r.check("rate_limit"))?;
+    let secret_calls = input.secret_calls.given();
+    let default = ctx.config.secret_calls;
     ctx.store
-        .update_account(id, ctx.clock.now(), &p.stamp("account.update"), |mut a| {
-            if let Some(s) = status {
-                a.status = s;
-            }
-            if let Some(m) = max {
-                a.max_tokens = m;
-            }
-            if let Some(q) = quota {
-                a.monthly_quota = q;
-            }
-            if let Some(r) = rate_limit {
-                a.rate_limit = r;
-            }
-            Ok::<_, Error>(a)
-        })
+        .update_account(
+            id,
+            ctx.clock.now(),
+            default,
+            &p.stamp("account.update"),
+            |mut a| {
+                if let Some(s) = status {
+                    a.status = s;
+                }
+                if let Some(m) = max {
+                    a.max_tokens = m;
+                }
+                if let Some(q) = quota {
+                    a.monthly_quota = q;
+                }
+                if let Some(r) = rate_limit {
+                    a.rate_limit = r;
+                }
+                if let Some(c) = secret_calls {
+                    a.secret_calls = c;
+                }
+                Ok::<_, Error>(a)
+            },
+        )
         .await
         .map_err(not_found_as("account"))
 }
@@ -172,11 +197,17 @@ pub async fn update_account(
 /// Gives an account a new secret (returned once); the old one stops working at once.
 pub async fn reset_account_secret(ctx: &Ctx, p: &Caller, id: &str) -> Result<Plain> {
     require_account_admin(p, id)?;
+    let account = ctx
+        .store
+        .account(id)
+        .await?
+        .ok_or(Error::NotFound("account"))?;
     let secret = credential::new_account_secret(&ctx.config.tokens.prefix, id);
     ctx.store
         .set_account_secret(
             id,
             &secret.hash(),
+            &ctx.master_key.seal(&secret, &account.api_key),
             ctx.clock.now(),
             &p.stamp("account.secret_reset"),
         )

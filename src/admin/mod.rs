@@ -313,7 +313,8 @@ pub(crate) async fn usable_token(
         .token(id)
         .await?
         .ok_or(Error::BadToken("unknown"))?;
-    if !hashes_match(hash, &token.secret_hash) {
+    // An account's key row is its secret, which authenticates as the account, not as a token.
+    if token.account_key || !hashes_match(hash, &token.secret_hash) {
         return Err(Error::BadToken("unknown"));
     }
     match token.status_at(now) {

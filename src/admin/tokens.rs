@@ -561,7 +561,12 @@ fn access(p: &Principal, t: &Token) -> Access {
 }
 
 async fn load_token(ctx: &Ctx, p: &Principal, id: &str, need: Access) -> Result<Token> {
-    let token = ctx.store.token(id).await?.ok_or(Error::NotFound("token"))?;
+    let token = ctx
+        .store
+        .token(id)
+        .await?
+        .filter(|t| !t.account_key)
+        .ok_or(Error::NotFound("token"))?;
     match access(p, &token) {
         Access::None => Err(Error::NotFound("token")),
         granted if granted < need => Err(Error::Forbidden(match granted {

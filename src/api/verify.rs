@@ -148,31 +148,43 @@ async fn measured(
     }
 }
 
-/// The token of a forwarded request: `Authorization: Bearer|APIKey <t>`, HTTP Basic (the
-/// password, or the user name when the password is empty), or `Token=` in the original URI.
-pub fn forwarded_token(headers: &HeaderMap, original: Option<&str>) -> Option<String> {
+/// The credential of a forwarded request, and the ApiKey given with it: `Authorization: Bearer
+/// <c>` or `APIKey <c>`; HTTP Basic as the seeds write it, `Basic <api_key> <secret>`, or
+/// standard, `Basic base64(user:password)` (the password, with the user name as the ApiKey; or
+/// the user name when the password is empty); else `Token=` or `Secret=` in the original URI.
+pub fn forwarded_credential(
+    headers: &HeaderMap,
+    original: Option<&str>,
+) -> Option<(String, Option<String>)> {
+    let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
     if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         if let Some((scheme, rest)) = v.trim().split_once(' ') {
             let rest = rest.trim();
             if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("apikey") {
-                return Some(rest.to_string()).filter(|s| !s.is_empty());
+                return nonempty(rest).map(|c| (c, None));
             }
             if scheme.eq_ignore_ascii_case("basic") {
+                if let Some((key, secret)) = rest.split_once(char::is_whitespace) {
+                    let secret = secret.trim();
+                    return nonempty(secret).map(|c| (c, nonempty(key)));
+                }
                 let raw = base64::engine::general_purpose::STANDARD
                     .decode(rest)
                     .ok()?;
                 let pair = String::from_utf8(raw).ok()?;
                 let (user, pass) = pair.split_once(':').unwrap_or((pair.as_str(), ""));
-                let t = if pass.is_empty() { user } else { pass };
-                return Some(t.to_string()).filter(|s| !s.is_empty());
+                return match pass {
+                    "" => nonempty(user).map(|c| (c, None)),
+                    p => Some((p.to_string(), nonempty(user))),
+                };
             }
         }
     }
     let query = original?.split_once('?')?.1;
     let query = query.split('#').next().unwrap_or("");
     url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "Token")
-        .map(|(_, v)| v.into_owned())
+        .find(|(k, _)| k == "Token" || k == "Secret")
+        .map(|(_, v)| (v.into_owned(), None))
 }
 
 /// The original request's URI as the proxy forwarded it: `X-Original-URI` (nginx) or
@@ -352,8 +364,16 @@ async fn forwarded(
         cost: parsed.cost,
         bound_ip: None,
     };
-    let verdict = match forwarded_token(headers, original.as_deref()) {
-        Some(t) => measured(service::verify(&s.verifier, &t, &check)).await?,
+    let verdict = match forwarded_credential(headers, original.as_deref()) {
+        Some((c, key)) => {
+            measured(service::verify_keyed(
+                &s.verifier,
+                &c,
+                key.as_deref(),
+                &check,
+            ))
+            .await?
+        }
         // Counted like any verification: behind a proxy this is the commonest refusal.
         None => {
             let bare = Verdict::bare(Outcome::Malformed, s.ctx.clock.now());

@@ -38,6 +38,13 @@ pub struct AccountView {
     /// At most `limit` calls per `window_seconds` over all its tokens; null = none.
     #[schema(value_type = Option<RateLimitInput>)]
     pub rate_limit: Option<RateLimit>,
+    /// Its public ApiKey (not a secret; stable across secret resets): the user name of HTTP
+    /// Basic with the secret, the `ApiKey` claim of JWTs the secret signs, and the `token_id`
+    /// its secret's calls are counted under.
+    pub api_key: String,
+    /// Whether its secret authenticates calls itself; null = the daemon's
+    /// `accounts.secret_calls`.
+    pub secret_calls: Option<bool>,
     /// Creation time (UTC).
     #[serde(serialize_with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
@@ -64,6 +71,8 @@ impl AccountView {
                 0
             },
             rate_limit: a.rate_limit,
+            api_key: a.api_key.clone(),
+            secret_calls: a.secret_calls,
             created_at: a.created_at,
             updated_at: a.updated_at,
         }

@@ -157,6 +157,9 @@ pub struct RawTokens {
 pub struct RawAccounts {
     /// `max_tokens` of an account created without one.
     pub default_max_tokens: i64,
+    /// Whether an account's secret authenticates verification calls (`/v1/verify`,
+    /// `/v1/auth`, JWTs it signs) unless the account says otherwise.
+    pub secret_calls: bool,
 }
 
 /// `[log]`
@@ -240,6 +243,7 @@ impl Default for RawAccounts {
     fn default() -> Self {
         Self {
             default_max_tokens: 50,
+            secret_calls: true,
         }
     }
 }
@@ -340,6 +344,8 @@ pub struct Config {
     pub tokens: TokenSettings,
     /// Default `max_tokens` of new accounts.
     pub default_max_tokens: i64,
+    /// Whether account secrets authenticate calls, for accounts that do not say.
+    pub secret_calls: bool,
     /// Log filter.
     pub log_level: String,
     /// Log format.
@@ -740,6 +746,7 @@ fn check(raw: &RawConfig, source_of: impl Fn(&str) -> String) -> Result<Config, 
                 max_jwt_lifetime_seconds: t.max_jwt_lifetime_seconds,
             },
             default_max_tokens: raw.accounts.default_max_tokens,
+            secret_calls: raw.accounts.secret_calls,
             log_level: raw.log.level.clone(),
             log_format,
             master_key_file: if raw.security.master_key_file.trim().is_empty() {

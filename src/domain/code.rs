@@ -46,6 +46,9 @@ pub enum Code {
     IpNotAllowed = 4032,
     /// 4033: a verification: the call is outside the token's scopes.
     ScopeDenied = 4033,
+    /// 4034: a verification: an account secret (or a JWT it signed) while the account's secret
+    /// calls are off.
+    SecretCallsOff = 4034,
     /// 4040: no such record (or not visible to this credential).
     NotFound = 4040,
     /// 4041: no such route.
@@ -93,7 +96,7 @@ impl Code {
             MalformedRequest => 400,
             BadSecret | BadToken | BadJwt | NoCredentials | AccountInactive | TokenRevoked
             | TokenExpired | UserInactive => 401,
-            Forbidden | RoleTooHigh | IpNotAllowed | ScopeDenied => 403,
+            Forbidden | RoleTooHigh | IpNotAllowed | ScopeDenied | SecretCallsOff => 403,
             NotFound | NoRoute => 404,
             MethodNotAllowed => 405,
             RequestTimeout => 408,
@@ -145,6 +148,7 @@ impl Code {
             UsageExceeded => "USAGE_EXCEEDED",
             AccountQuotaExceeded => "ACCOUNT_QUOTA_EXCEEDED",
             RateLimited => "RATE_LIMITED",
+            SecretCallsOff => "SECRET_CALLS_OFF",
             Internal => "INTERNAL_ERROR",
             JobFailed => "JOB_FAILED",
             StoreUnavailable => "STORE_UNAVAILABLE",

@@ -30,6 +30,10 @@ pub struct Account {
     pub quota_period: Option<String>,
     /// Calls allowed per window over all its tokens, if limited.
     pub rate_limit: Option<RateLimit>,
+    /// Its public ApiKey: the id of its key row, which holds its secret as a call credential.
+    pub api_key: String,
+    /// Whether its secret authenticates calls; `None`: the daemon's default.
+    pub secret_calls: Option<bool>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -103,6 +107,8 @@ pub struct Token {
     pub expires_at: Option<DateTime<Utc>>,
     /// Stored status (see `TokenStatus::effective` for the status at an instant).
     pub status: TokenStatus,
+    /// An account's key row (its secret as a call credential), not a token of its own.
+    pub account_key: bool,
     /// Whether it may sign JWTs.
     pub jwt_enabled: bool,
     /// The plain token sealed under the master key (JWT signers only).
@@ -173,6 +179,7 @@ impl Token {
             refill_period: None,
             expires_at: None,
             status: TokenStatus::Active,
+            account_key: false,
             jwt_enabled: false,
             sealed_secret: None,
             secret_hash: vec![],

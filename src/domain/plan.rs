@@ -599,6 +599,8 @@ mod tests {
             quota_used: 0,
             quota_period: None,
             rate_limit: None,
+            api_key: "Key00001".into(),
+            secret_calls: None,
             created_at: at(1, 0),
             updated_at: at(1, 0),
         };

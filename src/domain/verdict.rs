@@ -49,12 +49,14 @@ pub enum Outcome {
     BadJwt,
     /// The token's or the account's rate limit has no room left in this window.
     RateLimited,
+    /// An account secret (or a JWT it signed) while the account's secret calls are off.
+    SecretCallsOff,
 }
 
 impl Outcome {
     /// Every outcome. A denial in the SQLite usage log names its outcome by its place here, so
     /// the order never changes and a new outcome goes last.
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Valid,
         Outcome::Malformed,
         Outcome::NotFound,
@@ -68,6 +70,7 @@ impl Outcome {
         Outcome::BadJwt,
         Outcome::UserInactive,
         Outcome::RateLimited,
+        Outcome::SecretCallsOff,
     ];
 
     /// The word on the wire.
@@ -86,6 +89,7 @@ impl Outcome {
             Outcome::UsageExceeded => "USAGE_EXCEEDED",
             Outcome::BadJwt => "BAD_JWT",
             Outcome::RateLimited => "RATE_LIMITED",
+            Outcome::SecretCallsOff => "SECRET_CALLS_OFF",
         }
     }
 
@@ -106,6 +110,7 @@ impl Outcome {
             Outcome::UsageExceeded => Code::UsageExceeded,
             Outcome::AccountQuotaExceeded => Code::AccountQuotaExceeded,
             Outcome::RateLimited => Code::RateLimited,
+            Outcome::SecretCallsOff => Code::SecretCallsOff,
         }
     }
 
@@ -128,6 +133,8 @@ impl Outcome {
             Outcome::AccountQuotaExceeded => "account_quota_exceeded",
             Outcome::UsageExceeded => "usage_exceeded",
             Outcome::BadJwt => "bad_jwt",
+            // Decided outside the batch, as the key row's REVOKED, which is counted.
+            Outcome::SecretCallsOff => return None,
             Outcome::Malformed | Outcome::NotFound | Outcome::RateLimited => return None,
         })
     }

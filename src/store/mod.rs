@@ -390,6 +390,27 @@ fn created_entry(
 pub const LAPSED_LIVE_TOKENS: &str = "SELECT COUNT(*) FROM tokens WHERE account_id = $1 \
      AND status IN ('active', 'exhausted') AND expires_at <= $2";
 
+/// An account's key row: its secret as a call credential (`$1` its api_key, `$2` the account,
+/// `$3` its status, `$4` the sealed secret, `$5` its hash, `$6` now). It acts as the account's
+/// admin, with no limits of its own; the account's quota and rate limit apply.
+const INSERT_ACCOUNT_KEY: &str = "INSERT INTO tokens (id, account_id, issued_by, name, role, \
+     scopes, allowed_ips, status, jwt_enabled, sealed_secret, secret_hash, calls_month, \
+     calls_total, created_at, updated_at, kind) VALUES ($1, $2, 'account', 'account secret', \
+     'admin', '[]', '[]', $3, true, $4, $5, 0, 0, $6, $6, 'account')";
+
+/// Sets account `$1`'s key row to status `$2` at `$3`.
+const SET_KEY_STATUS: &str = "UPDATE tokens SET status = $2, updated_at = $3 \
+     WHERE account_id = $1 AND kind = 'account' AND status <> $2";
+
+/// A key row's status: `revoked` while its account's secret calls are off.
+fn key_status(active: bool) -> &'static str {
+    if active {
+        "active"
+    } else {
+        "revoked"
+    }
+}
+
 /// Tokens per SQLite insert statement: 11,000 parameters (it allows 32,766).
 const INSERT_ROWS: usize = 500;
 /// Each token's parameters, `now` written twice.
@@ -862,8 +883,8 @@ impl Store {
     ) -> Result<Account> {
         let q = format!(
             "INSERT INTO accounts (id, name, status, max_tokens, monthly_quota, quota_used, \
-             secret_hash, created_at, updated_at, rate_limit) \
-             VALUES ($1, $2, 'active', $3, $4, 0, $5, $6, $6, $7) RETURNING {ACCOUNT_COLS}"
+             secret_hash, created_at, updated_at, rate_limit, api_key, secret_calls) \
+             VALUES ($1, $2, 'active', $3, $4, 0, $5, $6, $6, $7, $8, $9) RETURNING {ACCOUNT_COLS}"
         );
         let conflict = conflict_as("account name");
         with_pool!(self, p => {
@@ -871,8 +892,13 @@ impl Store {
             let row = sqlx::query_as::<_, AccountRow>(sql(q))
                 .bind(&a.id).bind(&a.name).bind(a.max_tokens).bind(a.monthly_quota)
                 .bind(&a.secret_hash).bind(now).bind(a.rate_limit.map(RateLimit::to_column))
+                .bind(&a.api_key).bind(a.secret_calls)
                 .fetch_one(&mut *tx).await.map_err(conflict)?;
             let account = Account::try_from(row)?;
+            sqlx::query(INSERT_ACCOUNT_KEY)
+                .bind(&a.api_key).bind(&a.id).bind(key_status(a.key_active))
+                .bind(&a.sealed_secret).bind(&a.secret_hash).bind(now)
+                .execute(&mut *tx).await?;
             let changes = crate::domain::audit::account_changes(None, &account);
             let entry = stamp.done(now, format!("account:{}", a.id), Some(a.id.clone()), changes);
             audit::record_audit!(tx, &entry).map_err(StoreError::from)?;
@@ -912,11 +938,13 @@ impl Store {
         rows.into_iter().map(Account::try_from).collect()
     }
 
-    /// Reads an account under a write lock, lets `f` change it, and writes the changed fields.
+    /// Reads an account under a write lock, lets `f` change it, and writes the changed fields;
+    /// its key row follows its `secret_calls` (`secret_calls_default` when that is not set).
     pub async fn update_account<E, F>(
         &self,
         id: &str,
         now: DateTime<Utc>,
+        secret_calls_default: bool,
         stamp: &Stamp,
         f: F,
     ) -> Result<Account, E>
@@ -927,10 +955,15 @@ impl Store {
         let select = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1");
         let update = format!(
             "UPDATE accounts SET status = $2, max_tokens = $3, monthly_quota = $4, updated_at = $5, \
-             rate_limit = $6 WHERE id = $1 RETURNING {ACCOUNT_COLS}"
+             rate_limit = $6, secret_calls = $7 WHERE id = $1 RETURNING {ACCOUNT_COLS}"
         );
         with_pool!(self, p => {
             let mut tx = p.begin_write().await.map_err(StoreError::from)?;
+            // The key row before the account: the order the usage writer locks them in.
+            sqlx::query(sql(format!(
+                "SELECT id FROM tokens WHERE account_id = $1 AND kind = 'account'{}",
+                p.for_update())))
+                .bind(id).fetch_all(&mut *tx).await.map_err(StoreError::from)?;
             let row = sqlx::query_as::<_, AccountRow>(sql(format!("{select}{}", p.for_update())))
                 .bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?
                 .ok_or(StoreError::NotFound)?;
@@ -938,9 +971,13 @@ impl Store {
             let next = f(before.clone())?;
             let row = sqlx::query_as::<_, AccountRow>(sql(update))
                 .bind(id).bind(next.status.as_str()).bind(next.max_tokens).bind(next.monthly_quota)
-                .bind(now).bind(next.rate_limit.map(RateLimit::to_column))
+                .bind(now).bind(next.rate_limit.map(RateLimit::to_column)).bind(next.secret_calls)
                 .fetch_one(&mut *tx).await.map_err(StoreError::from)?;
             let after = Account::try_from(row)?;
+            let active = after.secret_calls.unwrap_or(secret_calls_default);
+            sqlx::query(SET_KEY_STATUS)
+                .bind(id).bind(key_status(active)).bind(now)
+                .execute(&mut *tx).await.map_err(StoreError::from)?;
             let changes = crate::domain::audit::account_changes(Some(&before), &after);
             let entry = stamp.done(now, format!("account:{id}"), Some(id.to_string()), changes);
             audit::record_audit!(tx, &entry).map_err(StoreError::from)?;
@@ -952,10 +989,13 @@ impl Store {
     }
 
     /// Replaces an account's secret hash; the old secret stops working at once.
+    /// Its key row takes the new secret (its hash, and sealed, for JWTs) in the same write, so
+    /// calls and JWTs with the old one are refused from then on.
     pub async fn set_account_secret(
         &self,
         id: &str,
         hash: &[u8],
+        sealed: &[u8],
         now: DateTime<Utc>,
         stamp: &Stamp,
     ) -> Result<()> {
@@ -963,15 +1003,52 @@ impl Store {
         let entry = stamp.done(now, format!("account:{id}"), Some(id.to_string()), changes);
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
+            // The key row before the account: the order the usage writer locks them in.
+            sqlx::query(
+                "UPDATE tokens SET secret_hash = $2, sealed_secret = $3, jwt_enabled = true, \
+                 prev_secret_hash = NULL, prev_secret_valid_until = NULL, updated_at = $4 \
+                 WHERE account_id = $1 AND kind = 'account'")
+                .bind(id).bind(hash).bind(sealed).bind(now).execute(&mut *tx).await?;
             let n = sqlx::query("UPDATE accounts SET secret_hash = $2, updated_at = $3 WHERE id = $1")
                 .bind(id).bind(hash).bind(now).execute(&mut *tx).await?.rows_affected();
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
             audit::record_audit!(tx, &entry).map_err(StoreError::from)?;
+            let n = p.note_change(&mut tx).await?;
             tx.commit().await?;
+            self.observe_change(n);
         });
         Ok(())
+    }
+
+    /// The ApiKey of account `id`, if it exists.
+    pub async fn account_api_key(&self, id: &str) -> Result<Option<String>> {
+        let k = with_pool!(self, p => sqlx::query_scalar::<_, Option<String>>(
+            "SELECT api_key FROM accounts WHERE id = $1").bind(id).fetch_optional(p).await?);
+        Ok(k.flatten())
+    }
+
+    /// Sets the key rows of the accounts that leave `secret_calls` to the daemon to `default`
+    /// (at start and reload, as the configured default may have changed).
+    pub async fn apply_secret_calls_default(
+        &self,
+        default: bool,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let q = "UPDATE tokens SET status = $1, updated_at = $2 WHERE kind = 'account' \
+                 AND status <> $1 AND account_id IN (SELECT id FROM accounts WHERE secret_calls IS NULL)";
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let changed = sqlx::query(q).bind(key_status(default)).bind(now)
+                .execute(&mut *tx).await?.rows_affected();
+            if changed > 0 {
+                let n = p.note_change(&mut tx).await?;
+                tx.commit().await?;
+                self.observe_change(n);
+            }
+            Ok(changed)
+        })
     }
 
     // ----- users -----
@@ -1242,7 +1319,8 @@ impl Store {
             args.push(a);
             format!("${}", args.len())
         };
-        let mut w: Vec<String> = Vec::new();
+        // An account's key row is its secret, not one of its tokens.
+        let mut w: Vec<String> = vec!["kind = 'token'".into()];
         if let Some(acc) = &f.account_id {
             w.push(format!("account_id = {}", next(Arg::Str(acc.clone()))));
         }
@@ -1320,11 +1398,7 @@ impl Store {
             ));
         }
         let lim = next(Arg::I64(f.limit));
-        let where_sql = if w.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", w.join(" AND "))
-        };
+        let where_sql = format!("WHERE {}", w.join(" AND "));
         let q = format!(
             "SELECT {TOKEN_COLS} FROM tokens {where_sql} ORDER BY created_at DESC, id DESC LIMIT {lim}"
         );
@@ -1390,7 +1464,7 @@ impl Store {
                 // Bringing an expired token back must respect max_tokens like a new one.
                 let active: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM tokens WHERE account_id = $1 AND status <> 'revoked' \
-                     AND (expires_at IS NULL OR expires_at > $2)")
+                     AND (expires_at IS NULL OR expires_at > $2) AND kind = 'token'")
                     .bind(&account_id).bind(now).fetch_one(&mut *tx).await.map_err(StoreError::from)?;
                 if active >= max {
                     return Err(StoreError::TokenLimit { max, active }.into());

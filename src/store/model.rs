@@ -25,6 +25,14 @@ pub struct NewAccount {
     pub secret_hash: Vec<u8>,
     /// Calls allowed per window over all its tokens, if limited.
     pub rate_limit: Option<RateLimit>,
+    /// Its public ApiKey, the id of its key row.
+    pub api_key: String,
+    /// The secret sealed under the master key (for the JWTs it signs).
+    pub sealed_secret: Vec<u8>,
+    /// Whether its secret authenticates calls; `None`: the daemon's default.
+    pub secret_calls: Option<bool>,
+    /// Whether it does now (`secret_calls` or the default).
+    pub key_active: bool,
 }
 
 /// Everything needed to insert a token.
@@ -96,6 +104,7 @@ impl NewToken {
             refill_period: Some(crate::domain::period::month_key(now)),
             expires_at: self.expires_at,
             status: TokenStatus::Active,
+            account_key: false,
             jwt_enabled: self.jwt_enabled,
             sealed_secret: self.sealed_secret.clone(),
             secret_hash: self.secret_hash.clone(),

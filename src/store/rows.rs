@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
 pub(super) const ACCOUNT_COLS: &str = "id, name, status, max_tokens, monthly_quota, quota_used, \
-     quota_period, created_at, updated_at, rate_limit";
+     quota_period, created_at, updated_at, rate_limit, api_key, secret_calls";
 
 pub(super) const USER_COLS: &str =
     "id, account_id, email, role, notify_expiry, status, created_at, updated_at, deleted_at";
@@ -23,7 +23,7 @@ pub(super) const TOKEN_COLS: &str = "id, account_id, user_id, issued_by, policy_
      last_used_at, last_used_ip, created_at, updated_at, revoked_at, stats_day, day_valid, \
      day_cost, day_revoked, day_expired, day_account_inactive, day_ip_not_allowed, \
      day_scope_denied, day_account_quota_exceeded, day_usage_exceeded, day_bad_jwt, \
-     day_user_inactive, user_role, user_active, rate_limit";
+     day_user_inactive, user_role, user_active, rate_limit, kind";
 
 /// The columns of a token's state (`StateRow`): what verification reads and changes.
 pub(crate) const STATE_COLS: &str = "id, account_id, role, scopes, allowed_ips, remaining, \
@@ -49,6 +49,8 @@ pub(super) struct AccountRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     rate_limit: Option<String>,
+    api_key: Option<String>,
+    secret_calls: Option<bool>,
 }
 
 impl TryFrom<AccountRow> for Account {
@@ -63,6 +65,8 @@ impl TryFrom<AccountRow> for Account {
             quota_used: r.quota_used,
             quota_period: r.quota_period,
             rate_limit: rate_limit("account", r.rate_limit.as_deref())?,
+            api_key: r.api_key.unwrap_or_default(),
+            secret_calls: r.secret_calls,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -85,6 +89,8 @@ pub(super) struct TokenAccountRow {
     a_created_at: DateTime<Utc>,
     a_updated_at: DateTime<Utc>,
     a_rate_limit: Option<String>,
+    a_api_key: Option<String>,
+    a_secret_calls: Option<bool>,
 }
 
 impl TokenAccountRow {
@@ -101,6 +107,8 @@ impl TokenAccountRow {
             created_at: self.a_created_at,
             updated_at: self.a_updated_at,
             rate_limit: self.a_rate_limit,
+            api_key: self.a_api_key,
+            secret_calls: self.a_secret_calls,
         };
         (self.token, account)
     }
@@ -162,6 +170,7 @@ pub(super) struct TokenRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     revoked_at: Option<DateTime<Utc>>,
+    kind: String,
 }
 
 impl TryFrom<TokenRow> for Token {
@@ -177,6 +186,11 @@ impl TryFrom<TokenRow> for Token {
             user_role: user_role(s.user_role.as_deref())?,
             user_active: s.user_active,
             status: s.status.parse().map_err(|e| corrupt("token status", e))?,
+            account_key: match r.kind.as_str() {
+                "token" => false,
+                "account" => true,
+                k => return Err(corrupt("token kind", k)),
+            },
             scopes: parse_scopes(&s.scopes)?,
             allowed_ips: parse_allowed_ips(&s.allowed_ips)?,
             rate_limit: rate_limit("token", s.rate_limit.as_deref())?,

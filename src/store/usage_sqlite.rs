@@ -133,6 +133,8 @@ fn account_of(row: &Row) -> rusqlite::Result<std::result::Result<Account, StoreE
         quota_used: row.get(5)?,
         quota_period: row.get(6)?,
         rate_limit,
+        api_key: row.get::<_, Option<String>>(10)?.unwrap_or_default(),
+        secret_calls: row.get(11)?,
         created_at: read_ts_req(row, 7)?,
         updated_at: read_ts_req(row, 8)?,
     }))

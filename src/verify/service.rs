@@ -12,6 +12,7 @@ use crate::domain::state::TokenState;
 use crate::seal::MasterKey;
 use crate::store::{Store, StoreError};
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -61,18 +62,65 @@ pub struct Verifier {
     pub prefix: Arc<str>,
     /// The longest JWT lifetime accepted (`tokens.max_jwt_lifetime_seconds`).
     pub max_jwt_lifetime_seconds: i64,
+    /// Accounts' ApiKeys by account id, read once each: a key never changes.
+    pub api_keys: Arc<std::sync::RwLock<HashMap<String, String>>>,
 }
 
-/// Verifies `presented` (a token, or a JWT signed with one) for `check`, consuming its cost when
-/// valid. A store error is returned as an error (answered 503), never as a verdict.
+/// ApiKeys remembered at most; past it the map starts again.
+const MAX_API_KEYS: usize = 100_000;
+
+impl Verifier {
+    /// The ApiKey of account `id` (`None`: no such account).
+    async fn api_key_of(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let known = self.api_keys.read().ok().and_then(|m| m.get(id).cloned());
+        if known.is_some() {
+            return Ok(known);
+        }
+        let key = self.store.account_api_key(id).await?;
+        if let (Some(k), Ok(mut m)) = (&key, self.api_keys.write()) {
+            if m.len() >= MAX_API_KEYS {
+                m.clear();
+            }
+            m.insert(id.to_string(), k.clone());
+        }
+        Ok(key)
+    }
+}
+
+/// Verifies `presented` (a token, an account secret, or a JWT signed with either) for `check`,
+/// consuming its cost when valid. A store error is returned as an error (answered 503), never
+/// as a verdict.
 pub async fn verify(v: &Verifier, presented: &str, check: &Check) -> Result<Verdict, StoreError> {
+    verify_keyed(v, presented, None, check).await
+}
+
+/// `verify`, for an account secret given with the account's ApiKey (HTTP Basic): the key must be
+/// that account's, or the secret is not found.
+pub async fn verify_keyed(
+    v: &Verifier,
+    presented: &str,
+    api_key: Option<&str>,
+    check: &Check,
+) -> Result<Verdict, StoreError> {
     let presented = presented.trim();
     if jwt::looks_like_jwt(presented) {
         return verify_jwt(v, presented, check).await;
     }
     let now = v.clock.now();
-    let (id, hash) = match credential::parse(&v.prefix, presented) {
-        Ok(Presented::Token { id, hash }) => (id, hash),
+    let (id, hash, secret) = match credential::parse(&v.prefix, presented) {
+        Ok(Presented::Token { id, hash }) => (id, hash, false),
+        // The account's key row holds the secret's hash: the call is decided and counted as the
+        // key's, under the account's quota and rate limit.
+        Ok(Presented::AccountSecret { account_id, hash }) => {
+            let key = match api_key {
+                Some(k) => Some(k.to_string()),
+                None => v.api_key_of(&account_id).await?,
+            };
+            let Some(key) = key else {
+                return Ok(Verdict::bare(Outcome::NotFound, now));
+            };
+            (key, hash, true)
+        }
         _ => return Ok(Verdict::bare(Outcome::Malformed, now)),
     };
     let decided = v
@@ -87,11 +135,19 @@ pub async fn verify(v: &Verifier, presented: &str, check: &Check) -> Result<Verd
         })
         .await?;
     Ok(Verdict {
-        outcome: decided.outcome,
+        outcome: secret_outcome(decided.outcome, secret),
         token: decided.token,
         at: now,
         rate: decided.rate,
     })
+}
+
+/// A key row is revoked while its account's secret calls are off: said so for its calls.
+fn secret_outcome(outcome: Outcome, account_key: bool) -> Outcome {
+    match outcome {
+        Outcome::Revoked if account_key => Outcome::SecretCallsOff,
+        o => o,
+    }
 }
 
 async fn verify_jwt(v: &Verifier, presented: &str, check: &Check) -> Result<Verdict, StoreError> {
@@ -137,7 +193,7 @@ async fn verify_jwt(v: &Verifier, presented: &str, check: &Check) -> Result<Verd
         return Ok(refuse_bad_jwt(&v.meter, &token, now));
     }
     Ok(Verdict {
-        outcome: decided.outcome,
+        outcome: secret_outcome(decided.outcome, token.account_key),
         token: decided.token,
         at: now,
         rate: decided.rate,

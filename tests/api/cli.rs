@@ -1047,6 +1047,26 @@ fn migrate_upgrades_a_store_an_older_version_set_up_and_keeps_its_data() {
         )
         .unwrap();
     assert_eq!((unknown.as_str(), role.as_str()), ("1", "engineer"));
+    // The old account got its ApiKey: a key row holding its secret's hash, which counts against
+    // no max_tokens.
+    let a = json_out(&run(&["account", "show", "oldco"]));
+    let key = a["account"]["api_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(key.len(), 8, "{a}");
+    let (kind, hash, status, live): (String, String, String, i64) = conn
+        .query_row(
+            "SELECT kind, hex(secret_hash), status, \
+             (SELECT live_tokens FROM accounts WHERE id = 'acc_old') FROM tokens WHERE id = ?1",
+            [&key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (kind.as_str(), hash.as_str(), status.as_str(), live),
+        ("account", "00", "active", 2)
+    );
     drop(conn);
     // And it works as a store of this version: a token on the old account.
     let v = json_out(&run(&[

@@ -293,8 +293,14 @@ impl TestApp {
     }
 
     /// Stops the daemon and starts it again on the same store, configuration and clock.
-    pub async fn restart(mut self) -> TestApp {
-        let config = (*self.ctx.config).clone();
+    pub async fn restart(self) -> TestApp {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Restarts on the same store with the configuration changed by `tweak`.
+    pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = (*self.ctx.config).clone();
+        tweak(&mut config);
         let (pg, dir) = (self._pg.take(), self._dir.take());
         let clock = self.clock.clone();
         self.stop().await;
@@ -346,6 +352,16 @@ impl TestApp {
         let text = resp.text().await.unwrap();
         let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, v)
+    }
+
+    /// Forward auth (`GET /v1/auth`) with `cred` as the bearer.
+    pub async fn forward_auth(&self, cred: &str) -> reqwest::Response {
+        self.client
+            .get(self.url("/v1/auth"))
+            .bearer_auth(cred)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// The Prometheus text `/metrics` answers.

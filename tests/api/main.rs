@@ -19,6 +19,7 @@ mod ops;
 mod people;
 mod rate;
 mod scale;
+mod secret_calls;
 mod service;
 mod tokens;
 mod verify;

@@ -5,6 +5,7 @@
 use crate::both_backends;
 use crate::helpers::*;
 use axum::{http::HeaderMap, routing::get, Router};
+use base64::Engine;
 use serde_json::json;
 use std::{path::Path, process::Command, time::Duration};
 
@@ -166,6 +167,28 @@ async fn nginx_auth_request_guards_an_upstream(b: Backend) {
     assert_eq!(r.status(), 429);
     let stored = app.settled().await.token(&id).await.unwrap().unwrap();
     assert_eq!((stored.remaining, stored.calls_total), (Some(0), 3));
+    // The account secret with its ApiKey, in the seeds' Basic form and the standard one.
+    let (_, acct) = app.get(&format!("/v1/tokens/{id}"), &secret).await;
+    let acct = acct["token"]["account_id"].as_str().unwrap().to_string();
+    let (_, a) = app.get(&format!("/v1/accounts/{acct}"), &secret).await;
+    let key = a["account"]["api_key"].as_str().unwrap().to_string();
+    let standard = base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"));
+    for authorization in [format!("Basic {key} {secret}"), format!("Basic {standard}")] {
+        let r = client
+            .get(format!("{base}/convert"))
+            .header("Authorization", &authorization)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{authorization}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.starts_with(&format!(
+                "upstream ok token={key} account={acct} role=admin"
+            )),
+            "{body}"
+        );
+    }
     // A rate limit: its standing on the way through, then 429 with Retry-After.
     let (_, limited) = app
         .token(

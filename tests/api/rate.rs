@@ -26,16 +26,6 @@ async fn verify(app: &TestApp, token: &str) -> Value {
     v
 }
 
-/// Forward auth with `token` as the bearer.
-async fn forward(app: &TestApp, token: &str) -> reqwest::Response {
-    app.client
-        .get(app.url("/v1/auth"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn results(app: &TestApp, tokens: &[String], n: usize) -> Vec<String> {
     let calls = (0..n).map(|i| {
         let token = tokens[i % tokens.len()].clone();
@@ -88,7 +78,7 @@ async fn fifty_concurrent_calls_on_ten_a_minute_admit_exactly_ten(b: Backend) {
     );
 
     // Forward auth: 429 with Retry-After and the X-RateLimit-* headers.
-    let resp = forward(&app, &token).await;
+    let resp = app.forward_auth(&token).await;
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     let h = |n: &str| {
         resp.headers()
@@ -106,7 +96,7 @@ async fn fifty_concurrent_calls_on_ten_a_minute_admit_exactly_ten(b: Backend) {
     app.clock.set(t0() + TimeDelta::milliseconds(59_999));
     assert_eq!(verify(&app, &token).await["result"], "RATE_LIMITED");
     app.clock.set(t0() + TimeDelta::seconds(60));
-    let resp = forward(&app, &token).await;
+    let resp = app.forward_auth(&token).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let remaining = resp.headers()["x-ratelimit-remaining"].to_str().unwrap();
     assert_eq!(remaining, "9");

@@ -166,7 +166,8 @@ async fn every_outcome_has_its_word_and_code(b: Backend) {
             "NOT_FOUND",
             4011,
         ),
-        (json!({"token": secret}), "MALFORMED", 4011),
+        // The operator credential is no call credential.
+        (json!({"token": app.operator.clone()}), "MALFORMED", 4011),
         (
             json!({"token": t, "call": "convert:pdf", "client_ip": "192.168.1.1"}),
             "IP_NOT_ALLOWED",
