@@ -300,10 +300,7 @@ fn rate_limit_arg(s: &str) -> Result<RateLimitInput, String> {
         .split_once('/')
         .ok_or_else(|| "write it as LIMIT/SECONDS, e.g. 100/60".to_string())?;
     let num = |v: &str| v.trim().parse::<i64>().map_err(|e| format!("{v:?}: {e}"));
-    Ok(RateLimitInput {
-        limit: num(l)?,
-        window_seconds: num(w)?,
-    })
+    Ok(RateLimitInput::of(num(l)?, num(w)?))
 }
 
 /// `token list` options.

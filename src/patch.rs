@@ -62,6 +62,36 @@ pub fn non_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     T::deserialize(d).map(Some)
 }
 
+/// Whole numbers in request bodies. JSON has one number type, and a client (or a generator
+/// working from the OpenAPI document, where `1.0` is an integer) may write a whole number as
+/// `1.0`: these read `5`, `5.0` and `5e0` alike, and refuse `5.5` or a string, naming the field.
+pub mod whole {
+    use super::Patch;
+    use crate::domain::limits::Whole;
+    use serde::{Deserialize, Deserializer};
+
+    /// An optional whole number (`#[serde(default, deserialize_with = "whole::option")]`):
+    /// absent and `null` are `None`.
+    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Ok(Option::<Whole>::deserialize(d)?.map(|w| w.0))
+    }
+
+    /// An optional whole number that may not be `null`
+    /// (`#[serde(default, deserialize_with = "whole::non_null")]`).
+    pub fn non_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Whole::deserialize(d).map(|w| Some(w.0))
+    }
+
+    /// A whole number that may be absent, `null` or a value
+    /// (`#[serde(default, deserialize_with = "whole::patch")]`).
+    pub fn patch<'de, D: Deserializer<'de>>(d: D) -> Result<Patch<i64>, D::Error> {
+        Ok(match Option::<Whole>::deserialize(d)? {
+            None => Patch::Null,
+            Some(w) => Patch::Value(w.0),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +100,33 @@ mod tests {
     struct P {
         #[serde(default)]
         a: Patch<i64>,
+    }
+
+    #[derive(Deserialize)]
+    struct W {
+        #[serde(default, deserialize_with = "whole::option")]
+        o: Option<i64>,
+        #[serde(default, deserialize_with = "whole::patch")]
+        p: Patch<i64>,
+    }
+
+    #[test]
+    fn whole_numbers_read_however_written() {
+        let w: W = serde_json::from_str(r#"{"o": 5.0, "p": 1e3}"#).unwrap();
+        assert_eq!((w.o, w.p), (Some(5), Patch::Value(1000)));
+        let w: W = serde_json::from_str(r#"{"o": null, "p": null}"#).unwrap();
+        assert_eq!((w.o, w.p), (None, Patch::Null));
+        let w: W = serde_json::from_str(r#"{"o": -7}"#).unwrap();
+        assert_eq!((w.o, w.p), (Some(-7), Patch::Absent));
+        for bad in [
+            r#"{"o": 1.5}"#,
+            r#"{"o": "5"}"#,
+            r#"{"p": 1e19}"#,
+            r#"{"o": 18446744073709551615}"#,
+            r#"{"p": true}"#,
+        ] {
+            assert!(serde_json::from_str::<W>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -6,11 +6,16 @@ use super::*;
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
-    /// Unique name, 1 to 100 characters.
+    /// Unique name, 1 to 100 characters (surrounding white space is trimmed).
+    #[schema(required = true, schema_with = schema::name)]
     pub name: Option<String>,
     /// Active tokens allowed (default from `accounts.default_max_tokens`).
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(schema_with = max_tokens_or_null)]
     pub max_tokens: Option<i64>,
     /// Calls per calendar month over all its tokens; absent = no account quota.
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(schema_with = quota_or_null)]
     pub monthly_quota: Option<i64>,
     /// At most `limit` calls per `window_seconds` over all its tokens; absent or `null` = none.
     #[serde(default)]
@@ -26,13 +31,15 @@ pub struct CreateAccount {
 pub struct UpdateAccount {
     /// `active` or `inactive`; an inactive account's credentials get 4014.
     #[serde(default, deserialize_with = "crate::patch::non_null")]
+    #[schema(schema_with = account_status)]
     pub status: Option<String>,
     /// Active tokens allowed; existing tokens above a lowered limit stay.
-    #[serde(default, deserialize_with = "crate::patch::non_null")]
+    #[serde(default, deserialize_with = "whole::non_null")]
+    #[schema(schema_with = max_tokens_schema)]
     pub max_tokens: Option<i64>,
     /// Calls per calendar month; `null` removes the quota.
-    #[serde(default)]
-    #[schema(value_type = Option<i64>)]
+    #[serde(default, deserialize_with = "whole::patch")]
+    #[schema(schema_with = quota_or_null)]
     pub monthly_quota: Patch<i64>,
     /// New rate limit over all its tokens; `null` removes it.
     #[serde(default)]
@@ -45,6 +52,22 @@ pub struct UpdateAccount {
 }
 
 const MAX_QUOTA: i64 = 1_000_000_000_000;
+
+fn account_status() -> utoipa::openapi::schema::Object {
+    schema::one_of(&["active", "inactive"])
+}
+
+fn max_tokens_schema() -> utoipa::openapi::schema::Object {
+    schema::int(1, limits::MAX_TOKENS_PER_ACCOUNT)
+}
+
+fn max_tokens_or_null() -> utoipa::openapi::schema::Object {
+    schema::int_or_null(1, limits::MAX_TOKENS_PER_ACCOUNT)
+}
+
+fn quota_or_null() -> utoipa::openapi::schema::Object {
+    schema::int_or_null(1, MAX_QUOTA)
+}
 
 fn max_tokens(v: i64) -> Result<i64, ParseError> {
     let max = limits::MAX_TOKENS_PER_ACCOUNT;

@@ -7,13 +7,32 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct MintJwt {
     /// The JWT-enabled token to sign with (it is the HMAC key).
+    #[schema(required = true, schema_with = schema::any_text)]
     pub token: Option<String>,
-    /// Uses the JWT allows (default 1).
+    /// Uses the JWT allows, 1 to 999999999 (default 1).
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(schema_with = uses_or_null)]
     pub request_count: Option<i64>,
-    /// Seconds until it expires (default 300, at most `tokens.max_jwt_lifetime_seconds`).
+    /// Seconds until it expires, 1 to `tokens.max_jwt_lifetime_seconds` (default 300, or that
+    /// maximum if lower).
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(schema_with = lifetime_or_null)]
     pub lifetime_seconds: Option<i64>,
-    /// The only client IP that may use it; absent = any.
+    /// The only client IP that may use it; absent, `null` or blank = any.
+    #[schema(schema_with = user_ip)]
     pub user_ip: Option<String>,
+}
+
+fn uses_or_null() -> utoipa::openapi::schema::Object {
+    schema::int_or_null(1, limits::MAX_USAGE_LIMIT)
+}
+
+fn lifetime_or_null() -> utoipa::openapi::schema::Object {
+    schema::int_or_null(1, limits::MAX_LIFETIME_SECONDS)
+}
+
+fn user_ip() -> utoipa::openapi::schema::Object {
+    schema::ip_or_null(true)
 }
 
 /// Mints a short-lived JWT signed with a JWT-enabled token presented in full. Minting consumes

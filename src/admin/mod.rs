@@ -13,11 +13,11 @@ use crate::domain::{
     limits::ExpiryRequest,
     net,
     role::Role,
-    scope,
+    schema, scope,
     status::{AccountStatus, TokenStatus, UserStatus},
     ParseError,
 };
-use crate::patch::Patch;
+use crate::patch::{whole, Patch};
 use crate::store::{NewAccount, NewSecret, NewToken, Owner, StoreError, TokenFilter};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;

@@ -6,38 +6,54 @@ use super::*;
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokens {
-    /// The account to issue in (operator only; others issue in their own).
+    /// The account to issue in, by id or name (the operator, who must give it; others issue in
+    /// their own).
+    #[schema(schema_with = schema::any_text_or_null)]
     pub account_id: Option<String>,
     /// The user the tokens are issued for (operator and admins; others issue for their own user).
+    #[schema(schema_with = schema::any_text_or_null)]
     pub user_id: Option<String>,
-    /// Name, 1 to 100 characters.
+    /// Name, 1 to 100 characters (surrounding white space is trimmed).
+    #[schema(required = true, schema_with = schema::name)]
     pub name: Option<String>,
     /// Free-text note, up to 1000 characters.
+    #[schema(schema_with = schema::note)]
     pub description: Option<String>,
     /// `admin`, `engineer`, `user` (default) or `readonly`; never above the caller's.
+    #[schema(schema_with = schema::role_or_null)]
     pub role: Option<String>,
     /// Allowed calls; empty = all; `prefix:*` wildcards.
     #[serde(default)]
+    #[schema(schema_with = schema::scopes)]
     pub scopes: Vec<String>,
     /// Allowed client IPs or CIDR blocks; empty = any.
     #[serde(default)]
+    #[schema(schema_with = schema::ip_rules)]
     pub allowed_ips: Vec<String>,
     /// Uses allowed, 1 to 999999999; `null` = unlimited; absent = the configured default.
-    #[serde(default, alias = "RequestCount")]
-    #[schema(value_type = Option<i64>)]
+    /// Also read as `RequestCount`.
+    #[serde(default, alias = "RequestCount", deserialize_with = "whole::patch")]
+    #[schema(schema_with = uses_or_null)]
     pub usage_limit: Patch<i64>,
-    /// Seconds until it expires, 1 to 315569520; `null` = never.
-    #[serde(default, alias = "Lifetime")]
-    #[schema(value_type = Option<i64>)]
+    /// Seconds until it expires, 1 to `tokens.max_lifetime_seconds`; `null` = never. Also read
+    /// as `Lifetime`; not with `expires_on`.
+    #[serde(default, alias = "Lifetime", deserialize_with = "whole::patch")]
+    #[schema(schema_with = lifetime_or_null)]
     pub lifetime_seconds: Patch<i64>,
-    /// UTC date (`YYYY-MM-DD` or `dd/MM/yyyy`); it stops working at 00:00 UTC that day.
+    /// UTC date (`YYYY-MM-DD` or `dd/MM/yyyy`) after today and within the maximum lifetime; it
+    /// stops working at 00:00 UTC that day. `null` = never; not with `lifetime_seconds`.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = schema::date_or_null)]
     pub expires_on: Patch<String>,
-    /// How many identical tokens to create (default 1).
-    #[serde(alias = "Count")]
+    /// How many identical tokens to create, 1 to `tokens.max_count_per_request` (default 1).
+    /// Also read as `Count`.
+    #[serde(default, alias = "Count", deserialize_with = "whole::option")]
+    #[schema(schema_with = count_or_null)]
     pub count: Option<i64>,
-    /// `remaining` is set back to this at 00:00 UTC on the 1st of each month.
+    /// `remaining` is set back to this at 00:00 UTC on the 1st of each month; needs a usage
+    /// limit.
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(schema_with = uses_or_null)]
     pub refill_monthly: Option<i64>,
     /// Whether the tokens may sign short-lived JWTs (their secret is then kept sealed under the
     /// master key). Default false.
@@ -45,6 +61,19 @@ pub struct CreateTokens {
     /// At most `limit` calls per `window_seconds` for each token; absent or `null` = none.
     #[serde(default)]
     pub rate_limit: Option<RateLimitInput>,
+}
+
+fn uses_or_null() -> utoipa::openapi::schema::Object {
+    schema::int_or_null(1, limits::MAX_USAGE_LIMIT)
+}
+
+fn lifetime_or_null() -> utoipa::openapi::schema::Object {
+    schema::int_or_null(1, limits::MAX_LIFETIME_SECONDS)
+}
+
+fn count_or_null() -> utoipa::openapi::schema::Object {
+    // The document carries the configured `tokens.max_count_per_request` in its place.
+    schema::int_or_null(1, 100)
 }
 
 fn expiry_request(
@@ -399,29 +428,62 @@ async fn write_tokens(
 #[into_params(parameter_in = Query)]
 pub struct ListTokens {
     /// Only this account's tokens (operator only; others see their own account).
+    #[param(schema_with = schema::any_text)]
     pub account_id: Option<String>,
     /// `active`, `expired`, `exhausted` or `revoked`, as of now.
+    #[param(schema_with = token_status)]
     pub status: Option<String>,
     /// Only this role.
+    #[param(schema_with = schema::role)]
     pub role: Option<String>,
     /// Only tokens issued by this credential: `operator`, `cli`, `account`, `token:<id>`,
-    /// `policy:<name>` or `unknown`.
+    /// `policy:<name>` or `unknown` (up to 200 characters).
+    #[param(schema_with = issuer_filter)]
     pub issued_by: Option<String>,
-    /// Only tokens issued for this user.
+    /// Only tokens issued for this user (up to 100 characters).
+    #[param(schema_with = id_filter)]
     pub user_id: Option<String>,
     /// Only tokens that expire within this many days (0 to 3650).
+    #[param(minimum = 0, maximum = 3650)]
     pub expiring_within_days: Option<i64>,
-    /// Name or description contains this (case-insensitive).
+    /// Name or description contains this (case-insensitive; up to 100 characters).
+    #[param(schema_with = id_filter)]
     pub q: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// The `next_page` value of the previous page.
+    #[param(schema_with = token_cursor)]
     pub page: Option<String>,
+}
+
+fn token_status() -> utoipa::openapi::schema::Object {
+    schema::one_of(&["active", "expired", "exhausted", "revoked"])
+}
+
+fn issuer_filter() -> utoipa::openapi::schema::Object {
+    schema::text(200, false)
+}
+
+fn id_filter() -> utoipa::openapi::schema::Object {
+    schema::text(100, false)
+}
+
+/// A page cursor: milliseconds since the epoch (at most 15 digits), a dot, a token id.
+fn token_cursor() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some("^-?[0-9]{1,15}\\.[0-9A-Za-z]{8}$"))
+        .build()
 }
 
 fn parse_cursor(s: &str) -> Result<(DateTime<Utc>, String), ParseError> {
     let bad = || ParseError::new("page", "is not a page cursor from a previous answer");
     let (ms, id) = s.split_once('.').ok_or_else(bad)?;
+    let digits = ms.strip_prefix('-').unwrap_or(ms);
+    if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
     let at = ms
         .parse::<i64>()
         .ok()
@@ -588,36 +650,41 @@ pub async fn show_token(ctx: &Ctx, p: &Principal, id: &str) -> Result<Token> {
 pub struct UpdateToken {
     /// New name.
     #[serde(default, deserialize_with = "crate::patch::non_null")]
+    #[schema(schema_with = schema::name)]
     pub name: Option<String>,
     /// New note; `null` or `""` clears it.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = schema::note)]
     pub description: Patch<String>,
     /// New role, never above the caller's.
     #[serde(default, deserialize_with = "crate::patch::non_null")]
+    #[schema(schema_with = schema::role)]
     pub role: Option<String>,
     /// New scopes (replaces the list).
     #[serde(default, deserialize_with = "crate::patch::non_null")]
+    #[schema(schema_with = schema::scopes)]
     pub scopes: Option<Vec<String>>,
     /// New allowed IPs/CIDRs (replaces the list).
     #[serde(default, deserialize_with = "crate::patch::non_null")]
+    #[schema(schema_with = schema::ip_rules)]
     pub allowed_ips: Option<Vec<String>>,
     /// New usage limit; `remaining` becomes the new limit minus the uses already counted
-    /// against the old one. `null` = unlimited.
-    #[serde(default, alias = "RequestCount")]
-    #[schema(value_type = Option<i64>)]
+    /// against the old one. `null` = unlimited. Also read as `RequestCount`.
+    #[serde(default, alias = "RequestCount", deserialize_with = "whole::patch")]
+    #[schema(schema_with = uses_or_null)]
     pub usage_limit: Patch<i64>,
-    /// New lifetime from now; `null` = never expires.
-    #[serde(default, alias = "Lifetime")]
-    #[schema(value_type = Option<i64>)]
+    /// New lifetime from now; `null` = never expires. Also read as `Lifetime`; not with
+    /// `expires_on`.
+    #[serde(default, alias = "Lifetime", deserialize_with = "whole::patch")]
+    #[schema(schema_with = lifetime_or_null)]
     pub lifetime_seconds: Patch<i64>,
-    /// New expiry date (UTC); `null` = never expires.
+    /// New expiry date (UTC), after today; `null` = never expires.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = schema::date_or_null)]
     pub expires_on: Patch<String>,
     /// New monthly refill amount; `null` = none.
-    #[serde(default)]
-    #[schema(value_type = Option<i64>)]
+    #[serde(default, deserialize_with = "whole::patch")]
+    #[schema(schema_with = uses_or_null)]
     pub refill_monthly: Patch<i64>,
     /// New rate limit (`{limit, window_seconds}`); `null` = none.
     #[serde(default)]
@@ -797,17 +864,24 @@ pub async fn revoke_token(ctx: &Ctx, p: &Caller, id: &str) -> Result<Token> {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Regenerate {
-    /// Seconds the old secret keeps working (default 0: it stops at once).
+    /// Seconds the old secret keeps working, 0 to `tokens.max_regenerate_grace_seconds`
+    /// (default 0: it stops at once).
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(schema_with = grace_or_null)]
     pub grace_seconds: Option<i64>,
     /// A new lifetime from now; `null` = never expires. Absent (with `expires_on`): the expiry
-    /// stays.
-    #[serde(default, alias = "Lifetime")]
-    #[schema(value_type = Option<i64>)]
+    /// stays. Also read as `Lifetime`; not with `expires_on`.
+    #[serde(default, alias = "Lifetime", deserialize_with = "whole::patch")]
+    #[schema(schema_with = lifetime_or_null)]
     pub lifetime_seconds: Patch<i64>,
-    /// A new expiry date (UTC midnight); `null` = never expires.
+    /// A new expiry date (UTC midnight), after today; `null` = never expires.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = schema::date_or_null)]
     pub expires_on: Patch<String>,
+}
+
+fn grace_or_null() -> utoipa::openapi::schema::Object {
+    schema::int_or_null(0, i64::from(u32::MAX))
 }
 
 /// Gives a token a new secret with the same id, settings and counters, and with

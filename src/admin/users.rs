@@ -6,9 +6,11 @@ use super::*;
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
-    /// Where notifications go; unique within the account.
+    /// Where notifications go; unique within the account (compared lowercased).
+    #[schema(required = true, schema_with = schema::email)]
     pub email: Option<String>,
     /// `admin`, `engineer`, `user` or `readonly` (default `user`).
+    #[schema(schema_with = schema::role_or_null)]
     pub role: Option<String>,
     /// Whether the user gets expiry emails (default true).
     pub notify_expiry: Option<bool>,
@@ -20,14 +22,21 @@ pub struct CreateUser {
 pub struct UpdateUser {
     /// New role.
     #[serde(default, deserialize_with = "crate::patch::non_null")]
+    #[schema(schema_with = schema::role)]
     pub role: Option<String>,
     /// Expiry emails on or off.
     #[serde(default, deserialize_with = "crate::patch::non_null")]
+    #[schema(value_type = bool)]
     pub notify_expiry: Option<bool>,
     /// `active` or `inactive`: while inactive, every token issued for the user answers
     /// USER_INACTIVE (deletion is `DELETE /v1/users/{id}`).
     #[serde(default, deserialize_with = "crate::patch::non_null")]
+    #[schema(schema_with = user_status)]
     pub status: Option<String>,
+}
+
+fn user_status() -> utoipa::openapi::schema::Object {
+    schema::one_of(&["active", "inactive"])
 }
 
 /// Adds a user to an account (operator or the account's admin).

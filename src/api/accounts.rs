@@ -50,8 +50,10 @@ pub struct AccountList {
 #[into_params(parameter_in = Query)]
 pub struct AccountQuery {
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_page` of the previous answer.
+    #[param(schema_with = crate::domain::schema::any_text)]
     pub page: Option<String>,
 }
 

@@ -164,24 +164,102 @@ pub async fn record_refusals(State(s): State<AppState>, mut req: Request, next: 
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only records about this account (the operator; an account's admins see their own).
+    #[param(schema_with = filter_text)]
     pub account_id: Option<String>,
     /// Only this actor: `operator`, `cli`, `anonymous`, `account:<id>`, `token:<id>`,
     /// `job:<name>`, or a kind alone.
+    #[param(schema_with = filter_text)]
     pub actor: Option<String>,
     /// Only this target: `account:<id>`, `user:<id>`, `token:<id>`, `operator`, `job:<name>`.
+    #[param(schema_with = filter_text)]
     pub target: Option<String>,
     /// Only this action: `token.revoke`, …
+    #[param(schema_with = filter_text)]
     pub action: Option<String>,
     /// Only `ok` (changes made) or `refused` (attempts refused).
+    #[param(schema_with = outcome)]
     pub outcome: Option<String>,
-    /// From this instant (RFC 3339) or UTC day (`YYYY-MM-DD`) on.
+    /// From this instant (RFC 3339, `T` and `Z` upper-case) or UTC day (`YYYY-MM-DD`) on.
+    #[param(schema_with = crate::domain::schema::instant)]
     pub from: Option<String>,
     /// Before this instant, or up to the end of this UTC day.
+    #[param(schema_with = crate::domain::schema::instant)]
     pub to: Option<String>,
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// The `next_page` value of the previous page.
+    #[param(schema_with = page)]
     pub page: Option<String>,
+}
+
+/// 1 to 200 characters, no NUL.
+fn filter_text() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(Some(1))
+        .max_length(Some(200))
+        .pattern(Some("^[^\\x00]*$"))
+        .build()
+}
+
+fn outcome() -> utoipa::openapi::schema::Object {
+    crate::domain::schema::one_of(&["ok", "refused"])
+}
+
+/// A record number: 1 to 18 digits.
+fn page() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some("^[0-9]{1,18}$"))
+        .build()
+}
+
+/// Whether `s` is an instant as `schema::instant_pattern` writes it (its day is checked when
+/// it is read).
+fn shaped_instant(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() < 20 || !s.is_ascii() {
+        return false;
+    }
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(u32::MAX);
+    let fixed = digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && num(11..13) <= 23
+        && num(14..16) <= 59
+        && num(17..19) <= 59;
+    if !fixed {
+        return false;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 || n > 9 {
+            return false;
+        }
+        rest = &frac[n..];
+    }
+    if rest == "Z" {
+        return true;
+    }
+    let o = rest.as_bytes();
+    o.len() == 6
+        && (o[0] == b'+' || o[0] == b'-')
+        && o[1..3].iter().all(u8::is_ascii_digit)
+        && o[3] == b':'
+        && o[4..6].iter().all(u8::is_ascii_digit)
+        && rest[1..3].parse::<u32>().is_ok_and(|h| h <= 23)
+        && rest[4..6].parse::<u32>().is_ok_and(|m| m <= 59)
 }
 
 /// One audit record.
@@ -245,11 +323,22 @@ pub struct AuditList {
 
 /// An instant given as RFC 3339 or as a UTC day (its start; with `end`, the next day's start).
 fn instant(s: &str, end: bool, field: &str) -> Result<DateTime<Utc>, crate::domain::ParseError> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
+    if shaped_instant(s) {
+        if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+            return Ok(t.with_timezone(&Utc));
+        }
     }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
+    let day_shaped = s.len() == 10
+        && s.bytes().zip(b"9999-99-99").all(|(c, p)| {
+            if *p == b'9' {
+                c.is_ascii_digit()
+            } else {
+                c == *p
+            }
+        });
+    Some(s)
+        .filter(|_| day_shaped)
+        .and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
         .and_then(|d| if end { d.succ_opt() } else { Some(d) })
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc())
@@ -267,7 +356,7 @@ pub fn filter(p: &Principal, q: AuditQuery) -> Result<AuditFilter, admin::Error>
     }
     let text = |v: Option<String>, field: &str| -> Result<Option<String>, admin::Error> {
         match v {
-            Some(v) if v.is_empty() || v.len() > 200 => {
+            Some(v) if v.is_empty() || v.chars().count() > 200 => {
                 Err(crate::domain::ParseError::new(field, "must be 1 to 200 characters").into())
             }
             v => Ok(v),
@@ -277,7 +366,8 @@ pub fn filter(p: &Principal, q: AuditQuery) -> Result<AuditFilter, admin::Error>
         .page
         .as_deref()
         .map(|p| {
-            p.parse::<i64>().map_err(|_| {
+            let shaped = (1..=18).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+            p.parse::<i64>().ok().filter(|_| shaped).ok_or_else(|| {
                 crate::domain::ParseError::new(
                     "page",
                     "is not a page cursor from a previous answer",

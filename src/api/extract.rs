@@ -55,9 +55,12 @@ fn data_error(path: String, message: String) -> ApiError {
     ApiError::field(Code::InvalidField, path, message)
 }
 
-/// A JSON request body. An empty body reads as `{}`, so routes whose fields are all optional
-/// may be called without one.
+/// A JSON request body, which the route requires: an empty one is refused (422, field
+/// `body`), as the OpenAPI document marks it required. `{}` is a body.
 pub struct Body<T>(pub T);
+
+/// A JSON request body the route may go without: an empty one reads as `{}`.
+pub struct OptionalBody<T>(pub T);
 
 impl<T, S> FromRequest<S> for Body<T>
 where
@@ -67,6 +70,29 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        read_body(req, state, false).await.map(Body)
+    }
+}
+
+impl<T, S> FromRequest<S> for OptionalBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        read_body(req, state, true).await.map(OptionalBody)
+    }
+}
+
+/// Reads and parses a JSON body; an empty one is `{}` when `optional`, else refused.
+async fn read_body<T: DeserializeOwned, S: Send + Sync>(
+    req: Request,
+    state: &S,
+    optional: bool,
+) -> Result<T, ApiError> {
+    {
         let json_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -88,6 +114,13 @@ where
             }
         })?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            if !optional {
+                return Err(ApiError::field(
+                    Code::InvalidField,
+                    "body",
+                    "is required: send a JSON object (`{}` changes nothing)",
+                ));
+            }
             b"{}"
         } else {
             if json_type == Some(false) {
@@ -108,14 +141,14 @@ where
             ));
         }
         if let Ok(v) = serde_json::from_slice(text) {
-            return Ok(Body(v));
+            return Ok(v);
         }
         // Read once more, tracking the path, only to name what went wrong.
         let mut de = serde_json::Deserializer::from_slice(text);
         match serde_path_to_error::deserialize::<_, T>(&mut de) {
             // A whole value followed by more than whitespace.
             Ok(v) => match de.end() {
-                Ok(()) => Ok(Body(v)),
+                Ok(()) => Ok(v),
                 Err(e) => Err(ApiError::new(
                     Code::MalformedRequest,
                     format!("the body is not valid JSON: {e}"),

@@ -112,6 +112,7 @@ pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> ApiResult<Json<Jo
 #[into_params(parameter_in = Query)]
 pub struct RunQuery {
     /// `YYYY-MM` for the monthly jobs (default: the period due now).
+    #[param(schema_with = crate::domain::schema::any_text)]
     pub period: Option<String>,
 }
 
@@ -259,13 +260,21 @@ impl From<&Message> for MessageView {
 #[into_params(parameter_in = Query)]
 pub struct MessageQuery {
     /// `pending`, `sent`, `failed` or `cancelled`.
+    #[param(schema_with = message_status)]
     pub status: Option<String>,
     /// One token's messages.
+    #[param(schema_with = crate::domain::schema::any_text)]
     pub token_id: Option<String>,
     /// One account's messages (operator).
+    #[param(schema_with = crate::domain::schema::any_text)]
     pub account_id: Option<String>,
     /// Most rows, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
+}
+
+fn message_status() -> utoipa::openapi::schema::Object {
+    crate::domain::schema::one_of(&["pending", "sent", "failed", "cancelled"])
 }
 
 /// Messages, newest first.

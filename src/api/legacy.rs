@@ -67,14 +67,20 @@ impl IntoResponse for Legacy {
 #[allow(non_snake_case)]
 pub struct LegacyCreate {
     /// Uses per token, 1 to 999999999 (default 1).
+    #[param(minimum = 1, maximum = 999_999_999)]
     pub RequestCount: Option<i64>,
-    /// Lifetime in seconds, 1 to 315569520 (default 3600).
+    /// Lifetime in seconds, 1 to `tokens.max_lifetime_seconds` (default 3600, or that maximum
+    /// if lower).
+    #[param(minimum = 1, maximum = 315_569_520)]
     pub Lifetime: Option<i64>,
-    /// How many tokens (default 1).
+    /// How many tokens, 1 to `tokens.max_count_per_request` (default 1).
+    #[param(minimum = 1, maximum = 100)]
     pub Count: Option<i64>,
-    /// The account, when the operator credential is used.
+    /// The account, by id or name, when the operator credential is used.
+    #[param(schema_with = crate::domain::schema::any_text)]
     pub AccountId: Option<String>,
-    /// Token name (default `api token`).
+    /// Token name, 1 to 100 characters (default `api token`).
+    #[param(schema_with = crate::domain::schema::name)]
     pub Name: Option<String>,
 }
 

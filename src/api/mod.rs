@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod doc;
 pub mod error;
 pub mod extract;
 pub mod jobs;
@@ -40,6 +41,7 @@ pub struct AppState {
         title = "tokenwarden",
         description = "Issues, verifies and meters API tokens. Every JSON answer carries a numeric `code`; errors add `error`, `message` and, for bad input, `field`."
     ),
+    paths(verify::forward_auth),
     modifiers(&CredentialScheme)
 )]
 struct ApiDoc;
@@ -76,7 +78,6 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(tokens::show, tokens::update, tokens::revoke))
         .routes(routes!(tokens::regenerate))
         .routes(routes!(verify::verify))
-        .routes(routes!(verify::forward_auth))
         .routes(routes!(verify::stats_csv))
         .routes(routes!(verify::stats_json))
         .routes(routes!(verify::mint_jwt))
@@ -91,14 +92,12 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::openapi))
         .routes(routes!(ops::metrics))
         .split_for_parts();
-    // Envoy's ext_authz HTTP service sends the original method, and the original path after
-    // `/v1/auth` (`path_prefix`); GET is routed above.
-    use axum::routing::{any, MethodRouter};
+    // Forward auth answers any method: proxies pass the original one, and Envoy's ext_authz
+    // HTTP service the original path after `/v1/auth` (`path_prefix`). `doc::finish` documents
+    // every method of both paths (the `ApiDoc` above carries the GET it starts from).
+    use axum::routing::any;
     let router = router
-        .route(
-            "/v1/auth",
-            MethodRouter::new().fallback(verify::forward_auth),
-        )
+        .route("/v1/auth", any(verify::forward_auth))
         .route("/v1/auth/", any(verify::forward_auth_path))
         .route("/v1/auth/{*path}", any(verify::forward_auth_path));
     (router, doc)
@@ -126,6 +125,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.ctx.config.body_limit_bytes;
     let request_timeout = state.ctx.config.request_timeout;
     let (router, doc) = routes();
+    let doc = doc::finish(&doc, &state.ctx.config);
     router
         .fallback(|| async { ApiError::new(Code::NoRoute, "no such route; see /openapi.json") })
         .method_not_allowed_fallback(|| async {

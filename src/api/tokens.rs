@@ -1,7 +1,7 @@
 //! Token issuance and management: create, list, show, update, revoke, regenerate.
 
 use super::error::{ApiResult, Code, ErrorBody};
-use super::extract::{Auth, Body, Params};
+use super::extract::{Auth, Body, OptionalBody, Params};
 use super::views::TokenView;
 use super::AppState;
 use crate::admin::{self, CreateTokens, ListTokens, Regenerate, UpdateToken};
@@ -147,14 +147,14 @@ pub async fn revoke(
 /// New secret, same id, settings and counters. The old secret stops working at once, or after
 /// `grace_seconds`.
 #[utoipa::path(post, path = "/v1/tokens/{id}/regenerate", tag = "tokens", params(("id" = String, Path, description = "token id")),
-    request_body(content = Regenerate, description = "optional"),
+    request_body(content = Regenerate, description = "optional: an empty body is `{}`"),
     responses((status = 200, body = TokenAnswer), (status = "4XX", body = ErrorBody)),
     security(("credential" = [])))]
 pub async fn regenerate(
     State(s): State<AppState>,
     Auth(p): Auth,
     Path(id): Path<String>,
-    Body(input): Body<Regenerate>,
+    OptionalBody(input): OptionalBody<Regenerate>,
 ) -> ApiResult<Json<TokenAnswer>> {
     let (t, plain) = admin::regenerate_token(&s.ctx, &p, &id, input).await?;
     tracing::info!(token = %t.id, by = %p.label(), "token regenerated");

@@ -5,6 +5,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::Body;
 use super::AppState;
 use crate::domain::rate::Standing;
+use crate::domain::schema;
 use crate::verify::{service, service::Verdict, Check, Outcome};
 use axum::{
     extract::{ConnectInfo, State},
@@ -22,13 +23,38 @@ use std::net::SocketAddr;
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     /// The token (or a JWT signed with one) presented by the client.
+    #[schema(required = true, schema_with = schema::any_text)]
     pub token: Option<String>,
-    /// The call being made, checked against the token's scopes.
+    /// The call being made, checked against the token's scopes: 1 to 256 bytes (UTF-8).
+    #[schema(schema_with = call)]
     pub call: Option<String>,
     /// The end client's IP, checked against the token's allowed IPs.
+    #[schema(schema_with = client_ip)]
     pub client_ip: Option<String>,
-    /// Uses this call consumes (default 1).
+    /// Uses this call consumes, 1 to 1000000 (default 1).
+    #[serde(default, deserialize_with = "crate::patch::whole::option")]
+    #[schema(schema_with = cost)]
     pub cost: Option<i64>,
+}
+
+fn call() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            utoipa::openapi::schema::Type::String,
+            utoipa::openapi::schema::Type::Null,
+        ]))
+        .min_length(Some(1))
+        .max_length(Some(256))
+        .pattern(Some("^[^\\x00]*$"))
+        .build()
+}
+
+fn client_ip() -> utoipa::openapi::schema::Object {
+    schema::ip_or_null(false)
+}
+
+fn cost() -> utoipa::openapi::schema::Object {
+    schema::int_or_null(1, crate::domain::verdict::MAX_COST)
 }
 
 /// The answer to a verification: 200 whatever the outcome.
@@ -293,7 +319,7 @@ fn header(name: &'static str, v: &str) -> Option<(HeaderName, HeaderValue)> {
 /// 403 or 429 with the outcome. The call checked against scopes is the original URI's path
 /// (dot segments resolved), or `X-Tokenwarden-Call` when `server.trust_call_header` is on; the
 /// cost is `X-Tokenwarden-Cost` (default 1). Any method is answered, so is a path after
-/// `/v1/auth` (Envoy ext_authz); the OpenAPI document shows the plain GET.
+/// `/v1/auth` (Envoy ext_authz); the OpenAPI document lists every method of both paths.
 #[utoipa::path(get, path = "/v1/auth", tag = "verification",
     responses((status = 200, description = "valid; identity in X-Tokenwarden-* headers"),
               (status = 401, body = VerifyAnswer), (status = 403, body = VerifyAnswer),
@@ -455,11 +481,15 @@ async fn forwarded(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
-    /// First UTC day (`YYYY-MM-DD` or `dd/MM/yyyy`); default the 1st of `to`'s month.
+    /// First UTC day (`YYYY-MM-DD` or `dd/MM/yyyy`); default the 1st of `to`'s month. The range
+    /// spans fewer than 3660 days.
+    #[param(schema_with = schema::day_filter)]
     pub from: Option<String>,
-    /// Last UTC day, inclusive; default today.
+    /// Last UTC day, inclusive, not before `from`; default today.
+    #[param(schema_with = schema::day_filter)]
     pub to: Option<String>,
     /// One account (operator only; others get their own).
+    #[param(schema_with = schema::any_text)]
     pub account_id: Option<String>,
 }
 
@@ -503,16 +533,33 @@ pub async fn stats_csv(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StatsJsonQuery {
-    /// First UTC day (`YYYY-MM-DD` or `dd/MM/yyyy`); default the 1st of `to`'s month.
+    /// First UTC day (`YYYY-MM-DD` or `dd/MM/yyyy`); default the 1st of `to`'s month. The range
+    /// spans fewer than 3660 days.
+    #[param(schema_with = schema::day_filter)]
     pub from: Option<String>,
-    /// Last UTC day, inclusive; default today.
+    /// Last UTC day, inclusive, not before `from`; default today.
+    #[param(schema_with = schema::day_filter)]
     pub to: Option<String>,
     /// One account (operator only; others get their own).
+    #[param(schema_with = schema::any_text)]
     pub account_id: Option<String>,
-    /// One token's rows only.
+    /// One token's rows only: a token id (8 letters or digits).
+    #[param(schema_with = token_id)]
     pub token_id: Option<String>,
     /// `token` (default: a row per token and day) or `account` (a row per account and day).
+    #[param(schema_with = per)]
     pub per: Option<String>,
+}
+
+fn token_id() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some("^[0-9A-Za-z]{8}$"))
+        .build()
+}
+
+fn per() -> utoipa::openapi::schema::Object {
+    schema::one_of(&["token", "account"])
 }
 
 /// Statistics as JSON.

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod rate;
 pub mod retry;
 pub mod role;
+pub mod schema;
 pub mod scope;
 pub mod state;
 pub mod status;

@@ -10,12 +10,27 @@ pub const MAX_RULES: usize = 100;
 /// Parses one IP or CIDR; a plain address becomes a /32 or /128 and host bits are cleared.
 pub fn parse_rule(s: &str, field: &str) -> Result<IpNet, ParseError> {
     let s = s.trim();
-    if let Ok(ip) = s.parse::<IpAddr>() {
+    let bad = || ParseError::new(field, format!("`{s}` is not an IP address or CIDR block"));
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    // The address as `IpAddr` reads it (no leading zero in an IPv4 octet), the prefix in plain
+    // decimal: the rule of `schema::ip_rule_pattern`.
+    let ip = addr.parse::<IpAddr>().map_err(|_| bad())?;
+    let Some(prefix) = prefix else {
         return Ok(IpNet::from(ip));
-    }
-    s.parse::<IpNet>()
-        .map(|n| n.trunc())
-        .map_err(|_| ParseError::new(field, format!("`{s}` is not an IP address or CIDR block")))
+    };
+    let plain = !prefix.is_empty()
+        && prefix.len() <= 3
+        && prefix.bytes().all(|b| b.is_ascii_digit())
+        && (prefix == "0" || !prefix.starts_with('0'));
+    let len = prefix
+        .parse::<u8>()
+        .ok()
+        .filter(|_| plain)
+        .ok_or_else(bad)?;
+    IpNet::new(ip, len).map(|n| n.trunc()).map_err(|_| bad())
 }
 
 /// Parses a list of rules, naming the index of a bad one (`allowed_ips[1]`).

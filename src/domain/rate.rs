@@ -7,6 +7,7 @@
 //! The counts are memory: each daemon keeps its own, and a restart forgets them. Daemons sharing
 //! a store therefore admit together at most `limit` per window each.
 
+use super::limits::Whole;
 use super::ParseError;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -73,17 +74,25 @@ impl RateLimit {
 #[schema(as = RateLimit)]
 pub struct RateLimitInput {
     /// Calls allowed in one window, 1 to 1,000,000,000.
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
-    pub limit: i64,
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000)]
+    pub limit: Whole,
     /// The window's length in seconds, 1 to 86,400.
-    #[schema(minimum = 1, maximum = 86_400)]
-    pub window_seconds: i64,
+    #[schema(value_type = i64, minimum = 1, maximum = 86_400)]
+    pub window_seconds: Whole,
 }
 
 impl RateLimitInput {
+    /// An input of these values (the CLI's).
+    pub fn of(limit: i64, window_seconds: i64) -> Self {
+        RateLimitInput {
+            limit: Whole(limit),
+            window_seconds: Whole(window_seconds),
+        }
+    }
+
     /// The limit, naming `field` (`rate_limit`) when a value is out of range.
     pub fn check(self, field: &str) -> Result<RateLimit, ParseError> {
-        RateLimit::new(self.limit, self.window_seconds, field)
+        RateLimit::new(self.limit.0, self.window_seconds.0, field)
     }
 }
 
@@ -319,10 +328,7 @@ mod tests {
 
     #[test]
     fn limits_are_bounded_with_their_field_named() {
-        let input = |limit, window_seconds| RateLimitInput {
-            limit,
-            window_seconds,
-        };
+        let input = RateLimitInput::of;
         assert_eq!(
             input(10, 60).check("rate_limit"),
             RateLimit::new(10, 60, "x")

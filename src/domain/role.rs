@@ -29,6 +29,9 @@ pub enum Role {
     Admin,
 }
 
+/// Every role's spelling, highest first.
+pub const NAMES: [&str; 4] = ["admin", "engineer", "user", "readonly"];
+
 impl Role {
     /// The stored and wire spelling.
     pub fn as_str(self) -> &'static str {

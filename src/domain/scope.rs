@@ -4,7 +4,8 @@ use super::ParseError;
 
 /// Most scopes one token may carry.
 pub const MAX_SCOPES: usize = 64;
-const MAX_LEN: usize = 128;
+/// Longest scope, in characters (ASCII only).
+pub const MAX_LEN: usize = 128;
 
 /// One allowed call or call prefix (`convert:pdf`, `convert:*`, `*`).
 #[derive(Debug, Clone, PartialEq, Eq)]

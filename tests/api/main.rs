@@ -15,6 +15,7 @@ mod jwt;
 mod legacy;
 mod mail;
 mod nginx;
+mod openapi;
 mod ops;
 mod people;
 mod rate;
