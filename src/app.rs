@@ -62,7 +62,15 @@ pub async fn open_store(config: &Config, upgrade: Upgrade) -> anyhow::Result<Sto
             "the store was set up by an older tokenwarden (or is being migrated right now): \
              upgrade it first with `tokenwarden migrate` (every daemon sharing it together)"
         ),
-        (Schema::Current, _) => {}
+        (Schema::Current, Upgrade::OnlyEmpty) => {}
+        // Up to date, yet a daemon stopped between the migrations and their keys may have left
+        // accounts without ApiKeys.
+        (Schema::Current, Upgrade::Always) => {
+            store
+                .give_accounts_keys()
+                .await
+                .context("cannot give the accounts their ApiKeys")?;
+        }
         _ => store.migrate().await.context("cannot migrate the store")?,
     }
     Ok(store)

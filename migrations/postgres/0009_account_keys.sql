@@ -39,13 +39,7 @@ CREATE TRIGGER tokens_live_status AFTER UPDATE OF status ON tokens
           AND (OLD.status IN ('active', 'exhausted')) IS DISTINCT FROM (NEW.status IN ('active', 'exhausted')))
     EXECUTE FUNCTION tokens_live_status();
 
--- A key for every account: 8 hexadecimal digits (a subset of the ids' base62). Only the secret's
--- hash was kept, so these keys cannot check JWTs until the secret is reset.
-INSERT INTO tokens (id, account_id, issued_by, name, role, scopes, allowed_ips, status,
-                    jwt_enabled, secret_hash, calls_month, calls_total, created_at, updated_at, kind)
-    SELECT upper(substr(md5(random()::text || id), 1, 8)), id, 'account', 'account secret',
-           'admin', '[]', '[]', 'active', false, secret_hash, 0, 0, created_at, created_at, 'account'
-    FROM accounts;
-UPDATE accounts a SET api_key =
-    (SELECT t.id FROM tokens t WHERE t.account_id = a.id AND t.kind = 'account');
+-- Accounts set up before this get their keys from the daemon once the migrations have run
+-- (`Store::migrate`): random base62 ids, each checked against every token id. Only the secret's
+-- hash was kept, so those keys cannot check JWTs until the secret is reset.
 CREATE UNIQUE INDEX accounts_api_key ON accounts (api_key);

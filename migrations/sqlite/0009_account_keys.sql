@@ -34,13 +34,7 @@ BEGIN
         WHERE id = NEW.account_id;
 END;
 
--- A key for every account: 8 hexadecimal digits (a subset of the ids' base62). Only the secret's
--- hash was kept, so these keys cannot check JWTs until the secret is reset.
-INSERT INTO tokens (id, account_id, issued_by, name, role, scopes, allowed_ips, status,
-                    jwt_enabled, secret_hash, calls_month, calls_total, created_at, updated_at, kind)
-    SELECT upper(hex(randomblob(4))), id, 'account', 'account secret', 'admin', '[]', '[]',
-           'active', 0, secret_hash, 0, 0, created_at, created_at, 'account'
-    FROM accounts;
-UPDATE accounts SET api_key =
-    (SELECT t.id FROM tokens t WHERE t.account_id = accounts.id AND t.kind = 'account');
+-- Accounts set up before this get their keys from the daemon once the migrations have run
+-- (`Store::migrate`): random base62 ids, each checked against every token id. Only the secret's
+-- hash was kept, so those keys cannot check JWTs until the secret is reset.
 CREATE UNIQUE INDEX accounts_api_key ON accounts (api_key);

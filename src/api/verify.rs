@@ -25,7 +25,7 @@ pub struct VerifyRequest {
     /// The token (or a JWT signed with one) presented by the client.
     #[schema(required = true, schema_with = schema::any_text)]
     pub token: Option<String>,
-    /// The call being made, checked against the token's scopes: 1 to 256 bytes (UTF-8).
+    /// The call being made, checked against the token's scopes: 1 to 256 characters.
     #[schema(schema_with = call)]
     pub call: Option<String>,
     /// The end client's IP, checked against the token's allowed IPs.

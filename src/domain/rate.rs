@@ -228,10 +228,15 @@ impl Windows {
             remaining: l.limit.saturating_sub(w.used(l, now) + after),
             reset_at: l.window_start(now) + i64::from(l.window_seconds),
         };
-        for lw in [tw, aw].into_iter().flatten() {
-            if lw.1.used(lw.0, now) >= lw.0.limit {
-                return Err(standing(lw, 0));
-            }
+        // Refused: the full window that ends last says when a call can pass both.
+        let full = [tw, aw]
+            .into_iter()
+            .flatten()
+            .filter(|(l, w)| w.used(*l, now) >= l.limit)
+            .map(|lw| standing(lw, 0))
+            .max_by_key(|s| s.reset_at);
+        if let Some(s) = full {
+            return Err(s);
         }
         let mut tightest: Option<Standing> = None;
         if let Some((l, mut w)) = tw {
@@ -243,7 +248,8 @@ impl Windows {
             w.take(l, now);
             self.accounts.insert(aid.to_string(), w);
             let s = standing((l, w), 0);
-            if tightest.is_none_or(|t| s.remaining < t.remaining) {
+            // The fewer calls left; at a tie, the window that ends last.
+            if tightest.is_none_or(|t| (s.remaining, -s.reset_at) < (t.remaining, -t.reset_at)) {
                 tightest = Some(s);
             }
         }
@@ -310,6 +316,31 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((s.limit, s.remaining), (2, 1));
+    }
+
+    #[test]
+    fn a_refusal_says_when_every_full_window_has_ended() {
+        // The token's minute and the account's hour are both full: a retry at the end of the
+        // minute would be refused by the hour, so the hour's end is reported.
+        let mut w = Windows::default();
+        let one_a_minute = Some(RateLimit::new(1, 60, "rate_limit").unwrap());
+        let one_an_hour = Some(RateLimit::new(1, 3600, "rate_limit").unwrap());
+        w.admit(("t", one_a_minute), ("acct", one_an_hour), at(10))
+            .unwrap();
+        let s = w
+            .admit(("t", one_a_minute), ("acct", one_an_hour), at(20))
+            .unwrap_err();
+        assert_eq!((s.limit, s.remaining), (1, 0));
+        assert_eq!(s.reset_at, at(3600).timestamp());
+        // At a tie in calls left, an admitted call reports the window that ends last.
+        let mut w = Windows::default();
+        let two_a_minute = Some(RateLimit::new(2, 60, "rate_limit").unwrap());
+        let two_an_hour = Some(RateLimit::new(2, 3600, "rate_limit").unwrap());
+        let s = w
+            .admit(("t", two_a_minute), ("acct", two_an_hour), at(10))
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.remaining, s.reset_at), (1, at(3600).timestamp()));
     }
 
     #[test]

@@ -175,7 +175,8 @@ impl Check {
             })
             .transpose()?;
         let call = match call {
-            Some(c) if c.is_empty() || c.len() > 256 => {
+            // Characters, as the schema's maxLength counts them (bytes bound them from above).
+            Some(c) if c.is_empty() || (c.len() > 256 && c.chars().count() > 256) => {
                 return Err(ParseError::new("call", "must be 1 to 256 characters"))
             }
             c => c,
@@ -313,6 +314,17 @@ mod tests {
             cost: 1,
             ..Check::default()
         }
+    }
+
+    #[test]
+    fn a_call_is_up_to_256_characters_however_many_bytes_they_take() {
+        let wide = "é".repeat(256);
+        assert_eq!(wide.len(), 512);
+        let c = Check::parse(Some(wide.clone()), None, None).unwrap();
+        assert_eq!(c.call.as_deref(), Some(wide.as_str()));
+        let e = Check::parse(Some("é".repeat(257)), None, None).unwrap_err();
+        assert_eq!(e.field, "call");
+        assert!(Check::parse(Some(String::new()), None, None).is_err());
     }
 
     #[test]

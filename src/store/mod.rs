@@ -593,6 +593,7 @@ impl WritePool for PgPool {
 pub mod audit;
 pub mod jobs;
 pub mod outbox;
+mod upgrade;
 pub mod usage;
 mod usage_pg;
 pub mod usage_sqlite;
@@ -682,7 +683,9 @@ impl Store {
 
     /// Brings the schema up to date. Safe to run from several daemons at once (sqlx takes an
     /// advisory lock on PostgreSQL; SQLite serialises writers).
+    /// Accounts set up before ApiKeys get theirs here, after the SQL (`upgrade`).
     pub async fn migrate(&self) -> Result<()> {
+        self.accept_first_keys_wording().await?;
         match &*self.backend {
             Backend::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
             Backend::Postgres(p) => {
@@ -695,21 +698,15 @@ impl Store {
                 sqlx::query(sql(back)).execute(&mut *c).await?;
             }
         }
+        self.give_accounts_keys().await?;
         Ok(())
     }
 
     /// Where the store's schema stands against this binary's migrations, changing nothing.
     pub async fn schema(&self) -> Result<Schema> {
         let (exists, known) = match &*self.backend {
-            Backend::Sqlite(_) => (
-                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' \
-                 AND name = '_sqlx_migrations'",
-                &SQLITE_MIGRATIONS,
-            ),
-            Backend::Postgres(_) => (
-                "SELECT to_regclass('_sqlx_migrations') IS NOT NULL",
-                &POSTGRES_MIGRATIONS,
-            ),
+            Backend::Sqlite(_) => (upgrade::SQLITE_HAS_MIGRATIONS, &SQLITE_MIGRATIONS),
+            Backend::Postgres(_) => (upgrade::POSTGRES_HAS_MIGRATIONS, &POSTGRES_MIGRATIONS),
         };
         let applied: Vec<i64> = with_pool!(self, p => {
             if sqlx::query_scalar::<_, bool>(exists).fetch_one(p).await? {

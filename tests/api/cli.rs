@@ -116,6 +116,7 @@ both_backends!(
     store_subcommands_work_without_the_daemon,
     jobs_run_monthly_tokens_issues_a_newly_configured_policys_token,
     user_commands_switch_users_off_and_on_and_delete_them,
+    accounts_set_up_before_api_keys_get_distinct_keys_on_upgrade,
 );
 
 async fn second_daemon_on_one_store_writes_no_operator_file(b: Backend) {
@@ -1078,4 +1079,113 @@ fn migrate_upgrades_a_store_an_older_version_set_up_and_keeps_its_data() {
         "svc",
     ]));
     assert_eq!(v["tokens"][0]["account_id"], "acc_old", "{v}");
+}
+
+/// Accounts an older version set up (before ApiKeys) are given keys when the store is
+/// upgraded: tens of thousands of them, each a distinct 8-character base62 key with its key
+/// row, none the id of a token, the same keys after another `migrate`. A store that ran the
+/// keys migration's first wording (keys drawn in SQL) is upgraded over the changed text.
+async fn accounts_set_up_before_api_keys_get_distinct_keys_on_upgrade(b: Backend) {
+    const ACCOUNTS: i64 = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (_pg, pg_url) = pg_for(b).await;
+    let db = Db::at(&dir.path().join("data"), pg_url.as_deref()).await;
+    db.migrate_before("0009").await;
+    let (hash, at) = match b {
+        Backend::Sqlite => ("x'00'", "'2026-01-01T00:00:00Z'"),
+        Backend::Postgres => ("'\\x00'::bytea", "'2026-01-01T00:00:00Z'::timestamptz"),
+    };
+    db.exec(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {ACCOUNTS}) \
+         INSERT INTO accounts (id, name, status, max_tokens, secret_hash, created_at, updated_at) \
+         SELECT 'acc' || CAST(i AS TEXT), 'co' || CAST(i AS TEXT), 'active', 50, {hash}, {at}, \
+         {at} FROM n"
+    ))
+    .await;
+    db.exec(
+        "INSERT INTO tokens (id, account_id, issued_by, name, role, status, secret_hash, \
+         created_at, updated_at) SELECT 'Old00001', 'acc1', 'account', 'old', 'user', 'active', \
+         secret_hash, created_at, updated_at FROM accounts WHERE id = 'acc1'",
+    )
+    .await;
+    let run = store_commands(dir.path(), pg_url.clone());
+    json_out(&run(&["migrate"]));
+
+    let keys = "SELECT a.api_key FROM accounts a JOIN tokens t ON t.id = a.api_key \
+                AND t.account_id = a.id AND t.kind = 'account' ORDER BY a.id";
+    let first = db.strings(keys).await;
+    assert_eq!(
+        first.len() as i64,
+        ACCOUNTS,
+        "every account has a key and its key row"
+    );
+    let distinct: std::collections::HashSet<_> = first.iter().collect();
+    assert_eq!(distinct.len(), first.len(), "keys are distinct");
+    assert!(
+        first
+            .iter()
+            .all(|k| k.len() == 8 && k.bytes().all(|c| c.is_ascii_alphanumeric())),
+        "keys are 8 base62 characters"
+    );
+    assert_eq!(
+        db.int("SELECT COUNT(*) FROM tokens WHERE kind = 'account'")
+            .await,
+        ACCOUNTS
+    );
+    assert_eq!(
+        db.int("SELECT COUNT(*) FROM tokens WHERE id = 'Old00001' AND kind = 'token'")
+            .await,
+        1,
+        "the older token is kept as it was"
+    );
+
+    // Another upgrade keeps the keys.
+    json_out(&run(&["migrate"]));
+    assert_eq!(db.strings(keys).await, first);
+
+    // As if a daemon had stopped between the migrations and the keys: the next start keys the
+    // accounts left without one, and only those.
+    db.exec("DELETE FROM tokens WHERE kind = 'account' AND account_id IN ('acc1', 'acc2')")
+        .await;
+    db.exec("UPDATE accounts SET api_key = NULL WHERE id IN ('acc1', 'acc2')")
+        .await;
+    json_out(&run(&["migrate"]));
+    let again = db.strings(keys).await;
+    assert_eq!(again.len(), first.len());
+    assert_eq!(
+        again.iter().zip(&first).filter(|(a, b)| a != b).count(),
+        2,
+        "the two accounts without keys got new ones, the others kept theirs"
+    );
+
+    // As if the first wording of the keys migration had run: its checksum recorded.
+    let first_wording = match b {
+        Backend::Sqlite => "x'3169ce4b2bd3128c66ae5509f0712a7e71ef0a0b179e00642824262191f34839de8ee86c4795b60e25df446bd9a4801b'",
+        Backend::Postgres => "'\\xd65e029c232f8cb25e5aeeca79a96fa9a3cd87b6aeb0bc39e2f9aa004ca29a9618789ac558c0cbd39318f3f24723cb7d'::bytea",
+    };
+    db.exec(&format!(
+        "UPDATE _sqlx_migrations SET checksum = {first_wording} WHERE version = 9"
+    ))
+    .await;
+    let key7 = db
+        .strings("SELECT api_key FROM accounts WHERE id = 'acc7'")
+        .await;
+    db.close().await;
+    // sqlx compares the recorded checksums whenever it runs the migrations (as it does when a
+    // later one is pending): the store's own migration run.
+    let loc = match &pg_url {
+        Some(u) => tokenwarden::config::StoreLocation::Postgres(u.clone()),
+        None => tokenwarden::config::StoreLocation::Sqlite(
+            dir.path().join("data").join("tokenwarden.db"),
+        ),
+    };
+    let t = std::time::Duration::from_secs(10);
+    let store = tokenwarden::store::Store::connect(&loc, 2, t, t)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store.close().await;
+    json_out(&run(&["migrate"]));
+    let shown = json_out(&run(&["account", "show", "co7"]));
+    assert_eq!(shown["account"]["api_key"], key7[0].as_str(), "{shown}");
 }

@@ -563,3 +563,118 @@ impl VerifyLoad {
         self.valid.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// A connection of the test's own to the daemon's database, for fixtures and plan checks.
+pub enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Db {
+    pub async fn of(app: &TestApp) -> Db {
+        match app.pg_url() {
+            Some(url) => Db::Postgres(sqlx::PgPool::connect(&url).await.unwrap()),
+            None => {
+                let path = app.ctx.store.sqlite_file().expect("a SQLite store");
+                let url = format!("sqlite://{}", path.display());
+                Db::Sqlite(sqlx::SqlitePool::connect(&url).await.unwrap())
+            }
+        }
+    }
+
+    pub async fn exec(&self, q: &str) {
+        let q = sqlx::AssertSqlSafe(q.to_string());
+        match self {
+            Db::Sqlite(p) => sqlx::query(q).execute(p).await.map(|_| ()),
+            Db::Postgres(p) => sqlx::query(q).execute(p).await.map(|_| ()),
+        }
+        .unwrap()
+    }
+
+    pub async fn int(&self, q: &str) -> i64 {
+        let q = sqlx::AssertSqlSafe(q.to_string());
+        match self {
+            Db::Sqlite(p) => sqlx::query_scalar(q).fetch_one(p).await,
+            Db::Postgres(p) => sqlx::query_scalar(q).fetch_one(p).await,
+        }
+        .unwrap()
+    }
+
+    /// The query plan of `q` as text.
+    pub async fn plan(&self, q: &str) -> String {
+        match self {
+            Db::Sqlite(p) => {
+                let rows: Vec<(i64, i64, i64, String)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {q}")))
+                        .fetch_all(p)
+                        .await
+                        .unwrap();
+                rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+            }
+            Db::Postgres(p) => {
+                let rows: Vec<String> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {q}")))
+                        .fetch_all(p)
+                        .await
+                        .unwrap();
+                rows.join("\n")
+            }
+        }
+    }
+
+    /// A connection to the store in `data` (its SQLite file), or to PostgreSQL at `pg_url`,
+    /// creating the SQLite file if there is none yet.
+    pub async fn at(data: &std::path::Path, pg_url: Option<&str>) -> Db {
+        match pg_url {
+            Some(url) => Db::Postgres(sqlx::PgPool::connect(url).await.unwrap()),
+            None => {
+                std::fs::create_dir_all(data).unwrap();
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(data.join("tokenwarden.db"))
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+                Db::Sqlite(sqlx::SqlitePool::connect_with(opts).await.unwrap())
+            }
+        }
+    }
+
+    /// Runs this binary's migrations whose file names sort before `before`, as an older
+    /// version would have.
+    pub async fn migrate_before(&self, before: &str) {
+        let older = tempfile::tempdir().unwrap();
+        let dialect = match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        };
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(dialect);
+        for f in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()) {
+            if f.file_name().unwrap().to_str().unwrap() < before {
+                std::fs::copy(&f, older.path().join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        let m = sqlx::migrate::Migrator::new(older.path()).await.unwrap();
+        match self {
+            Db::Sqlite(p) => m.run(p).await.unwrap(),
+            Db::Postgres(p) => m.run(p).await.unwrap(),
+        }
+    }
+
+    /// The text values `q` selects.
+    pub async fn strings(&self, q: &str) -> Vec<String> {
+        let q = sqlx::AssertSqlSafe(q.to_string());
+        match self {
+            Db::Sqlite(p) => sqlx::query_scalar(q).fetch_all(p).await,
+            Db::Postgres(p) => sqlx::query_scalar(q).fetch_all(p).await,
+        }
+        .unwrap()
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! count kept up to date rather than counted, and the tokens kept in memory stay within their
 //! configured size and are read ahead after a start.
 
-use crate::helpers::{spawn_app, spawn_app_with, Backend, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, Backend, Db, TestApp};
 use crate::{both_backends, postgres_only};
 use chrono::{TimeZone, Utc};
 use futures::StreamExt;
@@ -23,64 +23,7 @@ postgres_only!(expiry_runs_while_a_monthly_reset_is_in_progress,);
 /// Tokens cloned from one real token.
 const CLONES: i64 = 50_000;
 
-/// A connection of the test's own to the daemon's database, for fixtures and plan checks.
-enum Db {
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
-}
-
 impl Db {
-    async fn of(app: &TestApp) -> Db {
-        match app.pg_url() {
-            Some(url) => Db::Postgres(sqlx::PgPool::connect(&url).await.unwrap()),
-            None => {
-                let path = app.ctx.store.sqlite_file().expect("a SQLite store");
-                let url = format!("sqlite://{}", path.display());
-                Db::Sqlite(sqlx::SqlitePool::connect(&url).await.unwrap())
-            }
-        }
-    }
-
-    async fn exec(&self, q: &str) {
-        let q = sqlx::AssertSqlSafe(q.to_string());
-        match self {
-            Db::Sqlite(p) => sqlx::query(q).execute(p).await.map(|_| ()),
-            Db::Postgres(p) => sqlx::query(q).execute(p).await.map(|_| ()),
-        }
-        .unwrap()
-    }
-
-    async fn int(&self, q: &str) -> i64 {
-        let q = sqlx::AssertSqlSafe(q.to_string());
-        match self {
-            Db::Sqlite(p) => sqlx::query_scalar(q).fetch_one(p).await,
-            Db::Postgres(p) => sqlx::query_scalar(q).fetch_one(p).await,
-        }
-        .unwrap()
-    }
-
-    /// The query plan of `q` as text.
-    async fn plan(&self, q: &str) -> String {
-        match self {
-            Db::Sqlite(p) => {
-                let rows: Vec<(i64, i64, i64, String)> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {q}")))
-                        .fetch_all(p)
-                        .await
-                        .unwrap();
-                rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
-            }
-            Db::Postgres(p) => {
-                let rows: Vec<String> =
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {q}")))
-                        .fetch_all(p)
-                        .await
-                        .unwrap();
-                rows.join("\n")
-            }
-        }
-    }
-
     /// Copies token `id` `n` times (ids `<id>-<i>`): counters of November, half of them
     /// exhausted with a monthly refill due.
     async fn clone_token(&self, id: &str, n: i64) {
