@@ -195,12 +195,7 @@ pub struct AuditQuery {
 
 /// 1 to 200 characters, no NUL.
 fn filter_text() -> utoipa::openapi::schema::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .min_length(Some(1))
-        .max_length(Some(200))
-        .pattern(Some("^[^\\x00]*$"))
-        .build()
+    crate::domain::schema::short_text(200, false)
 }
 
 fn outcome() -> utoipa::openapi::schema::Object {

@@ -38,15 +38,7 @@ pub struct VerifyRequest {
 }
 
 fn call() -> utoipa::openapi::schema::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
-            utoipa::openapi::schema::Type::String,
-            utoipa::openapi::schema::Type::Null,
-        ]))
-        .min_length(Some(1))
-        .max_length(Some(256))
-        .pattern(Some("^[^\\x00]*$"))
-        .build()
+    schema::short_text(256, true)
 }
 
 fn client_ip() -> utoipa::openapi::schema::Object {
@@ -544,18 +536,11 @@ pub struct StatsJsonQuery {
     #[param(schema_with = schema::any_text)]
     pub account_id: Option<String>,
     /// One token's rows only: a token id (8 letters or digits).
-    #[param(schema_with = token_id)]
+    #[param(schema_with = schema::token_id)]
     pub token_id: Option<String>,
     /// `token` (default: a row per token and day) or `account` (a row per account and day).
     #[param(schema_with = per)]
     pub per: Option<String>,
-}
-
-fn token_id() -> utoipa::openapi::schema::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .pattern(Some("^[0-9A-Za-z]{8}$"))
-        .build()
 }
 
 fn per() -> utoipa::openapi::schema::Object {

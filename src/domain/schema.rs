@@ -12,6 +12,9 @@ const KEPT: &str = r"[^\x00-\x1F\x7F-\x9F\xAD\u034F\u061C\u180E\u200B-\u200F\u20
 /// A kept character that is not white space.
 const SHOWN: &str = r"[^\x00-\x20\x7F-\xA0\xAD\u034F\u061C\u1680\u180E\u2000-\u200F\u2028-\u202F\u205F-\u2064\u2066-\u2069\u3000\uFEFF]";
 
+/// Text without a NUL character (which no stored text may hold).
+const NO_NUL: &str = "^[^\\x00]*$";
+
 fn string() -> ObjectBuilder {
     ObjectBuilder::new().schema_type(Type::String)
 }
@@ -258,13 +261,36 @@ pub fn scopes() -> utoipa::openapi::schema::Array {
 
 /// Any text without a NUL character (which no stored text may hold).
 pub fn any_text() -> Object {
-    string().pattern(Some("^[^\\x00]*$")).build()
+    string().pattern(Some(NO_NUL)).build()
 }
 
 /// Any text without a NUL character, or `null`.
 pub fn any_text_or_null() -> Object {
     nullable(ObjectBuilder::new(), Type::String)
-        .pattern(Some("^[^\\x00]*$"))
+        .pattern(Some(NO_NUL))
+        .build()
+}
+
+/// Text of 1 to `max` characters without a NUL, or also `null` when `nullable`.
+pub fn short_text(max: usize, nullable_: bool) -> Object {
+    let o = if nullable_ {
+        nullable(ObjectBuilder::new(), Type::String)
+    } else {
+        string()
+    };
+    o.min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(NO_NUL))
+        .build()
+}
+
+/// A token id: `ids::TOKEN_ID_LEN` letters or digits.
+pub fn token_id() -> Object {
+    string()
+        .pattern(Some(format!(
+            "^[0-9A-Za-z]{{{}}}$",
+            super::ids::TOKEN_ID_LEN
+        )))
         .build()
 }
 
